@@ -1,0 +1,73 @@
+"""What every rule script does first: log to the rule's log, seed, pick threads and device.
+
+Rule scripts call :func:`rule_main` with a function of the ``snakemake`` object; bad input
+becomes one line in the log and a non-zero exit (Snakemake then deletes the outputs).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from saeflow.errors import InputError
+
+log = logging.getLogger("saeflow")
+
+
+def setup_logging(log_path: str | None) -> None:
+    """Send logging, stderr (tqdm bars) and warnings to the rule's log file."""
+    if log_path:
+        os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
+        stream = open(log_path, "w", buffering=1)  # noqa: SIM115 - lives as long as the job
+        sys.stderr = stream
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.captureWarnings(True)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (if importable) so reruns give the same numbers."""
+    random.seed(seed)
+    import numpy as np
+
+    np.random.seed(seed % 2**32)
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def set_threads(n: int) -> None:
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(max(1, int(n)))
+
+
+def resolve_device(requested: str = "auto") -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def rule_main(body: Callable[[Any], None], snakemake: Any) -> None:
+    """Run one rule's body with logging, threads and a clean one-line error on bad input."""
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    setup_logging(snakemake.log[0] if len(snakemake.log) else None)
+    set_threads(getattr(snakemake, "threads", 1))
+    try:
+        body(snakemake)
+    except InputError as err:
+        log.error("%s", err)
+        print(f"saeflow: error: {err}", file=sys.__stderr__)
+        sys.exit(1)

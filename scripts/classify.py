@@ -1,0 +1,20 @@
+"""Rule classify: label every description related / not-related for one category.
+
+Input: ``descriptions``. Params: ``category`` (wildcard), ``categories`` (config
+labels.categories or "toy"). Output: ``classified`` (results/{experiment}/labels/classified/{category}.json).
+"""
+
+from saeflow.runtime import rule_main
+
+
+def body(smk) -> None:
+    from saeflow.classify import classify, resolve_categories
+    from saeflow.describe import read_descriptions
+    from saeflow.io import write_json
+
+    options = resolve_categories(smk.params.categories)[smk.params.category]
+    payload = classify(read_descriptions(smk.input.descriptions), smk.params.category, options)
+    write_json(smk.output.classified, payload, options)
+
+
+rule_main(body, snakemake)  # noqa: F821

@@ -1,0 +1,19 @@
+"""Rule correct: naive and corrected loss per feature by one method (`saeflow correct`).
+
+Input: ``study`` (correction/study.yaml). Params: ``method`` (wildcard), ``correction``
+({n_boot, seed}). Output: ``result`` (correction/{method}.json).
+"""
+
+from saeflow.runtime import rule_main
+
+
+def body(smk) -> None:
+    from saeflow.correction import correct, load_study
+    from saeflow.io import write_json
+
+    cfg = smk.params.correction
+    result = correct(load_study(smk.input.study), smk.params.method, cfg["n_boot"], cfg["seed"])
+    write_json(smk.output.result, result, {**cfg, "method": smk.params.method})
+
+
+rule_main(body, snakemake)  # noqa: F821

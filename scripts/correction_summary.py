@@ -1,0 +1,19 @@
+"""Rule correction_summary (toy only): naive and corrected LPF against the true LPF.
+
+Inputs: ``results`` (correction/{method}.json, in ``methods`` order), ``ablation`` (holds the
+truth:<category> ablations). Params: ``methods``. Output: ``summary`` (correction/summary.json).
+"""
+
+from saeflow.runtime import rule_main
+
+
+def body(smk) -> None:
+    from saeflow.correction import compare_with_truth, true_lpf
+    from saeflow.io import read_json, write_json
+
+    results = {m: read_json(p) for m, p in zip(smk.params.methods, smk.input.results)}
+    write_json(smk.output.summary, compare_with_truth(results, true_lpf(read_json(smk.input.ablation))),
+               {"methods": list(smk.params.methods)})
+
+
+rule_main(body, snakemake)  # noqa: F821

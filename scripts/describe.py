@@ -1,0 +1,24 @@
+"""Rule describe: one description per SAE feature.
+
+Inputs: toy -- ``codes`` (results/{experiment}/codes/{prompt_set}.h5), ``activations`` (same
+prompt set), ``model`` (model.pt; its tokenizer/ sits beside it); real SAEs -- ``folder`` of
+Neuronpedia explanation exports. Params: ``describe`` (config labels.describe), ``hook``.
+Output: ``descriptions`` (results/{experiment}/labels/descriptions.json).
+"""
+
+from pathlib import Path
+
+from saeflow.runtime import rule_main
+
+
+def body(smk) -> None:
+    from saeflow.describe import describe_stage
+
+    inputs = dict(smk.input.items())
+    describe_stage(smk.params.describe, smk.output.descriptions, smk.params.hook,
+                   codes=inputs.get("codes"), activations=inputs.get("activations"),
+                   tokenizer_dir=Path(inputs["model"]).parent / "tokenizer" if "model" in inputs else None,
+                   folder=inputs.get("folder"))
+
+
+rule_main(body, snakemake)  # noqa: F821

@@ -1,0 +1,24 @@
+"""Rule patch_atp: SAE-latent attribution patching, with and without the SAE error term."""
+
+from pathlib import Path
+
+from saeflow.runtime import rule_main
+
+
+def body(smk) -> None:
+    from saeflow.attribution import atp_stage, load_model_and_saes
+    from saeflow.patching import PatchConfig, load_pairs
+    from saeflow.runtime import resolve_device, seed_everything
+
+    cfg = PatchConfig.from_dict(smk.params.patch)
+    seed_everything(cfg.seed)
+    model, saes = load_model_and_saes(smk.params.model, Path(smk.input.model).parent,
+                                      smk.params.sae, smk.params.hooks,
+                                      [Path(p).parent for p in smk.input.saes],
+                                      resolve_device(cfg.device))
+    batches = load_pairs(smk.input.pairs, model.tokenizer)
+    atp_stage(model, saes, batches, cfg, smk.output.atp,
+              {"patch": smk.params.patch, "model": smk.params.model, "sae": smk.params.sae})
+
+
+rule_main(body, snakemake)  # noqa: F821

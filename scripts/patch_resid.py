@@ -1,0 +1,21 @@
+"""Rule patch_resid: clean -> corrupted residual-stream patching over every layer x position."""
+
+from pathlib import Path
+
+from saeflow.runtime import rule_main
+
+
+def body(smk) -> None:
+    from saeflow.models import load_model
+    from saeflow.patching import PatchConfig, load_pairs, run_resid_patching, write_resid
+    from saeflow.runtime import resolve_device, seed_everything
+
+    cfg = PatchConfig.from_dict(smk.params.patch)
+    seed_everything(cfg.seed)
+    model = load_model(smk.params.model, Path(smk.input.model).parent, resolve_device(cfg.device))
+    batches = load_pairs(smk.input.pairs, model.tokenizer)
+    write_resid(smk.output.resid, run_resid_patching(model, batches, cfg),
+                {"patch": smk.params.patch, "model": smk.params.model})
+
+
+rule_main(body, snakemake)  # noqa: F821

@@ -1,0 +1,29 @@
+"""Rule patch_verify: exact patching of the top AtP latents, false negatives, faithfulness and
+completeness curves, and the top latents' activations."""
+
+from pathlib import Path
+
+from saeflow.runtime import rule_main
+
+
+def body(smk) -> None:
+    from saeflow.attribution import load_model_and_saes
+    from saeflow.effects import load_descriptions
+    from saeflow.faithfulness import verify_stage
+    from saeflow.patching import PatchConfig, load_pairs, optional_input
+    from saeflow.runtime import resolve_device, seed_everything
+
+    cfg = PatchConfig.from_dict(smk.params.patch)
+    seed_everything(cfg.seed)
+    model, saes = load_model_and_saes(smk.params.model, Path(smk.input.model).parent,
+                                      smk.params.sae, smk.params.hooks,
+                                      [Path(p).parent for p in smk.input.saes],
+                                      resolve_device(cfg.device))
+    batches = load_pairs(smk.input.pairs, model.tokenizer)
+    descriptions = load_descriptions(optional_input(smk.input.descriptions))
+    verify_stage(model, saes, batches, smk.input.atp, cfg, descriptions, smk.output.verify,
+                 smk.output.faithfulness, smk.output.top_latents,
+                 {"patch": smk.params.patch, "model": smk.params.model, "sae": smk.params.sae})
+
+
+rule_main(body, snakemake)  # noqa: F821

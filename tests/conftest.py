@@ -1,0 +1,103 @@
+"""Shared fixtures: a small toy world, its tokenizer, a tiny model and a random sae-lens SAE.
+
+The model and SAE are real (TransformerLens, sae-lens) but untrained, so tests stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def small_world():
+    from saeflow.toy.world import WorldConfig, add_token_positions, build_prompt_sets
+
+    world = build_prompt_sets(WorldConfig(n_train=400, n_heldout=60, n_pairs=12))
+    return world
+
+
+@pytest.fixture(scope="session")
+def toy_tokenizer(small_world, tmp_path_factory):
+    from saeflow.toy.world import add_token_positions, load_tokenizer, save_tokenizer, train_tokenizer
+
+    texts = [r["text"] + r["answer"] for s in small_world.prompt_sets.values() for r in s]
+    directory = tmp_path_factory.mktemp("tokenizer")
+    save_tokenizer(train_tokenizer(texts, 512), directory)
+    tokenizer = load_tokenizer(directory)
+    for records in small_world.prompt_sets.values():
+        add_token_positions(tokenizer, records)
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_model(toy_tokenizer, tmp_path_factory):
+    """A random 2-layer toy model saved and reloaded the way the pipeline does it."""
+    import torch
+
+    from saeflow.models import load_toy_model, save_toy_model, toy_model_config
+    from transformer_lens import HookedTransformer
+
+    torch.set_num_threads(1)
+    cfg = toy_model_config({"n_layers": 2, "d_model": 32, "n_heads": 4, "n_ctx": 64},
+                           len(toy_tokenizer), seed=0)
+    model = HookedTransformer(cfg, tokenizer=toy_tokenizer, default_padding_side="right")
+    directory = tmp_path_factory.mktemp("model")
+    save_toy_model(model, directory)
+    return load_toy_model(directory)
+
+
+@pytest.fixture(scope="session")
+def random_sae():
+    """A randomly initialised sae-lens StandardSAE on blocks.1.hook_resid_post (d_in 32)."""
+    import torch
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    torch.manual_seed(0)
+    cfg = StandardSAEConfig(d_in=32, d_sae=96)
+    cfg.metadata.hook_name = "blocks.1.hook_resid_post"
+    sae = StandardSAE(cfg)
+    with torch.no_grad():  # a negative bias makes codes sparse, as a trained SAE's are
+        sae.b_enc.fill_(-0.3)
+    return sae.eval()
+
+
+REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+WORKFLOW_FILES = ("Snakefile", "workflow", "scripts", "config", "envs")
+
+
+def copy_workflow(dest):
+    """A copy of the workflow (not results) in ``dest``, as a user's checkout would be."""
+    import shutil
+
+    for name in WORKFLOW_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def snakemake(workdir, *args, check=True, timeout=1800):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir,
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "WANDB_MODE": "disabled"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def toy_run(tmp_path_factory):
+    """The whole toy DAG (config/test.yaml: a smaller world), run once per test session."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("toy_run"))
+    snakemake(workdir, "--cores", "2", "--resources", "gpu=1", "--configfile", "config/test.yaml")
+    return workdir

@@ -1,0 +1,173 @@
+# Patching: which layers, positions and SAE latents carry the clean/corrupted difference?
+# DRAFT for integration. Library: saeflow/patching.py (residual patching),
+# saeflow/attribution.py (AtP), saeflow/faithfulness.py (exact check, faithfulness),
+# saeflow/patch_summary.py (summary.json, toy-world check), saeflow/plots_patch.py (figures).
+# Expects config["patch"] (keys and defaults: saeflow.patching.PatchConfig; pairs, truth and
+# descriptions are paths), config["model"], config["sae"] with "hooks" (SAE hook names, e.g.
+# blocks.0.hook_resid_post) and config["experiment"] for the named figure targets.
+
+
+rule patch_resid:
+    input:
+        pairs=config["patch"]["pairs"],
+        model="results/{experiment}/model/model.pt",
+    output:
+        resid="results/{experiment}/patch/resid.h5",
+    params:
+        patch=config["patch"],
+        model=config["model"],
+    log:
+        "results/{experiment}/logs/patch_resid.log",
+    resources:
+        gpu=1,
+    conda:
+        "../../envs/saeflow.yaml"
+    script:
+        "../../scripts/patch_resid.py"
+
+
+rule patch_atp:
+    input:
+        pairs=config["patch"]["pairs"],
+        model="results/{experiment}/model/model.pt",
+        saes=expand("results/{{experiment}}/sae/{hook}/cfg.json", hook=config["sae"]["hooks"]),
+    output:
+        atp="results/{experiment}/patch/atp.h5",
+    params:
+        patch=config["patch"],
+        model=config["model"],
+        sae=config["sae"],
+        hooks=config["sae"]["hooks"],
+    log:
+        "results/{experiment}/logs/patch_atp.log",
+    resources:
+        gpu=1,
+    conda:
+        "../../envs/saeflow.yaml"
+    script:
+        "../../scripts/patch_atp.py"
+
+
+rule patch_verify:
+    input:
+        pairs=config["patch"]["pairs"],
+        model="results/{experiment}/model/model.pt",
+        saes=expand("results/{{experiment}}/sae/{hook}/cfg.json", hook=config["sae"]["hooks"]),
+        atp="results/{experiment}/patch/atp.h5",
+        descriptions=lambda wc: config["patch"].get("descriptions") or [],
+    output:
+        verify="results/{experiment}/patch/verify.json",
+        faithfulness="results/{experiment}/patch/faithfulness.json",
+        top_latents="results/{experiment}/patch/top_latents.json",
+    params:
+        patch=config["patch"],
+        model=config["model"],
+        sae=config["sae"],
+        hooks=config["sae"]["hooks"],
+    log:
+        "results/{experiment}/logs/patch_verify.log",
+    resources:
+        gpu=1,
+    conda:
+        "../../envs/saeflow.yaml"
+    script:
+        "../../scripts/patch_verify.py"
+
+
+rule patch_summary:
+    input:
+        resid="results/{experiment}/patch/resid.h5",
+        atp="results/{experiment}/patch/atp.h5",
+        verify="results/{experiment}/patch/verify.json",
+        faithfulness="results/{experiment}/patch/faithfulness.json",
+        truth=lambda wc: config["patch"].get("truth") or [],
+    output:
+        summary="results/{experiment}/patch/summary.json",
+    params:
+        patch=config["patch"],
+    log:
+        "results/{experiment}/logs/patch_summary.log",
+    conda:
+        "../../envs/saeflow.yaml"
+    script:
+        "../../scripts/patch_summary.py"
+
+
+rule plot_resid_patching:
+    input:
+        resid="results/{experiment}/patch/resid.h5",
+    output:
+        png=report("results/{experiment}/patch/figures/resid_patching.png",
+                   category="Patching", labels={"figure": "residual patching"}),
+    log:
+        "results/{experiment}/logs/plot_resid_patching.log",
+    conda:
+        "../../envs/saeflow.yaml"
+    script:
+        "../../scripts/plot_resid_patching.py"
+
+
+rule plot_top_latents:
+    input:
+        verify="results/{experiment}/patch/verify.json",
+    output:
+        png=report("results/{experiment}/patch/figures/top_latents.png",
+                   category="Patching", labels={"figure": "top latents: AtP vs exact"}),
+    log:
+        "results/{experiment}/logs/plot_top_latents.log",
+    conda:
+        "../../envs/saeflow.yaml"
+    script:
+        "../../scripts/plot_top_latents.py"
+
+
+rule plot_faithfulness:
+    input:
+        faithfulness="results/{experiment}/patch/faithfulness.json",
+    output:
+        png=report("results/{experiment}/patch/figures/faithfulness.png",
+                   category="Patching", labels={"figure": "faithfulness"}),
+    log:
+        "results/{experiment}/logs/plot_faithfulness.log",
+    conda:
+        "../../envs/saeflow.yaml"
+    script:
+        "../../scripts/plot_faithfulness.py"
+
+
+rule plot_latent_activations:
+    input:
+        top_latents="results/{experiment}/patch/top_latents.json",
+    output:
+        png=report("results/{experiment}/patch/figures/latent_activations.png",
+                   category="Patching", labels={"figure": "top latent activations"}),
+    log:
+        "results/{experiment}/logs/plot_latent_activations.log",
+    conda:
+        "../../envs/saeflow.yaml"
+    script:
+        "../../scripts/plot_latent_activations.py"
+
+
+rule fig_resid_patching:
+    input:
+        expand("results/{experiment}/patch/figures/resid_patching.png",
+               experiment=config["experiment"]),
+
+
+rule fig_top_latents:
+    input:
+        expand("results/{experiment}/patch/figures/top_latents.png",
+               experiment=config["experiment"]),
+
+
+rule fig_faithfulness:
+    input:
+        expand("results/{experiment}/patch/figures/faithfulness.png",
+               experiment=config["experiment"]),
+
+
+rule fig_latent_activations:
+    input:
+        expand("results/{experiment}/patch/figures/latent_activations.png",
+               experiment=config["experiment"]),
