@@ -12,6 +12,24 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/toy.smk"
 include: "workflow/rules/extract.smk"
 include: "workflow/rules/encode.smk"
+include: "workflow/rules/labels.smk"
+include: "workflow/rules/patch.smk"
+
+
+# Light steps run on the submit host, not as cluster jobs (see workflow/profiles/slurm).
+localrules:
+    describe,
+    classify,
+    agree,
+    correction_study,
+    correct,
+    patch_summary,
+    plot_confusion,
+    plot_lpf,
+    plot_resid_patching,
+    plot_top_latents,
+    plot_faithfulness,
+    plot_latent_activations,
 
 
 rule all:

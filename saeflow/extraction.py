@@ -21,7 +21,7 @@ from transformer_lens import HookedTransformer
 from saeflow.errors import InputError
 from saeflow.io import atomic_path
 from saeflow.models import pad_batch
-from saeflow.prompts import answer_token_id, encode_prompt
+from saeflow.prompts import answer_token_id, encode_prompts
 from saeflow.provenance import provenance_json
 
 log = logging.getLogger(__name__)
@@ -97,17 +97,17 @@ def extract_to_hdf5(model: HookedTransformer, records: list[dict[str, Any]], hoo
     """
     check_hooks(model, hooks)
     tokenizer = model.tokenizer
-    sequences = [encode_prompt(tokenizer, r["text"]) for r in records]
+    sequences = encode_prompts(tokenizer, [r["text"] for r in records])
     lengths = np.array([len(s) for s in sequences], dtype=np.int32)
     if lengths.max() > model.cfg.n_ctx:
         raise InputError(source, f"record {int(lengths.argmax())}.text",
                          f"{lengths.max()} tokens exceed the model's context of {model.cfg.n_ctx}")
     pos, pos_names = resolve_positions(positions, records, lengths, source)
     has_answers = all("answer" in r for r in records)
-    answers = np.array([answer_token_id(tokenizer, r["answer"], source, i)
-                        for i, r in enumerate(records)]) if has_answers else None
+    answers = _answer_ids(tokenizer, records, source) if has_answers else None
     n, n_pos, width = len(records), pos.shape[1], int(lengths.max())
     store_dtype = np.dtype(dtype)
+    torch_store_dtype = torch.from_numpy(np.zeros(0, store_dtype)).dtype
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = model.cfg.device
     predicted = np.zeros(n, dtype=np.int64)
@@ -133,9 +133,10 @@ def extract_to_hdf5(model: HookedTransformer, records: list[dict[str, Any]], hoo
             captured: dict[str, torch.Tensor] = {}
 
             def capture(act: torch.Tensor, hook: Any) -> None:
-                # Absent positions (-1) read token 0 and are zeroed after the gather.
+                # Absent positions (-1) read token 0 and are set to +0.0 after the gather
+                # (multiplying by a mask would leave -0.0, whose bits defeat compression).
                 picked = act[rows_idx, gather.clamp(min=0, max=act.shape[1] - 1)]
-                captured[hook.name] = picked * (gather >= 0)[..., None]
+                captured[hook.name] = picked.masked_fill_((gather < 0)[..., None], 0.0)
 
             def capture_final(act: torch.Tensor, hook: Any) -> None:
                 final_resid["x"] = act[rows_idx[:, 0], lens - 1]
@@ -150,7 +151,7 @@ def extract_to_hdf5(model: HookedTransformer, records: list[dict[str, Any]], hoo
                                                       torch.as_tensor(answers[start:stop], device=device)].cpu().numpy()
             tokens_ds[start:stop, : batch.shape[1]] = batch.cpu().numpy()
             for name in hooks:
-                act_ds[name][start:stop] = captured[name].to(torch.float32).cpu().numpy().astype(store_dtype)
+                act_ds[name][start:stop] = captured[name].to(torch_store_dtype).cpu().numpy()
 
         for key, values in _metadata_columns(records).items():
             f[f"meta/{key}"] = values
@@ -169,6 +170,15 @@ def extract_to_hdf5(model: HookedTransformer, records: list[dict[str, Any]], hoo
     if answers is not None:
         summary["accuracy"] = float((predicted == answers).mean())
     return summary
+
+
+def _answer_ids(tokenizer: Any, records: list[dict[str, Any]], source: str) -> np.ndarray:
+    """Each record's one-token answer id; each distinct answer string is tokenised once."""
+    ids: dict[str, int] = {}
+    for i, r in enumerate(records):
+        if r["answer"] not in ids:
+            ids[r["answer"]] = answer_token_id(tokenizer, r["answer"], source, i)
+    return np.array([ids[r["answer"]] for r in records])
 
 
 def _hook_widths(model: HookedTransformer, hooks: Sequence[str]) -> dict[str, int]:

@@ -52,10 +52,13 @@ def hub_access(what: str, field: str, timeout: float = 3.0) -> Iterator[bool]:
         _go_offline()
     try:
         yield offline
-    except Exception as err:
+    except (OSError, ValueError) as err:
+        # Offline misses surface as OSError (LocalEntryNotFoundError, transformers' "couldn't
+        # connect") or ValueError; other errors (bad shapes, broken files) pass through as is.
         if not offline:
             raise
+        first_line = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
         raise InputError("config", field,
                          f"cannot load {what!r}: the Hugging Face hub at {hub_endpoint()} is "
-                         f"unreachable and it is not in the local cache ({type(err).__name__})"
-                         ) from err
+                         f"unreachable and it is not in the local cache "
+                         f"({type(err).__name__}: {first_line})") from err

@@ -17,6 +17,15 @@ def encode_prompt(tokenizer: Any, text: str) -> list[int]:
     return [tokenizer.bos_token_id] + tokenizer.encode(text, add_special_tokens=False)
 
 
+def encode_prompts(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """:func:`encode_prompt` of every text in one batched tokenizer call (a fast tokenizer
+    encodes the batch in Rust, several times quicker than one ``encode`` per prompt)."""
+    if not texts:
+        return []
+    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    return [[tokenizer.bos_token_id, *seq] for seq in ids]
+
+
 def load_prompt_set(path: str | Path) -> list[dict[str, Any]]:
     """Read and check a prompt set: every record needs a non-empty string ``text``."""
     records = read_jsonl(path)

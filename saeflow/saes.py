@@ -38,7 +38,7 @@ def train_sae(model: HookedTransformer, hook_name: str, sequences: torch.Tensor,
         sae=StandardTrainingSAEConfig(
             d_in=model.cfg.d_model, d_sae=sae_cfg["d_sae"],
             l1_coefficient=sae_cfg["l1_coefficient"], l1_warm_up_steps=sae_cfg["l1_warm_up_steps"],
-            apply_b_dec_to_input=False, normalize_activations=sae_cfg.get("normalize_activations", "none"),
+            apply_b_dec_to_input=False, normalize_activations=sae_cfg["normalize_activations"],
         ),
         model_name="saeflow-toy", hook_name=hook_name, dataset_path="saeflow-toy-prompts",
         is_dataset_tokenized=True, streaming=False, context_size=sequences.shape[1],
@@ -50,6 +50,7 @@ def train_sae(model: HookedTransformer, hook_name: str, sequences: torch.Tensor,
         lr_warm_up_steps=0, device=device, seed=seed, dtype="float32",
         logger=LoggingConfig(log_to_wandb=False), n_checkpoints=0, checkpoint_path=None,
         output_path=str(out_dir), n_eval_batches=0, verbose=False,
+        n_batches_for_norm_estimate=20,  # sae-lens default (1000 LM batches) dominates toy runs
     )
     runner = LanguageModelSAETrainingRunner(runner_cfg, override_dataset=dataset,
                                             override_model=model)

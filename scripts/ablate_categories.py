@@ -7,7 +7,6 @@ Inputs: ``model`` (model.pt), ``sae`` (sae/{hook}/cfg.json), ``activations`` (ev
 seed, device, other_size}). Output: ``ablation`` (results/{experiment}/labels/ablation.json).
 """
 
-from pathlib import Path
 
 from saeflow.runtime import rule_main
 
@@ -22,8 +21,8 @@ def body(smk) -> None:
     cfg = smk.params.ablation
     seed_everything(cfg["seed"])
     device = resolve_device(cfg.get("device", "auto"))
-    model = load_model(smk.params.model, Path(smk.input.model).parent, device)
-    sae = load_sae(smk.params.sae, smk.params.hook, Path(smk.input.sae).parent, device)
+    model = load_model(smk.params.model, smk.input.get("model"), device)
+    sae = load_sae(smk.params.sae, smk.params.hook, smk.input.get("sae"), device)
     inputs = dict(smk.input.items())
     answers = read_json(inputs["truth"])["answer_token_ids"] if "truth" in inputs else None
     truth = read_json(inputs["membership"])["members"] if "membership" in inputs else None

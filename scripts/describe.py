@@ -17,7 +17,7 @@ def body(smk) -> None:
     inputs = dict(smk.input.items())
     describe_stage(smk.params.describe, smk.output.descriptions, smk.params.hook,
                    codes=inputs.get("codes"), activations=inputs.get("activations"),
-                   tokenizer_dir=Path(inputs["model"]).parent / "tokenizer" if "model" in inputs else None,
+                   tokenizer_dir=Path(inputs["model"]) / "tokenizer" if "model" in inputs else None,
                    folder=inputs.get("folder"))
 
 

@@ -1,6 +1,5 @@
 """Rule patch_atp: SAE-latent attribution patching, with and without the SAE error term."""
 
-from pathlib import Path
 
 from saeflow.runtime import rule_main
 
@@ -12,9 +11,9 @@ def body(smk) -> None:
 
     cfg = PatchConfig.from_dict(smk.params.patch)
     seed_everything(cfg.seed)
-    model, saes = load_model_and_saes(smk.params.model, Path(smk.input.model).parent,
+    model, saes = load_model_and_saes(smk.params.model, smk.input.get("model"),
                                       smk.params.sae, smk.params.hooks,
-                                      [Path(p).parent for p in smk.input.saes],
+                                      list(smk.input.saes) or [None] * len(smk.params.hooks),
                                       resolve_device(cfg.device))
     batches = load_pairs(smk.input.pairs, model.tokenizer)
     atp_stage(model, saes, batches, cfg, smk.output.atp,

@@ -1,6 +1,5 @@
 """Rule patch_resid: clean -> corrupted residual-stream patching over every layer x position."""
 
-from pathlib import Path
 
 from saeflow.runtime import rule_main
 
@@ -12,7 +11,7 @@ def body(smk) -> None:
 
     cfg = PatchConfig.from_dict(smk.params.patch)
     seed_everything(cfg.seed)
-    model = load_model(smk.params.model, Path(smk.input.model).parent, resolve_device(cfg.device))
+    model = load_model(smk.params.model, smk.input.get("model"), resolve_device(cfg.device))
     batches = load_pairs(smk.input.pairs, model.tokenizer)
     write_resid(smk.output.resid, run_resid_patching(model, batches, cfg),
                 {"patch": smk.params.patch, "model": smk.params.model})

@@ -1,7 +1,6 @@
 """Rule patch_verify: exact patching of the top AtP latents, false negatives, faithfulness and
 completeness curves, and the top latents' activations."""
 
-from pathlib import Path
 
 from saeflow.runtime import rule_main
 
@@ -15,9 +14,9 @@ def body(smk) -> None:
 
     cfg = PatchConfig.from_dict(smk.params.patch)
     seed_everything(cfg.seed)
-    model, saes = load_model_and_saes(smk.params.model, Path(smk.input.model).parent,
+    model, saes = load_model_and_saes(smk.params.model, smk.input.get("model"),
                                       smk.params.sae, smk.params.hooks,
-                                      [Path(p).parent for p in smk.input.saes],
+                                      list(smk.input.saes) or [None] * len(smk.params.hooks),
                                       resolve_device(cfg.device))
     batches = load_pairs(smk.input.pairs, model.tokenizer)
     descriptions = load_descriptions(optional_input(smk.input.descriptions))

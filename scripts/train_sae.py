@@ -3,7 +3,9 @@
 Inputs: model/, prompts/train.jsonl. Output: sae/{hook}/ in sae-lens's own format.
 """
 
-from saeflow.io import read_jsonl
+from pathlib import Path
+
+from saeflow.io import read_jsonl, write_json
 from saeflow.models import load_model
 from saeflow.runtime import resolve_device, rule_main, seed_everything
 from saeflow.saes import train_sae
@@ -19,6 +21,8 @@ def body(snakemake):
     train_sae(model, snakemake.wildcards.hook, sequences, snakemake.params.sae,
               exclude_token_ids=[tokenizer.pad_token_id, tokenizer.bos_token_id],
               seed=snakemake.params.seed, device=device, out_dir=snakemake.output.sae)
+    write_json(Path(snakemake.output.sae) / "provenance.json", {"hook_name": snakemake.wildcards.hook},
+               config={"sae": snakemake.params.sae, "seed": snakemake.params.seed})
 
 
 rule_main(body, snakemake)  # noqa: F821 - injected by Snakemake

@@ -57,10 +57,65 @@ def sae_dirs(wildcards):
     return []
 
 
+def sae_dir(hook):
+    """Input dict for one hook's SAE directory (empty for pretrained SAEs)."""
+    dirs = dict(zip(SAE_HOOKS, sae_dirs(None)))
+    return {"sae": dirs[hook]} if hook in dirs else {}
+
+
 def all_targets():
     targets = expand("results/{experiment}/codes/{prompt_set}.h5", experiment=EXP,
                      prompt_set=PROMPT_SETS)
     targets.append(f"results/{EXP}/sae/metrics.json")
     if TOY:
         targets.append(f"results/{EXP}/model")
+    stages = config["stages"]
+    if "labels" in stages:
+        methods = config["labels"]["correction"]["methods"]
+        targets += expand("results/{experiment}/correction/{method}.json", experiment=EXP, method=methods)
+        targets += expand("results/{experiment}/figures/lpf_{method}.png", experiment=EXP, method=methods)
+        targets.append(f"results/{EXP}/figures/labels_confusion.png")
+        if config["labels"]["labeller"] == "oracle":
+            targets.append(f"results/{EXP}/correction/summary.json")
+    if "patch" in stages:
+        targets.append(f"results/{EXP}/patch/summary.json")
+        targets += expand("results/{experiment}/figures/{name}.png", experiment=EXP,
+                          name=["resid_patching", "top_latents", "faithfulness", "latent_activations"])
     return targets
+
+
+# Labels stage (workflow/rules/labels.smk): its config section and input functions.
+LABELS = config.get("labels") or {"categories": {}, "correction": {"methods": []}}
+LABEL_CATS = list(LABELS["categories"])
+LPF_METHODS = LABELS["correction"]["methods"]
+IS_ORACLE = LABELS.get("labeller", "human") == "oracle"
+
+
+def labels_describe_inputs(wildcards):
+    if LABELS["describe"].get("backend", "activations") == "neuronpedia":
+        return {"folder": LABELS["describe"]["folder"]}
+    ps = LABELS["prompt_set"]
+    return {"codes": f"results/{wildcards.experiment}/codes/{ps}.h5",
+            "activations": f"results/{wildcards.experiment}/activations/{ps}.h5",
+            **model_input(wildcards)}
+
+
+def labels_human_path(experiment, category):
+    if IS_ORACLE:
+        return f"results/{experiment}/labels/oracle/{category}.json"
+    return LABELS["human"][category]
+
+
+def labels_human(wildcards):
+    return labels_human_path(wildcards.experiment, wildcards.category)
+
+
+def labels_humans(wildcards):
+    return [labels_human_path(wildcards.experiment, c) for c in LABEL_CATS]
+
+
+def labels_toy_inputs(wildcards):
+    if not IS_ORACLE:
+        return {}
+    return {"truth": f"results/{wildcards.experiment}/world/truth.json",
+            "membership": f"results/{wildcards.experiment}/labels/truth_membership.json"}

@@ -22,41 +22,7 @@
 #
 # plus config["model"], config["sae"] as the other stages use them. Toy-only rules
 # (truth_membership, label_oracle, correction_summary) need results/{experiment}/world/truth.json.
-
-LABELS = config["labels"]
-LABEL_CATS = list(LABELS["categories"])
-LPF_METHODS = LABELS["correction"]["methods"]
-IS_ORACLE = LABELS.get("labeller", "human") == "oracle"
-
-
-def labels_describe_inputs(wildcards):
-    if LABELS["describe"].get("backend", "activations") == "neuronpedia":
-        return {"folder": LABELS["describe"]["folder"]}
-    ps = LABELS["prompt_set"]
-    return {"codes": f"results/{wildcards.experiment}/codes/{ps}.h5",
-            "activations": f"results/{wildcards.experiment}/activations/{ps}.h5",
-            "model": f"results/{wildcards.experiment}/model/model.pt"}
-
-
-def labels_human_path(experiment, category):
-    if IS_ORACLE:
-        return f"results/{experiment}/labels/oracle/{category}.json"
-    return LABELS["human"][category]
-
-
-def labels_human(wildcards):
-    return labels_human_path(wildcards.experiment, wildcards.category)
-
-
-def labels_humans(wildcards):
-    return [labels_human_path(wildcards.experiment, c) for c in LABEL_CATS]
-
-
-def labels_toy_inputs(wildcards):
-    if not IS_ORACLE:
-        return {}
-    return {"truth": f"results/{wildcards.experiment}/world/truth.json",
-            "membership": f"results/{wildcards.experiment}/labels/truth_membership.json"}
+# LABELS, LABEL_CATS, LPF_METHODS, IS_ORACLE and the input functions: common.smk.
 
 
 rule describe:
@@ -149,8 +115,8 @@ rule agree:
 rule ablate_categories:
     input:
         unpack(labels_toy_inputs),
-        model="results/{experiment}/model/model.pt",
-        sae=f"results/{{experiment}}/sae/{LABELS['hook']}/cfg.json",
+        unpack(model_input),
+        unpack(lambda wc: sae_dir(LABELS["hook"])),
         activations=f"results/{{experiment}}/activations/{LABELS['prompt_set']}.h5",
         descriptions="results/{experiment}/labels/descriptions.json",
         classified=expand("results/{{experiment}}/labels/classified/{category}.json",
@@ -229,34 +195,46 @@ if IS_ORACLE:
             "../../scripts/correction_summary.py"
 
 
-rule fig_confusion:
+rule plot_confusion:
     input:
         agreements=expand("results/{{experiment}}/labels/agreement/{category}.json",
                           category=LABEL_CATS),
     output:
-        png="results/{experiment}/figures/labels_confusion.png",
+        png=report("results/{experiment}/figures/labels_confusion.png", category="Labels",
+                   caption="../report/labels_confusion.rst", labels={"figure": "confusion"}),
     params:
         categories=LABEL_CATS,
     log:
-        "results/{experiment}/logs/labels/fig_confusion.log",
+        "results/{experiment}/logs/labels/plot_confusion.log",
     conda:
         "../../envs/saeflow.yaml"
     script:
         "../../scripts/plot_confusion.py"
 
 
-rule fig_lpf:
+rule plot_lpf:
     input:
         unpack(lambda wc: {"ablation": f"results/{wc.experiment}/labels/ablation.json"}
                if IS_ORACLE else {}),
         result="results/{experiment}/correction/{method}.json",
     output:
-        png="results/{experiment}/figures/lpf_{method}.png",
+        png=report("results/{experiment}/figures/lpf_{method}.png", category="Labels",
+                   caption="../report/lpf.rst", labels={"figure": "LPF", "method": "{method}"}),
     wildcard_constraints:
         method="|".join(LPF_METHODS),
     log:
-        "results/{experiment}/logs/labels/fig_lpf_{method}.log",
+        "results/{experiment}/logs/labels/plot_lpf_{method}.log",
     conda:
         "../../envs/saeflow.yaml"
     script:
         "../../scripts/plot_lpf.py"
+
+
+rule fig_confusion:
+    input:
+        f"results/{EXP}/figures/labels_confusion.png",
+
+
+rule fig_lpf:
+    input:
+        expand("results/{experiment}/figures/lpf_{method}.png", experiment=EXP, method=LPF_METHODS),

@@ -9,8 +9,8 @@
 
 rule patch_resid:
     input:
+        unpack(model_input),
         pairs=config["patch"]["pairs"],
-        model="results/{experiment}/model/model.pt",
     output:
         resid="results/{experiment}/patch/resid.h5",
     params:
@@ -28,9 +28,9 @@ rule patch_resid:
 
 rule patch_atp:
     input:
+        unpack(model_input),
         pairs=config["patch"]["pairs"],
-        model="results/{experiment}/model/model.pt",
-        saes=expand("results/{{experiment}}/sae/{hook}/cfg.json", hook=config["sae"]["hooks"]),
+        saes=sae_dirs,
     output:
         atp="results/{experiment}/patch/atp.h5",
     params:
@@ -50,9 +50,9 @@ rule patch_atp:
 
 rule patch_verify:
     input:
+        unpack(model_input),
         pairs=config["patch"]["pairs"],
-        model="results/{experiment}/model/model.pt",
-        saes=expand("results/{{experiment}}/sae/{hook}/cfg.json", hook=config["sae"]["hooks"]),
+        saes=sae_dirs,
         atp="results/{experiment}/patch/atp.h5",
         descriptions=lambda wc: config["patch"].get("descriptions") or [],
     output:
@@ -97,8 +97,8 @@ rule plot_resid_patching:
     input:
         resid="results/{experiment}/patch/resid.h5",
     output:
-        png=report("results/{experiment}/patch/figures/resid_patching.png",
-                   category="Patching", labels={"figure": "residual patching"}),
+        png=report("results/{experiment}/figures/resid_patching.png",
+                   category="Patching", caption="../report/resid_patching.rst", labels={"figure": "residual patching"}),
     log:
         "results/{experiment}/logs/plot_resid_patching.log",
     conda:
@@ -111,8 +111,8 @@ rule plot_top_latents:
     input:
         verify="results/{experiment}/patch/verify.json",
     output:
-        png=report("results/{experiment}/patch/figures/top_latents.png",
-                   category="Patching", labels={"figure": "top latents: AtP vs exact"}),
+        png=report("results/{experiment}/figures/top_latents.png",
+                   category="Patching", caption="../report/top_latents.rst", labels={"figure": "top latents: AtP vs exact"}),
     log:
         "results/{experiment}/logs/plot_top_latents.log",
     conda:
@@ -125,8 +125,8 @@ rule plot_faithfulness:
     input:
         faithfulness="results/{experiment}/patch/faithfulness.json",
     output:
-        png=report("results/{experiment}/patch/figures/faithfulness.png",
-                   category="Patching", labels={"figure": "faithfulness"}),
+        png=report("results/{experiment}/figures/faithfulness.png",
+                   category="Patching", caption="../report/faithfulness.rst", labels={"figure": "faithfulness"}),
     log:
         "results/{experiment}/logs/plot_faithfulness.log",
     conda:
@@ -139,8 +139,8 @@ rule plot_latent_activations:
     input:
         top_latents="results/{experiment}/patch/top_latents.json",
     output:
-        png=report("results/{experiment}/patch/figures/latent_activations.png",
-                   category="Patching", labels={"figure": "top latent activations"}),
+        png=report("results/{experiment}/figures/latent_activations.png",
+                   category="Patching", caption="../report/latent_activations.rst", labels={"figure": "top latent activations"}),
     log:
         "results/{experiment}/logs/plot_latent_activations.log",
     conda:
@@ -151,23 +151,19 @@ rule plot_latent_activations:
 
 rule fig_resid_patching:
     input:
-        expand("results/{experiment}/patch/figures/resid_patching.png",
-               experiment=config["experiment"]),
+        f"results/{EXP}/figures/resid_patching.png",
 
 
 rule fig_top_latents:
     input:
-        expand("results/{experiment}/patch/figures/top_latents.png",
-               experiment=config["experiment"]),
+        f"results/{EXP}/figures/top_latents.png",
 
 
 rule fig_faithfulness:
     input:
-        expand("results/{experiment}/patch/figures/faithfulness.png",
-               experiment=config["experiment"]),
+        f"results/{EXP}/figures/faithfulness.png",
 
 
 rule fig_latent_activations:
     input:
-        expand("results/{experiment}/patch/figures/latent_activations.png",
-               experiment=config["experiment"]),
+        f"results/{EXP}/figures/latent_activations.png",

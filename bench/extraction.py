@@ -1,0 +1,65 @@
+"""Extraction overhead: tokens/s of :func:`saeflow.extraction.extract_to_hdf5` (tokenising,
+hooks, fp16 conversion, compressed HDF5 writes and final-position predictions included) over
+tokens/s of a bare ``model(tokens)`` forward on the same model and the same padded batches.
+Target >= 0.8.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from bench import common
+from bench.common import Figure, Result
+
+TARGET = 0.8
+BATCH = 64  # config/config.yaml extraction.batch_size
+
+
+def measure(size: str, n_prompts: int, repeats: int, workdir: Path) -> Figure:
+    import torch
+
+    from saeflow.extraction import extract_to_hdf5
+    from saeflow.models import pad_batch
+    from saeflow.prompts import encode_prompt
+
+    model = common.model(size)
+    records = common.prompts(n_prompts)
+    hooks = common.HOOKS[size]
+    tok = model.tokenizer
+    seqs = [encode_prompt(tok, r["text"]) for r in records]
+    batches = [pad_batch(seqs[s:s + BATCH], tok.pad_token_id)[0] for s in range(0, len(seqs), BATCH)]
+    n_tokens = sum(len(s) for s in seqs)
+    out = workdir / f"acts_{size}.h5"
+
+    @torch.no_grad()
+    def bare() -> None:
+        for batch in batches:
+            model(batch)
+
+    def extract() -> None:
+        extract_to_hdf5(model, records, hooks, out, positions="all", dtype="float16",
+                        batch_size=BATCH, compression="lzf")
+
+    times = common.interleaved({"bare_forward": bare, "extraction": extract}, repeats)
+    return Figure(
+        "extraction tokens/s / bare forward", size, common.paired_ratio(times["bare_forward"],
+                                                                        times["extraction"]),
+        target=TARGET, op=">=",
+        detail={"n_prompts": n_prompts, "n_tokens": n_tokens,
+                "padded_tokens": int(sum(b.numel() for b in batches)), "hooks": hooks,
+                "tokens_per_s_bare": round(n_tokens / common.median(times["bare_forward"]), 1),
+                "tokens_per_s_extraction": round(n_tokens / common.median(times["extraction"]), 1),
+                "times_s": {k: common.rounded(v) for k, v in times.items()}})
+
+
+def run(smoke: bool = False) -> Result:
+    plan = [("tiny", 24, 1)] if smoke else [("toy", 512, 7), ("mid", 128, 5)]
+    with tempfile.TemporaryDirectory() as tmp:
+        figures = [measure(size, n, reps, Path(tmp)) for size, n, reps in plan]
+    return Result("extraction", "Extraction overhead vs a bare forward", figures,
+                  params={"plan": [{"model": s, "n_prompts": n, "repeats": r} for s, n, r in plan],
+                          "batch_size": BATCH, "positions": "all", "dtype": "float16",
+                          "compression": "lzf", "sizes": {s: common.SIZES[s] for s, _, _ in plan}},
+                  notes=["Value = median over repeats of t(bare forward) / t(extraction), same "
+                         "padded batches; extraction includes tokenising the prompts."])

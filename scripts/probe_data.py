@@ -1,0 +1,18 @@
+"""Rule probe_data: build one probe dataset file (saeflow.probe_data.make_probe_dataset_file)."""
+
+from saeflow.runtime import rule_main
+
+
+def body(sm):
+    from saeflow.probe_data import load_model_correct, make_probe_dataset_file
+
+    codes = getattr(sm.input, "codes", None)  # absent for strategies that need no codes
+    model_correct = getattr(sm.input, "model_correct", None)
+    make_probe_dataset_file(sm.params.dataset, sm.input.activations, codes, sm.output[0],
+                            model_correct=load_model_correct(model_correct) if model_correct
+                            else None,
+                            hook_template=sm.params.hook_template, n_folds=sm.params.n_folds,
+                            config=sm.params.config)
+
+
+rule_main(body, snakemake)  # noqa: F821 - injected by Snakemake

@@ -1,0 +1,14 @@
+"""Rule probe_summary: gather probe fits and effects into summary.json
+(saeflow.probe_summary.write_probe_summary)."""
+
+from saeflow.runtime import rule_main
+
+
+def body(sm):
+    from saeflow.probe_summary import write_probe_summary
+
+    write_probe_summary(list(sm.input.fits), list(sm.input.effects), sm.output[0],
+                        config=sm.params.config)
+
+
+rule_main(body, snakemake)  # noqa: F821 - injected by Snakemake
