@@ -14,6 +14,7 @@ include: "workflow/rules/extract.smk"
 include: "workflow/rules/encode.smk"
 include: "workflow/rules/labels.smk"
 include: "workflow/rules/patch.smk"
+include: "workflow/rules/probe.smk"
 
 
 # Light steps run on the submit host, not as cluster jobs (see workflow/profiles/slurm).
@@ -30,6 +31,10 @@ localrules:
     plot_top_latents,
     plot_faithfulness,
     plot_latent_activations,
+    probe_summary,
+    plot_probe_accuracy,
+    plot_probe_heatmap,
+    plot_cohens_d,
 
 
 rule all:

@@ -42,8 +42,8 @@ D_SAE = {"tiny": 96, "toy": 1024, "mid": 4096}  # toy: config's d_sae; mid: 8 x 
 
 @dataclass
 class Figure:
-    """One measured figure: ``value`` (a ratio unless ``unit`` says otherwise) and, when the
-    issue sets one, a target ``op target`` (``op`` is ``">="`` or ``"<="``)."""
+    """One measured figure: ``value`` in ``unit`` (``ratio``, ``x`` for a speedup, ``bytes``,
+    ``rho``, ``rel``) and, where there is one, its target: ``value op target``."""
 
     name: str
     model: str
@@ -168,8 +168,14 @@ def write_result(result: Result, out_dir: Path, smoke: bool, elapsed_s: float,
 def format_value(value: float | None, unit: str) -> str:
     if value is None:
         return "-"
-    if unit == "ratio" or unit == "x":
-        return f"{value:.2f}" + ("x" if unit == "x" else "")
+    if unit == "ratio":
+        return f"{value:.2f}"
+    if unit == "x":
+        return f"{value:,.0f}x" if value >= 100 else f"{value:.1f}x"
+    if unit == "rho":
+        return f"{value:.3f}"
+    if unit == "rel":
+        return f"{value:.1e}"
     if unit == "bytes":
         return f"{value:.2f} B"
     if unit == "MiB":
@@ -184,8 +190,8 @@ def table(records: Sequence[Mapping[str, Any]]) -> str:
         for f in rec["figures"]:
             target = f"{f['op']} {f['target']:g}" if f["target"] is not None else "-"
             met = {True: "yes", False: "NO", None: "-"}[f["met"]]
-            rows.append((rec["benchmark"], f["name"], f["model"], format_value(f["value"], f["unit"]),
-                         target, met))
+            value = format_value(f["value"], f["unit"])
+            rows.append((rec["benchmark"], f["name"], f["model"], value, target, met))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
              for r in rows]
@@ -224,7 +230,8 @@ def pair_records(n: int, seed: int = 2) -> list[dict[str, Any]]:
     """``n`` clean/corrupted pairs as ``pairs.jsonl`` records (rows 2k, 2k+1 = pair k)."""
     from saeflow.toy.world import WorldConfig, build_prompt_sets
 
-    return build_prompt_sets(WorldConfig(seed=seed, n_train=0, n_heldout=0, n_pairs=n)).prompt_sets["pairs"]
+    world = build_prompt_sets(WorldConfig(seed=seed, n_train=0, n_heldout=0, n_pairs=n))
+    return world.prompt_sets["pairs"]
 
 
 def model(size: str, seed: int = 0) -> Any:
@@ -277,3 +284,24 @@ def resid_sample(model_: Any, hook: str, records: Sequence[Mapping[str, Any]]) -
 
 def file_bytes(path: str | os.PathLike[str]) -> int:
     return os.path.getsize(path)
+
+
+def extract(model_: Any, records: list[dict[str, Any]], hooks: Sequence[str], path: Path,
+            compression: str | None = "lzf") -> Path:
+    """Extraction as config/config.yaml runs it: every position, fp16, lzf, batches of 64."""
+    from saeflow.extraction import extract_to_hdf5
+
+    extract_to_hdf5(model_, records, list(hooks), path, positions="all", dtype="float16",
+                    batch_size=64, compression=compression)
+    return path
+
+
+def stored_rows(path: Path, hook: str) -> Any:
+    """The valid (real-token) rows of ``acts/{hook}`` as a float32 tensor ``[rows, d]``."""
+    import h5py
+    import torch
+
+    with h5py.File(path, "r") as f:
+        valid = f["positions"][()] >= 0
+        acts = f[f"acts/{hook}"][()]
+    return torch.from_numpy(acts[valid].astype("float32"))

@@ -28,7 +28,8 @@ def measure(size: str, n_prompts: int, repeats: int, workdir: Path) -> Figure:
     hooks = common.HOOKS[size]
     tok = model.tokenizer
     seqs = [encode_prompt(tok, r["text"]) for r in records]
-    batches = [pad_batch(seqs[s:s + BATCH], tok.pad_token_id)[0] for s in range(0, len(seqs), BATCH)]
+    batches = [pad_batch(seqs[s:s + BATCH], tok.pad_token_id)[0]
+               for s in range(0, len(seqs), BATCH)]
     n_tokens = sum(len(s) for s in seqs)
     out = workdir / f"acts_{size}.h5"
 
@@ -37,11 +38,12 @@ def measure(size: str, n_prompts: int, repeats: int, workdir: Path) -> Figure:
         for batch in batches:
             model(batch)
 
-    def extract() -> None:
+    def extract(compression: str | None) -> None:
         extract_to_hdf5(model, records, hooks, out, positions="all", dtype="float16",
-                        batch_size=BATCH, compression="lzf")
+                        batch_size=BATCH, compression=compression)
 
-    times = common.interleaved({"bare_forward": bare, "extraction": extract}, repeats)
+    times = common.interleaved({"bare_forward": bare, "extraction": lambda: extract("lzf"),
+                                "extraction_uncompressed": lambda: extract(None)}, repeats)
     return Figure(
         "extraction tokens/s / bare forward", size, common.paired_ratio(times["bare_forward"],
                                                                         times["extraction"]),
@@ -50,6 +52,8 @@ def measure(size: str, n_prompts: int, repeats: int, workdir: Path) -> Figure:
                 "padded_tokens": int(sum(b.numel() for b in batches)), "hooks": hooks,
                 "tokens_per_s_bare": round(n_tokens / common.median(times["bare_forward"]), 1),
                 "tokens_per_s_extraction": round(n_tokens / common.median(times["extraction"]), 1),
+                "ratio_without_compression": common.paired_ratio(
+                    times["bare_forward"], times["extraction_uncompressed"]),
                 "times_s": {k: common.rounded(v) for k, v in times.items()}})
 
 
@@ -62,4 +66,6 @@ def run(smoke: bool = False) -> Result:
                           "batch_size": BATCH, "positions": "all", "dtype": "float16",
                           "compression": "lzf", "sizes": {s: common.SIZES[s] for s, _, _ in plan}},
                   notes=["Value = median over repeats of t(bare forward) / t(extraction), same "
-                         "padded batches; extraction includes tokenising the prompts."])
+                         "padded batches; extraction includes tokenising the prompts.",
+                         "detail.ratio_without_compression: the same with compression: none, "
+                         "to show what lzf costs."])

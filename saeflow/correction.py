@@ -314,8 +314,10 @@ def correct(study: Study, method: str, n_boot: int = 2000, seed: int = 0) -> dic
     contam = _contamination_report(study, method, names)
     rhs = deltas(study, names)
     categories = {}
+    # The naive estimate uses no human labels, so resampling them cannot give it an interval.
+    has_ci = method != "naive"
     for j, name in enumerate(names):
-        ci = _interval(draws[:, j])
+        ci = _interval(draws[:, j]) if has_ci else None
         bucket = study.categories.get(name) or study.other
         categories[name] = {"n_predicted": bucket.n, "delta_loss": float(rhs[j]),
                             "lpf_naive": float(naive[name]), "lpf_corrected": float(lpf[j]),
@@ -326,10 +328,11 @@ def correct(study: Study, method: str, n_boot: int = 2000, seed: int = 0) -> dic
     for j, name in enumerate(names[1:], 1):
         ok = draws[:, 0] > 0
         reported = bool(lpf[0] > 0)
+        ratio_ci = _interval(draws[ok, j] / draws[ok, 0]) if reported and has_ci else None
         ratios[f"{name}/{ref}"] = {
             "naive": float(naive[name] / naive[ref]) if naive[ref] > 0 else None,
             "corrected": float(lpf[j] / lpf[0]) if reported else None,
-            "ci95": _interval(draws[ok, j] / draws[ok, 0]) if reported else None,
+            "ci95": ratio_ci,
             "ci_draws": int(ok.sum()),  # draws where the reference LPF was positive
             "note": None if reported else f"not reported: corrected lpf of {ref} is not positive"}
     return {"method": method, "study": study.source, "baseline_loss": study.baseline_loss,
@@ -419,7 +422,7 @@ def compare_with_truth(results: Mapping[str, Mapping[str, Any]],
             ci = cat["ci95"]
             rows[name] = {"true": truth[name], "naive": errors(cat["lpf_naive"], truth[name]),
                           "corrected": {**errors(cat["lpf_corrected"], truth[name]), "ci95": ci,
-                                        "covers_truth": bool(ci is not None and ci[0] <= truth[name] <= ci[1])}}
+                                        "covers_truth": None if ci is None else bool(ci[0] <= truth[name] <= ci[1])}}
         ratios = {}
         for key, ratio in result["ratios"].items():
             num, ref = key.split("/")
@@ -428,6 +431,6 @@ def compare_with_truth(results: Mapping[str, Mapping[str, Any]],
                 ci = ratio["ci95"]
                 ratios[key] = {"true": true_ratio, "naive": ratio["naive"],
                                "corrected": ratio["corrected"], "ci95": ci,
-                               "covers_truth": bool(ci is not None and ci[0] <= true_ratio <= ci[1])}
+                               "covers_truth": None if ci is None else bool(ci[0] <= true_ratio <= ci[1])}
         summary["methods"][method] = {"categories": rows, "ratios": ratios}
     return summary

@@ -30,10 +30,15 @@ class _FeatureStats:
         self.rows = 0
 
     def update(self, indices: np.ndarray, values: np.ndarray, n_rows: int) -> None:
+        # bincount and scatter_reduce, not np.add.at / np.maximum.at: those are ~20x slower.
         self.rows += n_rows
-        np.add.at(self.count, indices, 1)
-        np.add.at(self.total, indices, values)
-        np.maximum.at(self.max, indices, values)
+        d_sae = len(self.count)
+        self.count += np.bincount(indices, minlength=d_sae)
+        self.total += np.bincount(indices, weights=values, minlength=d_sae)
+        batch_max = torch.zeros(d_sae, dtype=torch.float64).scatter_reduce_(
+            0, torch.from_numpy(indices.astype(np.int64)), torch.from_numpy(values).double(),
+            "amax")
+        np.maximum(self.max, batch_max.numpy(), out=self.max)
 
     def arrays(self) -> dict[str, np.ndarray]:
         rows = max(self.rows, 1)
@@ -45,6 +50,15 @@ class _FeatureStats:
 
 def csr_from_dense(codes: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``codes [rows, d_sae]`` -> (per-row counts, int32 indices, float32 values), row-major."""
+    if codes.device.type == "cpu":
+        # NumPy's nonzero of a boolean mask is ~2x quicker than torch.nonzero on CPU; row
+        # counts come from a binary search of the sorted flat indices, not a pass over rows.
+        dense = codes.detach().float().numpy()
+        n_rows, d_sae = dense.shape
+        flat = np.flatnonzero(dense != 0)
+        bounds = np.searchsorted(flat, np.arange(n_rows + 1, dtype=np.int64) * d_sae)
+        return (np.diff(bounds).astype(np.int64), (flat % d_sae).astype(np.int32),
+                dense.reshape(-1)[flat])
     rows, cols = torch.nonzero(codes, as_tuple=True)
     counts = torch.bincount(rows, minlength=codes.shape[0])
     values = codes[rows, cols]
@@ -72,20 +86,22 @@ def encode_to_hdf5(acts_path: str | Path, out_path: str | Path,
                 raise InputError(acts_path, f"acts/{hook}",
                                  f"width {d_model} does not match the SAE's d_in {sae.cfg.d_in}")
             group = dst.create_group(f"codes/{hook}")
+            # Byte-shuffling first: small int32 indices then compress ~2x better, and faster.
             indices_ds = group.create_dataset("indices", (0,), maxshape=(None,), dtype=np.int32,
-                                              chunks=(1 << 16,), compression="lzf")
+                                              chunks=(1 << 16,), compression="lzf", shuffle=True)
             values_ds = group.create_dataset("values", (0,), maxshape=(None,), dtype=np.float32,
-                                             chunks=(1 << 16,), compression="lzf")
+                                             chunks=(1 << 16,), compression="lzf", shuffle=True)
             counts = np.zeros(n * n_pos, dtype=np.int64)
             stats = _FeatureStats(sae.cfg.d_sae)
             prompts_per_batch = max(1, batch_rows // n_pos)
             for start in tqdm(range(0, n, prompts_per_batch), desc=f"encode {hook}", mininterval=2.0):
                 stop = min(start + prompts_per_batch, n)
-                x = torch.from_numpy(acts[start:stop].astype(np.float32)).reshape(-1, d_model)
-                row_valid = torch.from_numpy(valid[start * n_pos: stop * n_pos])
-                codes = sae.encode(x.to(device)) * row_valid.to(device)[:, None]
+                # Only real positions are encoded: padding rows stay empty at no cost.
+                row_valid = valid[start * n_pos: stop * n_pos]
+                x = torch.from_numpy(acts[start:stop].reshape(-1, d_model)[row_valid])
+                codes = sae.encode(x.to(device=device, dtype=torch.float32))
                 batch_counts, idx, vals = csr_from_dense(codes)
-                counts[start * n_pos: stop * n_pos] = batch_counts
+                counts[start * n_pos: stop * n_pos][row_valid] = batch_counts
                 old = indices_ds.shape[0]
                 indices_ds.resize((old + len(idx),))
                 values_ds.resize((old + len(idx),))

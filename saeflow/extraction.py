@@ -119,7 +119,8 @@ def extract_to_hdf5(model: HookedTransformer, records: list[dict[str, Any]], hoo
         f["lengths"], f["positions"] = lengths, pos
         act_ds = {}
         for name, d in _hook_widths(model, hooks).items():
-            rows = max(1, min(batch_size, n, CHUNK_BYTES // max(1, n_pos * d * store_dtype.itemsize)))
+            row_bytes = max(1, n_pos * d * store_dtype.itemsize)
+            rows = _chunk_rows(batch_size, min(n, CHUNK_BYTES // row_bytes))
             act_ds[name] = f.create_dataset(f"acts/{name}", (n, n_pos, d), dtype=store_dtype,
                                             chunks=(rows, n_pos, d), compression=comp)
         final_resid: dict[str, torch.Tensor] = {}
@@ -170,6 +171,15 @@ def extract_to_hdf5(model: HookedTransformer, records: list[dict[str, Any]], hoo
     if answers is not None:
         summary["accuracy"] = float((predicted == answers).mean())
     return summary
+
+
+def _chunk_rows(batch_size: int, limit: int) -> int:
+    """Prompts per HDF5 chunk: the largest divisor of ``batch_size`` up to ``limit``, so every
+    batch write covers whole chunks. A chunk split across two batches is compressed, evicted
+    from the 1 MiB chunk cache, read back and compressed again, and the space its first
+    version took in the file is not reclaimed."""
+    limit = max(1, min(batch_size, limit))
+    return max(r for r in range(1, limit + 1) if batch_size % r == 0)
 
 
 def _answer_ids(tokenizer: Any, records: list[dict[str, Any]], source: str) -> np.ndarray:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, log_loss,
 from sklearn.model_selection import GroupKFold, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, MinMaxScaler, StandardScaler
+from threadpoolctl import threadpool_limits
 
 from saeflow.errors import InputError
 from saeflow.io import atomic_path, write_json
@@ -332,12 +333,45 @@ def _null_scores(X: np.ndarray, y_perm: np.ndarray, folds: np.ndarray, kind: str
     return [float(np.nanmean([f["test"][name] for f in per_fold])) for name in names]
 
 
+def _run_all(X: np.ndarray, y: np.ndarray, shuffles: list[np.ndarray], folds: np.ndarray,
+             kind: str, cfg: ProbeConfig, n_classes: int, groups: np.ndarray, names: list[str],
+             n_jobs: int) -> tuple[tuple[Any, Any, Any], np.ndarray]:
+    """The observed cross-validation and the permutation runs, as ``n_jobs`` threads.
+
+    Each thread gets a single-threaded BLAS: several BLAS thread pools spinning on the same
+    few cores (or beside other jobs) made a small ridge fit ~40x slower on 2 cores.
+    """
+    with threadpool_limits(limits=1 if n_jobs > 1 else None, user_api="blas"):
+        tasks = [delayed(cross_validate)(X, y, folds, kind, cfg, n_classes, groups)]
+        tasks += [delayed(_null_scores)(X, y_perm, folds, kind, cfg, n_classes, groups, names)
+                  for y_perm in shuffles]
+        # threads: no process start-up or copies of X; the heavy parts run without the GIL
+        out = Parallel(n_jobs=n_jobs, prefer="threads")(tasks)
+    return out[0], np.array(out[1:], dtype=np.float64).reshape(len(shuffles), len(names))
+
+
+def _full_width(fit: FoldFit, live: np.ndarray, row: np.ndarray) -> FoldFit:
+    """``fit`` (made on the ``live`` columns) with coefficients ``[n_outputs, d]`` and
+    normaliser statistics ``[d]`` over all columns: a column constant over the whole dataset
+    gets coefficient 0, shift = its value and factor 1, exactly what fitting it would give."""
+    coef = np.zeros((fit.coef.shape[0], live.size), fit.coef.dtype)
+    coef[:, live] = fit.coef
+    normaliser = {}
+    for key, value in fit.normaliser.items():
+        full = row.astype(np.float64) if key == "shift" else np.ones(live.size)
+        full[live] = value
+        normaliser[key] = full
+    return replace(fit, coef=coef, normaliser=normaliser)
+
+
 def fit_probe(ds: ProbeDataset, cfg: ProbeConfig, n_jobs: int = 1) -> ProbeResult:
     """Nested-CV probe on ``ds`` plus a label-permutation baseline on the same folds.
 
     Cost: ``(1 + n_permutations) * n_folds * (len(grid) * inner_folds + 1)`` model fits; the
-    permutations run on ``n_jobs`` threads (the shuffles are drawn up front, so the result
-    does not depend on ``n_jobs``).
+    observed run and the permutations run on ``n_jobs`` threads with one BLAS thread each
+    (the shuffles are drawn up front, so the result does not depend on ``n_jobs``).
+    Columns constant over the whole dataset (dead SAE features) cannot inform any fold and
+    are left out of the fits; their coefficients are written as 0 (:func:`_full_width`).
     """
     check_dataset(ds, cfg.n_folds)
     kind = ds.target_kind
@@ -347,16 +381,17 @@ def fit_probe(ds: ProbeDataset, cfg: ProbeConfig, n_jobs: int = 1) -> ProbeResul
         raise InputError(ds.name, "sample_index", "label datasets need one row per prompt")
     folds = make_folds(ds.sample_index, y if kind == "label" else None, cfg.n_folds, cfg.seed)
     groups = ds.sample_index
-    per_fold, fits, oof = cross_validate(ds.X, y, folds, kind, cfg, n_classes, groups)
-    metrics = _summarise_folds(per_fold)
     primary = "accuracy" if kind == "label" else "r2"
     rng = np.random.default_rng(cfg.seed)
     names = [primary, "roc_auc"] if kind == "label" else [primary]
     shuffles = [rng.permutation(y) for _ in range(cfg.n_permutations)]
-    # threads: no process start-up or copies of X; the heavy parts run in BLAS without the GIL
-    null = np.array(Parallel(n_jobs=n_jobs, prefer="threads")(
-        delayed(_null_scores)(ds.X, y_perm, folds, kind, cfg, n_classes, groups, names)
-        for y_perm in shuffles)).reshape(len(shuffles), len(names))
+    live = ~np.all(ds.X == ds.X[:1], axis=0)  # [d]
+    X = ds.X if live.all() else ds.X[:, live]
+    (per_fold, fits, oof), null = _run_all(X, y, shuffles, folds, kind, cfg, n_classes,
+                                           groups, names, n_jobs)
+    if not live.all():
+        fits = [_full_width(f, live, ds.X[0]) for f in fits]
+    metrics = _summarise_folds(per_fold)
     baseline = {}
     for j, name in enumerate(names):
         v = null[:, j]
@@ -367,12 +402,14 @@ def fit_probe(ds: ProbeDataset, cfg: ProbeConfig, n_jobs: int = 1) -> ProbeResul
             "values": v.tolist(),
             # (1 + #null >= observed) / (1 + N): a valid p-value even with few permutations
             "p_value": float((1 + np.sum(v >= observed)) / (1 + v.size)) if v.size else None}
-    notes = [f"fold {k}: inner CV impossible, fixed strength {f.regularisation}"
+    notes = [f"{int((~live).sum())} of {live.size} input columns are constant (e.g. dead "
+             "features) and left out of the fit (coefficient 0)"] if not live.all() else []
+    notes += [f"fold {k}: inner CV impossible, fixed strength {f.regularisation}"
              for k, f in enumerate(fits) if f.inner_folds == 0]
     notes += [f"fold {k}: solver hit max_iter={cfg.max_iter}" for k, f in enumerate(fits)
               if not f.converged]
     for note in notes:
-        log.warning("%s: %s", ds.name, note)
+        (log.info if "constant" in note else log.warning)("%s: %s", ds.name, note)
     return ProbeResult(ds, cfg, folds, fits, metrics, baseline, oof, notes)
 
 
@@ -389,6 +426,7 @@ def probe_record(result: ProbeResult) -> dict[str, Any]:
         "sources": ds.meta.get("sources"),
         "n_samples": int(ds.X.shape[0]), "n_prompts": int(np.unique(ds.sample_index).size),
         "n_inputs": int(ds.X.shape[1]),
+        "n_constant_inputs": int(np.all(ds.X == ds.X[:1], axis=0).sum()),
         "class_counts": np.bincount(ds.y.astype(np.int64)).tolist()
         if ds.target_kind == "label" else None,
         "primary_metric": primary,

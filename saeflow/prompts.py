@@ -17,13 +17,16 @@ def encode_prompt(tokenizer: Any, text: str) -> list[int]:
     return [tokenizer.bos_token_id] + tokenizer.encode(text, add_special_tokens=False)
 
 
-def encode_prompts(tokenizer: Any, texts: list[str]) -> list[list[int]]:
-    """:func:`encode_prompt` of every text in one batched tokenizer call (a fast tokenizer
-    encodes the batch in Rust, several times quicker than one ``encode`` per prompt)."""
-    if not texts:
-        return []
-    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    return [[tokenizer.bos_token_id, *seq] for seq in ids]
+def encode_prompts(tokenizer: Any, texts: list[str], chunk: int = 1024) -> list[list[int]]:
+    """:func:`encode_prompt` of every text, ``chunk`` texts per batched tokenizer call (a fast
+    tokenizer encodes a batch in Rust, several times quicker than one ``encode`` per prompt;
+    chunking bounds the per-token objects a call builds)."""
+    out: list[list[int]] = []
+    for start in range(0, len(texts), chunk):
+        ids = tokenizer(list(texts[start:start + chunk]), add_special_tokens=False,
+                        return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        out += [[tokenizer.bos_token_id, *seq] for seq in ids]
+    return out
 
 
 def load_prompt_set(path: str | Path) -> list[dict[str, Any]]:

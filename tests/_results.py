@@ -14,7 +14,7 @@ import numpy as np
 
 # Not results: run bookkeeping, and files whose content names the run's directory or time.
 SKIPPED_DIRS = {"logs", "benchmarks", "tokenizer"}
-SKIPPED_NAMES = {"runner_cfg.json"}
+SKIPPED_NAMES = {"runner_cfg.json", ".snakemake_timestamp"}
 VOLATILE_KEYS = {"provenance"}
 
 

@@ -348,8 +348,8 @@ def test_per_prompt_positions_in_feature_datasets_and_feature_auto(tmp_path):
                                "positions": ["final"], "target": {"layer": 1, "feature": "auto"}},
                               act, codes)
     i = emb.sample_index
-    np.testing.assert_allclose(emb.X, truth["acts"]["blocks.0.hook_resid_pre"][i,
-                                                                              truth["lengths"][i] - 1])
+    embedding = truth["acts"]["blocks.0.hook_resid_pre"]
+    np.testing.assert_allclose(emb.X, embedding[i, truth["lengths"][i] - 1])
     assert emb.meta["target"]["feature"] == 5
 
 

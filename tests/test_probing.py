@@ -91,6 +91,21 @@ def test_separable_labels_beat_the_measured_baseline():
     assert fit_probe(_dataset(X, y), FAST, n_jobs=2).baseline == res.baseline
 
 
+def test_constant_columns_are_left_out_without_changing_the_fit():
+    X, y = _separable(60, d=4)
+    wide = np.concatenate([X[:, :2], np.zeros((60, 3)), X[:, 2:], np.full((60, 1), 7.0)], axis=1)
+    a, b = fit_probe(_dataset(X, y), FAST), fit_probe(_dataset(wide, y), FAST, n_jobs=2)
+    assert a.metrics["accuracy"]["test"] == b.metrics["accuracy"]["test"]
+    assert a.baseline == b.baseline
+    live = np.array([0, 1, 5, 6])  # the original columns' places in `wide`
+    for fa, fb in zip(a.fits, b.fits, strict=True):
+        np.testing.assert_allclose(fb.coef[:, live], fa.coef, rtol=1e-6, atol=1e-9)
+        assert np.all(fb.coef[:, [2, 3, 4, 7]] == 0)  # full width, zeros where constant
+        np.testing.assert_allclose(fb.normaliser["shift"][[2, 7]], [0.0, 7.0])
+        np.testing.assert_allclose(fb.normaliser["factor"][[2, 7]], [1.0, 1.0])
+    assert any("4 of 8 input columns are constant" in note for note in b.notes)
+
+
 def test_multiclass_metrics_and_noise_near_chance():
     rng = np.random.default_rng(2)
     y = np.arange(90) % 3

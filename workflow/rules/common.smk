@@ -81,6 +81,10 @@ def all_targets():
         targets.append(f"results/{EXP}/patch/summary.json")
         targets += expand("results/{experiment}/figures/{name}.png", experiment=EXP,
                           name=["resid_patching", "top_latents", "faithfulness", "latent_activations"])
+    if "probe" in stages:
+        targets.append(f"results/{EXP}/probe/summary.json")
+        targets += expand("results/{experiment}/figures/{name}.png", experiment=EXP,
+                          name=["probe_accuracy", "probe_heatmap", "cohens_d"])
     return targets
 
 

@@ -40,35 +40,20 @@ PROBE_RUNS = [(ps, name) for name, d in PROBE_DATASETS.items()
 PROBE_EFFECTS = [(ps, name) for ps, name in PROBE_RUNS
                  if PROBE_DATASETS[name].get("effects",
                                              PROBE_DATASETS[name]["strategy"].startswith("sae-"))]
+PROBE_NAMES = _alternatives(PROBE_DATASETS) or "(?!)"  # rule-level dataset constraint
+PROBE_FITS = [f"results/{{experiment}}/probe/fits/{ps}/{name}.json" for ps, name in PROBE_RUNS]
+PROBE_EFFECT_JSONS = [f"results/{{experiment}}/probe/effects/{ps}/{name}.json"
+                      for ps, name in PROBE_EFFECTS]
+PROBE_EFFECT_ARRAYS = [f"results/{{experiment}}/probe/effects/{ps}/{name}.h5"
+                       for ps, name in PROBE_EFFECTS]
 
-
-def _probe_check_config():
-    unknown = sorted({ps for ps, _ in PROBE_RUNS} - set(PROMPT_SETS))
-    if unknown:
-        raise ValueError(f"config: probe: prompt sets {unknown} are not among "
-                         f"extraction.prompt_sets {list(PROMPT_SETS)}")
-    if "probe" in config["stages"] and not PROBE_RUNS:
-        raise ValueError("config: probe.datasets: 'probe' is in stages but no dataset is defined")
-
-
-_probe_check_config()
-
-
-def probe_files(folder, ext, runs):
-    """``results/{experiment}/probe/{folder}/{prompt_set}/{dataset}.{ext}`` for each run."""
-    return [f"results/{{experiment}}/probe/{folder}/{ps}/{name}.{ext}" for ps, name in runs]
-
-
-def probe_data_inputs(wildcards):
-    inputs = {"activations": f"results/{wildcards.experiment}/activations/{wildcards.prompt_set}.h5"}
-    if PROBE_DATASETS[wildcards.dataset]["strategy"] != "hidden-to-concept":
-        inputs["codes"] = f"results/{wildcards.experiment}/codes/{wildcards.prompt_set}.h5"
-    return inputs
-
-
-def probe_descriptions(wildcards):
-    path = PROBE.get("descriptions")
-    return {"descriptions": path.format(experiment=wildcards.experiment)} if path else {}
+# checked only when the stage runs: a config that merges over config.yaml inherits its section
+_PROBE_UNKNOWN_SETS = sorted({ps for ps, _ in PROBE_RUNS} - set(PROMPT_SETS))
+if "probe" in config["stages"] and _PROBE_UNKNOWN_SETS:
+    raise ValueError(f"config: probe: prompt sets {_PROBE_UNKNOWN_SETS} are not among "
+                     f"extraction.prompt_sets {list(PROMPT_SETS)}")
+if "probe" in config["stages"] and not PROBE_RUNS:
+    raise ValueError("config: probe.datasets: 'probe' is in stages but no dataset is defined")
 
 
 localrules:
@@ -80,11 +65,15 @@ localrules:
 
 rule probe_data:
     input:
-        unpack(probe_data_inputs),
+        # hidden-to-concept reads no SAE codes
+        unpack(lambda wc: {
+            "activations": f"results/{wc.experiment}/activations/{wc.prompt_set}.h5",
+            **({} if PROBE_DATASETS[wc.dataset]["strategy"] == "hidden-to-concept" else
+               {"codes": f"results/{wc.experiment}/codes/{wc.prompt_set}.h5"})}),
     output:
         "results/{experiment}/probe/data/{prompt_set}/{dataset}.h5",
     wildcard_constraints:
-        dataset=_alternatives(PROBE_DATASETS) or "(?!)",
+        dataset=PROBE_NAMES,
     params:
         dataset=lambda wildcards: PROBE_DATASETS[wildcards.dataset],
         # a function, so Snakemake does not take {layer} for a wildcard
@@ -107,7 +96,7 @@ rule probe_fit:
         json="results/{experiment}/probe/fits/{prompt_set}/{dataset}.json",
         probe="results/{experiment}/probe/fits/{prompt_set}/{dataset}.h5",
     wildcard_constraints:
-        dataset=_alternatives(PROBE_DATASETS) or "(?!)",
+        dataset=PROBE_NAMES,
     params:
         cv=PROBE.get("cv", {}),
         config=PROBE,
@@ -124,14 +113,15 @@ rule probe_fit:
 
 rule probe_effects:
     input:
-        unpack(probe_descriptions),
+        descriptions=lambda wc: (PROBE.get("descriptions") or "").format(
+            experiment=wc.experiment) or [],
         dataset="results/{experiment}/probe/data/{prompt_set}/{dataset}.h5",
         probe="results/{experiment}/probe/fits/{prompt_set}/{dataset}.h5",
     output:
         json="results/{experiment}/probe/effects/{prompt_set}/{dataset}.json",
         arrays="results/{experiment}/probe/effects/{prompt_set}/{dataset}.h5",
     wildcard_constraints:
-        dataset=_alternatives(PROBE_DATASETS) or "(?!)",
+        dataset=PROBE_NAMES,
     params:
         settings=PROBE.get("effects", {}),
         positive_class=lambda wildcards: PROBE_DATASETS[wildcards.dataset].get("positive_class"),
@@ -149,8 +139,8 @@ rule probe_effects:
 
 rule probe_summary:
     input:
-        fits=probe_files("fits", "json", PROBE_RUNS),
-        effects=probe_files("effects", "json", PROBE_EFFECTS),
+        fits=PROBE_FITS,
+        effects=PROBE_EFFECT_JSONS,
     output:
         "results/{experiment}/probe/summary.json",
     params:
@@ -180,7 +170,7 @@ rule plot_probe_accuracy:
 
 rule plot_probe_heatmap:
     input:
-        effects=probe_files("effects", "json", PROBE_EFFECTS),
+        effects=PROBE_EFFECT_JSONS,
     output:
         png=report("results/{experiment}/figures/probe_heatmap.png", category="Probing",
                    caption="../report/probe_heatmap.rst",
@@ -195,7 +185,7 @@ rule plot_probe_heatmap:
 
 rule plot_cohens_d:
     input:
-        arrays=probe_files("effects", "h5", PROBE_EFFECTS),
+        arrays=PROBE_EFFECT_ARRAYS,
     output:
         png=report("results/{experiment}/figures/cohens_d.png", category="Probing",
                    caption="../report/cohens_d.rst",
