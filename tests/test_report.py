@@ -15,7 +15,7 @@ CATEGORIES = {"labels": "Labels", "patch": "Patching", "probe": "Probing"}
 
 def report_data(html: str, name: str) -> dict:
     """The JSON the report page embeds as ``var <name> = {...};``."""
-    match = re.search(rf"^\s*var {name} = (.*);\s*$", html, flags=re.MULTILINE)
+    match = re.search(rf"^\s*var {name} = (\{{.*\}});\s*$", html, flags=re.MULTILINE)
     assert match, f"report has no `var {name}`"
     return json.loads(match.group(1))
 
