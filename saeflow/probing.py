@@ -44,7 +44,9 @@ NORMALISERS = ("standardize", "minmax", "none")
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    """CV settings. ``Cs``: logistic inverse strengths; ``alphas``: ridge strengths."""
+    """CV settings. ``Cs``: logistic inverse strengths; ``alphas``: ridge strengths; ``tol``:
+    the logistic solver's stopping tolerance (1e-3 halves the time of wide SAE probes at equal
+    test accuracy on the toy world)."""
 
     n_folds: int = 5
     inner_folds: int = 3
@@ -54,6 +56,7 @@ class ProbeConfig:
     n_permutations: int = 5
     seed: int = 0
     max_iter: int = 2000
+    tol: float = 1e-4
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None, source: str = "config") -> ProbeConfig:
@@ -71,8 +74,9 @@ class ProbeConfig:
                              f"{list(NORMALISERS)}")
         if cfg.n_folds < 2 or cfg.inner_folds < 2:
             raise InputError(source, "probe.cv", "n_folds and inner_folds must be >= 2")
-        if cfg.n_permutations < 0 or not cfg.Cs or not cfg.alphas:
-            raise InputError(source, "probe.cv", "need n_permutations >= 0 and non-empty grids")
+        if cfg.n_permutations < 0 or not cfg.Cs or not cfg.alphas or not cfg.tol > 0:
+            raise InputError(source, "probe.cv", "need n_permutations >= 0, non-empty grids "
+                             "and tol > 0")
         return cfg
 
 
@@ -146,7 +150,7 @@ def _model(kind: str, cfg: ProbeConfig, strength: float, warm: bool = False) -> 
     if kind == "label":
         # newton-cg: several times faster than lbfgs here at equal solutions (small n, wide d)
         return LogisticRegression(C=strength, max_iter=cfg.max_iter, solver="newton-cg",
-                                  warm_start=warm)
+                                  tol=cfg.tol, warm_start=warm)
     return Ridge(alpha=strength)
 
 
