@@ -162,14 +162,15 @@ def test_killed_run_resumes_to_the_same_results(toy_run, tmp_path):
                              "gpu=1", "--configfile", CONFIG], cwd=workdir, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     model = workdir / "results" / "toy" / "model" / "metrics.json"
+    sae_logs = workdir / "results" / "toy" / "logs" / "train_sae"
     deadline = time.monotonic() + 1200
     try:
-        # train_model finished and a later job (SAE training, extraction) is running.
-        while not (model.exists() and (workdir / "results" / "toy" / "logs" / "train_sae").exists()):
+        # train_model finished and an SAE is training (its script has started logging).
+        while not (model.exists() and any(p.stat().st_size for p in sae_logs.glob("*.log"))):
             assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "no job finished in 20 minutes"
+            assert time.monotonic() < deadline, "no SAE training started in 20 minutes"
             time.sleep(0.5)
-        time.sleep(2)
+        time.sleep(1)
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the whole process group, jobs included
         proc.wait(timeout=120)
     finally:
