@@ -10,7 +10,7 @@ run: $(STAMP)
 	$(VENV)/bin/snakemake --cores $(CORES) --resources gpu=1
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=12
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not slurm"

@@ -87,10 +87,29 @@ def splice_hook(sae: Any, keep: torch.Tensor | None):
     return hook
 
 
-def _loss_sums(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Summed cross entropy over counted positions. logits ``[b, T, V]``, targets ``[b, T]``."""
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE,
-                           reduction="sum")
+def _row_loss_sums(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``[b]`` summed cross entropy of each row's counted positions.
+
+    logits ``[b, T, V]``, targets ``[b, T]``."""
+    per_token = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
+                                ignore_index=IGNORE, reduction="none")
+    return per_token.view(targets.shape).sum(dim=1)
+
+
+def delta_covariance(row_deltas: np.ndarray, row_counts: np.ndarray) -> np.ndarray:
+    """Sampling covariance ``[k, k]`` of the k mean loss increases, prompts resampled.
+
+    row_deltas: ``[n, k]`` per-prompt summed loss increase of each ablation (over the same
+    prompts as the baseline, so paired); row_counts: ``[n]`` counted positions per prompt.
+    Each delta is a ratio of sums; its linearised (cluster-robust) variance treats a prompt
+    as the unit, so increases measured on the same prompts get their covariance too.
+    """
+    n, total = len(row_counts), float(row_counts.sum())
+    if n < 2:
+        return np.full((row_deltas.shape[1],) * 2, np.nan)
+    means = row_deltas.sum(axis=0) / total
+    residuals = row_deltas - np.outer(row_counts, means)
+    return residuals.T @ residuals * (n / (n - 1)) / total**2
 
 
 @torch.inference_mode()
@@ -100,8 +119,10 @@ def ablation_losses(model: Any, sae: Any, eval_set: EvalSet,
     """Mean loss over counted positions: the model alone, with the SAE + error term spliced in
     (``baseline_loss``), and with each named feature set zero-ablated.
 
-    Returns ``{model_loss, baseline_loss, n_targets, hook_name, sets: {name: {n_features,
-    loss, delta}}}`` where ``delta = loss - baseline_loss``.
+    Returns ``{model_loss, baseline_loss, n_targets, n_prompts, hook_name, sets: {name:
+    {n_features, loss, delta, delta_se}}, delta_covariance: {names, matrix}}`` where ``delta =
+    loss - baseline_loss`` and its standard error and covariance treat prompts as the
+    sampling unit (:func:`delta_covariance`).
     """
     hook = hook_name_of(sae, hook_name)
     if eval_set.n_targets == 0:
@@ -116,20 +137,29 @@ def ablation_losses(model: Any, sae: Any, eval_set: EvalSet,
         keep = torch.ones(d_sae, device=device)
         keep[idx.to(device)] = 0.0
         masks[name] = keep
-    sums = dict.fromkeys(masks, 0.0)
+    rows: dict[str, list[np.ndarray]] = {name: [] for name in masks}
     for start in range(0, len(eval_set.tokens), batch_size):
         tokens = eval_set.tokens[start:start + batch_size].to(device)
         targets = eval_set.targets[start:start + batch_size].to(device)
         for name, keep in masks.items():
             hooks = [] if name == "__model__" else [(hook, splice_hook(sae, keep))]
             logits = model.run_with_hooks(tokens, fwd_hooks=hooks, return_type="logits")
-            sums[name] += float(_loss_sums(logits, targets))
-    losses = {name: total / eval_set.n_targets for name, total in sums.items()}
+            rows[name].append(_row_loss_sums(logits, targets).double().cpu().numpy())
+    row_loss = {name: np.concatenate(parts) for name, parts in rows.items()}
+    row_counts = (eval_set.targets != IGNORE).sum(dim=1).double().numpy()
+    counted = row_counts > 0
+    losses = {name: float(loss.sum()) / eval_set.n_targets for name, loss in row_loss.items()}
     baseline = losses["__baseline__"]
+    names = list(feature_sets)
+    row_deltas = np.stack([row_loss[name] - row_loss["__baseline__"] for name in names], axis=1)
+    cov = delta_covariance(row_deltas[counted], row_counts[counted])
     return {"model_loss": losses["__model__"], "baseline_loss": baseline,
-            "n_targets": eval_set.n_targets, "hook_name": hook,
+            "n_targets": eval_set.n_targets, "n_prompts": int(counted.sum()), "hook_name": hook,
             "sets": {name: {"n_features": len(set(feature_sets[name])), "loss": losses[name],
-                            "delta": losses[name] - baseline} for name in feature_sets}}
+                            "delta": losses[name] - baseline,
+                            "delta_se": float(np.sqrt(max(cov[j, j], 0.0)))}
+                     for j, name in enumerate(names)},
+            "delta_covariance": {"names": names, "matrix": cov.tolist()}}
 
 
 def random_matched_set(pool: Sequence[int], size: int, seed: int) -> list[int]:

@@ -37,8 +37,9 @@ def _agreement(args: argparse.Namespace) -> None:
 
 
 def _correct(args: argparse.Namespace) -> None:
-    from saeflow.correction import correct, load_study
+    from saeflow.correction import correct
     from saeflow.io import write_json
+    from saeflow.study import load_study
 
     result = correct(load_study(args.study), args.method, args.n_boot, args.seed)
     write_json(args.json, result, {"method": args.method, "n_boot": args.n_boot, "seed": args.seed})

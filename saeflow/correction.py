@@ -13,54 +13,31 @@ estimated from a human-labelled validation sample:
   random matched-size set); bucket composition from the sample's joint labels; solved by
   non-negative least squares.
 
-Uncertainty comes from the validation sample only: its counts are resampled (multinomial,
-seeded) and the system re-solved; the ablated losses are treated as exact.
+Uncertainty has two sources, both resampled (seeded) and the system re-solved per draw: the
+validation sample (its counts, multinomial) and, when the study gives it, the measurement of
+the loss increases (normal with the study's ``delta_covariance``, prompts as the unit). The
+naive estimate uses no labels, so its interval reflects the measurement alone; without a
+measured covariance the losses are treated as exact and the naive estimate has no interval.
+
+The study itself (data model, parsing, building it from the pipeline's results) is
+:mod:`saeflow.study`; this module solves it and, on the toy, compares with the truth.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 from scipy.optimize import nnls
 
 from saeflow.errors import InputError
+from saeflow.study import OTHER, Confusion, Study
 
 METHODS = ("naive", "two-bucket", "general")
-OTHER = "other"
 MAX_CONDITION = 1e12  # beyond this the solution is noise in float64
-
-
-@dataclass(frozen=True)
-class Confusion:
-    tp: int
-    fp: int
-    tn: int
-    fn: int
-
-
-@dataclass(frozen=True)
-class Bucket:
-    """One ablated set: how many features, and the loss with them zeroed."""
-
-    n: int
-    ablated_loss: float
-    confusion: Confusion | None = None
-
-
-@dataclass(frozen=True)
-class Study:
-    """Everything a correction needs; ``validation`` rows are (predicted, human, count)."""
-
-    source: str
-    baseline_loss: float
-    categories: dict[str, Bucket]
-    other: Bucket | None = None
-    validation: tuple[tuple[tuple[str, ...], tuple[str, ...], int], ...] | None = None
 
 
 class _Degenerate(Exception):
@@ -69,94 +46,6 @@ class _Degenerate(Exception):
     def __init__(self, field: str, problem: str):
         self.field, self.problem = field, problem
         super().__init__(problem)
-
-
-# --- parsing ----------------------------------------------------------------------------------
-
-def _number(value: Any, source: str, field: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InputError(source, field, f"expected a finite number, got {value!r}")
-    return float(value)
-
-
-def _count(value: Any, source: str, field: str, positive: bool) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < (1 if positive else 0):
-        kind = "positive" if positive else "non-negative"
-        raise InputError(source, field, f"expected a {kind} integer, got {value!r}")
-    return value
-
-
-def _mapping(value: Any, source: str, field: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise InputError(source, field, "missing or not a mapping")
-    return value
-
-
-def _bucket(raw: Any, source: str, field: str) -> Bucket:
-    raw = _mapping(raw, source, field)
-    confusion = None
-    if raw.get("confusion") is not None:
-        conf = _mapping(raw["confusion"], source, f"{field}.confusion")
-        counts = {k: _count(conf.get(k), source, f"{field}.confusion.{k}", False)
-                  for k in ("tp", "fp", "tn", "fn")}
-        if sum(counts.values()) == 0:
-            raise InputError(source, f"{field}.confusion", "all counts are zero")
-        confusion = Confusion(**counts)
-    return Bucket(_count(raw.get("n_predicted"), source, f"{field}.n_predicted", True),
-                  _number(raw.get("ablated_loss"), source, f"{field}.ablated_loss"), confusion)
-
-
-def parse_study(raw: Any, source: str) -> Study:
-    """Validate a study mapping; every problem is an InputError naming the field.
-
-    ``baseline_loss``; ``categories.<name>: {n_predicted, ablated_loss, confusion: {tp, fp,
-    tn, fn}}`` (confusion needed by two-bucket); for general also ``other: {n_predicted,
-    ablated_loss}`` and ``validation: [{predicted: [names], human: [names], count}]``.
-    """
-    raw = _mapping(raw, source, "<root>")
-    cats = _mapping(raw.get("categories"), source, "categories")
-    if not cats:
-        raise InputError(source, "categories", "no categories")
-    if OTHER in cats:
-        raise InputError(source, f"categories.{OTHER}", "reserved name; give it as top-level 'other'")
-    categories = {str(k): _bucket(v, source, f"categories.{k}") for k, v in cats.items()}
-    other = _bucket(raw["other"], source, OTHER) if raw.get("other") is not None else None
-    validation = None
-    if raw.get("validation") is not None:
-        if not isinstance(raw["validation"], list) or not raw["validation"]:
-            raise InputError(source, "validation", "expected a non-empty list")
-        rows = []
-        for i, row in enumerate(raw["validation"]):
-            row = _mapping(row, source, f"validation[{i}]")
-            sets = []
-            for key in ("predicted", "human"):
-                names = row.get(key)
-                if not isinstance(names, list) or any(n not in categories for n in names):
-                    raise InputError(source, f"validation[{i}].{key}",
-                                     f"expected a list of category names, got {names!r}")
-                sets.append(tuple(names))
-            rows.append((sets[0], sets[1], _count(row.get("count"), source,
-                                                  f"validation[{i}].count", True)))
-        validation = tuple(rows)
-    return Study(source, _number(raw.get("baseline_loss"), source, "baseline_loss"), categories,
-                 other, validation)
-
-
-def load_study(path: str | Path) -> Study:
-    """Read and validate a study YAML (or JSON) file."""
-    import yaml
-
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        raise InputError(path, "<file>", "does not exist") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "<file>"
-        raise InputError(path, where, f"malformed YAML: {getattr(err, 'problem', err)}") from None
-    return parse_study(raw, str(path))
 
 
 # --- the systems ------------------------------------------------------------------------------
@@ -256,7 +145,12 @@ def estimate(study: Study, method: str) -> tuple[list[str], np.ndarray, np.ndarr
 # --- bootstrap --------------------------------------------------------------------------------
 
 def _resample(study: Study, rng: np.random.Generator) -> Study:
-    """A study whose validation counts are one multinomial draw from the observed ones."""
+    """A study whose validation counts are one multinomial draw from the observed ones and,
+    if the study measured them, whose loss increases are one normal draw around the observed."""
+    noise = {}
+    if study.delta_covariance is not None:
+        names, cov = study.delta_covariance
+        noise = dict(zip(names, rng.multivariate_normal(np.zeros(len(names)), cov, method="eigh")))
     cats = {}
     for name, bucket in study.categories.items():
         conf = bucket.confusion
@@ -264,13 +158,16 @@ def _resample(study: Study, rng: np.random.Generator) -> Study:
             counts = np.array([conf.tp, conf.fp, conf.tn, conf.fn])
             bucket = replace(bucket, confusion=Confusion(*map(int, rng.multinomial(
                 counts.sum(), counts / counts.sum()))))
-        cats[name] = bucket
+        cats[name] = replace(bucket, ablated_loss=bucket.ablated_loss + noise.get(name, 0.0))
+    other = study.other
+    if other is not None:
+        other = replace(other, ablated_loss=other.ablated_loss + noise.get(OTHER, 0.0))
     validation = study.validation
     if validation:
         counts = np.array([c for _, _, c in validation])
         draw = rng.multinomial(counts.sum(), counts / counts.sum())
         validation = tuple((p, h, int(k)) for (p, h, _), k in zip(validation, draw) if k > 0)
-    return replace(study, categories=cats, validation=validation)
+    return replace(study, categories=cats, other=other, validation=validation)
 
 
 def bootstrap(study: Study, method: str, n_boot: int, seed: int) -> np.ndarray:
@@ -314,8 +211,9 @@ def correct(study: Study, method: str, n_boot: int = 2000, seed: int = 0) -> dic
     contam = _contamination_report(study, method, names)
     rhs = deltas(study, names)
     categories = {}
-    # The naive estimate uses no human labels, so resampling them cannot give it an interval.
-    has_ci = method != "naive"
+    # The naive estimate uses no human labels: only a measured covariance gives it an interval.
+    measured = study.delta_covariance is not None
+    has_ci = method != "naive" or measured
     for j, name in enumerate(names):
         ci = _interval(draws[:, j]) if has_ci else None
         bucket = study.categories.get(name) or study.other
@@ -340,7 +238,9 @@ def correct(study: Study, method: str, n_boot: int = 2000, seed: int = 0) -> dic
             "condition_number": float(np.linalg.cond(matrix)),
             "system": {"names": names, "matrix": matrix.tolist(), "rhs": rhs.tolist()},
             "bootstrap": {"n": n_boot, "seed": seed,
-                          "n_failed": int(np.isnan(draws).any(axis=1).sum())}}
+                          "n_failed": int(np.isnan(draws).any(axis=1).sum()),
+                          "sources": ([] if method == "naive" else ["validation labels"])
+                          + (["loss measurement"] if measured else [])}}
 
 
 def _contamination_report(study: Study, method: str, names: list[str]) -> dict[str, float | None]:
@@ -352,51 +252,7 @@ def _contamination_report(study: Study, method: str, names: list[str]) -> dict[s
             for n in names for c in [confs.get(n)]}
 
 
-# --- the DAG's side: building a study, checking against the toy's truth -----------------------
-
-def study_from_results(ablation: Mapping[str, Any], agreements: Mapping[str, Mapping[str, Any]],
-                       validation: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
-    """A study mapping (YAML-ready) from ``ablation_losses`` output, one agreement result per
-    category and optional joint validation rows (:func:`saeflow.agreement.joint_validation`)."""
-    sets = ablation["sets"]
-    study: dict[str, Any] = {"baseline_loss": float(ablation["baseline_loss"]), "categories": {}}
-    for name, agree in agreements.items():
-        study["categories"][name] = {
-            "n_predicted": int(sets[name]["n_features"]), "ablated_loss": float(sets[name]["loss"]),
-            "confusion": {k: int(agree[k]) for k in ("tp", "fp", "tn", "fn")}}
-    if OTHER in sets:
-        study[OTHER] = {"n_predicted": int(sets[OTHER]["n_features"]),
-                        "ablated_loss": float(sets[OTHER]["loss"])}
-    if validation:
-        study["validation"] = [dict(row) for row in validation]
-    return study
-
-
-def write_study(path: str | Path, raw: Mapping[str, Any]) -> None:
-    """A study mapping as YAML, atomically: the file ``saeflow correct`` reads."""
-    import yaml
-
-    from saeflow.io import write_text_atomic
-
-    write_text_atomic(path, yaml.safe_dump(dict(raw), sort_keys=False))
-
-
-def study_stage(ablation: str | Path, agreements: Mapping[str, str | Path],
-                classified: Mapping[str, str | Path], humans: Mapping[str, str | Path],
-                out: str | Path) -> None:
-    """The stage: the study YAML built from the DAG's files (validated before it is written),
-    so each method's rule runs exactly what ``saeflow correct`` runs on it."""
-    from saeflow.agreement import joint_validation
-    from saeflow.classify import read_labelled
-    from saeflow.io import read_json
-
-    validation = joint_validation({c: read_labelled(p) for c, p in classified.items()},
-                                  {c: read_labelled(p, strict=False) for c, p in humans.items()})
-    raw = study_from_results(read_json(ablation), {c: read_json(p) for c, p in agreements.items()},
-                             validation)
-    parse_study(raw, str(out))
-    write_study(out, raw)
-
+# --- the toy's truth --------------------------------------------------------------------------
 
 def true_lpf(ablation: Mapping[str, Any]) -> dict[str, float]:
     """Toy truth: ``delta / n`` of each ``truth:<name>`` set ablated."""

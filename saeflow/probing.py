@@ -1,27 +1,25 @@
 """Cross-validated linear probes with nested regularisation search and a permutation baseline.
 
 Labels get logistic regression (multinomial for >2 classes), continuous targets ridge. Outer
-folds come from the prompt indices and a seed (:func:`make_folds`), never from X, so every
-input kind built from the same prompts and target is scored on identical folds. Inside each
-training fold a grid search over the regularisation strength runs its own CV, and the
-normaliser (``standardize``, ``minmax``, ``none``) is part of the fitted pipeline, so its
-statistics come from training rows only (of the inner training split during the search, of
-the whole outer training fold for the refit). The permutation baseline reruns the identical
+folds come from the prompt indices and a seed (:func:`saeflow.crossval.make_folds`), never
+from X, so every input kind built from the same prompts and target is scored on identical
+folds. Inside each training fold a grid search over the regularisation strength runs its own
+CV, and the normaliser (``standardize``, ``minmax``, ``none``) is part of the fitted pipeline,
+so its statistics come from training rows only (of the inner training split during the search,
+of the whole outer training fold for the refit). The permutation baseline reruns the identical
 procedure on shuffled labels over the same outer folds: chance is measured, not assumed.
+Writing a fit to files is :mod:`saeflow.probe_fit`.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-import h5py
 import numpy as np
 from joblib import Parallel, delayed
-from scipy import stats
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, log_loss,
@@ -32,10 +30,9 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, MinMaxScaler, StandardScaler
 from threadpoolctl import threadpool_limits
 
+from saeflow.crossval import make_folds, t_interval
 from saeflow.errors import InputError
-from saeflow.io import atomic_path, write_json
-from saeflow.probe_data import COLUMN_FIELDS, ProbeDataset, check_dataset, read_probe_dataset
-from saeflow.provenance import provenance_json
+from saeflow.probe_data import ProbeDataset, check_dataset
 
 log = logging.getLogger(__name__)
 
@@ -78,40 +75,6 @@ class ProbeConfig:
             raise InputError(source, "probe.cv", "need n_permutations >= 0, non-empty grids "
                              "and tol > 0")
         return cfg
-
-
-# ---------------------------------------------------------------------------- folds
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """A fixed integer hash ``[n] uint64 -> [n] uint64`` (wrapping arithmetic is intended)."""
-    z = x.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-def make_folds(sample_index: np.ndarray, y: np.ndarray | None, n_folds: int, seed: int
-               ) -> np.ndarray:
-    """Fold id per row ``[n]`` from prompt indices ``[n]`` and a seed, stratified by ``y``.
-
-    Each prompt gets a pseudo-random key ``hash(prompt ^ hash(seed))``; within each class the
-    prompts are ranked by key and dealt round-robin, continuing where the previous class
-    stopped so folds stay balanced. Rows of one prompt share its fold. ``y=None`` (continuous
-    targets) deals all prompts in one round: plain k-fold. Nothing depends on X or row order.
-    """
-    prompts, first = np.unique(sample_index, return_index=True)
-    with np.errstate(over="ignore"):
-        keys = _splitmix64(prompts.astype(np.uint64) ^ _splitmix64(np.array([seed]))[0])
-    groups = [np.arange(prompts.size)] if y is None else \
-        [np.flatnonzero(y[first] == c) for c in np.unique(y[first])]
-    prompt_fold = np.empty(prompts.size, np.int64)
-    offset = 0
-    for members in groups:
-        ranked = members[np.argsort(keys[members], kind="stable")]
-        prompt_fold[ranked] = (offset + np.arange(ranked.size)) % n_folds
-        offset = (offset + ranked.size) % n_folds
-    return prompt_fold[np.searchsorted(prompts, sample_index)]
 
 
 # ---------------------------------------------------------------------------- one fold
@@ -262,22 +225,6 @@ def predict_proba(fitted: Any, X: np.ndarray, n_classes: int) -> np.ndarray:
 METRIC_RANGE = {"r2": (-np.inf, 1.0), "mse": (0.0, np.inf), "pearson_r": (-1.0, 1.0)}
 
 
-def t_interval(values: np.ndarray, level: float = 0.95,
-               bounds: tuple[float, float] = (-np.inf, np.inf)) -> dict[str, float]:
-    """Mean and two-sided t-interval over folds ``[k]`` (NaN folds dropped), clipped to
-    ``bounds``."""
-    v = np.asarray(values, dtype=np.float64)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return {"mean": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0}
-    mean = float(v.mean())
-    if v.size < 2:
-        return {"mean": mean, "ci_low": float("nan"), "ci_high": float("nan"), "n": int(v.size)}
-    half = float(stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
-    return {"mean": mean, "ci_low": max(mean - half, bounds[0]),
-            "ci_high": min(mean + half, bounds[1]), "n": int(v.size)}
-
-
 def cross_validate(X: np.ndarray, y: np.ndarray, folds: np.ndarray, kind: str,
                    cfg: ProbeConfig, n_classes: int, groups: np.ndarray | None = None
                    ) -> tuple[list[dict[str, dict[str, float]]], list[FoldFit], np.ndarray]:
@@ -313,7 +260,8 @@ def _summarise_folds(per_fold: list[dict[str, dict[str, float]]]) -> dict[str, A
 
 @dataclass
 class ProbeResult:
-    """Everything :func:`fit_probe` learned; :func:`probe_record` makes it JSON."""
+    """Everything :func:`fit_probe` learned; :func:`saeflow.probe_fit.probe_record` makes it
+    JSON."""
 
     dataset: ProbeDataset
     config: ProbeConfig
@@ -415,69 +363,3 @@ def fit_probe(ds: ProbeDataset, cfg: ProbeConfig, n_jobs: int = 1) -> ProbeResul
     for note in notes:
         (log.info if "constant" in note else log.warning)("%s: %s", ds.name, note)
     return ProbeResult(ds, cfg, folds, fits, metrics, baseline, oof, notes)
-
-
-def probe_record(result: ProbeResult) -> dict[str, Any]:
-    """The JSON record of a probe fit (``probe/fits/{name}.json``)."""
-    ds, primary = result.dataset, result.primary_metric
-    m = result.metrics[primary]
-    return {
-        "name": ds.name, "strategy": ds.meta.get("strategy"),
-        "input_kind": ds.meta.get("input_kind"),
-        "target_kind": ds.target_kind, "target": ds.meta.get("target"),
-        "class_names": ds.class_names, "layers": ds.layers, "positions": ds.positions,
-        "group": ds.meta.get("group"), "prompt_set": ds.meta.get("prompt_set"),
-        "sources": ds.meta.get("sources"),
-        "n_samples": int(ds.X.shape[0]), "n_prompts": int(np.unique(ds.sample_index).size),
-        "n_inputs": int(ds.X.shape[1]),
-        "n_constant_inputs": int(np.all(ds.X == ds.X[:1], axis=0).sum()),
-        "class_counts": np.bincount(ds.y.astype(np.int64)).tolist()
-        if ds.target_kind == "label" else None,
-        "primary_metric": primary,
-        "test": m["test"], "train": m["train"], "gap": m["gap"],
-        "baseline": result.baseline, "metrics": result.metrics,
-        "regularisation": [f.regularisation for f in result.fits],
-        "inner_folds": [f.inner_folds for f in result.fits],
-        "cv": asdict(result.config), "notes": result.notes,
-    }
-
-
-def write_probe_fit(result: ProbeResult, json_path: str | Path, h5_path: str | Path,
-                    config: dict[str, Any] | None = None) -> None:
-    """Write the metrics JSON and the fitted probes (HDF5: ``folds`` ``[n]``, ``oof`` and per
-    fold ``fold_{k}/{coef,intercept,normaliser/shift,normaliser/factor}`` with attribute
-    ``regularisation``; ``columns/*`` copied from the dataset). Both atomically."""
-    ds = result.dataset
-    with atomic_path(h5_path) as tmp, h5py.File(tmp, "w") as h5:
-        h5.create_dataset("folds", data=result.folds)
-        h5.create_dataset("oof", data=result.oof)
-        h5.create_dataset("sample_index", data=ds.sample_index)
-        for key in COLUMN_FIELDS:
-            h5.create_dataset(f"columns/{key}", data=ds.columns[key])
-        for k, fit in enumerate(result.fits):
-            g = h5.create_group(f"fold_{k}")
-            g.create_dataset("coef", data=fit.coef)
-            g.create_dataset("intercept", data=fit.intercept)
-            for key, value in fit.normaliser.items():
-                g.create_dataset(f"normaliser/{key}", data=value)
-            g.attrs.update(regularisation=fit.regularisation, inner_folds=fit.inner_folds,
-                           normalise=result.config.normalise)
-        h5.attrs.update(name=ds.name, target_kind=ds.target_kind,
-                        provenance=provenance_json(config))
-    try:
-        write_json(json_path, probe_record(result), config)
-    except BaseException:
-        Path(h5_path).unlink(missing_ok=True)  # no half of a result without the other
-        raise
-
-
-def run_probe_fit(dataset_path: str | Path, json_out: str | Path, h5_out: str | Path,
-                  cv: dict[str, Any] | None = None, config: dict[str, Any] | None = None,
-                  n_jobs: int = 1) -> ProbeResult:
-    """Rule ``probe_fit``: read a probe dataset, cross-validate, write JSON + HDF5."""
-    result = fit_probe(read_probe_dataset(dataset_path), ProbeConfig.from_dict(cv), n_jobs)
-    write_probe_fit(result, json_out, h5_out, config)
-    log.info("%s: test %s %.3f (baseline %.3f)", result.dataset.name, result.primary_metric,
-             result.metrics[result.primary_metric]["test"]["mean"],
-             result.baseline.get(result.primary_metric, {}).get("mean", float("nan")))
-    return result

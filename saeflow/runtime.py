@@ -10,6 +10,7 @@ import logging
 import os
 import random
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -59,15 +60,36 @@ def resolve_device(requested: str = "auto") -> str:
     return requested
 
 
+def _size(path: str) -> int:
+    if os.path.isdir(path):
+        return sum(os.path.getsize(os.path.join(root, f))
+                   for root, _, files in os.walk(path) for f in files)
+    return os.path.getsize(path) if os.path.exists(path) else 0
+
+
+def log_job(snakemake: Any) -> None:
+    """What a job is: rule, wildcards, threads and inputs, so a log explains its outputs."""
+    wildcards = dict(snakemake.wildcards.items()) if hasattr(snakemake.wildcards, "items") else {}
+    log.info("rule %s %s, %s thread(s)", getattr(snakemake, "rulename", "?"), wildcards or "",
+             getattr(snakemake, "threads", 1))
+    for path in snakemake.input:
+        log.info("input %s", path)
+
+
 def rule_main(body: Callable[[Any], None], snakemake: Any) -> None:
     """Run one rule's body with logging, threads and a clean one-line error on bad input."""
     os.environ.setdefault("WANDB_MODE", "disabled")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     setup_logging(snakemake.log[0] if len(snakemake.log) else None)
     set_threads(getattr(snakemake, "threads", 1))
+    log_job(snakemake)
+    start = time.perf_counter()
     try:
         body(snakemake)
     except InputError as err:
         log.error("%s", err)
         print(f"saeflow: error: {err}", file=sys.__stderr__)
         sys.exit(1)
+    for path in snakemake.output:
+        log.info("wrote %s (%d bytes)", path, _size(path))
+    log.info("done in %.1f s", time.perf_counter() - start)

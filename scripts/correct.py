@@ -8,8 +8,9 @@ from saeflow.runtime import rule_main
 
 
 def body(smk) -> None:
-    from saeflow.correction import correct, load_study
+    from saeflow.correction import correct
     from saeflow.io import write_json
+    from saeflow.study import load_study
 
     cfg = smk.params.correction
     result = correct(load_study(smk.input.study), smk.params.method, cfg["n_boot"], cfg["seed"])

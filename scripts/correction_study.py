@@ -9,7 +9,7 @@ from saeflow.runtime import rule_main
 
 
 def body(smk) -> None:
-    from saeflow.correction import study_stage
+    from saeflow.study import study_stage
 
     names = smk.params.categories
     study_stage(smk.input.ablation, dict(zip(names, smk.input.agreements)),

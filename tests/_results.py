@@ -88,8 +88,9 @@ def _assert_same_tensors(a: Path, b: Path, where: str) -> None:
         assert np.array_equal(ta[k], tb[k]), f"{where}:{k}: values differ"
 
 
-def assert_same_results(a: Path, b: Path) -> list[Path]:
-    """Assert results trees ``a`` and ``b`` hold the same files and the same numbers.
+def assert_same_results(a: Path, b: Path, subset: bool = False) -> list[Path]:
+    """Assert results trees ``a`` and ``b`` hold the same files and the same numbers
+    (``subset``: ``b`` ran only some targets, so its files need only all be in ``a``).
 
     JSON and YAML are compared as trees without ``provenance``; HDF5 dataset by dataset and
     attribute by attribute with ``np.array_equal``; model and SAE weights tensor by tensor.
@@ -98,8 +99,11 @@ def assert_same_results(a: Path, b: Path) -> list[Path]:
     import yaml
 
     files_a, files_b = result_files(a), result_files(b)
-    assert files_a == files_b, f"files differ: {sorted(set(files_a) ^ set(files_b))}"
-    for rel in files_a:
+    if subset:
+        assert files_b and set(files_b) <= set(files_a), f"only in b: {sorted(set(files_b) - set(files_a))}"
+    else:
+        assert files_a == files_b, f"files differ: {sorted(set(files_a) ^ set(files_b))}"
+    for rel in files_b:
         pa, pb, where = a / rel, b / rel, str(rel)
         if rel.suffix == ".json":
             _assert_same_tree(_strip(json.loads(pa.read_text())), _strip(json.loads(pb.read_text())), where)

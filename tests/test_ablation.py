@@ -11,8 +11,8 @@ from sae_lens.saes.sae import SAEMetadata
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from saeflow.ablation import (
-    IGNORE, ablate_categories, ablation_losses, category_feature_sets, eval_set_from_h5,
-    next_token_eval, random_matched_set, target_eval,
+    IGNORE, ablate_categories, ablation_losses, category_feature_sets, delta_covariance,
+    eval_set_from_h5, next_token_eval, random_matched_set, target_eval,
 )
 from saeflow.errors import InputError
 
@@ -78,6 +78,28 @@ def test_ablating_features_changes_the_loss(model_and_sae, eval_set):
     assert abs(out["sets"]["live"]["delta"]) > 1e-3
     assert abs(out["sets"]["dead"]["delta"]) < 1e-6  # features that never fire change nothing
     assert out["sets"]["live"]["n_features"] == len(live)
+    assert out["sets"]["live"]["delta_se"] > 0 and out["sets"]["dead"]["delta_se"] < 1e-7
+    cov = np.array(out["delta_covariance"]["matrix"])
+    assert out["delta_covariance"]["names"] == ["live", "dead"] and cov.shape == (2, 2)
+    assert cov[0, 0] == pytest.approx(out["sets"]["live"]["delta_se"] ** 2)
+
+
+def test_delta_covariance_matches_a_bootstrap_over_prompts():
+    """The linearised covariance of ratio-of-sums deltas agrees with resampling prompts."""
+    rng = np.random.default_rng(0)
+    n = 400
+    counts = rng.integers(1, 6, n).astype(float)
+    shared = rng.normal(0.3, 1.0, n)
+    deltas = np.stack([counts * 0.1 + shared + rng.normal(0, 0.5, n),
+                       counts * 0.2 + shared + rng.normal(0, 0.5, n)], axis=1)
+    cov = delta_covariance(deltas, counts)
+    boot = []
+    for _ in range(4000):
+        i = rng.integers(0, n, n)
+        boot.append(deltas[i].sum(0) / counts[i].sum())
+    assert cov == pytest.approx(np.cov(np.array(boot).T), rel=0.1)
+    assert cov[0, 1] > 0.5 * np.sqrt(cov[0, 0] * cov[1, 1])  # same prompts: correlated
+    assert np.isnan(delta_covariance(deltas[:1], counts[:1])).all()
 
 
 def test_bad_feature_index_is_an_error(model_and_sae, eval_set):

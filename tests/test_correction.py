@@ -10,11 +10,10 @@ import pytest
 import yaml
 
 from saeflow.cli import main
-from saeflow.correction import (
-    compare_with_truth, correct, load_study, parse_study, study_from_results, study_stage, true_lpf,
-)
+from saeflow.correction import compare_with_truth, correct, true_lpf
 from saeflow.errors import InputError
 from saeflow.plots_labels import plot_lpf
+from saeflow.study import load_study, parse_study, study_from_results, study_stage
 
 STUDY = """\
 baseline_loss: 3.10
@@ -66,6 +65,61 @@ def test_bootstrap_is_seeded_and_naive_has_no_label_uncertainty(study_file):
     cat = naive["categories"]["catB"]
     assert cat["lpf_corrected"] == cat["lpf_naive"] == pytest.approx(0.8 / 1200)
     assert cat["ci95"] is None  # no human labels enter it, so resampling them gives no interval
+    assert naive["bootstrap"]["sources"] == []
+
+
+MEASURED = STUDY.replace("confusion: {tp: 40", "delta_se: 0.02, confusion: {tp: 40").replace(
+    "confusion: {tp: 55", "delta_se: 0.03, confusion: {tp: 55")
+
+
+def test_measured_loss_noise_widens_every_interval_and_gives_naive_one(tmp_path):
+    exact = parse_study(yaml.safe_load(STUDY), "exact.yaml")
+    noisy = parse_study(yaml.safe_load(MEASURED), "noisy.yaml")
+    assert noisy.delta_covariance[0] == ("catA", "catB")
+    assert noisy.delta_covariance[1] == pytest.approx(np.diag([0.02**2, 0.03**2]))
+    naive = correct(noisy, "naive", 2000, seed=0)
+    lo, hi = naive["categories"]["catA"]["ci95"]
+    # naive LPF = delta / n with delta ~ N(0.2, 0.02): the interval is delta's, scaled.
+    assert (lo * 900, hi * 900) == pytest.approx((0.2 - 1.96 * 0.02, 0.2 + 1.96 * 0.02), abs=3e-3)
+    assert naive["bootstrap"]["sources"] == ["loss measurement"]
+    a, b = (correct(s, "two-bucket", 1000, seed=0)["categories"]["catA"]["ci95"] for s in (exact, noisy))
+    assert b[1] - b[0] > a[1] - a[0]
+    assert correct(noisy, "two-bucket", 10)["bootstrap"]["sources"] == ["validation labels",
+                                                                        "loss measurement"]
+
+
+def test_measured_intervals_cover_the_truth_at_their_level():
+    """Simulated studies: known LPFs, losses measured with noise, validation labels drawn from
+    the known contamination; the two-bucket 95% interval covers the truth ~95% of the time."""
+    rng = np.random.default_rng(1)
+    lpf, n, r, se = np.array([2e-4, 6e-4]), np.array([900, 1200]), np.array([0.2, 0.12]), 0.02
+    true_delta = np.array([n[0] * ((1 - r[0]) * lpf[0] + r[0] * lpf[1]),
+                           n[1] * (r[1] * lpf[0] + (1 - r[1]) * lpf[1])])
+    covered = []
+    for trial in range(150):
+        cats = {}
+        for j, name in enumerate(("catA", "catB")):
+            fp = int(rng.binomial(60, r[j]))
+            cats[name] = {"n_predicted": int(n[j]), "delta_se": se,
+                          "ablated_loss": float(3.0 + true_delta[j] + rng.normal(0, se)),
+                          "confusion": {"tp": 60 - fp, "fp": fp, "tn": 200, "fn": 20}}
+        study = parse_study({"baseline_loss": 3.0, "categories": cats}, "sim")
+        lo, hi = correct(study, "two-bucket", 300, seed=trial)["categories"]["catB"]["ci95"]
+        covered.append(lo <= lpf[1] <= hi)
+    assert 0.88 <= np.mean(covered) <= 0.995
+
+
+@pytest.mark.parametrize("extra, field", [
+    ("delta_covariance: {names: [catA], matrix: [[1]]}\n", "delta_covariance.names"),
+    ("delta_covariance: {names: [catA, catB], matrix: [[1, 2], [2, 1]]}\n", "delta_covariance.matrix"),
+    ("delta_covariance: {names: [catA, catB], matrix: [[1, 0]]}\n", "delta_covariance.matrix"),
+])
+def test_bad_measurement_covariance_names_the_field(extra, field):
+    with pytest.raises(InputError, match=field):
+        parse_study(yaml.safe_load(STUDY + extra), "s.yaml")
+    partial = STUDY.replace("confusion: {tp: 40", "delta_se: 0.02, confusion: {tp: 40")
+    with pytest.raises(InputError, match="categories.catB.delta_se"):
+        parse_study(yaml.safe_load(partial), "s.yaml")
 
 
 def test_ratio_is_withheld_when_the_reference_lpf_is_not_positive():

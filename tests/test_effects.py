@@ -12,7 +12,8 @@ from saeflow.effects import (binary_target, bh_adjust, cohens_d, compute_effects
                              load_descriptions, localisation, permutation_test, run_effects,
                              toy_check, write_effects)
 from saeflow.errors import InputError
-from saeflow.probe_data import build_probe_dataset, write_probe_dataset
+from saeflow.probe_data import write_probe_dataset
+from saeflow.probe_strategies import build_probe_dataset
 
 
 def _reference_d(X, y):

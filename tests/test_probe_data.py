@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from saeflow.errors import InputError
-from saeflow.probe_data import (build_probe_dataset, load_model_correct,
-                                make_probe_dataset_file, read_probe_dataset)
+from saeflow.probe_data import read_probe_dataset
+from saeflow.probe_inputs import load_model_correct
+from saeflow.probe_strategies import build_probe_dataset, make_probe_dataset_file
 
 POSITIONS = ["first", "mid", "final"]
 LABELS = ["NoError", "TypeError", "KeyError"]

@@ -10,11 +10,12 @@ import pytest
 from scipy import stats
 
 from saeflow.errors import InputError
-from saeflow.probe_data import ProbeDataset, build_probe_dataset
-from saeflow.probe_data import write_probe_dataset
+from saeflow.crossval import make_folds, t_interval
+from saeflow.probe_data import ProbeDataset, write_probe_dataset
+from saeflow.probe_fit import run_probe_fit, write_probe_fit
+from saeflow.probe_strategies import build_probe_dataset
 from saeflow.probe_summary import probe_summary
-from saeflow.probing import (ProbeConfig, fit_fold, fit_probe, make_folds,
-                             run_probe_fit, t_interval, write_probe_fit)
+from saeflow.probing import ProbeConfig, fit_fold, fit_probe
 
 FAST = ProbeConfig(n_folds=4, inner_folds=2, Cs=(0.01, 1.0), alphas=(0.1, 10.0),
                    n_permutations=3, seed=1)

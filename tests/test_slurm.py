@@ -105,7 +105,8 @@ def slurm_jobs() -> list[tuple[str, str]]:
     jobs = []
     for line in out.splitlines():
         comment, tres = line.split()
-        jobs.append((comment.removeprefix("rule_").split("_wildcards_")[0], tres))
+        name = comment.removeprefix("rule_").removeprefix("group_")
+        jobs.append((name.split("_wildcards_")[0], tres))
     return jobs
 
 
@@ -130,6 +131,9 @@ def test_toy_dag_on_slurm_equals_the_local_run(slurm_cluster, toy_run, tmp_path)
     log = proc.stdout + proc.stderr
     submitted = set(re.findall(r"submitted with SLURM jobid \d+ \(log: \S*/slurm_logs/rule_(\w+)/", log))
     assert {"train_model", "train_sae", "extract", "encode", "patch_verify"} <= submitted, log[-3000:]
+    # The profile groups each probing dataset's steps into one cluster job.
+    groups = re.findall(r"submitted with SLURM jobid \d+ \(log: \S*/slurm_logs/group_([a-z]+)_", log)
+    assert "probing" in groups and not {"probe_data", "probe_fit"} & submitted, log[-3000:]
     assert not {r for r in submitted if r.startswith("plot_")}, "plots must run on the submit host"
     assert "localrule plot_resid_patching:" in log
     # SLURM itself saw a GPU request (--gpus=1) on the rules with resources gpu=1, none on others.
@@ -137,8 +141,8 @@ def test_toy_dag_on_slurm_equals_the_local_run(slurm_cluster, toy_run, tmp_path)
     assert all(wants_gpu[rule] for rule in GPU_RULES & wants_gpu.keys()), wants_gpu
     jobs = slurm_jobs()
     assert any(rule in GPU_RULES for rule, _ in jobs), jobs
-    for rule, tres in jobs:
-        assert ("gpu:1" in tres) == wants_gpu[rule], (rule, tres)
+    for rule, tres in jobs:  # a group job (probing) is named by its group and asks no GPU
+        assert ("gpu:1" in tres) == wants_gpu.get(rule, False), (rule, tres)
 
     compared = assert_same_results(toy_run / "results", workdir / "results")
     suffixes = {p.suffix for p in compared}

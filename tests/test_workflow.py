@@ -28,6 +28,15 @@ def test_toy_dag_produces_every_stage(toy_run):
     assert (results / "sae" / "blocks.0.hook_resid_post" / "cfg.json").exists()
 
 
+def test_every_rule_logs_what_it_did(toy_run):
+    logs = sorted((toy_run / "results" / "toy" / "logs").rglob("*.log"))
+    assert len(logs) > 30
+    for path in logs:
+        text = path.read_text()
+        assert "INFO saeflow: rule " in text and "INFO saeflow: done in " in text, path
+        assert "wrote " in text, path
+
+
 def test_nothing_to_do_after_a_complete_run(toy_run):
     proc = snakemake(toy_run, "-n", "--configfile", "config/test.yaml")
     assert "Nothing to be done" in proc.stdout + proc.stderr

@@ -1,8 +1,8 @@
 # Labels: feature descriptions -> category classification -> human (or oracle) labels ->
 # agreement -> category ablation -> study file -> loss-per-feature correction, one job per method
 # (a method whose system is singular fails alone, with a one-line reason in its log).
-# DRAFT for integration. Library: saeflow/describe.py, classify.py, labelling.py,
-# agreement.py, ablation.py, correction.py, plots_labels.py. Expects config["labels"]:
+# Library: saeflow/describe.py, classify.py, labelling.py,
+# agreement.py, ablation.py, study.py, correction.py, plots_labels.py. Expects config["labels"]:
 #
 #   labels:
 #     prompt_set: heldout_seen            # codes/activations the descriptions and eval use
@@ -60,6 +60,7 @@ rule classify:
 if IS_ORACLE:
 
     rule truth_membership:
+        localrule: True  # light bookkeeping against the toy world's truth
         input:
             codes=f"results/{{experiment}}/codes/{LABELS['prompt_set']}.h5",
             activations=f"results/{{experiment}}/activations/{LABELS['prompt_set']}.h5",
@@ -78,6 +79,7 @@ if IS_ORACLE:
             "../../scripts/truth_membership.py"
 
     rule label_oracle:
+        localrule: True  # light bookkeeping against the toy world's truth
         input:
             descriptions="results/{experiment}/labels/descriptions.json",
             membership="results/{experiment}/labels/truth_membership.json",
@@ -180,6 +182,7 @@ rule correct:
 if IS_ORACLE:
 
     rule correction_summary:
+        localrule: True  # light bookkeeping against the toy world's truth
         input:
             results=expand("results/{{experiment}}/correction/{method}.json", method=LPF_METHODS),
             ablation="results/{experiment}/labels/ablation.json",

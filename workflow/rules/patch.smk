@@ -1,5 +1,5 @@
 # Patching: which layers, positions and SAE latents carry the clean/corrupted difference?
-# DRAFT for integration. Library: saeflow/patching.py (residual patching),
+# Library: saeflow/patching.py (residual patching),
 # saeflow/attribution.py (AtP), saeflow/faithfulness.py (exact check, faithfulness),
 # saeflow/patch_summary.py (summary.json, toy-world check), saeflow/plots_patch.py (figures).
 # Expects config["patch"] (keys and defaults: saeflow.patching.PatchConfig; pairs, truth and

@@ -1,8 +1,8 @@
 # Probing: can cheap representations predict SAE features or the concept, can SAE features at
 # layers x positions predict the model's failures, and where does that signal live?
-# Library: saeflow/layerspec.py, probe_inputs.py, probe_data.py, probing.py, effects.py,
-# probe_summary.py, plots_probe.py. Config: config["probe"] (workflow/schemas/config.schema.yaml;
-# the toy's in config/config.yaml):
+# Library: saeflow/layerspec.py, probe_inputs.py, probe_strategies.py, probe_data.py,
+# crossval.py, probing.py, probe_fit.py, effects.py, probe_summary.py, plots_probe.py.
+# Config: config["probe"] (workflow/schemas/config.schema.yaml; the toy's in config/config.yaml):
 #
 #   probe:
 #     prompt_sets: [heldout_seen, heldout_unseen]   # activations/{set}.h5 and codes/{set}.h5
@@ -14,7 +14,7 @@
 #     descriptions: null        # e.g. results/{experiment}/labels/descriptions.json
 #     descriptions_hook: null   # the hook those descriptions belong to (default: file's source)
 #     toy_check: {informative_positions: []}   # positions known (from ground truth) to matter
-#     datasets:                 # saeflow.probe_data.STRATEGIES
+#     datasets:                 # saeflow.probe_strategies.STRATEGIES
 #       - {name: emb_f, strategy: embedding-to-feature, target: {layer: 1, feature: auto}}
 #       - {name: hid_f, strategy: hidden-to-feature, layers: "1", target: {feature: auto}}
 #       - {name: hid_concept, strategy: hidden-to-concept, layers: "0-3", per_layer: true}
