@@ -45,11 +45,19 @@ def seed_everything(seed: int) -> None:
 
 
 def set_threads(n: int) -> None:
+    """Size torch and the BLAS libraries to the rule's ``threads``: extra BLAS threads spinning
+    beside other jobs slow small matrix products (probe permutations) many times over."""
+    n = max(1, int(n))
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)  # BLAS libraries loaded later (scipy's) read these
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=n, user_api="blas")  # those already loaded
     try:
         import torch
     except ImportError:
         return
-    torch.set_num_threads(max(1, int(n)))
+    torch.set_num_threads(n)
 
 
 def resolve_device(requested: str = "auto") -> str:

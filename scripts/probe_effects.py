@@ -5,20 +5,13 @@ from saeflow.runtime import rule_main
 
 
 def body(sm):
-    from threadpoolctl import threadpool_limits
-
     from saeflow.effects import run_effects
 
     descriptions = getattr(sm.input, "descriptions", None)
-    # BLAS sized to the rule's threads: idle-spinning extra BLAS threads beside other jobs
-    # slow the permutation matrix products many times over on small machines
-    with threadpool_limits(limits=sm.threads, user_api="blas"):
-        run_effects(sm.input.dataset, sm.output.json, sm.output.arrays,
-                    settings=sm.params.settings, positive_class=sm.params.positive_class,
-                    descriptions=descriptions or None,
-                    descriptions_hook=sm.params.descriptions_hook, fit_h5=sm.input.probe,
-                    informative_positions=sm.params.informative_positions,
-                    config=sm.params.config)
+    run_effects(sm.input.dataset, sm.output.json, sm.output.arrays, settings=sm.params.settings,
+                positive_class=sm.params.positive_class, descriptions=descriptions or None,
+                descriptions_hook=sm.params.descriptions_hook, fit_h5=sm.input.probe,
+                informative_positions=sm.params.informative_positions, config=sm.params.config)
 
 
 rule_main(body, snakemake)  # noqa: F821 - injected by Snakemake

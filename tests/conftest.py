@@ -67,6 +67,16 @@ def random_sae():
 
 
 REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+TEST_CONFIG = "config/test.yaml"
+
+
+def e2e_config() -> dict:
+    """The config the end-to-end tests run: config/test.yaml's sections over config/config.yaml's."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config.update(yaml.safe_load((REPO / TEST_CONFIG).read_text()))
+    return config
 WORKFLOW_FILES = ("Snakefile", "workflow", "scripts", "config", "envs")
 
 

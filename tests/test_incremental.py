@@ -17,11 +17,11 @@ import pytest
 import yaml
 
 from _results import assert_same_results
-from conftest import REPO, copy_workflow, snakemake
+from conftest import TEST_CONFIG, copy_workflow, e2e_config, snakemake
 
 pytestmark = pytest.mark.slow
 
-CONFIG = "config/test.yaml"
+CONFIG = TEST_CONFIG
 PATCH_RULES = {"patch_resid", "patch_atp", "patch_verify", "patch_summary", "plot_resid_patching",
                "plot_top_latents", "plot_faithfulness", "plot_latent_activations"}
 CORRECTION_RULES = {"correct", "correction_summary", "plot_lpf"}
@@ -56,9 +56,7 @@ def planned(workdir: Path, *args: str, override: dict | None = None) -> set[str]
 
 def stages() -> list[str]:
     """The stages beyond encoding that config/test.yaml (over config/config.yaml) runs."""
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    config.update(yaml.safe_load((REPO / CONFIG).read_text()))
-    return config.get("stages", [])
+    return e2e_config().get("stages", [])
 
 
 def needs_stage(stage: str):
@@ -85,8 +83,7 @@ def test_correction_parameter_reruns_only_correction(toy_run):
 
 @needs_stage("probe")
 def test_probe_parameter_reruns_only_probing(toy_run):
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    effects = dict(config["probe"].get("effects", {}))
+    effects = dict(e2e_config()["probe"].get("effects", {}))
     effects["n_permutations"] = int(effects.get("n_permutations", 1000)) + 1
     jobs = planned(toy_run, override={"probe": {"effects": effects}})
     assert jobs, "changing probe.effects reran nothing"
@@ -156,9 +153,7 @@ def test_deleted_figure_reruns_only_its_plot(toy_run):
 
 def foundation_targets() -> list[str]:
     """Model, SAEs and every prompt set's codes: the stretch of the DAG the resume test runs."""
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    config.update(yaml.safe_load((REPO / CONFIG).read_text()))
-    sets = config["extraction"]["prompt_sets"]
+    sets = e2e_config()["extraction"]["prompt_sets"]
     return ["results/toy/sae/metrics.json", *(f"results/toy/codes/{s}.h5" for s in sets)]
 
 

@@ -4,9 +4,8 @@ import json
 import re
 
 import pytest
-import yaml
 
-from conftest import REPO, snakemake
+from conftest import TEST_CONFIG, e2e_config, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +20,7 @@ def report_data(html: str, name: str) -> dict:
 
 
 def test_report_has_every_figure_by_category(toy_run):
-    snakemake(toy_run, "--report", "report.html", "--configfile", "config/test.yaml")
+    snakemake(toy_run, "--report", "report.html", "--configfile", TEST_CONFIG)
     html = (toy_run / "report.html").read_text()
     results = report_data(html, "results")
     categories = report_data(html, "categories")
@@ -35,9 +34,7 @@ def test_report_has_every_figure_by_category(toy_run):
         assert entry["caption"] and entry["caption"].strip(), f"{path} has no caption"
         assert entry["job_properties"]["rule"].startswith("plot_"), path
 
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    config.update(yaml.safe_load((REPO / "config" / "test.yaml").read_text()))
-    expected = {CATEGORIES[s] for s in config.get("stages", []) if s in CATEGORIES}
+    expected = {CATEGORIES[s] for s in e2e_config().get("stages", []) if s in CATEGORIES}
     assert expected <= set(categories), f"categories: {sorted(categories)}"
     listed = {p for subcats in categories.values() for paths in subcats.values() for p in paths}
     assert figures <= listed, f"figures in no category: {sorted(figures - listed)}"
