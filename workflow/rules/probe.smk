@@ -56,13 +56,6 @@ if "probe" in config["stages"] and not PROBE_RUNS:
     raise ValueError("config: probe.datasets: 'probe' is in stages but no dataset is defined")
 
 
-localrules:
-    probe_summary,
-    plot_probe_accuracy,
-    plot_probe_heatmap,
-    plot_cohens_d,
-
-
 rule probe_data:
     input:
         # hidden-to-concept reads no SAE codes
