@@ -6,6 +6,7 @@ The model and SAE are real (TransformerLens, sae-lens) but untrained, so tests s
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
@@ -67,6 +68,8 @@ def random_sae():
 
 
 REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # the benchmarks package, which holds the workflow-copy helper
+    sys.path.insert(0, str(REPO))
 TEST_CONFIG = "config/test.yaml"
 
 
@@ -77,19 +80,11 @@ def e2e_config() -> dict:
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config.update(yaml.safe_load((REPO / TEST_CONFIG).read_text()))
     return config
-WORKFLOW_FILES = ("Snakefile", "workflow", "scripts", "config", "envs")
-
-
 def copy_workflow(dest):
     """A copy of the workflow (not results) in ``dest``, as a user's checkout would be."""
-    import shutil
+    from bench.workflow import sync_workflow
 
-    for name in WORKFLOW_FILES:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dest / name)
+    sync_workflow(dest)
     return dest
 
 
