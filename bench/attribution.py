@@ -1,6 +1,6 @@
 """Attribution vs exact patching: time of AtP over every SAE latent and position
-(:func:`saeflow.attribution.run_atp`, error term included) vs exact latent patching
-(:func:`saeflow.attribution.exact_effects_all`) timed on the top-k latents and extrapolated
+(:func:`saeflow.patch.attribution.run_atp`, error term included) vs exact latent patching
+(:func:`saeflow.patch.attribution.exact_effects_all`) timed on the top-k latents and extrapolated
 per latent to all of them; the speedup, next to the AtP-vs-exact Spearman on the top-k.
 
 The toy row uses the pipeline's trained toy model and SAEs (``results/toy``) when they exist,
@@ -30,9 +30,9 @@ def _pairs_file(records: list[dict[str, Any]], path: Path) -> Path:
 
 def _trained_toy(n_pairs: int, workdir: Path) -> tuple[Any, list[Any], Path] | None:
     """The pipeline's trained toy model, its SAEs and its first ``n_pairs`` pairs, if present."""
-    from saeflow.io import read_jsonl
-    from saeflow.models import load_toy_model
-    from saeflow.saes import load_sae_dir
+    from saeflow.core.io import read_jsonl
+    from saeflow.core.models import load_toy_model
+    from saeflow.core.saes import load_sae_dir
 
     try:
         saes = [load_sae_dir(d) for d in sorted((TRAINED / "sae").iterdir()) if d.is_dir()]
@@ -58,9 +58,9 @@ def measure(size: str, n_pairs: int, repeats: int, workdir: Path) -> list[Figure
     import numpy as np
     from scipy.stats import spearmanr
 
-    from saeflow.attribution import (exact_effects_all, prepare_saes, rank_nodes, run_atp,
+    from saeflow.patch.attribution import (exact_effects_all, prepare_saes, rank_nodes, run_atp,
                                      to_sae_transformer)
-    from saeflow.patching import load_pairs
+    from saeflow.patch.resid import load_pairs
 
     loaded = _trained_toy(n_pairs, workdir) if size == "toy" else None
     source = "trained (results/toy)" if loaded else "random init"

@@ -150,7 +150,7 @@ def write_result(result: Result, out_dir: Path, smoke: bool, elapsed_s: float,
                  load_before: list[float] | None) -> Path:
     """``out_dir/<name>.json``: figures, params, machine, plus the ``provenance`` block (params
     as config, package versions, git commit) every saeflow JSON output carries."""
-    from saeflow.io import write_json
+    from saeflow.core.io import write_json
 
     info = machine()
     info["load_average_before"] = load_before
@@ -236,11 +236,11 @@ def pair_records(n: int, seed: int = 2) -> list[dict[str, Any]]:
 
 def model(size: str, seed: int = 0) -> Any:
     """A randomly initialised ``HookedTransformer`` of ``SIZES[size]`` with the toy tokenizer,
-    built the way the pipeline builds its toy model (:func:`saeflow.models.toy_model_config`)."""
+    built the way the pipeline builds its toy model (:func:`saeflow.core.models.toy_model_config`)."""
     import torch
     from transformer_lens import HookedTransformer
 
-    from saeflow.models import toy_model_config
+    from saeflow.core.models import toy_model_config
 
     tok = tokenizer()
     torch.manual_seed(seed)
@@ -271,8 +271,8 @@ def resid_sample(model_: Any, hook: str, records: Sequence[Mapping[str, Any]]) -
     """Activations ``[rows, d_model]`` of ``hook`` at every real token of ``records``."""
     import torch
 
-    from saeflow.models import pad_batch
-    from saeflow.prompts import encode_prompt
+    from saeflow.core.models import pad_batch
+    from saeflow.core.prompts import encode_prompt
 
     seqs = [encode_prompt(model_.tokenizer, r["text"]) for r in records]
     tokens, lengths = pad_batch(seqs, model_.tokenizer.pad_token_id)
@@ -289,7 +289,7 @@ def file_bytes(path: str | os.PathLike[str]) -> int:
 def extract(model_: Any, records: list[dict[str, Any]], hooks: Sequence[str], path: Path,
             compression: str | None = "lzf") -> Path:
     """Extraction as config/config.yaml runs it: every position, fp16, lzf, batches of 64."""
-    from saeflow.extraction import extract_to_hdf5
+    from saeflow.extract import extract_to_hdf5
 
     extract_to_hdf5(model_, records, list(hooks), path, positions="all", dtype="float16",
                     batch_size=64, compression=compression)

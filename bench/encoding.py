@@ -1,4 +1,4 @@
-"""SAE encoding: rows/s of :func:`saeflow.encoding.encode_to_hdf5` (reading fp16 activations
+"""SAE encoding: rows/s of :func:`saeflow.encode.encode_to_hdf5` (reading fp16 activations
 from HDF5, encoding, sparsifying, writing CSR codes and per-feature statistics) over rows/s of a
 bare ``relu(x @ W_enc + b_enc)`` on the same rows (already in memory, float32) in the same
 batch size. Target >= 0.7.
@@ -20,7 +20,7 @@ L0 = 64  # mean active latents per token of the random SAEs
 def measure(size: str, n_prompts: int, repeats: int, workdir: Path) -> Figure:
     import torch
 
-    from saeflow.encoding import encode_to_hdf5
+    from saeflow.encode import encode_to_hdf5
 
     model = common.model(size)
     hook = common.HOOKS[size][-1]

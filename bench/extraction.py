@@ -1,4 +1,4 @@
-"""Extraction overhead: tokens/s of :func:`saeflow.extraction.extract_to_hdf5` (tokenising,
+"""Extraction overhead: tokens/s of :func:`saeflow.extract.extract_to_hdf5` (tokenising,
 hooks, fp16 conversion, compressed HDF5 writes and final-position predictions included) over
 tokens/s of a bare ``model(tokens)`` forward on the same model and the same padded batches.
 Target >= 0.8.
@@ -19,9 +19,9 @@ BATCH = 64  # config/config.yaml extraction.batch_size
 def measure(size: str, n_prompts: int, repeats: int, workdir: Path) -> Figure:
     import torch
 
-    from saeflow.extraction import extract_to_hdf5
-    from saeflow.models import pad_batch
-    from saeflow.prompts import encode_prompt
+    from saeflow.extract import extract_to_hdf5
+    from saeflow.core.models import pad_batch
+    from saeflow.core.prompts import encode_prompt
 
     model = common.model(size)
     records = common.prompts(n_prompts)

@@ -1,5 +1,5 @@
 """Memory: peak RSS of a process that extracts a prompt set (as the ``extract`` rule does: load
-the model, read the prompts, :func:`saeflow.extraction.extract_to_hdf5`) at 1x and 8x the
+the model, read the prompts, :func:`saeflow.extract.extract_to_hdf5`) at 1x and 8x the
 prompt count. Each size runs in a fresh subprocess so the two share no high-water mark.
 Target: peak(8x) / peak(1x) <= 1.2.
 

@@ -1,5 +1,5 @@
 """Residual patching: the project's batched layer x position patching
-(:func:`saeflow.patching.resid_patching`: one forward per layer over stacked copies, started at
+(:func:`saeflow.patch.resid.resid_patching`: one forward per layer over stacked copies, started at
 that layer) vs ``transformer_lens.patching.get_act_patch_resid_pre`` (one full forward per
 (layer, position)) on the same pairs; the speedup, and whether the results are equal.
 
@@ -26,7 +26,7 @@ def measure(size: str, n_pairs: int, max_pairs: int, repeats: int, workdir: Path
     import torch
     from transformer_lens.patching import get_act_patch_resid_pre
 
-    from saeflow.patching import load_pairs, logit_diff, resid_patching
+    from saeflow.patch.resid import load_pairs, logit_diff, resid_patching
 
     model = common.model(size)
     path = workdir / f"pairs_{size}.jsonl"

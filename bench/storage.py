@@ -1,8 +1,8 @@
 """Storage: bytes on disk per stored activation value (fp16; target <= 2.2) and per stored SAE
 non-zero (target <= 8), each next to the bytes of the same data written as JSON floats.
 
-Files are written exactly as the pipeline writes them (:func:`saeflow.extraction.extract_to_hdf5`
-with config/config.yaml's extraction settings, :func:`saeflow.encoding.encode_to_hdf5`); a
+Files are written exactly as the pipeline writes them (:func:`saeflow.extract.extract_to_hdf5`
+with config/config.yaml's extraction settings, :func:`saeflow.encode.encode_to_hdf5`); a
 byte figure divides the **whole file** (tokens, positions, metadata, CSR pointers, feature
 statistics included) by the real values it holds: activations at real tokens (padding cells of
 the ``[n, P, d]`` layout count as overhead), non-zeros of the codes. The JSON comparison
@@ -69,7 +69,7 @@ def codes_json_bytes(path: Path, n_rows: int) -> tuple[int, int]:
 def measure(size: str, n_prompts: int, workdir: Path) -> list[Figure]:
     import h5py
 
-    from saeflow.encoding import encode_to_hdf5
+    from saeflow.encode import encode_to_hdf5
 
     model = common.model(size)
     hooks = common.HOOKS[size]

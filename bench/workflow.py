@@ -11,21 +11,18 @@ whole DAG once (minutes) and afterwards only what the workflow's changes invalid
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from bench import common
 from bench.common import Figure, Result
+from saeflow.toy.workspace import run_snakemake, sync_workflow
 
 TARGET = 3.0
 RUN_DIR = common.DEFAULT_OUT / "_toy_run"
-WORKFLOW_FILES = ("Snakefile", "workflow", "scripts", "config", "envs")
 CONFIG = "config/test.yaml"
 EMPTY_SNAKEFILE = """rule done:
     output:
@@ -66,24 +63,7 @@ rule c:
 
 
 def snakemake(workdir: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir,
-                          capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "WANDB_MODE": "disabled", "TQDM_DISABLE": "1"})
-
-
-def sync_workflow(dest: Path) -> None:
-    """Copy the checkout's workflow files (not its results) into ``dest``, as a user's checkout."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in WORKFLOW_FILES:
-        src, target = common.REPO / name, dest / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-        if src.is_dir():
-            shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, target)
+    return run_snakemake(workdir, *args, check=False, timeout=timeout, env={"TQDM_DISABLE": "1"})
 
 
 def completed_toy_run() -> tuple[Path, list[str], dict[str, Any]]:

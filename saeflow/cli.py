@@ -16,18 +16,18 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from saeflow.errors import InputError
+from saeflow.core.errors import InputError
 
 
 def _label(args: argparse.Namespace) -> None:
-    from saeflow.labelling import label_interactively
+    from saeflow.labels.labelling import label_interactively
 
     label_interactively(args.out, args.descriptions, args.category, args.question, args.n, args.seed)
 
 
 def _agreement(args: argparse.Namespace) -> None:
-    from saeflow.agreement import agreement, write_merged_csv
-    from saeflow.io import write_json
+    from saeflow.labels.agreement import agreement, write_merged_csv
+    from saeflow.core.io import write_json
 
     metrics, merged = agreement(args.human, args.model, args.n_boot, args.seed)
     if args.merged:
@@ -37,9 +37,9 @@ def _agreement(args: argparse.Namespace) -> None:
 
 
 def _correct(args: argparse.Namespace) -> None:
-    from saeflow.correction import correct
-    from saeflow.io import write_json
-    from saeflow.study import load_study
+    from saeflow.labels.correction import correct
+    from saeflow.core.io import write_json
+    from saeflow.labels.study import load_study
 
     result = correct(load_study(args.study), args.method, args.n_boot, args.seed)
     write_json(args.json, result, {"method": args.method, "n_boot": args.n_boot, "seed": args.seed})
@@ -49,9 +49,9 @@ def _correct(args: argparse.Namespace) -> None:
 
 
 def _classify(args: argparse.Namespace) -> None:
-    from saeflow.classify import classify
-    from saeflow.describe import read_descriptions
-    from saeflow.io import write_json
+    from saeflow.labels.classify import classify
+    from saeflow.labels.describe import read_descriptions
+    from saeflow.core.io import write_json
 
     if args.from_file:
         backend = {"backend": "file", "path": args.from_file}
@@ -68,8 +68,8 @@ def _classify(args: argparse.Namespace) -> None:
 
 
 def _import_neuronpedia(args: argparse.Namespace) -> None:
-    from saeflow.describe import import_neuronpedia
-    from saeflow.io import write_json
+    from saeflow.labels.describe import import_neuronpedia
+    from saeflow.core.io import write_json
 
     records, stats = import_neuronpedia(args.folder, args.source, args.model_id,
                                         args.explanation_model)

@@ -8,15 +8,15 @@ seed, device, other_size}). Output: ``ablation`` (results/{experiment}/labels/ab
 """
 
 
-from saeflow.runtime import rule_main
+from saeflow.core.runtime import rule_main
 
 
 def body(smk) -> None:
-    from saeflow.ablation import ablate_categories, eval_set_from_h5
-    from saeflow.io import read_json, write_json
-    from saeflow.models import load_model
-    from saeflow.runtime import resolve_device, seed_everything
-    from saeflow.saes import load_sae
+    from saeflow.labels.ablation import ablate_categories, eval_set_from_h5
+    from saeflow.core.io import read_json, write_json
+    from saeflow.core.models import load_model
+    from saeflow.core.runtime import resolve_device, seed_everything
+    from saeflow.core.saes import load_sae
 
     cfg = smk.params.ablation
     seed_everything(cfg["seed"])

@@ -4,12 +4,12 @@ Inputs: ``human`` (labels file), ``model`` (classified/{category}.json). Params:
 ({n_boot, seed}). Outputs: ``json`` (labels/agreement/{category}.json), ``csv`` (merged table).
 """
 
-from saeflow.runtime import rule_main
+from saeflow.core.runtime import rule_main
 
 
 def body(smk) -> None:
-    from saeflow.agreement import agreement, write_merged_csv
-    from saeflow.io import write_json
+    from saeflow.labels.agreement import agreement, write_merged_csv
+    from saeflow.core.io import write_json
 
     cfg = smk.params.agreement
     metrics, merged = agreement(smk.input.human, smk.input.model, cfg["n_boot"], cfg["seed"])

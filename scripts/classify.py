@@ -4,13 +4,13 @@ Input: ``descriptions``. Params: ``category`` (wildcard), ``categories`` (config
 labels.categories or "toy"). Output: ``classified`` (results/{experiment}/labels/classified/{category}.json).
 """
 
-from saeflow.runtime import rule_main
+from saeflow.core.runtime import rule_main
 
 
 def body(smk) -> None:
-    from saeflow.classify import classify, resolve_categories
-    from saeflow.describe import read_descriptions
-    from saeflow.io import write_json
+    from saeflow.labels.classify import classify, resolve_categories
+    from saeflow.labels.describe import read_descriptions
+    from saeflow.core.io import write_json
 
     options = resolve_categories(smk.params.categories)[smk.params.category]
     payload = classify(read_descriptions(smk.input.descriptions), smk.params.category, options)

@@ -4,13 +4,13 @@ Input: ``study`` (correction/study.yaml). Params: ``method`` (wildcard), ``corre
 ({n_boot, seed}). Output: ``result`` (correction/{method}.json).
 """
 
-from saeflow.runtime import rule_main
+from saeflow.core.runtime import rule_main
 
 
 def body(smk) -> None:
-    from saeflow.correction import correct
-    from saeflow.io import write_json
-    from saeflow.study import load_study
+    from saeflow.labels.correction import correct
+    from saeflow.core.io import write_json
+    from saeflow.labels.study import load_study
 
     cfg = smk.params.correction
     result = correct(load_study(smk.input.study), smk.params.method, cfg["n_boot"], cfg["seed"])

@@ -5,11 +5,11 @@ order). Params: ``categories`` (names). Output: ``study`` (correction/study.yaml
 file `saeflow correct` takes, so published numbers and the DAG share one path).
 """
 
-from saeflow.runtime import rule_main
+from saeflow.core.runtime import rule_main
 
 
 def body(smk) -> None:
-    from saeflow.study import study_stage
+    from saeflow.labels.study import study_stage
 
     names = smk.params.categories
     study_stage(smk.input.ablation, dict(zip(names, smk.input.agreements)),

@@ -4,12 +4,12 @@ Inputs: ``results`` (correction/{method}.json, in ``methods`` order), ``ablation
 truth:<category> ablations). Params: ``methods``. Output: ``summary`` (correction/summary.json).
 """
 
-from saeflow.runtime import rule_main
+from saeflow.core.runtime import rule_main
 
 
 def body(smk) -> None:
-    from saeflow.correction import compare_with_truth, true_lpf
-    from saeflow.io import read_json, write_json
+    from saeflow.labels.correction import compare_with_truth, true_lpf
+    from saeflow.core.io import read_json, write_json
 
     results = {m: read_json(p) for m, p in zip(smk.params.methods, smk.input.results)}
     write_json(smk.output.summary, compare_with_truth(results, true_lpf(read_json(smk.input.ablation))),

@@ -8,11 +8,11 @@ Output: ``descriptions`` (results/{experiment}/labels/descriptions.json).
 
 from pathlib import Path
 
-from saeflow.runtime import rule_main
+from saeflow.core.runtime import rule_main
 
 
 def body(smk) -> None:
-    from saeflow.describe import describe_stage
+    from saeflow.labels.describe import describe_stage
 
     inputs = dict(smk.input.items())
     describe_stage(smk.params.describe, smk.output.descriptions, smk.params.hook,

@@ -6,9 +6,9 @@ Inputs: activations/{prompt_set}.h5, the SAEs. Output: codes/{prompt_set}.h5.
 import functools
 import logging
 
-from saeflow.encoding import encode_to_hdf5
-from saeflow.runtime import resolve_device, rule_main
-from saeflow.saes import load_sae
+from saeflow.encode import encode_to_hdf5
+from saeflow.core.runtime import resolve_device, rule_main
+from saeflow.core.saes import load_sae
 
 
 def body(snakemake):

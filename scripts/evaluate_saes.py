@@ -3,11 +3,11 @@
 Inputs: the model, the SAEs, the first prompt set. Output: sae/metrics.json.
 """
 
-from saeflow.io import write_json
-from saeflow.models import load_model, tokenize_prompt_set
-from saeflow.prompts import load_prompt_set
-from saeflow.runtime import resolve_device, rule_main
-from saeflow.saes import load_sae, sae_metrics
+from saeflow.core.io import write_json
+from saeflow.core.models import load_model, tokenize_prompt_set
+from saeflow.core.prompts import load_prompt_set
+from saeflow.core.runtime import resolve_device, rule_main
+from saeflow.core.saes import load_sae, sae_metrics
 
 
 def body(snakemake):

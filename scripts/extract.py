@@ -5,10 +5,10 @@ Inputs: the prompt set (JSONL), the model. Output: activations/{prompt_set}.h5.
 
 import logging
 
-from saeflow.extraction import extract_to_hdf5
-from saeflow.models import load_model
-from saeflow.prompts import load_prompt_set
-from saeflow.runtime import resolve_device, rule_main
+from saeflow.extract import extract_to_hdf5
+from saeflow.core.models import load_model
+from saeflow.core.prompts import load_prompt_set
+from saeflow.core.runtime import resolve_device, rule_main
 
 
 def body(snakemake):

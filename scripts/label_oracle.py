@@ -5,13 +5,13 @@ Inputs: ``descriptions``, ``membership`` (truth_membership.json). Params: ``cate
 (results/{experiment}/labels/oracle/{category}.json, the `saeflow label` format).
 """
 
-from saeflow.runtime import rule_main
+from saeflow.core.runtime import rule_main
 
 
 def body(smk) -> None:
-    from saeflow.classify import resolve_categories
-    from saeflow.io import read_json
-    from saeflow.labelling import oracle_labels
+    from saeflow.labels.classify import resolve_categories
+    from saeflow.core.io import read_json
+    from saeflow.labels.labelling import oracle_labels
 
     question = resolve_categories(smk.params.categories)[smk.params.category]["question"]
     members = read_json(smk.input.membership)["members"][smk.params.category]

@@ -1,13 +1,13 @@
 """Rule patch_atp: SAE-latent attribution patching, with and without the SAE error term."""
 
 
-from saeflow.runtime import rule_main
+from saeflow.core.runtime import rule_main
 
 
 def body(smk) -> None:
-    from saeflow.attribution import atp_stage, load_model_and_saes
-    from saeflow.patching import PatchConfig, load_pairs
-    from saeflow.runtime import resolve_device, seed_everything
+    from saeflow.patch.attribution import atp_stage, load_model_and_saes
+    from saeflow.patch.resid import PatchConfig, load_pairs
+    from saeflow.core.runtime import resolve_device, seed_everything
 
     cfg = PatchConfig.from_dict(smk.params.patch)
     seed_everything(cfg.seed)

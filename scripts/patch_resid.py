@@ -1,13 +1,13 @@
 """Rule patch_resid: clean -> corrupted residual-stream patching over every layer x position."""
 
 
-from saeflow.runtime import rule_main
+from saeflow.core.runtime import rule_main
 
 
 def body(smk) -> None:
-    from saeflow.models import load_model
-    from saeflow.patching import PatchConfig, load_pairs, run_resid_patching, write_resid
-    from saeflow.runtime import resolve_device, seed_everything
+    from saeflow.core.models import load_model
+    from saeflow.patch.resid import PatchConfig, load_pairs, run_resid_patching, write_resid
+    from saeflow.core.runtime import resolve_device, seed_everything
 
     cfg = PatchConfig.from_dict(smk.params.patch)
     seed_everything(cfg.seed)

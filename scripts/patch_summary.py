@@ -1,11 +1,11 @@
 """Rule patch_summary: the patching stage's headline numbers in summary.json."""
 
-from saeflow.runtime import rule_main
+from saeflow.core.runtime import rule_main
 
 
 def body(smk) -> None:
-    from saeflow.patch_summary import summary_stage
-    from saeflow.patching import PatchConfig, optional_input
+    from saeflow.patch.summary import summary_stage
+    from saeflow.patch.resid import PatchConfig, optional_input
 
     summary_stage(smk.input.resid, smk.input.atp, smk.input.verify, smk.input.faithfulness,
                   optional_input(smk.input.truth),

@@ -2,15 +2,15 @@
 completeness curves, and the top latents' activations."""
 
 
-from saeflow.runtime import rule_main
+from saeflow.core.runtime import rule_main
 
 
 def body(smk) -> None:
-    from saeflow.attribution import load_model_and_saes
-    from saeflow.effects import load_descriptions
-    from saeflow.faithfulness import verify_stage
-    from saeflow.patching import PatchConfig, load_pairs, optional_input
-    from saeflow.runtime import resolve_device, seed_everything
+    from saeflow.patch.attribution import load_model_and_saes
+    from saeflow.probe.effects import load_descriptions
+    from saeflow.patch.faithfulness import verify_stage
+    from saeflow.patch.resid import PatchConfig, load_pairs, optional_input
+    from saeflow.core.runtime import resolve_device, seed_everything
 
     cfg = PatchConfig.from_dict(smk.params.patch)
     seed_everything(cfg.seed)

@@ -1,11 +1,11 @@
-"""Rule plot_cohens_d: distribution of Cohen's d per dataset (saeflow.plots_probe.plot_cohens_d)."""
+"""Rule plot_cohens_d: distribution of Cohen's d per dataset (saeflow.probe.plots.plot_cohens_d)."""
 
-from saeflow.runtime import rule_main
+from saeflow.core.runtime import rule_main
 
 
 def body(sm):
-    from saeflow.effects import read_effect_arrays
-    from saeflow.plots_probe import plot_cohens_d
+    from saeflow.probe.effects import read_effect_arrays
+    from saeflow.probe.plots import plot_cohens_d
 
     plot_cohens_d([read_effect_arrays(path) for path in sm.input.arrays], sm.output[0])
 

@@ -1,10 +1,10 @@
 """Rule plot_faithfulness. Figure: faithfulness and completeness against circuit size."""
 
-from saeflow.runtime import rule_main
+from saeflow.core.runtime import rule_main
 
 
 def body(smk) -> None:
-    from saeflow.plots_patch import plot_faithfulness
+    from saeflow.patch.plots import plot_faithfulness
 
     plot_faithfulness(smk.input.faithfulness, smk.output.png)
 

@@ -1,10 +1,10 @@
 """Rule plot_latent_activations. Figure: activations of the top latents over positions."""
 
-from saeflow.runtime import rule_main
+from saeflow.core.runtime import rule_main
 
 
 def body(smk) -> None:
-    from saeflow.plots_patch import plot_latent_activations
+    from saeflow.patch.plots import plot_latent_activations
 
     plot_latent_activations(smk.input.top_latents, smk.output.png)
 

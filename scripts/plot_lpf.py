@@ -4,13 +4,13 @@ Inputs: ``result`` (correction/{method}.json), toy only: ``ablation`` (for the t
 Output: ``png`` (results/{experiment}/figures/lpf_{method}.png).
 """
 
-from saeflow.runtime import rule_main
+from saeflow.core.runtime import rule_main
 
 
 def body(smk) -> None:
-    from saeflow.correction import true_lpf
-    from saeflow.io import read_json
-    from saeflow.plots_labels import plot_lpf
+    from saeflow.labels.correction import true_lpf
+    from saeflow.core.io import read_json
+    from saeflow.labels.plots import plot_lpf
 
     inputs = dict(smk.input.items())
     truth = true_lpf(read_json(inputs["ablation"])) if "ablation" in inputs else None

@@ -1,12 +1,12 @@
 """Rule plot_probe_accuracy: probe accuracy by layer and input kind
-(saeflow.plots_probe.plot_probe_accuracy)."""
+(saeflow.probe.plots.plot_probe_accuracy)."""
 
-from saeflow.runtime import rule_main
+from saeflow.core.runtime import rule_main
 
 
 def body(sm):
-    from saeflow.io import read_json
-    from saeflow.plots_probe import plot_probe_accuracy
+    from saeflow.core.io import read_json
+    from saeflow.probe.plots import plot_probe_accuracy
 
     plot_probe_accuracy(read_json(sm.input.summary), sm.output[0])
 

@@ -1,12 +1,12 @@
 """Rule plot_probe_heatmap: layer x position grid of top features
-(saeflow.plots_probe.plot_probe_heatmap)."""
+(saeflow.probe.plots.plot_probe_heatmap)."""
 
-from saeflow.runtime import rule_main
+from saeflow.core.runtime import rule_main
 
 
 def body(sm):
-    from saeflow.io import read_json
-    from saeflow.plots_probe import plot_probe_heatmap
+    from saeflow.core.io import read_json
+    from saeflow.probe.plots import plot_probe_heatmap
 
     plot_probe_heatmap([read_json(path) for path in sm.input.effects], sm.output[0])
 

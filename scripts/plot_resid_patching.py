@@ -1,10 +1,10 @@
 """Rule plot_resid_patching. Figure: residual patching heatmap (layer x position)."""
 
-from saeflow.runtime import rule_main
+from saeflow.core.runtime import rule_main
 
 
 def body(smk) -> None:
-    from saeflow.plots_patch import plot_resid_patching
+    from saeflow.patch.plots import plot_resid_patching
 
     plot_resid_patching(smk.input.resid, smk.output.png)
 

@@ -1,10 +1,10 @@
 """Rule plot_top_latents. Figure: AtP and exact effects of the top latents, side by side."""
 
-from saeflow.runtime import rule_main
+from saeflow.core.runtime import rule_main
 
 
 def body(smk) -> None:
-    from saeflow.plots_patch import plot_top_latents
+    from saeflow.patch.plots import plot_top_latents
 
     plot_top_latents(smk.input.verify, smk.output.png)
 

@@ -1,12 +1,12 @@
 """Rule probe_data: build one probe dataset file
-(saeflow.probe_strategies.make_probe_dataset_file)."""
+(saeflow.probe.strategies.make_probe_dataset_file)."""
 
-from saeflow.runtime import rule_main
+from saeflow.core.runtime import rule_main
 
 
 def body(sm):
-    from saeflow.probe_inputs import load_model_correct
-    from saeflow.probe_strategies import make_probe_dataset_file
+    from saeflow.probe.inputs import load_model_correct
+    from saeflow.probe.strategies import make_probe_dataset_file
 
     codes = getattr(sm.input, "codes", None)  # absent for strategies that need no codes
     model_correct = getattr(sm.input, "model_correct", None)

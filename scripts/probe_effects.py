@@ -1,11 +1,11 @@
 """Rule probe_effects: Cohen's d, permutation p, BH, top-k, localisation, toy check
-(saeflow.effects.run_effects)."""
+(saeflow.probe.effects.run_effects)."""
 
-from saeflow.runtime import rule_main
+from saeflow.core.runtime import rule_main
 
 
 def body(sm):
-    from saeflow.effects import run_effects
+    from saeflow.probe.effects import run_effects
 
     descriptions = getattr(sm.input, "descriptions", None)
     run_effects(sm.input.dataset, sm.output.json, sm.output.arrays, settings=sm.params.settings,

@@ -1,10 +1,10 @@
-"""Rule probe_fit: cross-validated probe of one dataset (saeflow.probe_fit.run_probe_fit)."""
+"""Rule probe_fit: cross-validated probe of one dataset (saeflow.probe.fit_files.run_probe_fit)."""
 
-from saeflow.runtime import rule_main
+from saeflow.core.runtime import rule_main
 
 
 def body(sm):
-    from saeflow.probe_fit import run_probe_fit
+    from saeflow.probe.fit_files import run_probe_fit
 
     run_probe_fit(sm.input.dataset, sm.output.json, sm.output.probe, cv=sm.params.cv,
                   config=sm.params.config, n_jobs=sm.threads)

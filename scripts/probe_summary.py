@@ -1,11 +1,11 @@
 """Rule probe_summary: gather probe fits and effects into summary.json
-(saeflow.probe_summary.write_probe_summary)."""
+(saeflow.probe.summary.write_probe_summary)."""
 
-from saeflow.runtime import rule_main
+from saeflow.core.runtime import rule_main
 
 
 def body(sm):
-    from saeflow.probe_summary import write_probe_summary
+    from saeflow.probe.summary import write_probe_summary
 
     write_probe_summary(list(sm.input.fits), list(sm.input.effects), sm.output[0],
                         config=sm.params.config)

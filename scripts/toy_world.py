@@ -5,8 +5,8 @@ Outputs: prompts/{train,heldout_seen,heldout_unseen,pairs}.jsonl, tokenizer/, tr
 
 from pathlib import Path
 
-from saeflow.io import write_json, write_jsonl
-from saeflow.runtime import rule_main
+from saeflow.core.io import write_json, write_jsonl
+from saeflow.core.runtime import rule_main
 from saeflow.toy import world
 
 

@@ -6,9 +6,9 @@ config, tokenizer, metrics.json with accuracy per held-out prompt set).
 
 from pathlib import Path
 
-from saeflow.io import read_jsonl, write_json
-from saeflow.models import save_toy_model
-from saeflow.runtime import resolve_device, rule_main, seed_everything
+from saeflow.core.io import read_jsonl, write_json
+from saeflow.core.models import save_toy_model
+from saeflow.core.runtime import resolve_device, rule_main, seed_everything
 from saeflow.toy import train, world
 
 

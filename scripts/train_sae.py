@@ -5,10 +5,10 @@ Inputs: model/, prompts/train.jsonl. Output: sae/{hook}/ in sae-lens's own forma
 
 from pathlib import Path
 
-from saeflow.io import read_jsonl, write_json
-from saeflow.models import load_model
-from saeflow.runtime import resolve_device, rule_main, seed_everything
-from saeflow.saes import train_sae
+from saeflow.core.io import read_jsonl, write_json
+from saeflow.core.models import load_model
+from saeflow.core.runtime import resolve_device, rule_main, seed_everything
+from saeflow.core.saes import train_sae
 from saeflow.toy.train import encode_set
 
 

@@ -5,13 +5,13 @@ Params: ``categories`` (config labels.categories, each with ``token_classes``), 
 ``threshold``. Output: ``membership`` (results/{experiment}/labels/truth_membership.json).
 """
 
-from saeflow.runtime import rule_main
+from saeflow.core.runtime import rule_main
 
 
 def body(smk) -> None:
-    from saeflow.classify import resolve_categories
-    from saeflow.describe import membership_from_files
-    from saeflow.io import write_json
+    from saeflow.labels.classify import resolve_categories
+    from saeflow.labels.describe import membership_from_files
+    from saeflow.core.io import write_json
 
     cats = resolve_categories(smk.params.categories)
     members = membership_from_files(smk.input.codes, smk.input.activations, smk.input.truth,

@@ -6,9 +6,10 @@ The model and SAE are real (TransformerLens, sae-lens) but untrained, so tests s
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
+
+from saeflow.toy.workspace import TEST_CONFIG, run_snakemake, sync_workflow
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -40,7 +41,7 @@ def tiny_model(toy_tokenizer, tmp_path_factory):
     """A random 2-layer toy model saved and reloaded the way the pipeline does it."""
     import torch
 
-    from saeflow.models import load_toy_model, save_toy_model, toy_model_config
+    from saeflow.core.models import load_toy_model, save_toy_model, toy_model_config
     from transformer_lens import HookedTransformer
 
     torch.set_num_threads(1)
@@ -67,42 +68,9 @@ def random_sae():
     return sae.eval()
 
 
-REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # the benchmarks package, which holds the workflow-copy helper
-    sys.path.insert(0, str(REPO))
-TEST_CONFIG = "config/test.yaml"
-
-
-def e2e_config() -> dict:
-    """The config the end-to-end tests run: config/test.yaml's sections over config/config.yaml's."""
-    import yaml
-
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    config.update(yaml.safe_load((REPO / TEST_CONFIG).read_text()))
-    return config
-def copy_workflow(dest):
-    """A copy of the workflow (not results) in ``dest``, as a user's checkout would be."""
-    from bench.workflow import sync_workflow
-
-    sync_workflow(dest)
-    return dest
-
-
-def snakemake(workdir, *args, check=True, timeout=1800):
-    import subprocess
-    import sys
-
-    proc = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir,
-                          capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "WANDB_MODE": "disabled"})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return proc
-
-
 @pytest.fixture(scope="session")
 def toy_run(tmp_path_factory):
     """The whole toy DAG (config/test.yaml: a smaller world), run once per test session."""
-    workdir = copy_workflow(tmp_path_factory.mktemp("toy_run"))
-    snakemake(workdir, "--cores", "2", "--resources", "gpu=1", "--configfile", "config/test.yaml")
+    workdir = sync_workflow(tmp_path_factory.mktemp("toy_run"))
+    run_snakemake(workdir, "--cores", "2", "--resources", "gpu=1", "--configfile", TEST_CONFIG)
     return workdir

@@ -10,8 +10,8 @@ import torch
 from tqdm import tqdm
 from transformer_lens import HookedTransformer
 
-from saeflow.errors import InputError
-from saeflow.models import answer_logits, tokenize_prompt_set, toy_model_config
+from saeflow.core.errors import InputError
+from saeflow.core.models import answer_logits, tokenize_prompt_set, toy_model_config
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from saeflow.prompts import encode_prompt
+from saeflow.core.prompts import encode_prompt
 from saeflow.toy.corpus import (
     ANSWERS, DEFAULT_UNSEEN, LABELS, NAMES, QUESTION, TEMPLATES, WORDS, Example,
     sample_examples, sample_pairs, training_templates,

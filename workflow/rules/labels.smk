@@ -1,7 +1,7 @@
 # Labels: feature descriptions -> category classification -> human (or oracle) labels ->
 # agreement -> category ablation -> study file -> loss-per-feature correction, one job per method
 # (a method whose system is singular fails alone, with a one-line reason in its log).
-# Library: saeflow/describe.py, classify.py, labelling.py,
+# Library: saeflow/labels/describe.py, classify.py, labelling.py,
 # agreement.py, ablation.py, study.py, correction.py, plots_labels.py. Expects config["labels"]:
 #
 #   labels:
@@ -11,7 +11,7 @@
 #       # real SAEs: {backend: neuronpedia, folder: path/to/exports, source: 12-gemmascope-res-65k}
 #     categories:                         # name -> classifier options + the human's question;
 #       digits: {backend: keyword, patterns: [...], token_classes: [digit], question: "..."}
-#       # toy defaults: saeflow.classify.toy_categories(); llm: {backend: llm, question, llm: {...}}
+#       # toy defaults: saeflow.labels.classify.toy_categories(); llm: {backend: llm, question, llm: {...}}
 #     labeller: oracle                    # toy; "human" reads labels.human[category] instead,
 #     human: {}                           #   files written by `saeflow label` (kept outside results/)
 #     membership_threshold: 0.5

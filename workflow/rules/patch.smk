@@ -1,8 +1,8 @@
 # Patching: which layers, positions and SAE latents carry the clean/corrupted difference?
-# Library: saeflow/patching.py (residual patching),
-# saeflow/attribution.py (AtP), saeflow/faithfulness.py (exact check, faithfulness),
-# saeflow/patch_summary.py (summary.json, toy-world check), saeflow/plots_patch.py (figures).
-# Expects config["patch"] (keys and defaults: saeflow.patching.PatchConfig; pairs, truth and
+# Library: saeflow/patch/resid.py (residual patching),
+# saeflow/patch/attribution.py (AtP), saeflow/patch/faithfulness.py (exact check, faithfulness),
+# saeflow/patch/summary.py (summary.json, toy-world check), saeflow/patch/plots.py (figures).
+# Expects config["patch"] (keys and defaults: saeflow.patch.resid.PatchConfig; pairs, truth and
 # descriptions are paths), config["model"], config["sae"] with "hooks" (SAE hook names, e.g.
 # blocks.0.hook_resid_post) and config["experiment"] for the named figure targets.
 

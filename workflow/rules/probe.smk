@@ -1,6 +1,6 @@
 # Probing: can cheap representations predict SAE features or the concept, can SAE features at
 # layers x positions predict the model's failures, and where does that signal live?
-# Library: saeflow/layerspec.py, probe_inputs.py, probe_strategies.py, probe_data.py,
+# Library: saeflow/probe/layerspec.py, probe_inputs.py, probe_strategies.py, probe_data.py,
 # crossval.py, probing.py, probe_fit.py, effects.py, probe_summary.py, plots_probe.py.
 # Config: config["probe"] (workflow/schemas/config.schema.yaml; the toy's in config/config.yaml):
 #
@@ -8,13 +8,13 @@
 #     prompt_sets: [heldout_seen, heldout_unseen]   # activations/{set}.h5 and codes/{set}.h5
 #     hook_template: "blocks.{layer}.hook_resid_post"
 #     cv: {n_folds: 5, inner_folds: 3, normalise: standardize, n_permutations: 5, seed: 0}
-#         # also Cs, alphas, max_iter (saeflow.probing.ProbeConfig)
+#         # also Cs, alphas, max_iter (saeflow.probe.fit.ProbeConfig)
 #     effects: {n_permutations: 1000, alpha: 0.05, top_k: 20, seed: 0, batch_size: 256,
-#               p_method: permutation}   # or normal: see saeflow.effects.compute_effects
+#               p_method: permutation}   # or normal: see saeflow.probe.effects.compute_effects
 #     descriptions: null        # e.g. results/{experiment}/labels/descriptions.json
 #     descriptions_hook: null   # the hook those descriptions belong to (default: file's source)
 #     toy_check: {informative_positions: []}   # positions known (from ground truth) to matter
-#     datasets:                 # saeflow.probe_strategies.STRATEGIES
+#     datasets:                 # saeflow.probe.strategies.STRATEGIES
 #       - {name: emb_f, strategy: embedding-to-feature, target: {layer: 1, feature: auto}}
 #       - {name: hid_f, strategy: hidden-to-feature, layers: "1", target: {feature: auto}}
 #       - {name: hid_concept, strategy: hidden-to-concept, layers: "0-3", per_layer: true}
@@ -29,7 +29,7 @@
 # `per_layer: true` expands to one dataset per layer (name_L{layer}), which the
 # accuracy-by-layer panel draws as a line.
 
-from saeflow.layerspec import expand_per_layer
+from saeflow.probe.layerspec import expand_per_layer
 
 PROBE = config.get("probe") or {}
 PROBE_SETS = list(PROBE.get("prompt_sets", ["heldout_seen", "heldout_unseen"]))

@@ -1,0 +1,114 @@
+"""Loading the language model every stage runs: the pipeline's toy model or a pretrained one.
+
+``load_model`` is the one entry point. Pretrained weights come from the Hugging Face hub
+through TransformerLens; when the hub is unreachable we fail at once (see :mod:`saeflow.core.hub`)
+rather than after a long retry loop, unless the weights are already in the local cache.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from saeflow.core.errors import InputError
+
+
+def pad_batch(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token lists: ``tokens [b, T_max]`` and ``lengths [b]``.
+
+    Right padding is safe for a causal model: no real position attends to a pad.
+    """
+    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
+    tokens = torch.full((len(sequences), int(lengths.max())), pad_id, dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        tokens[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+    return tokens, lengths
+
+
+def tokenize_prompt_set(tokenizer: Any, records: list[dict[str, Any]], source: str = "prompts"
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``tokens [n, T]`` (right-padded), ``lengths [n]`` and one-token ``answers [n]`` (None
+    unless every record has an answer) for a prompt set."""
+    from saeflow.core.prompts import answer_token_id, encode_prompt
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    tokens, lengths = pad_batch([encode_prompt(tokenizer, r["text"]) for r in records], pad_id)
+    answers = None
+    if all("answer" in r for r in records):
+        answers = torch.tensor([answer_token_id(tokenizer, r["answer"], source, i)
+                                for i, r in enumerate(records)], dtype=torch.long)
+    return tokens, lengths, answers
+
+
+def toy_model_config(model_cfg: dict[str, Any], d_vocab: int, seed: int) -> HookedTransformerConfig:
+    return HookedTransformerConfig(
+        n_layers=model_cfg["n_layers"], d_model=model_cfg["d_model"], n_heads=model_cfg["n_heads"],
+        d_head=model_cfg["d_model"] // model_cfg["n_heads"], d_mlp=4 * model_cfg["d_model"],
+        n_ctx=model_cfg["n_ctx"], d_vocab=d_vocab, act_fn="gelu", normalization_type="LN",
+        positional_embedding_type="standard", seed=seed, default_prepend_bos=False,
+        model_name="saeflow-toy",
+    )
+
+
+def save_toy_model(model: HookedTransformer, directory: str | Path) -> None:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), directory / "model.pt")
+    cfg = {k: v for k, v in model.cfg.to_dict().items() if _is_plain(v)}
+    (directory / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    model.tokenizer.save_pretrained(str(directory / "tokenizer"))
+
+
+def _is_plain(value: Any) -> bool:
+    return isinstance(value, (int, float, str, bool, type(None), list, dict))
+
+
+def load_toy_model(directory: str | Path, device: str = "cpu") -> HookedTransformer:
+    """Rebuild the toy ``HookedTransformer`` (with its tokenizer) from :func:`save_toy_model`."""
+    from transformers import PreTrainedTokenizerFast
+
+    directory = Path(directory)
+    if not (directory / "model.pt").exists():
+        raise InputError(directory / "model.pt", "<file>", "missing: train the toy model first")
+    raw = json.loads((directory / "config.json").read_text())
+    known = set(HookedTransformerConfig.__dataclass_fields__)
+    cfg = HookedTransformerConfig(**{k: v for k, v in raw.items() if k in known and k != "device"},
+                                  device=device)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory / "tokenizer"))
+    model = HookedTransformer(cfg, tokenizer=tokenizer, default_padding_side="right")
+    model.load_state_dict(torch.load(directory / "model.pt", map_location=device, weights_only=True))
+    return model.eval()
+
+
+def load_pretrained_model(name: str, device: str = "cpu", dtype: str = "float32") -> HookedTransformer:
+    """A pretrained model through TransformerLens, with no weight processing (Gemma Scope
+    SAEs were trained on the unprocessed residual stream)."""
+    from saeflow.core.hub import hub_access
+
+    with hub_access(name, "model.name"):
+        model = HookedTransformer.from_pretrained_no_processing(
+            name, device=device, dtype=getattr(torch, dtype))
+    return model.eval()
+
+
+def load_model(model_cfg: dict[str, Any], model_dir: str | Path | None,
+               device: str = "cpu") -> HookedTransformer:
+    """The model a config describes: ``source: toy`` reads ``model_dir``; ``pretrained`` the hub."""
+    if model_cfg["source"] == "toy":
+        if model_dir is None:
+            raise InputError("config", "model.source", "toy models need a trained model dir")
+        return load_toy_model(model_dir, device)
+    if model_cfg["source"] == "pretrained":
+        return load_pretrained_model(model_cfg["name"], device, model_cfg.get("dtype", "float32"))
+    raise InputError("config", "model.source", f"unknown source {model_cfg['source']!r}")
+
+
+def answer_logits(model: HookedTransformer, tokens: torch.Tensor,
+                  lengths: torch.Tensor) -> torch.Tensor:
+    """Logits at each prompt's final real token: ``[b, d_vocab]`` from ``tokens [b, T]``."""
+    logits = model(tokens.to(model.cfg.device))
+    return logits[torch.arange(tokens.shape[0]), lengths.to(logits.device) - 1]

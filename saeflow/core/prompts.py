@@ -1,0 +1,51 @@
+"""Prompt sets: JSONL files of records with a ``text`` (and optionally a one-token ``answer``).
+
+Every stage feeds the model ``[BOS] + tokens(text)``; :func:`encode_prompt` is that one rule.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from saeflow.core.errors import InputError
+from saeflow.core.io import read_jsonl
+
+
+def encode_prompt(tokenizer: Any, text: str) -> list[int]:
+    """BOS + the prompt's tokens: the exact input every stage feeds the model."""
+    return [tokenizer.bos_token_id] + tokenizer.encode(text, add_special_tokens=False)
+
+
+def encode_prompts(tokenizer: Any, texts: list[str], chunk: int = 1024) -> list[list[int]]:
+    """:func:`encode_prompt` of every text, ``chunk`` texts per batched tokenizer call (a fast
+    tokenizer encodes a batch in Rust, several times quicker than one ``encode`` per prompt;
+    chunking bounds the per-token objects a call builds)."""
+    out: list[list[int]] = []
+    for start in range(0, len(texts), chunk):
+        ids = tokenizer(list(texts[start:start + chunk]), add_special_tokens=False,
+                        return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        out += [[tokenizer.bos_token_id, *seq] for seq in ids]
+    return out
+
+
+def load_prompt_set(path: str | Path) -> list[dict[str, Any]]:
+    """Read and check a prompt set: every record needs a non-empty string ``text``."""
+    records = read_jsonl(path)
+    if not records:
+        raise InputError(path, "<file>", "prompt set is empty")
+    for i, record in enumerate(records):
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str) or not record["text"]:
+            raise InputError(path, f"record {i}.text", "missing or not a non-empty string")
+        if "answer" in record and not isinstance(record["answer"], str):
+            raise InputError(path, f"record {i}.answer", "not a string")
+    return records
+
+
+def answer_token_id(tokenizer: Any, answer: str, source: str, index: int) -> int:
+    """The single token of ``answer``; an answer of several tokens is an input error."""
+    ids = tokenizer.encode(answer, add_special_tokens=False)
+    if len(ids) != 1:
+        raise InputError(source, f"record {index}.answer",
+                         f"{answer!r} is {len(ids)} tokens, not one")
+    return ids[0]

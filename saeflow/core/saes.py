@@ -1,0 +1,143 @@
+"""SAEs: train one with sae-lens on a hook of the toy model, load pretrained or saved ones,
+and measure them (L0, explained variance, loss with the SAE spliced in).
+
+Anything with ``encode``/``decode`` and ``cfg.metadata.hook_name`` serves the later stages.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from sae_lens import SAE
+from transformer_lens import HookedTransformer
+
+from saeflow.core.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def train_sae(model: HookedTransformer, hook_name: str, sequences: torch.Tensor,
+              sae_cfg: dict[str, Any], exclude_token_ids: list[int], seed: int,
+              device: str, out_dir: str | Path) -> SAE:
+    """Train a standard ReLU SAE on ``hook_name`` with sae-lens's own runner, offline.
+
+    ``sequences [n, context]`` are right-padded prompts; pad and BOS activations are excluded
+    from training (``exclude_special_tokens``), so the SAE sees only real tokens.
+    """
+    os.environ["WANDB_MODE"] = "disabled"
+    from datasets import Dataset
+    from sae_lens import (LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner,
+                          LoggingConfig, StandardTrainingSAEConfig)
+
+    dataset = Dataset.from_dict({"input_ids": sequences.tolist()})
+    runner_cfg = LanguageModelSAERunnerConfig(
+        sae=StandardTrainingSAEConfig(
+            d_in=model.cfg.d_model, d_sae=sae_cfg["d_sae"],
+            l1_coefficient=sae_cfg["l1_coefficient"], l1_warm_up_steps=sae_cfg["l1_warm_up_steps"],
+            apply_b_dec_to_input=False, normalize_activations=sae_cfg["normalize_activations"],
+        ),
+        model_name="saeflow-toy", hook_name=hook_name, dataset_path="saeflow-toy-prompts",
+        is_dataset_tokenized=True, streaming=False, context_size=sequences.shape[1],
+        prepend_bos=False, exclude_special_tokens=exclude_token_ids,
+        training_tokens=sae_cfg["training_tokens"], train_batch_size_tokens=sae_cfg["batch_tokens"],
+        store_batch_size_prompts=64,
+        # sae-lens sizes its shuffle buffer as n_batches_in_buffer * context_size tokens.
+        n_batches_in_buffer=max(8, 4 * sae_cfg["batch_tokens"] // sequences.shape[1]), lr=sae_cfg["lr"],
+        lr_warm_up_steps=0, device=device, seed=seed, dtype="float32",
+        logger=LoggingConfig(log_to_wandb=False), n_checkpoints=0, checkpoint_path=None,
+        output_path=str(out_dir), n_eval_batches=0, verbose=False,
+        n_batches_for_norm_estimate=20,  # sae-lens default (1000 LM batches) dominates toy runs
+    )
+    runner = LanguageModelSAETrainingRunner(runner_cfg, override_dataset=dataset,
+                                            override_model=model)
+    runner.run()
+    return load_sae_dir(out_dir, device)
+
+
+def load_sae_dir(directory: str | Path, device: str = "cpu") -> SAE:
+    if not (Path(directory) / "cfg.json").exists():
+        raise InputError(Path(directory) / "cfg.json", "<file>", "missing: not an SAE directory")
+    return SAE.load_from_disk(str(directory), device=device).eval()
+
+
+def load_sae(sae_cfg: dict[str, Any], hook_name: str, sae_dir: str | Path | None,
+             device: str = "cpu") -> SAE:
+    """The SAE a config assigns to ``hook_name``: trained/local from disk, or from the hub."""
+    if sae_cfg["source"] in ("train", "local"):
+        directory = sae_dir if sae_cfg["source"] == "train" else sae_cfg["paths"].get(hook_name)
+        if directory is None:
+            raise InputError("config", f"sae.paths.{hook_name}", "no SAE directory given")
+        return load_sae_dir(directory, device)
+    if sae_cfg["source"] == "pretrained":
+        from saeflow.core.hub import hub_access
+
+        sae_id = sae_cfg["ids"].get(hook_name)
+        if sae_id is None:
+            raise InputError("config", f"sae.ids.{hook_name}", "no pretrained SAE id for this hook")
+        with hub_access(f"{sae_cfg['release']}/{sae_id}", f"sae.ids.{hook_name}"):
+            return SAE.from_pretrained(sae_cfg["release"], sae_id, device=device).eval()
+    raise InputError("config", "sae.source", f"unknown source {sae_cfg['source']!r}")
+
+
+@torch.no_grad()
+def sae_metrics(model: HookedTransformer, sae: SAE, tokens: torch.Tensor, lengths: torch.Tensor,
+                answers: torch.Tensor | None = None, batch_size: int = 64) -> dict[str, float]:
+    """L0 and explained variance on real tokens (BOS excluded, as in training), and the loss
+    with the SAE's reconstruction spliced in (no error term) vs the model alone: next-token
+    LM loss over real tokens, plus answer loss/accuracy when ``answers [n]`` are given."""
+    hook_name = sae.cfg.metadata.hook_name
+    device = model.cfg.device
+    totals = {"l0": 0.0, "sq_err": 0.0, "n_tok": 0, "lm_model": 0.0, "lm_spliced": 0.0, "lm_n": 0,
+              "ans_model": 0.0, "ans_spliced": 0.0, "acc_model": 0, "acc_spliced": 0}
+    act_sum = act_sq = None
+
+    def splice(act: torch.Tensor, hook: Any) -> torch.Tensor:
+        return sae.decode(sae.encode(act)).to(act.dtype)
+
+    for start in range(0, len(lengths), batch_size):
+        sl = slice(start, start + batch_size)
+        width = int(lengths[sl].max())
+        batch, lens = tokens[sl, :width].to(device), lengths[sl].to(device)
+        logits, cache = model.run_with_cache(batch, names_filter=[hook_name])
+        valid = torch.arange(width, device=device)[None, :] < lens[:, None]
+        real = valid.clone()
+        real[:, 0] = False
+        x = cache[hook_name][real].float()
+        codes = sae.encode(x)
+        totals["l0"] += float((codes > 0).sum())
+        totals["n_tok"] += x.shape[0]
+        totals["sq_err"] += float(((x - sae.decode(codes)) ** 2).sum())
+        act_sum = x.sum(0) if act_sum is None else act_sum + x.sum(0)
+        act_sq = (x**2).sum(0) if act_sq is None else act_sq + (x**2).sum(0)
+        spliced = model.run_with_hooks(batch, fwd_hooks=[(hook_name, splice)])
+        next_valid = valid[:, 1:]
+        targets = batch[:, 1:][next_valid]
+        rows = torch.arange(batch.shape[0], device=device)
+        for name, out in (("model", logits), ("spliced", spliced)):
+            predicted = out[:, :-1][next_valid].float()
+            totals[f"lm_{name}"] += float(torch.nn.functional.cross_entropy(predicted, targets, reduction="sum"))
+            if answers is not None:
+                final = out[rows, lens - 1].float()
+                ans = answers[sl].to(device)
+                totals[f"ans_{name}"] += float(torch.nn.functional.cross_entropy(final, ans, reduction="sum"))
+                totals[f"acc_{name}"] += int((final.argmax(-1) == ans).sum())
+        totals["lm_n"] += int(next_valid.sum())
+    n_tok, n = totals["n_tok"], len(lengths)
+    total_var = float((act_sq - act_sum**2 / n_tok).sum())
+    metrics = {
+        "hook_name": hook_name, "d_sae": int(sae.cfg.d_sae), "n_tokens": n_tok,
+        "l0": totals["l0"] / n_tok, "explained_variance": 1.0 - totals["sq_err"] / total_var,
+        "lm_loss_model": totals["lm_model"] / totals["lm_n"],
+        "lm_loss_spliced": totals["lm_spliced"] / totals["lm_n"],
+    }
+    if answers is not None:
+        metrics.update({
+            "answer_loss_model": totals["ans_model"] / n, "answer_loss_spliced": totals["ans_spliced"] / n,
+            "answer_accuracy_model": totals["acc_model"] / n,
+            "answer_accuracy_spliced": totals["acc_spliced"] / n,
+        })
+    return metrics

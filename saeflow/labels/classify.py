@@ -1,0 +1,327 @@
+"""Sort feature descriptions into a category: ``related`` / ``not-related`` (/ ``unknown``).
+
+Three backends, one output shape (``{feature_id, feature_index, description, label}`` per
+feature): ``keyword`` (regular expressions, the toy default), ``llm`` (any OpenAI-compatible
+chat-completions endpoint, :func:`llm_classify`) and ``file`` (import someone else's
+classification). An answer the LLM gives that we cannot parse becomes
+``unknown`` and is counted: silently dropping it would bias every later rate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from saeflow.labels.describe import feature_index_of, load_record_list
+from saeflow.core.errors import InputError
+from saeflow.core.io import write_text_atomic
+
+log = logging.getLogger(__name__)
+
+RELATED, NOT_RELATED, UNKNOWN = "related", "not-related", "unknown"
+LABELS = (RELATED, NOT_RELATED, UNKNOWN)
+# Spellings other tools use for the same two answers; anything else is not ours to guess.
+_ALIASES = {"related": RELATED, "not-related": NOT_RELATED, "not related": NOT_RELATED,
+            "not_related": NOT_RELATED, "unrelated": NOT_RELATED, "unknown": UNKNOWN,
+            "yes": RELATED, "no": NOT_RELATED, "true": RELATED, "false": NOT_RELATED}
+
+
+def toy_categories() -> dict[str, dict[str, Any]]:
+    """The toy world's default categories, ready for a config: keyword ``patterns`` that read
+    :func:`saeflow.labels.describe.describe_features` texts (top token first, JSON-quoted), the
+    ``token_classes`` of ``truth.json`` that define each category's ground truth, and the
+    ``question`` a human (or the oracle) answers."""
+    from saeflow.toy.corpus import WORDS
+
+    return {
+        "digits": {"patterns": [r'^Top tokens: " ?\d"'], "token_classes": ["digit"],
+                   "question": "Does this feature respond to numbers or digits?"},
+        "string-literal": {
+            "patterns": [r"""^Top tokens: " ?(\\"|')""", rf'^Top tokens: " ?({"|".join(WORDS)})"'],
+            "token_classes": ["quote", "string_word"],
+            "question": "Does this feature respond to string literals: quote marks or the "
+                        "words inside them?"},
+    }
+
+
+def resolve_categories(raw: Any, source: str = "config") -> dict[str, dict[str, Any]]:
+    """The categories a config names: ``"toy"`` for :func:`toy_categories`, else a mapping
+    of name to backend options (each needs a ``question`` for the human labeller)."""
+    cats = toy_categories() if raw == "toy" else raw
+    if not isinstance(cats, Mapping) or not cats:
+        raise InputError(source, "labels.categories", "expected 'toy' or a mapping of categories")
+    for name, cat in cats.items():
+        if not isinstance(cat, Mapping) or not cat.get("question"):
+            raise InputError(source, f"labels.categories.{name}.question", "missing")
+    return {str(k): dict(v) for k, v in cats.items()}
+
+
+def related_features(path: str | Path) -> list[int]:
+    """Indices of the features a classification file labels ``related``."""
+    return sorted(r["feature_index"] for r in read_labelled(path) if r["label"] == RELATED)
+
+
+def normalise_label(value: Any) -> str | None:
+    """``related`` / ``not-related`` / ``unknown`` for a known spelling (or bool), else None."""
+    if isinstance(value, bool):
+        return RELATED if value else NOT_RELATED
+    if isinstance(value, str):
+        return _ALIASES.get(value.strip().lower())
+    return None
+
+
+def read_labelled(path: str | Path, strict: bool = True) -> list[dict[str, Any]]:
+    """Labelled records of any classification / labels file, normalised.
+
+    Each record gets ``feature_index`` (from ``feature_index``, ``index`` or a ``feature_id``
+    ending ``-<n>``), ``feature_id`` (kept, else the index as text), ``description`` (or "")
+    and ``label``. With ``strict`` an unknown label or a missing index is an error; without
+    it the raw label is kept so a caller can report it, and a record with only a
+    ``feature_id`` gets ``feature_index`` None (joins then fall back to the id).
+    """
+    records = []
+    for where, raw in load_record_list(path):
+        if "label" not in raw:
+            raise InputError(path, f"{where}.label", "missing")
+        label = normalise_label(raw["label"])
+        if label is None and strict:
+            raise InputError(path, f"{where}.label", f"unknown label {raw['label']!r} "
+                                                     f"(expected one of {', '.join(LABELS)})")
+        if not strict and raw.get("feature_id") is not None and not any(
+                raw.get(k) is not None for k in ("feature_index", "index")):
+            index = feature_index_of(raw, path, where) if _has_suffix(raw["feature_id"]) else None
+        else:
+            index = feature_index_of(raw, path, where)
+        records.append({"feature_id": str(raw.get("feature_id", index)), "feature_index": index,
+                        "description": str(raw.get("description") or ""),
+                        "label": label if label is not None else raw["label"]})
+    return records
+
+
+def _has_suffix(feature_id: Any) -> bool:
+    return isinstance(feature_id, str) and re.search(r"-\d+$", feature_id) is not None
+
+
+def _labelled(records: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> list[dict[str, Any]]:
+    return [{"feature_id": r["feature_id"], "feature_index": r["feature_index"],
+             "description": r["description"], "label": label} for r, label in zip(records, labels)]
+
+
+# --- keyword ----------------------------------------------------------------------------------
+
+def keyword_classify(records: Sequence[Mapping[str, Any]], patterns: Sequence[str],
+                     source: str = "config", field: str = "patterns") -> list[dict[str, Any]]:
+    """``related`` when any pattern (case-insensitive regex) is found in the description."""
+    if not patterns:
+        raise InputError(source, field, "no patterns")
+    compiled = []
+    for i, pattern in enumerate(patterns):
+        try:
+            compiled.append(re.compile(pattern, re.IGNORECASE))
+        except re.error as err:
+            raise InputError(source, f"{field}[{i}]", f"invalid regex {pattern!r}: {err}") from None
+    return _labelled(records, [RELATED if any(p.search(r["description"]) for p in compiled)
+                               else NOT_RELATED for r in records])
+
+
+# --- llm --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """Where and how to ask. The key itself is never stored: only the variable's name."""
+
+    base_url: str
+    model: str
+    api_key_env: str | None = None
+    cache_dir: str = ".cache/saeflow-llm"
+    concurrency: int = 4
+    max_retries: int = 4
+    backoff_s: float = 1.0
+    timeout_s: float = 60.0
+    temperature: float = 0.0
+    max_tokens: int = 8
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], source: str = "config") -> LLMConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise InputError(source, unknown[0], f"unknown llm option (known: {sorted(known)})")
+        for key in ("base_url", "model"):
+            if not raw.get(key):
+                raise InputError(source, key, "required for the llm backend")
+        cfg = cls(**raw)
+        if cfg.concurrency < 1 or cfg.max_retries < 0:
+            raise InputError(source, "concurrency", "concurrency must be >= 1, max_retries >= 0")
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PROMPT_SYSTEM = ("You sort features of a sparse autoencoder into categories by reading each "
+                 "feature's description. Answer with exactly one word: related or not-related.")
+
+
+def llm_messages(category: str, question: str, description: str) -> list[dict[str, str]]:
+    """The chat messages for one feature; the cache key covers them, so edit with care."""
+    user = (f"Category: {category}\nQuestion: {question}\n"
+            f"Feature description: {description}\nAnswer related or not-related.")
+    return [{"role": "system", "content": PROMPT_SYSTEM}, {"role": "user", "content": user}]
+
+
+def parse_answer(text: str) -> str:
+    """``related`` / ``not-related`` from a model's reply, ``unknown`` when it is neither."""
+    text = re.sub(r"^\W*(answer|label)\W*", "", text.strip().lower())
+    words = re.findall(r"[a-z]+(?:[-_ ]related)?", text)
+    if not words:
+        return UNKNOWN
+    return {"related": RELATED, "yes": RELATED, "no": NOT_RELATED, "unrelated": NOT_RELATED,
+            "not-related": NOT_RELATED, "not related": NOT_RELATED,
+            "not_related": NOT_RELATED}.get(words[0], UNKNOWN)
+
+
+def cache_key(model: str, messages: list[dict[str, str]], temperature: float) -> str:
+    blob = json.dumps({"model": model, "messages": messages, "temperature": temperature},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _api_key(cfg: LLMConfig, source: str) -> str | None:
+    if not cfg.api_key_env:
+        return None
+    key = os.environ.get(cfg.api_key_env)
+    if not key:
+        raise InputError(source, "api_key_env", f"environment variable {cfg.api_key_env} is not set")
+    return key
+
+
+def _post_chat(cfg: LLMConfig, key: str | None, messages: list[dict[str, str]]) -> str:
+    """One chat-completions call with retries; returns the reply text."""
+    url = cfg.base_url.rstrip("/") + "/chat/completions"
+    body = json.dumps({"model": cfg.model, "messages": messages, "temperature": cfg.temperature,
+                       "max_tokens": cfg.max_tokens}).encode()
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    problem = ""
+    for attempt in range(cfg.max_retries + 1):
+        if attempt:
+            time.sleep(cfg.backoff_s * 2 ** (attempt - 1))
+        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=cfg.timeout_s) as response:
+                reply = json.loads(response.read())
+            return str(reply["choices"][0]["message"]["content"])
+        except urllib.error.HTTPError as err:
+            problem = f"HTTP {err.code}"
+            # Rate limits and server faults pass; a bad key or request will not.
+            if err.code != 429 and err.code < 500:
+                raise InputError(url, "response", f"{problem}: {err.reason}") from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+            problem = f"unreachable: {getattr(err, 'reason', err)}"
+        except (json.JSONDecodeError, KeyError, IndexError, TypeError):
+            problem = "reply is not a chat completion"
+        log.warning("%s: attempt %d failed (%s)", url, attempt + 1, problem)
+    raise InputError(url, "response", f"{problem} after {cfg.max_retries + 1} attempts")
+
+
+def llm_classify(records: Sequence[Mapping[str, Any]], category: str, question: str,
+                 cfg: LLMConfig, source: str = "config") -> list[dict[str, Any]]:
+    """Ask the endpoint about every description, at most ``cfg.concurrency`` at a time.
+
+    Replies are cached in ``cfg.cache_dir`` under a hash of (model, messages, temperature)
+    as soon as each arrives, so an interrupted or repeated run pays only for what is new.
+    """
+    key = _api_key(cfg, source)
+    cache = Path(cfg.cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+
+    def answer(record: Mapping[str, Any]) -> str:
+        messages = llm_messages(category, question, record["description"])
+        path = cache / f"{cache_key(cfg.model, messages, cfg.temperature)}.json"
+        if path.exists():
+            return json.loads(path.read_text())["reply"]
+        reply = _post_chat(cfg, key, messages)
+        write_text_atomic(path, json.dumps({"model": cfg.model, "messages": messages,
+                                            "reply": reply}) + "\n")
+        return reply
+
+    pool = ThreadPoolExecutor(max_workers=cfg.concurrency)
+    try:
+        replies = list(pool.map(answer, records))
+    finally:
+        # On failure, stop queued requests; finished ones are already cached.
+        pool.shutdown(wait=True, cancel_futures=True)
+    labels = [parse_answer(r) for r in replies]
+    n_unknown = labels.count(UNKNOWN)
+    if n_unknown:
+        log.warning("%s: %d of %d replies unparseable, recorded as unknown", category, n_unknown,
+                    len(labels))
+    return _labelled(records, labels)
+
+
+# --- file -------------------------------------------------------------------------------------
+
+def import_classification(path: str | Path,
+                          descriptions: Sequence[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
+    """Records of an existing classification file; ids and texts filled from ``descriptions``.
+
+    A feature listed twice is an error naming the features.
+    """
+    by_index = {d["feature_index"]: d for d in descriptions}
+    records = read_labelled(path, strict=True)
+    counts = Counter(r["feature_index"] for r in records)
+    dupes = sorted(i for i, c in counts.items() if c > 1)
+    if dupes:
+        raise InputError(path, "feature_index", f"duplicate rows for features {dupes[:10]}")
+    for r in records:
+        known = by_index.get(r["feature_index"])
+        if known is not None:
+            r["feature_id"] = known["feature_id"]
+            r["description"] = r["description"] or known["description"]
+    return records
+
+
+# --- one category, any backend ----------------------------------------------------------------
+
+def classify(descriptions: Sequence[Mapping[str, Any]], category: str,
+             backend_config: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
+    """Classify every description for ``category``; returns the output file's payload.
+
+    ``backend_config`` has ``backend`` (keyword / llm / file) and its options: ``patterns``;
+    ``question`` plus an ``llm`` mapping (:class:`LLMConfig`); or ``path``.
+    """
+    backend = backend_config.get("backend", "keyword")
+    if backend == "keyword":
+        records = keyword_classify(descriptions, backend_config.get("patterns") or [], source,
+                                   f"{category}.patterns")
+    elif backend == "llm":
+        question = backend_config.get("question")
+        if not question:
+            raise InputError(source, f"{category}.question", "required for the llm backend")
+        cfg = LLMConfig.from_dict(backend_config.get("llm") or {}, source)
+        records = llm_classify(descriptions, category, question, cfg, source)
+    elif backend == "file":
+        if not backend_config.get("path"):
+            raise InputError(source, f"{category}.path", "required for the file backend")
+        records = import_classification(backend_config["path"], descriptions)
+    else:
+        raise InputError(source, f"{category}.backend", f"unknown backend {backend!r} "
+                                                        "(expected keyword, llm or file)")
+    counts = Counter(r["label"] for r in records)
+    return {"category": category, "backend": backend,
+            "counts": {label: counts.get(label, 0) for label in LABELS},
+            "n_unknown": counts.get(UNKNOWN, 0), "records": records}

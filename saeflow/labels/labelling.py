@@ -1,0 +1,227 @@
+"""Human labels on a random sample of features: the terminal tool and the toy's oracle.
+
+The labels file is the human's work, so it is treated as irreplaceable: it is rewritten
+atomically after every answer (a kill at any moment loses nothing already answered), a rerun
+resumes at the first unlabelled item of the *same* sample, and a file made from another
+sample, seed, category, question or labeller is refused rather than touched. The labeller
+sees only the description and the question, never a classifier's answer, so the human
+labels stay an independent check on the classifier.
+
+File payload: ``category``, ``question``, ``labeller`` (``human`` / ``oracle``), ``seed``,
+``n``, ``sample_feature_ids`` (the sample in order), ``descriptions``, ``n_labelled`` and
+``records``: ``{_row_id, feature_index, feature_id, description, label}`` per answered item.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from saeflow.labels.classify import NOT_RELATED, RELATED
+from saeflow.labels.describe import read_descriptions
+from saeflow.core.errors import InputError
+from saeflow.core.io import read_json, write_json
+
+KEYS = {"r": RELATED, "n": NOT_RELATED}
+HELP = "[r] related  [n] not-related  [b] back  [s] save  [q] quit"
+
+
+def sample_features(descriptions: Sequence[Mapping[str, Any]], n: int, seed: int,
+                    source: str = "arguments") -> list[dict[str, Any]]:
+    """``min(n, len(descriptions))`` records drawn without replacement with ``seed``.
+
+    Sorted by feature index first, so the sample does not depend on the file's row order.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise InputError(source, "n", f"sample size must be a positive integer, got {n!r}")
+    ordered = sorted(descriptions, key=lambda r: (r["feature_index"], r["feature_id"]))
+    picked = np.random.default_rng(seed).permutation(len(ordered))[:n]
+    return [dict(ordered[i]) for i in picked]
+
+
+@dataclass
+class LabelSession:
+    """One labels file: its identity (what was sampled, how) and the answers so far."""
+
+    path: Path
+    category: str
+    question: str
+    seed: int
+    n: int
+    labeller: str
+    descriptions: str
+    sample: list[dict[str, Any]]
+    labels: dict[int, str] = field(default_factory=dict)
+
+    def payload(self) -> dict[str, Any]:
+        records = [{"_row_id": i, "feature_index": self.sample[i]["feature_index"],
+                    "feature_id": self.sample[i]["feature_id"],
+                    "description": self.sample[i]["description"], "label": self.labels[i]}
+                   for i in sorted(self.labels)]
+        return {"category": self.category, "question": self.question, "labeller": self.labeller,
+                "seed": self.seed, "n": self.n, "descriptions": self.descriptions,
+                "sample_feature_ids": [r["feature_id"] for r in self.sample],
+                "n_labelled": len(records), "records": records}
+
+    def save(self) -> None:
+        write_json(self.path, self.payload(), {"category": self.category, "seed": self.seed,
+                                               "n": self.n, "labeller": self.labeller})
+
+    def next_unlabelled(self, start: int = 0) -> int | None:
+        """First unanswered row at or after ``start``, wrapping to the beginning."""
+        order = list(range(start, len(self.sample))) + list(range(start))
+        return next((i for i in order if i not in self.labels), None)
+
+
+def _check_same(path: Path, existing: Mapping[str, Any], fresh: LabelSession) -> None:
+    """Refuse to append to a file that describes a different sample or question."""
+    for key in ("labeller", "category", "seed", "n", "question"):
+        if existing.get(key) != getattr(fresh, key):
+            raise InputError(path, key, f"file was made with {key}={existing.get(key)!r}, not "
+                                        f"{getattr(fresh, key)!r}; refusing to append "
+                                        "(choose another --out)")
+    if existing.get("sample_feature_ids") != [r["feature_id"] for r in fresh.sample]:
+        raise InputError(path, "sample_feature_ids", "file was made from a different sample "
+                                                     "(descriptions changed?); refusing to append")
+
+
+def _read_answers(path: Path, data: Mapping[str, Any], session: LabelSession) -> dict[int, str]:
+    records = data.get("records")
+    if not isinstance(records, list):
+        raise InputError(path, "records", "missing or not a list")
+    answers = {}
+    for i, rec in enumerate(records):
+        row = rec.get("_row_id") if isinstance(rec, dict) else None
+        if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row < len(session.sample):
+            raise InputError(path, f"records[{i}]._row_id", f"not a row of the sample: {row!r}")
+        if rec.get("feature_id") != session.sample[row]["feature_id"]:
+            raise InputError(path, f"records[{i}].feature_id", "does not match the sample")
+        if rec.get("label") not in (RELATED, NOT_RELATED):
+            raise InputError(path, f"records[{i}].label", f"unknown label {rec.get('label')!r}")
+        if row in answers:
+            raise InputError(path, f"records[{i}]._row_id", f"duplicate row {row}")
+        answers[row] = rec["label"]
+    return answers
+
+
+def open_session(out: str | Path, descriptions_path: str | Path, category: str, question: str,
+                 n: int = 300, seed: int = 42, labeller: str = "human") -> LabelSession:
+    """A fresh session, or the one stored in ``out`` when it holds the same sample."""
+    descriptions = read_descriptions(descriptions_path)
+    session = LabelSession(Path(out), category, question, seed, n, labeller,
+                           str(descriptions_path), sample_features(descriptions, n, seed))
+    if session.path.exists():
+        data = read_json(session.path)
+        if not isinstance(data, dict):
+            raise InputError(out, "<root>", "not a labels file; refusing to overwrite it")
+        _check_same(session.path, data, session)
+        session.labels = _read_answers(session.path, data, session)
+    return session
+
+
+def _show(session: LabelSession, row: int, out: TextIO) -> None:
+    mine = session.labels.get(row)
+    out.write(f"\n--- item {row + 1}/{len(session.sample)} · {len(session.labels)} labelled ---\n"
+              f"Question: {session.question}\n"
+              f"Description: {session.sample[row]['description']}\n"
+              + (f"(your answer so far: {mine})\n" if mine else "") + f"{HELP}\n> ")
+    out.flush()
+
+
+def run_session(session: LabelSession, keys: Iterator[str], out: TextIO) -> int:
+    """Ask about each unlabelled item, reading one key at a time; returns answers given.
+
+    Saves after every answer; ``q`` or the end of ``keys`` saves and stops.
+    """
+    row = session.next_unlabelled()
+    given = 0
+    if row is None:
+        out.write(f"All {len(session.sample)} items are labelled in {session.path}.\n")
+        return given
+    _show(session, row, out)
+    for key in keys:
+        if key.isspace():
+            continue
+        if key in KEYS:
+            session.labels[row] = KEYS[key]
+            session.save()
+            given += 1
+            nxt = session.next_unlabelled(row + 1)
+            if nxt is None:
+                out.write(f"\nDone: all {len(session.sample)} items labelled; saved {session.path}\n")
+                return given
+            row = nxt
+        elif key == "b":
+            row = max(0, row - 1)
+        elif key == "s":
+            session.save()
+            out.write(f"saved {len(session.labels)} labels to {session.path}\n")
+        elif key == "q":
+            break
+        else:
+            out.write(f"unknown key {key!r}\n")
+        _show(session, row, out)
+    session.save()
+    out.write(f"\nsaved {len(session.labels)}/{len(session.sample)} labels to {session.path}\n")
+    return given
+
+
+def _tty_keys(stream: TextIO) -> Iterator[str]:
+    import termios
+    import tty
+
+    fd = stream.fileno()
+    saved = termios.tcgetattr(fd)
+    try:
+        # One key at a time, Ctrl-C still interrupts; TCSANOW keeps keys typed ahead.
+        tty.setcbreak(fd, termios.TCSANOW)
+        while key := stream.read(1):
+            yield key
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def key_stream(stream: TextIO) -> Iterator[str]:
+    """Single keypresses from a terminal; characters of the input when it is a pipe or file."""
+    if stream.isatty():
+        yield from _tty_keys(stream)
+        return
+    while key := stream.read(1):
+        yield key
+
+
+def label_interactively(out: str | Path, descriptions_path: str | Path, category: str,
+                        question: str, n: int = 300, seed: int = 42,
+                        stdin: TextIO | None = None, stdout: TextIO | None = None) -> LabelSession:
+    """``saeflow label``: open or resume ``out`` and ask until done, quit or end of input."""
+    session = open_session(out, descriptions_path, category, question, n, seed)
+    with contextlib.suppress(KeyboardInterrupt):
+        # Every answer is already on disk; an interrupt only ends the session.
+        run_session(session, key_stream(stdin or sys.stdin), stdout or sys.stdout)
+    return session
+
+
+# --- toy world: the oracle stands in for the human --------------------------------------------
+
+def oracle_labeller(members: Collection[int]) -> Callable[[Mapping[str, Any]], str]:
+    """A labeller answering from ground truth: ``related`` iff the feature is a member."""
+    truth = {int(m) for m in members}
+    return lambda record: RELATED if record["feature_index"] in truth else NOT_RELATED
+
+
+def oracle_labels(out: str | Path, descriptions_path: str | Path, category: str, question: str,
+                  members: Collection[int], n: int = 300, seed: int = 42) -> LabelSession:
+    """Label the same sample ``saeflow label`` would draw, from ground truth, and save it."""
+    descriptions = read_descriptions(descriptions_path)
+    session = LabelSession(Path(out), category, question, seed, n, "oracle",
+                           str(descriptions_path), sample_features(descriptions, n, seed))
+    label = oracle_labeller(members)
+    session.labels = {i: label(r) for i, r in enumerate(session.sample)}
+    session.save()
+    return session

@@ -1,0 +1,413 @@
+"""SAE-latent attribution patching (AtP) with the SAE error as its own node, exact latent
+patching to verify it, and faithfulness of the top nodes under mean ablation.
+
+Nodes. The SAEs are spliced into a sae-lens ``HookedSAETransformer`` (``model.saes``), one per
+hook (``sae.cfg.metadata.hook_name``). A hook's activation ``x`` is rebuilt as
+``decode(f) + e``: latents ``f = encode(x)`` ``[B, T, d_sae]`` and the error
+``e = x - decode(encode(x))`` ``[B, T, d_model]``. A *latent node* is ``(hook, latent)`` at all
+positions at once; an *error node* is ``(hook, position)``, positions right-aligned as in
+:mod:`saeflow.patch.resid` (column ``P - 1`` = final token).
+
+Sign convention (the same as residual patching): every effect is that of patching the node
+**from the clean run into the corrupted run**, on the metric ``logit diff = logit(clean answer)
+- logit(corrupted answer)``::
+
+    AtP(node)   = (a_clean - a_corrupted) . d metric / d a   (gradient at the corrupted run)
+    exact(node) = metric(corrupted, node := clean) - metric(corrupted)
+
+Why we add the error term ourselves: sae-lens computes it under ``no_grad``, so a gradient
+through a downstream SAE would follow that SAE's Jacobian, while exact patching recomputes the
+downstream error from the new activation (the downstream SAE is then the identity). So we splice
+with ``use_error_term=False`` and add ``x - decode(f)`` at ``hook_sae_output``, with ``f`` the
+SAE's own code and the latent node a copy of it: ``d out / d node`` is the decoder,
+``d out / d e = I`` and ``d out / d x = I``. Without the error term the spliced model *is* the
+SAE-reconstructed model; AtP, exact patching and faithfulness then all run in it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from saeflow.core.errors import InputError
+from saeflow.patch.resid import (PairBatch, PatchConfig, align_right, check_batches, logit_diff,
+                              position_offsets)
+
+Node = tuple[str, str, int]  # ("latent", hook, latent index) | ("error", hook, aligned column)
+Edit = Callable[[str, Tensor], Tensor]  # (hook, node tensor) -> edited node tensor
+MODES = {"with_error": True, "without_error": False}
+
+
+@dataclass
+class SparseAct:
+    """One hook's nodes (after feature-circuits): latents ``act [..., d_sae]`` and the SAE
+    error ``res [..., d_model]`` (``None`` when the error term is left out)."""
+
+    act: Tensor
+    res: Tensor | None = None
+
+    def __sub__(self, other: SparseAct) -> SparseAct:
+        return SparseAct(self.act - other.act, None if self.res is None else self.res - other.res)
+
+    def __mul__(self, other: SparseAct) -> SparseAct:
+        return SparseAct(self.act * other.act, None if self.res is None else self.res * other.res)
+
+    def detach(self) -> SparseAct:
+        return SparseAct(self.act.detach(), None if self.res is None else self.res.detach())
+
+
+def to_sae_transformer(model: Any) -> Any:
+    """The same weights (shared, not copied) and tokenizer as a sae-lens
+    ``HookedSAETransformer``, on the model's device."""
+    from sae_lens import HookedSAETransformer
+
+    if isinstance(model, HookedSAETransformer):
+        return model
+    out = HookedSAETransformer(model.cfg, move_to_device=False)
+    out.load_state_dict(model.state_dict(), assign=True)  # shares storage: no second copy
+    out.tokenizer = model.tokenizer  # assigned: set_tokenizer would reload it from its name
+    out.move_model_modules_to_device()
+    return out.eval()
+
+
+def prepare_saes(model: Any, saes: Sequence[Any]) -> dict[str, Any]:
+    """Key SAEs by ``sae.cfg.metadata.hook_name`` (checked against the model's hooks) and move
+    them to the model's device."""
+    out: dict[str, Any] = {}
+    for sae in saes:
+        name = sae.cfg.metadata.hook_name
+        if not name:
+            raise InputError("sae", "cfg.metadata.hook_name", "not set: cannot splice the SAE")
+        if name not in model.hook_dict:
+            raise InputError("sae", name, "the model has no such hook (expected e.g. "
+                             f"blocks.0.hook_resid_post; layers 0..{model.cfg.n_layers - 1})")
+        if name in out:
+            raise InputError("sae", name, "two SAEs for one hook")
+        out[name] = sae.to(model.cfg.device)
+    if not out:
+        raise InputError("sae", "<saes>", "no SAEs given")
+    return out
+
+
+def run_spliced(model: Any, saes: Mapping[str, Any], tokens: Tensor, with_error: bool,
+                edit_latents: Edit | None = None, edit_error: Edit | None = None
+                ) -> tuple[Tensor, dict[str, SparseAct]]:
+    """Run ``tokens [B, T]`` with every SAE spliced in; return ``logits [B, T, d_vocab]`` and
+    each hook's nodes (the tensors that flowed forward, after the optional edits)."""
+    nodes: dict[str, SparseAct] = {}
+    hooks = [h for name, sae in saes.items()
+             for h in _splice_hooks(name, sae, with_error, nodes, edit_latents, edit_error)]
+    with model.saes(saes=list(saes.values()), use_error_term=False):
+        logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
+    return logits, nodes
+
+
+def _splice_hooks(name: str, sae: Any, with_error: bool, nodes: dict[str, SparseAct],
+                  edit_latents: Edit | None, edit_error: Edit | None) -> list[tuple[str, Any]]:
+    state: dict[str, Tensor] = {}
+
+    def on_input(x: Tensor, hook: Any) -> Tensor:
+        state["x"] = x
+        return x
+
+    def on_latents(f: Tensor, hook: Any) -> Tensor:
+        state["f"] = f
+        node = f.clone()  # its own tensor, so d metric / d node holds the error term fixed
+        if torch.is_grad_enabled() and not node.requires_grad:
+            node.requires_grad_()  # frozen weights: still differentiate w.r.t. the nodes
+        node = edit_latents(name, node) if edit_latents is not None else node
+        nodes[name] = SparseAct(node)
+        return node
+
+    def on_output(out: Tensor, hook: Any) -> Tensor:
+        if not with_error:
+            return out
+        err = state["x"].reshape(out.shape) - sae.decode(state["f"])
+        if torch.is_grad_enabled() and not err.requires_grad:
+            err.requires_grad_()
+        err = edit_error(name, err) if edit_error is not None else err
+        nodes[name].res = err
+        return out + err
+
+    return [(f"{name}.hook_sae_input", on_input), (f"{name}.hook_sae_acts_post", on_latents),
+            (f"{name}.hook_sae_output", on_output)]
+
+
+@dataclass
+class AtPResult:
+    """AtP over all pairs in one mode; per-pair arrays, positions right-aligned to ``P``.
+
+    ``latent_effect[hook] [n, d_sae]``: AtP of patching the latent at all positions (the sum of
+    its per-position terms); ``latent_delta[hook] [n, d_sae]``: sum over positions of
+    ``|clean - corrupted|``; ``latent_mass[hook] [n, P]``: sum over latents of ``|AtP|`` at each
+    position; ``error_effect[hook] [n, P]``: AtP of each error node (empty without the error).
+    """
+
+    with_error: bool
+    pair_ids: np.ndarray
+    lengths: np.ndarray
+    clean: np.ndarray
+    corrupted: np.ndarray
+    latent_effect: dict[str, np.ndarray] = field(default_factory=dict)
+    latent_delta: dict[str, np.ndarray] = field(default_factory=dict)
+    latent_mass: dict[str, np.ndarray] = field(default_factory=dict)
+    error_effect: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def attribution_patching(model: Any, saes: Mapping[str, Any], batch: PairBatch, with_error: bool
+                         ) -> tuple[dict[str, SparseAct], dict[str, SparseAct], Tensor, Tensor]:
+    """AtP for one batch: one clean forward, one corrupted forward + backward.
+
+    Returns per hook the latent effects ``act [n, T, d_sae]`` and error-node effects
+    ``res [n, T]`` (summed over ``d_model``), per hook the ``|clean - corrupted|`` latent
+    deltas ``act [n, T, d_sae]``, and the clean and corrupted metrics ``[n]``.
+    """
+    b = batch.to(model.cfg.device)
+    with torch.no_grad():
+        clean_logits, clean = run_spliced(model, saes, b.clean, with_error)
+    with torch.enable_grad():
+        corr_logits, corr = run_spliced(model, saes, b.corrupted, with_error)
+        metric = logit_diff(corr_logits, b.clean_answer, b.corrupted_answer)
+        names = list(corr)
+        leaves = [corr[h].act for h in names] + ([corr[h].res for h in names] if with_error else [])
+        # Pairs are independent rows, so the gradient of the sum is each pair's own gradient.
+        grads = torch.autograd.grad(metric.sum(), leaves, allow_unused=True)
+    grads = [torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads, strict=True)]
+    effects, deltas = {}, {}
+    for i, h in enumerate(names):
+        grad = SparseAct(grads[i], grads[len(names) + i] if with_error else None)
+        delta = clean[h] - corr[h].detach()
+        eff = delta * grad
+        effects[h] = SparseAct(eff.act, None if eff.res is None else eff.res.sum(-1))
+        deltas[h] = SparseAct(delta.act.abs())
+    return (effects, deltas, logit_diff(clean_logits, b.clean_answer, b.corrupted_answer),
+            metric.detach())
+
+
+def run_atp(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBatch], with_error: bool,
+            max_batch: int = 256) -> AtPResult:
+    """:func:`attribution_patching` over every batch (chunked to ``max_batch`` pairs)."""
+    P = max(b.length for b in batches)
+    chunks = [c for b in batches for c in b.chunks(max_batch)]
+    res = AtPResult(with_error, np.concatenate([np.asarray(c.pair_ids) for c in chunks]),
+                    np.concatenate([np.full(len(c), c.length) for c in chunks]),
+                    np.empty(0), np.empty(0))
+    parts: dict[str, list[list[np.ndarray]]] = {h: [[], [], [], []] for h in saes}
+    cleans, corrs = [], []
+    for chunk in chunks:
+        effects, deltas, clean, corr = attribution_patching(model, saes, chunk, with_error)
+        cleans.append(clean.double().cpu().numpy())
+        corrs.append(corr.double().cpu().numpy())
+        for h, eff in effects.items():
+            act = eff.act.double()
+            parts[h][0].append(act.sum(1).cpu().numpy())
+            parts[h][1].append(deltas[h].act.double().sum(1).cpu().numpy())
+            parts[h][2].append(align_right(act.abs().sum(-1).cpu().numpy(), P))
+            if eff.res is not None:
+                parts[h][3].append(align_right(eff.res.double().cpu().numpy(), P))
+    res.clean, res.corrupted = np.concatenate(cleans), np.concatenate(corrs)
+    for h, (eff, delta, mass, err) in parts.items():
+        res.latent_effect[h], res.latent_delta[h] = np.concatenate(eff), np.concatenate(delta)
+        res.latent_mass[h] = np.concatenate(mass)
+        if err:
+            res.error_effect[h] = np.concatenate(err)
+    return res
+
+
+@torch.no_grad()
+def exact_latent_effects(model: Any, saes: Mapping[str, Any], batch: PairBatch,
+                         latents: Sequence[tuple[str, int]], with_error: bool,
+                         max_batch: int = 256, alpha: float = 1.0) -> Tensor:
+    """Exact effect ``[n, K]`` of patching each latent ``(hook, index)`` at all positions from
+    the clean run into the corrupted run (``alpha < 1`` patches only that fraction of the way:
+    ``corrupted + alpha * (clean - corrupted)``; effect / alpha -> AtP as alpha -> 0).
+
+    ``K`` latents are patched in stacked copies of the corrupted batch, ``max_batch`` rows per
+    forward pass.
+    """
+    b = batch.to(model.cfg.device)
+    n = len(b)
+    _, clean = run_spliced(model, saes, b.clean, with_error)
+    logits, corr = run_spliced(model, saes, b.corrupted, with_error)
+    base = logit_diff(logits, b.clean_answer, b.corrupted_answer)
+    per_pass, out = max(1, max_batch // n), []
+    for start in range(0, len(latents), per_pass):
+        chunk = list(latents[start:start + per_pass])
+        k = len(chunk)
+
+        def edit(name: str, f: Tensor, chunk: list[tuple[str, int]] = chunk) -> Tensor:
+            js = [j for j, (h, _) in enumerate(chunk) if h == name]
+            if not js:
+                return f
+            dev = f.device
+            rows = torch.cat([torch.arange(j * n, (j + 1) * n, device=dev) for j in js])
+            lat = torch.tensor([chunk[j][1] for j in js], device=dev).repeat_interleave(n)
+            c, r = clean[name].act[rows % n, :, lat], corr[name].act[rows % n, :, lat]
+            f[rows, :, lat] = r + alpha * (c - r)  # [rows, T]: copy j's latent, all positions
+            return f
+
+        logits, _ = run_spliced(model, saes, b.corrupted.repeat(k, 1), with_error, edit)
+        ld = logit_diff(logits, b.clean_answer.repeat(k), b.corrupted_answer.repeat(k))
+        out.append((ld - base.repeat(k)).view(k, n).T)
+    return torch.cat(out, 1).double().cpu()
+
+
+def exact_effects_all(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBatch],
+                      latents: Sequence[tuple[str, int]], with_error: bool, max_batch: int
+                      ) -> np.ndarray:
+    """:func:`exact_latent_effects` over every batch: ``[n, K]`` in :func:`run_atp`'s order."""
+    if not latents:
+        return np.zeros((sum(len(b) for b in batches), 0))
+    return np.concatenate([exact_latent_effects(model, saes, c, latents, with_error, max_batch)
+                           .numpy() for b in batches for c in b.chunks(max_batch)])
+
+
+def rank_nodes(atp: AtPResult) -> list[tuple[Node, float]]:
+    """Every node with its mean-over-pairs AtP effect, by decreasing ``|effect|``."""
+    nodes: list[tuple[Node, float]] = []
+    for h, eff in atp.latent_effect.items():
+        nodes += [(("latent", h, i), float(v)) for i, v in enumerate(eff.mean(0))]
+    for h, eff in atp.error_effect.items():  # [n, P]: every column has some pair (P = max T)
+        nodes += [(("error", h, p), float(v)) for p, v in enumerate(np.nanmean(eff, 0))]
+    return sorted(nodes, key=lambda nv: -abs(nv[1]))
+
+
+def nan_to_none(x: Any) -> Any:
+    """Array or scalar as JSON-ready lists/floats, NaN and inf as ``None``."""
+    arr = np.asarray(x, dtype=np.float64)
+    return np.where(np.isfinite(arr), arr, None).tolist()
+
+
+def verify_atp(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBatch], atp: AtPResult,
+               cfg: PatchConfig) -> dict[str, Any]:
+    """Exact patching of the top-k latents by ``|mean AtP|`` and of a random sample of the other
+    latents whose activation differs between clean and corrupted; Spearman correlation of AtP
+    and exact means on the top-k; false negatives = sampled latents with ``|mean exact| >=
+    threshold * |mean(clean - corrupted)|``."""
+    from scipy.stats import spearmanr
+
+    ranked = [(node[1], node[2], v) for node, v in rank_nodes(atp) if node[0] == "latent"]
+    top = ranked[:cfg.top_k]
+    top_set = {(h, i) for h, i, _ in top}
+    pool = [(h, int(i), float(atp.latent_effect[h][:, i].mean()))
+            for h, delta in atp.latent_delta.items() for i in np.flatnonzero(delta.sum(0) > 0)
+            if (h, int(i)) not in top_set]
+    rng = np.random.default_rng(cfg.seed)
+    sample = [pool[j] for j in sorted(rng.choice(len(pool), min(cfg.n_random, len(pool)),
+                                                 replace=False))] if pool else []
+    latents = [(h, i) for h, i, _ in top + sample]
+    exact = exact_effects_all(model, saes, batches, latents, atp.with_error, cfg.max_batch)
+    exact_mean = exact.mean(0)
+    threshold = cfg.false_negative_threshold * abs(float((atp.clean - atp.corrupted).mean()))
+    rows = [{"hook": h, "latent": int(i), "atp": v, "exact": float(e)}
+            for (h, i, v), e in zip(top + sample, exact_mean, strict=True)]
+    k = len(top)
+    rho = spearmanr([r["atp"] for r in rows[:k]], exact_mean[:k]) if k >= 2 else None
+    rho_all = spearmanr([r["atp"] for r in rows], exact_mean) if len(rows) >= 2 else None
+    false_neg = [r for r in rows[k:] if abs(r["exact"]) >= threshold]
+    return {"top_k": k, "top": rows[:k], "random": rows[k:], "n_candidates": len(pool) + k,
+            "spearman": nan_to_none(rho.statistic) if rho else None,
+            "spearman_p": nan_to_none(rho.pvalue) if rho else None,
+            "spearman_all": nan_to_none(rho_all.statistic) if rho_all else None,
+            "threshold": threshold, "false_negatives": len(false_neg),
+            "false_negative_latents": false_neg,
+            "total_effect": float((atp.clean - atp.corrupted).mean())}
+
+
+@torch.no_grad()
+def model_logit_diffs(model: Any, batches: Sequence[PairBatch], max_batch: int = 256
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """The model alone (no SAE): clean and corrupted metrics ``[n]`` in :func:`run_atp`'s order."""
+    clean, corr = [], []
+    for c in (c for b in batches for c in b.chunks(max_batch)):
+        c = c.to(model.cfg.device)
+        for tokens, out in ((c.clean, clean), (c.corrupted, corr)):
+            ld = logit_diff(model(tokens), c.clean_answer, c.corrupted_answer)
+            out.append(ld.double().cpu().numpy())
+    return np.concatenate(clean), np.concatenate(corr)
+
+
+def write_atp(path: str | Path, results: Mapping[str, AtPResult],
+              model_ld: tuple[np.ndarray, np.ndarray], config: Mapping[str, Any] | None) -> None:
+    """HDF5 (atomic): ``pair_id, lengths [n]``; ``model/{clean,corrupted}_logit_diff [n]``; per
+    mode (``with_error``, ``without_error``) ``{clean,corrupted}_logit_diff [n]`` and per hook
+    ``latent_effect, latent_delta [n, d_sae]``, ``latent_mass [n, P]``, ``error_effect [n, P]``
+    (with_error only). Root attributes ``provenance``, ``hooks``, ``position_offsets``."""
+    import json
+
+    import h5py
+
+    from saeflow.core.io import atomic_path
+    from saeflow.core.provenance import provenance_json
+
+    first = next(iter(results.values()))
+    P = next(iter(first.latent_mass.values())).shape[1]
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["provenance"] = provenance_json(dict(config or {}))
+        f.attrs["hooks"] = json.dumps(list(first.latent_effect))
+        f.attrs["position_offsets"] = json.dumps(position_offsets(P))
+        f["pair_id"], f["lengths"] = first.pair_ids, first.lengths
+        f["model/clean_logit_diff"], f["model/corrupted_logit_diff"] = model_ld
+        for mode, r in results.items():
+            f[f"{mode}/clean_logit_diff"], f[f"{mode}/corrupted_logit_diff"] = r.clean, r.corrupted
+            for kind in ("latent_effect", "latent_delta", "latent_mass", "error_effect"):
+                for h, arr in getattr(r, kind).items():
+                    f.create_dataset(f"{mode}/{h}/{kind}", data=arr.astype(np.float32))
+
+
+def read_atp(path: str | Path) -> tuple[dict[str, AtPResult], tuple[np.ndarray, np.ndarray]]:
+    """``({mode: AtPResult}, (model clean, model corrupted metrics))`` from :func:`write_atp`."""
+    import json
+
+    import h5py
+
+    out = {}
+    with h5py.File(path, "r") as f:
+        hooks = json.loads(f.attrs["hooks"])
+        for mode, with_error in MODES.items():
+            if mode not in f:
+                continue
+            g = f[mode]
+            r = AtPResult(with_error, f["pair_id"][:], f["lengths"][:],
+                          g["clean_logit_diff"][:], g["corrupted_logit_diff"][:])
+            for kind in ("latent_effect", "latent_delta", "latent_mass", "error_effect"):
+                getattr(r, kind).update({h: g[h][kind][:].astype(np.float64) for h in hooks
+                                         if kind in g[h]})
+            out[mode] = r
+        return out, (f["model/clean_logit_diff"][:], f["model/corrupted_logit_diff"][:])
+
+
+def atp_stage(model: Any, saes: Sequence[Any], batches: Sequence[PairBatch], cfg: PatchConfig,
+              out_path: str | Path, config: Mapping[str, Any] | None = None) -> None:
+    """Rule ``patch_atp``: AtP with and without the error term, plus the model-alone metrics."""
+    model = to_sae_transformer(model)
+    spliced = prepare_saes(model, saes)
+    check_batches(model, batches)
+    results = {mode: run_atp(model, spliced, batches, we, cfg.max_batch)
+               for mode, we in MODES.items()}
+    write_atp(out_path, results, model_logit_diffs(model, batches, cfg.max_batch), config)
+
+
+def load_model_and_saes(model_cfg: Mapping[str, Any], model_dir: str | Path,
+                        sae_cfg: Mapping[str, Any], hooks: Sequence[str],
+                        sae_dirs: Sequence[str | Path], device: str) -> tuple[Any, list[Any]]:
+    """What the model-running patch rules load: the model (:func:`saeflow.core.models.load_model`)
+    and one SAE per hook (:func:`saeflow.core.saes.load_sae`, ``sae_dirs`` in ``hooks`` order)."""
+    from saeflow.core.models import load_model
+    from saeflow.core.saes import load_sae
+
+    if len(hooks) != len(sae_dirs):
+        raise InputError("config", "sae.hooks", f"{len(hooks)} hooks for {len(sae_dirs)} SAEs")
+    model = load_model(dict(model_cfg), model_dir, device)
+    saes = [load_sae(dict(sae_cfg), h, d, device) for h, d in zip(hooks, sae_dirs, strict=True)]
+    for hook, d, sae in zip(hooks, sae_dirs, saes, strict=True):
+        if sae.cfg.metadata.hook_name != hook:
+            raise InputError(d, "metadata.hook_name", f"{sae.cfg.metadata.hook_name!r}, but "
+                             f"config sae.hooks assigns this SAE to {hook!r}")
+    return model, saes

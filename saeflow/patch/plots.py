@@ -1,0 +1,144 @@
+"""Figures of the patching stage, one function per figure: each reads one result file and writes
+one PNG (matplotlib Agg, written atomically).
+
+* :func:`plot_resid_patching` -- ``resid.h5``: normalised effect per layer x position.
+* :func:`plot_top_latents` -- ``verify.json``: AtP and exact effect of the top latents.
+* :func:`plot_faithfulness` -- ``faithfulness.json``: faithfulness/completeness vs circuit size.
+* :func:`plot_latent_activations` -- ``top_latents.json``: mean activation over positions.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: str | Path) -> None:
+    from saeflow.core.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
+    _pyplot().close(fig)
+
+
+def latent_label(hook: str, latent: int) -> str:
+    """``blocks.3.hook_resid_post``, 17 -> ``L3/17`` (the full hook name if it has no layer)."""
+    m = re.match(r"blocks\.(\d+)\.", hook)
+    return f"L{m.group(1)}/{latent}" if m else f"{hook}/{latent}"
+
+
+def _position_ticks(ax: Any, offsets: list[int], axis: str = "x") -> None:
+    step = max(1, len(offsets) // 12)
+    ticks = list(range(len(offsets) - 1, -1, -step))[::-1]
+    labels = ["final" if offsets[t] == -1 else str(offsets[t]) for t in ticks]
+    (ax.set_xticks if axis == "x" else ax.set_yticks)(ticks)
+    (ax.set_xticklabels if axis == "x" else ax.set_yticklabels)(labels)
+
+
+def plot_resid_patching(resid_path: str | Path, out_path: str | Path) -> None:
+    """Heatmap ``[layer, position]`` of the mean normalised effect of patching clean
+    ``resid_pre`` into the corrupted run; the cell of largest mean effect is outlined."""
+    from saeflow.patch.resid import position_offsets, read_resid, top_cell
+
+    plt = _pyplot()
+    res = read_resid(resid_path)
+    mean = res.agg["normalised_mean"]
+    offsets = position_offsets(mean.shape[1])
+    lim = max(1.0, float(np.nanmax(np.abs(mean)))) if np.isfinite(mean).any() else 1.0
+    fig, ax = plt.subplots(figsize=(max(5, 0.35 * mean.shape[1] + 2), 0.45 * mean.shape[0] + 2))
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.85")  # positions no prompt has
+    im = ax.imshow(mean, cmap=cmap, vmin=-lim, vmax=lim, aspect="auto")
+    layer, col = top_cell(res.agg["effect_mean"])
+    ax.add_patch(plt.Rectangle((col - 0.5, layer - 0.5), 1, 1, fill=False, lw=2, ec="k"))
+    _position_ticks(ax, offsets)
+    ax.set_yticks(range(mean.shape[0]))
+    ax.set_xlabel("position (offset from final token)")
+    ax.set_ylabel("layer (resid_pre)")
+    ax.set_title(f"Residual patching, clean -> corrupted ({len(res.pair_ids)} pairs)")
+    fig.colorbar(im, ax=ax, label="(patched - corrupted) / (clean - corrupted)")
+    _save(fig, out_path)
+
+
+def plot_top_latents(verify_path: str | Path, out_path: str | Path) -> None:
+    """Bars of AtP and exact mean effect of the top-k latents, one panel per mode."""
+    from saeflow.core.io import read_json
+
+    plt = _pyplot()
+    verify = {m: v for m, v in read_json(verify_path).items() if m != "provenance"}
+    k = max([len(v["top"]) for v in verify.values()] + [1])
+    fig, axes = plt.subplots(1, len(verify), figsize=(5 * len(verify), 0.3 * k + 2),
+                             squeeze=False)
+    for ax, (mode, v) in zip(axes[0], verify.items(), strict=True):
+        rows = v["top"]
+        y = np.arange(len(rows))
+        ax.barh(y - 0.2, [r["atp"] for r in rows], 0.4, label="AtP")
+        ax.barh(y + 0.2, [r["exact"] for r in rows], 0.4, label="exact")
+        ax.set_yticks(y)
+        ax.set_yticklabels([latent_label(r["hook"], r["latent"]) for r in rows])
+        ax.invert_yaxis()
+        ax.axvline(0, color="k", lw=0.5)
+        rho = v.get("spearman")
+        ax.set_title(f"{mode}: Spearman {rho:.2f}" if rho is not None else mode)
+        ax.set_xlabel("effect on logit diff (clean -> corrupted)")
+        ax.legend(loc="lower right")
+    _save(fig, out_path)
+
+
+def plot_faithfulness(faithfulness_path: str | Path, out_path: str | Path) -> None:
+    """Faithfulness and completeness against the number of kept nodes, per mode."""
+    from saeflow.core.io import read_json
+
+    plt = _pyplot()
+    faith = {m: v for m, v in read_json(faithfulness_path).items() if m != "provenance"}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ticks: set[int] = set()
+    for mode, v in faith.items():
+        ns = [p["n"] for p in v["curve"]]
+        ticks.update(ns)
+        for key, style in (("faithfulness", "-o"), ("completeness", "--s")):
+            vals = [np.nan if p[key] is None else p[key] for p in v["curve"]]
+            ax.plot(ns, vals, style, label=f"{key} ({mode})")
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xticks(sorted(ticks))
+    ax.set_xticklabels([str(t) for t in sorted(ticks)])
+    ax.axhline(1, color="grey", lw=0.5)
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_xlabel("nodes kept (top n by |AtP|; the rest mean-ablated)")
+    ax.set_ylabel("(F(C) - F(none)) / (F(model) - F(none))")
+    ax.legend(fontsize=8)
+    _save(fig, out_path)
+
+
+def plot_latent_activations(top_latents_path: str | Path, out_path: str | Path) -> None:
+    """Heatmaps ``[top latent, position]`` of the mean activation over clean and corrupted
+    prompts."""
+    from saeflow.core.io import read_json
+
+    plt = _pyplot()
+    rec = read_json(top_latents_path)
+    offsets, latents = rec["position_offsets"], rec["latents"]
+    fig, axes = plt.subplots(1, 2, figsize=(2 * max(4, 0.3 * len(offsets) + 1),
+                                            0.35 * max(1, len(latents)) + 2), squeeze=False)
+    for ax, role in zip(axes[0], ("clean", "corrupted"), strict=True):
+        mat = np.array([[np.nan if v is None else v for v in r["mean_activation"][role]]
+                        for r in latents], dtype=float).reshape(len(latents), len(offsets))
+        im = ax.imshow(mat, aspect="auto", cmap="viridis")
+        ax.set_yticks(range(len(latents)))
+        ax.set_yticklabels([latent_label(r["hook"], r["latent"]) for r in latents])
+        _position_ticks(ax, offsets)
+        ax.set_title(f"{role} prompts ({rec['mode']})")
+        ax.set_xlabel("position (offset from final token)")
+        fig.colorbar(im, ax=ax, label="mean activation")
+    _save(fig, out_path)

@@ -1,0 +1,141 @@
+"""Rule ``patch_summary``: the patching stage's headline numbers, and the toy-world check of
+whether residual patching and the SAE latents point at the tokens where clean and corrupted
+differ. Reads the outputs of :mod:`saeflow.patch.resid`, :mod:`saeflow.patch.attribution` and
+:mod:`saeflow.patch.faithfulness`; runs no model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from saeflow.core.errors import InputError
+from saeflow.patch.resid import PatchConfig, ResidResult, position_offsets, read_resid, top_cell
+
+log = logging.getLogger(__name__)
+
+
+def diff_positions_for(truth: Mapping[str, Any], pair_ids: np.ndarray, lengths: np.ndarray,
+                       source: str = "truth.json") -> list[list[int]]:
+    """Each pair's difference positions (token indices, BOS = 0) from ``truth["pairs"]``, in the
+    order of ``pair_ids``; the truth's length must match the tokenised pair."""
+    by_id = {int(p["pair_id"]): p for p in truth.get("pairs", [])}
+    out = []
+    for pid, length in zip(pair_ids.tolist(), lengths.tolist(), strict=True):
+        rec = by_id.get(int(pid))
+        if rec is None:
+            raise InputError(source, f"pair {pid}", "missing from truth['pairs']")
+        if int(rec["length"]) != int(length):
+            raise InputError(source, f"pair {pid}", f"truth length {rec['length']} != {length} "
+                             "tokens here: truth and pairs come from different tokenisers")
+        out.append([int(p) for p in rec["diff_positions"]])
+    return out
+
+
+def position_check(effect: np.ndarray, lengths: np.ndarray, diff_positions: Sequence[Sequence[int]]
+                   ) -> list[dict[str, float | bool]]:
+    """Does the effect sit where clean and corrupted differ? One record per layer of
+    ``effect [n, n_layers, P]`` (right-aligned; ``diff_positions`` in each pair's own indices).
+
+    Per layer: the share of pairs whose largest ``|effect|`` is at a difference position
+    (``share_argmax_at_diff``) or at the final token, and the mean share of ``|effect|`` mass on
+    difference positions. ``points_to_diff`` is ``share_argmax_at_diff >= 0.5``.
+    """
+    n, n_layers, P = effect.shape
+    at_diff = np.zeros((n, P), dtype=bool)
+    for i, (T, diffs) in enumerate(zip(lengths.tolist(), diff_positions, strict=True)):
+        at_diff[i, [P - int(T) + d for d in diffs]] = True
+    out = []
+    for layer in range(n_layers):
+        mag = np.nan_to_num(np.abs(effect[:, layer]))  # absent positions carry no mass
+        arg = mag.argmax(1)
+        total = mag.sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mass = np.where(total > 0, (mag * at_diff).sum(1) / total, np.nan)
+        share = float(at_diff[np.arange(n), arg].mean())
+        out.append({"layer": layer, "share_argmax_at_diff": share,
+                    "share_argmax_at_final": float((arg == P - 1).mean()),
+                    "mass_at_diff": float(np.nanmean(mass)) if np.isfinite(mass).any() else None,
+                    "points_to_diff": share >= 0.5})
+    return out
+
+
+def build_summary(resid: ResidResult, atps: Mapping[str, Any],
+                  model_ld: tuple[np.ndarray, np.ndarray], verify: Mapping[str, Any],
+                  faith: Mapping[str, Any], cfg: PatchConfig,
+                  diff_positions: Sequence[Sequence[int]] | None = None) -> dict[str, Any]:
+    """The stage's headline numbers (``results/{experiment}/patch/summary.json``).
+
+    ``sae_gap`` is ``|mean SAE-spliced metric - mean model metric| / |model clean - corrupted|``
+    per mode and role; ``sae_gap_flag`` is raised when the error-free splice exceeds
+    ``cfg.sae_gap_tolerance`` (its latents then explain a different model) or when the splice
+    with the error term does not reproduce the model (a bug, within 1e-3).
+    """
+    def means(clean: np.ndarray, corrupted: np.ndarray) -> dict[str, float]:
+        return {"clean": float(np.mean(clean)), "corrupted": float(np.mean(corrupted))}
+
+    ld = {"model": means(*model_ld)}
+    ld.update({f"sae_{mode}": means(a.clean, a.corrupted) for mode, a in atps.items()})
+    span = abs(ld["model"]["clean"] - ld["model"]["corrupted"])
+    gap = {m: {r: (abs(ld[f"sae_{m}"][r] - ld["model"][r]) / span if span > 1e-9 else None)
+               for r in ("clean", "corrupted")} for m in atps}
+    limits = {"with_error": 1e-3, "without_error": cfg.sae_gap_tolerance}
+    flag = any(v is None or v > limits[m] for m, g in gap.items() for v in g.values())
+    offsets = position_offsets(resid.patched.shape[-1])
+    layer, col = top_cell(resid.agg["effect_mean"])
+    cell = {"layer": layer, "hook": f"blocks.{layer}.hook_resid_pre", "position": offsets[col],
+            **{f"{k}_{s}": float(resid.agg[f"{k}_{s}"][layer, col])
+               for k in ("effect", "normalised") for s in ("mean", "lo", "hi")}}
+    summary: dict[str, Any] = {
+        "n_pairs": int(len(resid.pair_ids)),
+        "logit_diff": ld, "sae_gap": gap, "sae_gap_tolerance": cfg.sae_gap_tolerance,
+        "sae_gap_flag": flag,
+        "resid_top_cell": cell,
+        "atp_vs_exact": {m: {k: verify[m].get(k) for k in (
+            "top_k", "spearman", "spearman_p", "spearman_all", "false_negatives", "threshold")}
+            | {"n_random": len(verify[m]["random"])} for m in atps},
+        "faithfulness": {m: [{k: p[k] for k in ("n", "faithfulness", "completeness")}
+                             for p in faith[m]["curve"]] for m in atps},
+        "toy_check": None}
+    if diff_positions is not None:
+        check: dict[str, Any] = {"resid": position_check(resid.effect, resid.lengths,
+                                                         diff_positions)}
+        for mode, a in atps.items():
+            hooks = list(a.latent_mass)
+            per = position_check(np.stack([a.latent_mass[h] for h in hooks], 1), a.lengths,
+                                 diff_positions)
+            check[f"latents_{mode}"] = [{"hook": h, **{k: v for k, v in p.items() if k != "layer"}}
+                                        for h, p in zip(hooks, per, strict=True)]
+        check["resid_points_to_diff"] = check["resid"][0]["points_to_diff"]
+        check["latents_point_to_diff"] = all(check[f"latents_{m}"][0]["points_to_diff"]
+                                             for m in atps)
+        summary["toy_check"] = check
+    return summary
+
+
+def summary_stage(resid_path: str | Path, atp_path: str | Path, verify_path: str | Path,
+                  faithfulness_path: str | Path, truth_path: str | Path | None, cfg: PatchConfig,
+                  out_path: str | Path, config: Mapping[str, Any] | None = None) -> None:
+    """Rule ``patch_summary``: read the stage's outputs, write ``summary.json``."""
+    from saeflow.patch.attribution import read_atp
+    from saeflow.core.io import read_json, write_json
+
+    resid = read_resid(resid_path)
+    atps, model_ld = read_atp(atp_path)
+    for mode, a in atps.items():
+        if not np.array_equal(a.pair_ids, resid.pair_ids):
+            raise InputError(atp_path, f"{mode}/pair_id", f"pairs differ from {resid_path}")
+    diffs = None
+    if truth_path is not None:
+        diffs = diff_positions_for(read_json(truth_path), resid.pair_ids, resid.lengths,
+                                   str(truth_path))
+    summary = build_summary(resid, atps, model_ld, read_json(verify_path),
+                            read_json(faithfulness_path), cfg, diffs)
+    if summary["sae_gap_flag"]:
+        log.warning("SAE splice gap %s exceeds tolerance: latent effects describe a different "
+                    "model than the one patched", summary["sae_gap"])
+    write_json(out_path, summary, dict(config or {}))

@@ -1,0 +1,157 @@
+"""Probe datasets: the (X, y) table a probe is fitted on, its checks, and its HDF5 file.
+
+Datasets are built by the strategies of :mod:`saeflow.probe.strategies`; probes
+(:mod:`saeflow.probe.fit`) and effect sizes (:mod:`saeflow.probe.effects`) read them back.
+
+File format (HDF5, one file per dataset; chosen to match the other stages' files):
+
+| dataset | shape | dtype | meaning |
+|---|---|---|---|
+| ``X`` | ``[n, d]`` | float32 (gzip) | inputs |
+| ``y`` | ``[n]`` | int64 class index into ``class_names`` / float64 for feature targets |
+| ``sample_index`` | ``[n]`` | int64 | prompt row in the source activation file |
+| ``row_position`` | ``[n]`` | int32 | index into ``positions`` the row (target) was taken at;
+  -1 for one-row-per-prompt strategies, whose positions are column blocks |
+| ``columns/{hook,layer,position,unit}`` | ``[d]`` | int32 | per column: index into ``hooks``,
+  layer (-1 = embedding), index into ``positions`` (-1 = the row's own position), hidden
+  dimension or SAE feature index |
+
+Root attributes: ``format_version``, ``name``, ``group`` (the per-layer family it came from,
+see :func:`saeflow.probe.layerspec.expand_per_layer`), ``prompt_set``, ``strategy``,
+``input_kind`` (``embedding``, ``hidden``, ``sae``), ``target_kind`` (``label``/``continuous``),
+``target`` (JSON: column, or layer/feature/hook), ``class_names``, ``class_values``,
+``layers``, ``positions``, ``hooks`` (JSON lists), ``layer_spec``, ``input_dims`` (JSON
+``{"hook@position": d}``), ``n_samples``, ``n_dropped`` (prompts/rows left out because a
+position was absent or a class was not listed), ``row_layout`` (``prompt`` or
+``prompt_position``), ``sources`` (JSON paths), ``provenance``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from saeflow.core.errors import InputError
+from saeflow.core.io import atomic_path
+from saeflow.probe.inputs import open_h5
+from saeflow.core.provenance import provenance_json
+
+FORMAT_VERSION = 1
+COLUMN_FIELDS = ("hook", "layer", "position", "unit")
+
+
+@dataclass
+class ProbeDataset:
+    """One probe table. ``X`` ``[n, d]``, ``y`` ``[n]``, ``columns[f]`` ``[d]``, ``meta`` attrs."""
+
+    name: str
+    X: np.ndarray
+    y: np.ndarray
+    sample_index: np.ndarray
+    row_position: np.ndarray
+    columns: dict[str, np.ndarray]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def target_kind(self) -> str:
+        return str(self.meta["target_kind"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.meta.get("class_names", []))
+
+    @property
+    def positions(self) -> list[str]:
+        return list(self.meta["positions"])
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.meta["layers"])
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def check_dataset(ds: ProbeDataset, n_folds: int | None = None) -> None:
+    """Raise ``InputError(ds.name, ...)`` on NaN/inf inputs, an empty or lone class, or fewer
+    samples (per class for labels) than ``n_folds``. Called before writing and before fitting.
+    """
+    n = ds.X.shape[0]
+    if ds.X.ndim != 2 or ds.y.shape != (n,) or ds.sample_index.shape != (n,):
+        raise InputError(ds.name, "X", f"shape {ds.X.shape} does not match y {ds.y.shape}")
+    if n == 0:
+        raise InputError(ds.name, "X", "no samples")
+    bad = ~np.isfinite(ds.X)
+    if bad.any():
+        rows, cols = np.nonzero(bad)
+        raise InputError(ds.name, "X", f"{int(bad.sum())} NaN/inf value(s), first at prompt "
+                         f"{int(ds.sample_index[rows[0]])}, column {int(cols[0])}")
+    if not np.all(np.isfinite(ds.y.astype(np.float64))):
+        raise InputError(ds.name, "y", "NaN/inf target value(s)")
+    if ds.target_kind == "label":
+        counts = np.bincount(ds.y.astype(np.int64), minlength=len(ds.class_names))
+        empty = [ds.class_names[c] for c in np.flatnonzero(counts == 0)]
+        if empty:
+            raise InputError(ds.name, "y", f"empty class(es) {empty}: no sample has them")
+        if len(counts) < 2:
+            raise InputError(ds.name, "y", "only one class: a probe needs two or more")
+        if n_folds is not None and counts.min() < n_folds:
+            c = int(np.argmin(counts))
+            raise InputError(ds.name, "y", f"class {ds.class_names[c]!r} has {int(counts[c])} "
+                             f"sample(s), fewer than the {n_folds} CV folds")
+    elif n_folds is not None and len(np.unique(ds.sample_index)) < n_folds:
+        raise InputError(ds.name, "y", f"{len(np.unique(ds.sample_index))} prompt(s), fewer "
+                         f"than the {n_folds} CV folds")
+
+
+# ---------------------------------------------------------------------------- file I/O
+
+
+def write_probe_dataset(ds: ProbeDataset, path: str | Path,
+                        config: dict[str, Any] | None = None) -> None:
+    """Write ``ds`` atomically in the format of this module's docstring (checked first)."""
+    check_dataset(ds)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+        h5.create_dataset("X", data=ds.X.astype(np.float32), compression="gzip",
+                          chunks=(min(256, ds.X.shape[0]), ds.X.shape[1]))
+        y_dtype = np.int64 if ds.target_kind == "label" else np.float64
+        h5.create_dataset("y", data=ds.y.astype(y_dtype))
+        h5.create_dataset("sample_index", data=ds.sample_index.astype(np.int64))
+        h5.create_dataset("row_position", data=ds.row_position.astype(np.int32))
+        for key in COLUMN_FIELDS:
+            h5.create_dataset(f"columns/{key}", data=ds.columns[key].astype(np.int32))
+        for key, value in ds.meta.items():
+            h5.attrs[key] = value if isinstance(value, (int, str)) else json.dumps(value)
+        h5.attrs.update(format_version=FORMAT_VERSION, name=ds.name,
+                        provenance=provenance_json(config))
+
+
+_JSON_ATTRS = ("target", "class_names", "class_values", "layers", "positions", "hooks",
+               "input_dims", "sources")
+
+
+def read_probe_dataset(path: str | Path) -> ProbeDataset:
+    """Read a file written by :func:`write_probe_dataset`; a malformed one is an InputError."""
+    with open_h5(path) as h5:
+        for key in ("X", "y", "sample_index", "row_position",
+                    *(f"columns/{c}" for c in COLUMN_FIELDS)):
+            if key not in h5:
+                raise InputError(path, key, "missing: not a probe dataset file")
+        version = int(h5.attrs.get("format_version", -1))
+        if version != FORMAT_VERSION:
+            raise InputError(path, "attrs/format_version", f"{version}, expected {FORMAT_VERSION}")
+        meta: dict[str, Any] = {}
+        for key, value in h5.attrs.items():
+            if key == "provenance":
+                continue
+            value = value.item() if hasattr(value, "item") else value
+            meta[key] = json.loads(value) if key in _JSON_ATTRS else value
+        ds = ProbeDataset(str(meta.get("name", Path(path).stem)), h5["X"][()], h5["y"][()],
+                          h5["sample_index"][()], h5["row_position"][()],
+                          {c: h5[f"columns/{c}"][()] for c in COLUMN_FIELDS}, meta)
+    return ds

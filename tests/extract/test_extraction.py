@@ -1,0 +1,81 @@
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from saeflow.core.errors import InputError
+from saeflow.extract import extract_to_hdf5, resolve_positions
+from saeflow.core.prompts import encode_prompt
+
+HOOKS = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_post"]
+
+
+def test_positions_spec():
+    records = [{"pos_snippet_end": 2}, {"pos_snippet_end": 1}]
+    lengths = np.array([5, 3])
+    grid, names = resolve_positions("all", records, lengths)
+    assert grid.tolist() == [[0, 1, 2, 3, 4], [0, 1, 2, -1, -1]] and names == list("01234")
+    grid, names = resolve_positions("final", records, lengths)
+    assert grid.tolist() == [[4], [2]] and names == ["final"]
+    grid, names = resolve_positions(["snippet_end", -2, 0, 4], records, lengths)
+    assert grid.tolist() == [[2, 3, 0, 4], [1, 1, 0, -1]]
+    with pytest.raises(InputError, match="pos_missing"):
+        resolve_positions(["missing"], records, lengths, "p.jsonl")
+
+
+def test_stored_activations_equal_the_models(tiny_model, small_world, tmp_path):
+    records = small_world.prompt_sets["heldout_seen"][:20]
+    out = tmp_path / "acts.h5"
+    summary = extract_to_hdf5(tiny_model, records, HOOKS, out, dtype="float32", batch_size=7,
+                              config={"extraction": {"hooks": HOOKS}})
+    assert summary["n_prompts"] == 20
+    with h5py.File(out) as f:
+        lengths, positions = f["lengths"][()], f["positions"][()]
+        assert f["acts/blocks.1.hook_resid_post"].shape == (20, lengths.max(), 32)
+        assert json.loads(f.attrs["provenance"])["config"]["extraction"]["hooks"] == HOOKS
+        assert "torch" in json.loads(f.attrs["provenance"])["versions"]
+        for i in (0, 13):
+            ids = encode_prompt(tiny_model.tokenizer, records[i]["text"])
+            assert f["tokens"][i, : len(ids)].tolist() == ids
+            _, cache = tiny_model.run_with_cache(torch.tensor([ids]))
+            for hook in HOOKS:
+                stored = f[f"acts/{hook}"][i]
+                np.testing.assert_allclose(stored[: len(ids)], cache[hook][0].numpy(), atol=1e-5)
+                assert not stored[len(ids):].any()
+            assert (positions[i, len(ids):] == -1).all()
+        labels = [s.decode() for s in f["meta/label"][()]]
+        assert labels == [r["label"] for r in records]
+        assert f["meta/model_correct"].dtype == bool
+
+
+def test_fp16_storage_and_final_position(tiny_model, small_world, tmp_path):
+    records = small_world.prompt_sets["pairs"]
+    out = tmp_path / "final.h5"
+    extract_to_hdf5(tiny_model, records, HOOKS[1:], out, positions="final", batch_size=5)
+    with h5py.File(out) as f:
+        acts = f[f"acts/{HOOKS[1]}"]
+        assert acts.dtype == np.float16 and acts.shape == (len(records), 1, 32)
+        ids = encode_prompt(tiny_model.tokenizer, records[3]["text"])
+        _, cache = tiny_model.run_with_cache(torch.tensor([ids]))
+        np.testing.assert_allclose(acts[3, 0], cache[HOOKS[1]][0, -1].numpy(), rtol=2e-3, atol=2e-3)
+        # predictions come from the final position's logits
+        logits = tiny_model(torch.tensor([ids]))[0, -1]
+        assert f["meta/predicted_token_id"][3] == int(logits.argmax())
+
+
+def test_unknown_hook_fails_without_output(tiny_model, small_world, tmp_path):
+    out = tmp_path / "bad.h5"
+    with pytest.raises(InputError, match="blocks.9.hook_resid_post"):
+        extract_to_hdf5(tiny_model, small_world.prompt_sets["pairs"], ["blocks.9.hook_resid_post"], out)
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_multi_token_answer_is_an_error_naming_the_record(tiny_model, small_world, tmp_path):
+    records = [dict(r) for r in small_world.prompt_sets["pairs"][:4]]
+    records[2]["answer"] = " TypeError TypeError"
+    out = tmp_path / "bad.h5"
+    with pytest.raises(InputError, match=r"record 2\.answer"):
+        extract_to_hdf5(tiny_model, records, HOOKS, out, source="pairs.jsonl")
+    assert not out.exists()

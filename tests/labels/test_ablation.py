@@ -1,0 +1,153 @@
+"""Category ablation with the SAE spliced in with its error term, on a tiny random model."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from sae_lens import StandardSAE, StandardSAEConfig
+from sae_lens.saes.sae import SAEMetadata
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from saeflow.labels.ablation import (
+    IGNORE, ablate_categories, ablation_losses, category_feature_sets, delta_covariance,
+    eval_set_from_h5, next_token_eval, random_matched_set, target_eval,
+)
+from saeflow.core.errors import InputError
+
+torch.set_num_threads(1)
+HOOK = "blocks.0.hook_resid_post"
+
+
+@pytest.fixture(scope="module")
+def model_and_sae():
+    torch.manual_seed(0)
+    model = HookedTransformer(HookedTransformerConfig(
+        n_layers=2, d_model=32, d_head=8, n_heads=4, d_vocab=50, n_ctx=16, act_fn="gelu",
+        seed=0)).eval()
+    sae = StandardSAE(StandardSAEConfig(d_in=32, d_sae=64, metadata=SAEMetadata(hook_name=HOOK))).eval()
+    return model, sae
+
+
+@pytest.fixture(scope="module")
+def eval_set():
+    generator = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, 50, (6, 12), generator=generator)
+    return next_token_eval(tokens, torch.tensor([12, 12, 9, 5, 12, 7]))
+
+
+def own_loss(model, eval_set):
+    """The model's mean next-token loss over counted positions, computed independently."""
+    with torch.no_grad():
+        logits = model(eval_set.tokens)
+    logp = torch.log_softmax(logits.float(), -1)
+    mask = eval_set.targets != IGNORE
+    picked = logp.gather(-1, eval_set.targets.clamp(min=0)[..., None])[..., 0]
+    return float(-(picked * mask).sum() / mask.sum())
+
+
+def test_eval_sets_mark_counted_positions():
+    tokens = torch.arange(12).reshape(2, 6)
+    ev = next_token_eval(tokens, torch.tensor([6, 3]))
+    assert ev.targets[0].tolist() == [1, 2, 3, 4, 5, IGNORE]
+    assert ev.targets[1].tolist() == [7, 8, IGNORE, IGNORE, IGNORE, IGNORE]
+    ans = target_eval(tokens, torch.tensor([5, 2]), torch.tensor([40, 41]))
+    assert ans.n_targets == 2 and ans.targets[0, 5] == 40 and ans.targets[1, 2] == 41
+
+
+def test_baseline_with_error_term_is_the_models_own_loss(model_and_sae, eval_set):
+    model, sae = model_and_sae
+    out = ablation_losses(model, sae, eval_set, {"none": []}, batch_size=4)
+    assert out["hook_name"] == HOOK
+    assert out["baseline_loss"] == pytest.approx(own_loss(model, eval_set), abs=1e-5)
+    assert out["model_loss"] == pytest.approx(own_loss(model, eval_set), abs=1e-6)
+    assert abs(out["sets"]["none"]["delta"]) < 1e-6
+    assert out["n_targets"] == int(12 * 3 - 3 + 8 + 4 + 6)
+
+
+def test_ablating_features_changes_the_loss(model_and_sae, eval_set):
+    model, sae = model_and_sae
+    with torch.no_grad():
+        _, cache = model.run_with_cache(eval_set.tokens, names_filter=HOOK)
+        firing = (sae.encode(cache[HOOK]) > 0).float().mean((0, 1))
+    live = torch.nonzero(firing > 0.2)[:, 0].tolist()
+    out = ablation_losses(model, sae, eval_set, {"live": live, "dead": torch.nonzero(
+        firing == 0)[:, 0].tolist()}, batch_size=4)
+    assert len(live) > 5
+    assert abs(out["sets"]["live"]["delta"]) > 1e-3
+    assert abs(out["sets"]["dead"]["delta"]) < 1e-6  # features that never fire change nothing
+    assert out["sets"]["live"]["n_features"] == len(live)
+    assert out["sets"]["live"]["delta_se"] > 0 and out["sets"]["dead"]["delta_se"] < 1e-7
+    cov = np.array(out["delta_covariance"]["matrix"])
+    assert out["delta_covariance"]["names"] == ["live", "dead"] and cov.shape == (2, 2)
+    assert cov[0, 0] == pytest.approx(out["sets"]["live"]["delta_se"] ** 2)
+
+
+def test_delta_covariance_matches_a_bootstrap_over_prompts():
+    """The linearised covariance of ratio-of-sums deltas agrees with resampling prompts."""
+    rng = np.random.default_rng(0)
+    n = 400
+    counts = rng.integers(1, 6, n).astype(float)
+    shared = rng.normal(0.3, 1.0, n)
+    deltas = np.stack([counts * 0.1 + shared + rng.normal(0, 0.5, n),
+                       counts * 0.2 + shared + rng.normal(0, 0.5, n)], axis=1)
+    cov = delta_covariance(deltas, counts)
+    boot = []
+    for _ in range(4000):
+        i = rng.integers(0, n, n)
+        boot.append(deltas[i].sum(0) / counts[i].sum())
+    assert cov == pytest.approx(np.cov(np.array(boot).T), rel=0.1)
+    assert cov[0, 1] > 0.5 * np.sqrt(cov[0, 0] * cov[1, 1])  # same prompts: correlated
+    assert np.isnan(delta_covariance(deltas[:1], counts[:1])).all()
+
+
+def test_bad_feature_index_is_an_error(model_and_sae, eval_set):
+    model, sae = model_and_sae
+    with pytest.raises(InputError, match="feature sets: big: feature index out of range"):
+        ablation_losses(model, sae, eval_set, {"big": [64]})
+
+
+def test_feature_sets_other_is_random_matched_and_outside_categories():
+    predicted = {"digits": [1, 2, 3, 4], "quotes": [4, 5]}
+    sets = category_feature_sets(predicted, list(range(30)), seed=0,
+                                 truth={"digits": [1, 2, 9], "quotes": [5]})
+    assert len(sets["other"]) == 3  # mean of 4 and 2
+    assert not set(sets["other"]) & {1, 2, 3, 4, 5}
+    assert sets["truth:digits"] == [1, 2, 9] and len(sets["truth:other"]) == 3
+    assert not set(sets["truth:other"]) & {1, 2, 5, 9}
+    assert sets == category_feature_sets(predicted, list(range(30)), seed=0,
+                                         truth={"digits": [1, 2, 9], "quotes": [5]})
+    assert random_matched_set([3, 1, 2], 10, seed=0) == [1, 2, 3]
+
+
+def test_eval_sets_from_activations_file(tmp_path):
+    path = tmp_path / "acts.h5"
+    with h5py.File(path, "w") as fh:
+        fh["tokens"] = np.array([[0, 5, 6, 1], [0, 7, 1, 1]], dtype=np.int32)
+        fh["lengths"] = np.array([3, 2], dtype=np.int32)
+        fh.create_dataset("meta/label", data=np.array(["TypeError", "NoError"], dtype=object),
+                          dtype=h5py.string_dtype())
+    ev = eval_set_from_h5(path, "answer", {"TypeError": 30, "NoError": 31})
+    assert ev.targets[0, 2] == 30 and ev.targets[1, 1] == 31 and ev.n_targets == 2
+    with pytest.raises(InputError, match="meta/label: labels without an answer token: \\['NoError'\\]"):
+        eval_set_from_h5(path, "answer", {"TypeError": 30})
+    nt = eval_set_from_h5(path, "next_token")
+    assert nt.targets[0].tolist() == [5, 6, IGNORE, IGNORE] and nt.n_targets == 3
+
+
+def test_stage_ablates_classified_categories(tmp_path, model_and_sae, eval_set):
+    import json
+
+    model, sae = model_and_sae
+    (tmp_path / "d.json").write_text(json.dumps({"records": [
+        {"feature_id": f"s-{i}", "feature_index": i, "description": "t"} for i in range(64)]}))
+    for name, members in (("a", {1, 2, 3}), ("b", {10, 11})):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"records": [
+            {"feature_index": i, "label": "related" if i in members else "not-related"}
+            for i in range(64)]}))
+    out = ablate_categories(model, sae, eval_set, {"a": tmp_path / "a.json", "b": tmp_path / "b.json"},
+                            tmp_path / "d.json", seed=0, batch_size=3, truth={"a": [1, 2]})
+    assert out["feature_sets"]["a"] == [1, 2, 3] and out["feature_sets"]["b"] == [10, 11]
+    assert set(out["sets"]) == {"a", "b", "other", "truth:a", "truth:other"}
+    assert out["sets"]["b"]["loss"] != out["baseline_loss"]

@@ -1,0 +1,242 @@
+"""SAE-latent attribution patching, exact latent patching, faithfulness, and the stage outputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sae_lens import HookedSAETransformer, StandardSAE, StandardSAEConfig
+from sae_lens.saes.sae import SAEMetadata
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from saeflow.patch.attribution import (atp_stage, exact_latent_effects, prepare_saes, rank_nodes,
+                                 read_atp, run_atp, run_spliced, verify_atp)
+from saeflow.core.errors import InputError
+from saeflow.patch.faithfulness import faithfulness_curve, node_means, verify_stage
+from saeflow.patch.summary import summary_stage
+from saeflow.patch.resid import PairBatch, PatchConfig, logit_diff, run_resid_patching, write_resid
+from saeflow.patch.plots import (plot_faithfulness, plot_latent_activations,
+                                 plot_resid_patching, plot_top_latents)
+
+torch.set_num_threads(1)
+D_SAE = 24
+
+
+def make_model(normalization_type: str | None = "LN",
+               dtype: torch.dtype = torch.float32) -> HookedSAETransformer:
+    cfg = HookedTransformerConfig(n_layers=2, d_model=32, n_heads=4, d_head=8, d_vocab=50,
+                                  n_ctx=16, act_fn="gelu", seed=0,
+                                  normalization_type=normalization_type, dtype=dtype)
+    return HookedSAETransformer(cfg).eval()
+
+
+def make_saes(model: HookedSAETransformer, hooks: list[str] | None = None) -> list[StandardSAE]:
+    saes = []
+    for layer, hook in enumerate(hooks or [f"blocks.{i}.hook_resid_post" for i in range(2)]):
+        torch.manual_seed(100 + layer)
+        cfg = StandardSAEConfig(d_in=32, d_sae=D_SAE, dtype=str(model.cfg.dtype).split(".")[-1],
+                                metadata=SAEMetadata(hook_name=hook))
+        saes.append(StandardSAE(cfg))
+    return saes
+
+
+def make_batch(n: int, T: int, diff_at: list[int], seed: int) -> PairBatch:
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.randint(1, 50, (n, T), generator=g)
+    corrupted = clean.clone()
+    corrupted[:, diff_at] = (clean[:, diff_at] + torch.randint(1, 49, (n, len(diff_at)),
+                                                                generator=g)) % 50
+    answers = torch.randperm(50, generator=g)[:2 * n]
+    return PairBatch(clean, corrupted, answers[:n], answers[n:],
+                     tuple(range(100 * seed, 100 * seed + n)))
+
+
+@pytest.fixture(scope="module")
+def model() -> HookedSAETransformer:
+    return make_model()
+
+
+def test_splice_with_error_term_reproduces_the_model(model: HookedSAETransformer) -> None:
+    saes = make_saes(model)
+    spliced = prepare_saes(model, saes)
+    batch = make_batch(4, 6, [2], seed=0)
+    for tokens in (batch.clean, batch.corrupted):
+        plain = model(tokens)
+        ours, nodes = run_spliced(model, spliced, tokens, with_error=True)
+        ld = logit_diff(ours, batch.clean_answer, batch.corrupted_answer)
+        ref = logit_diff(plain, batch.clean_answer, batch.corrupted_answer)
+        assert torch.allclose(ld, ref, atol=1e-4)
+        assert nodes["blocks.0.hook_resid_post"].res.shape == (4, 6, 32)
+        # Without the error term our splice is sae-lens's, and it is a different model.
+        no_err, _ = run_spliced(model, spliced, tokens, with_error=False)
+        lens = model.run_with_saes(tokens, saes=saes, use_error_term=False)
+        assert torch.allclose(no_err, lens, atol=1e-5)
+        assert (no_err - plain).abs().max() > 1e-2
+    assert not model.acts_to_saes  # the splice is undone after each run
+
+
+def test_atp_is_exact_where_the_model_is_linear() -> None:
+    # No LayerNorm: logits are linear in the last block's resid_post, so for its latents and
+    # error nodes first-order attribution is exact.
+    model = make_model(normalization_type=None)
+    spliced = prepare_saes(model, make_saes(model))
+    batch = make_batch(3, 6, [1, 3], seed=1)
+    last = "blocks.1.hook_resid_post"
+    atps = {we: run_atp(model, spliced, [batch], we) for we in (True, False)}
+    for with_error, atp in atps.items():
+        latents = [(last, i) for i in range(D_SAE)]
+        exact = exact_latent_effects(model, spliced, batch, latents, with_error, max_batch=16)
+        assert np.abs(atp.latent_effect[last]).max() > 1e-2
+        assert np.allclose(atp.latent_effect[last], exact.numpy(), atol=1e-4)
+    _, clean = run_spliced(model, spliced, batch.clean, True)
+    logits, _ = run_spliced(model, spliced, batch.corrupted, True)
+
+    def patch_final_error(hook: str, err: torch.Tensor) -> torch.Tensor:
+        if hook == last:
+            err = err.clone()
+            err[:, -1] = clean[last].res[:, -1]
+        return err
+
+    patched, _ = run_spliced(model, spliced, batch.corrupted, True, edit_error=patch_final_error)
+    args = (batch.clean_answer, batch.corrupted_answer)
+    exact_err = (logit_diff(patched, *args) - logit_diff(logits, *args)).detach().cpu().numpy()
+    assert np.abs(exact_err).max() > 1e-3
+    assert np.allclose(atps[True].error_effect[last][:, -1], exact_err, atol=1e-4)
+
+
+@pytest.mark.parametrize("with_error", [True, False])
+def test_atp_is_the_small_patch_limit_of_exact_patching(with_error: bool) -> None:
+    # d(exact effect)/d(alpha) at alpha = 0 is AtP. For layer-0 latents this holds only if the
+    # gradient passes the downstream SAE exactly as the patched forward pass does (identity
+    # with the error term, the SAE itself without), which is what this test pins down.
+    model = make_model(dtype=torch.float64)
+    spliced = prepare_saes(model, make_saes(model))
+    batch = make_batch(3, 6, [2], seed=2)
+    latents = [(h, i) for h in spliced for i in range(D_SAE)]
+    atp = run_atp(model, spliced, [batch], with_error)
+    alpha = 1e-5
+    exact = exact_latent_effects(model, spliced, batch, latents, with_error, alpha=alpha) / alpha
+    ours = np.concatenate([atp.latent_effect[h] for h in spliced], axis=1)
+    assert np.abs(ours).max() > 1e-2
+    assert np.allclose(ours, exact.numpy(), rtol=1e-3, atol=1e-6)
+
+
+def test_atp_ranks_latents_like_exact_patching(model: HookedSAETransformer) -> None:
+    spliced = prepare_saes(model, make_saes(model))
+    batches = [make_batch(4, 6, [2], seed=3), make_batch(3, 8, [5], seed=4)]
+    cfg = PatchConfig(top_k=8, n_random=6, seed=0)
+    for with_error in (True, False):
+        atp = run_atp(model, spliced, batches, with_error, max_batch=3)
+        out = verify_atp(model, spliced, batches, atp, cfg)
+        assert out["top_k"] == 8 and len(out["random"]) == 6
+        assert out["spearman"] > 0, out
+        assert [r["latent"] for r in out["random"]] == \
+            [r["latent"] for r in verify_atp(model, spliced, batches, atp, cfg)["random"]]
+        top = [abs(r["atp"]) for r in out["top"]]
+        assert top == sorted(top, reverse=True)
+        assert min(top) >= max(abs(r["atp"]) for r in out["random"])
+        everything = verify_atp(model, spliced, batches, atp, PatchConfig(top_k=2 * D_SAE))
+        assert everything["random"] == [] and everything["false_negatives"] == 0
+
+
+def test_faithfulness_endpoints(model: HookedSAETransformer) -> None:
+    spliced = prepare_saes(model, make_saes(model))
+    batch = make_batch(4, 6, [3], seed=5)
+    atp = run_atp(model, spliced, [batch], True)
+    ranking = [node for node, _ in rank_nodes(atp)]
+    assert len(ranking) == 2 * D_SAE + 2 * 6  # latents + one error node per hook x position
+    means = node_means(model, spliced, [batch], True)
+    _, cache = model.run_with_cache(torch.cat([batch.clean, batch.corrupted]))
+    first = spliced["blocks.0.hook_resid_post"]
+    assert torch.allclose(means["blocks.0.hook_resid_post"].act,
+                          first.encode(cache["blocks.0.hook_resid_post"]).mean(0), atol=1e-5)
+    out = faithfulness_curve(model, spliced, [batch], ranking, [1, 5, 10**6], means, True,
+                             max_batch=5)
+    model_ld = logit_diff(model(batch.clean), batch.clean_answer, batch.corrupted_answer)
+    assert out["F_model"] == pytest.approx(model_ld.mean().item(), abs=1e-4)
+    # With every node ablated the last residual stream is the same constant for every prompt.
+    last, sae = "blocks.1.hook_resid_post", spliced["blocks.1.hook_resid_post"]
+    resid = sae.decode(means[last].act) + means[last].res
+    logits = model.unembed(model.ln_final(resid[None])).expand(4, -1, -1)
+    empty = logit_diff(logits, batch.clean_answer, batch.corrupted_answer).mean().item()
+    assert out["F_empty"] == pytest.approx(empty, abs=1e-4)
+    assert [p["n"] for p in out["curve"]] == [1, 5, len(ranking)]
+    assert out["curve"][-1]["faithfulness"] == pytest.approx(1.0)
+    assert out["curve"][-1]["completeness"] == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("hook, match", [
+    ("blocks.5.hook_resid_post", r"sae: blocks\.5\.hook_resid_post: the model has no such hook"),
+    (None, r"sae: cfg\.metadata\.hook_name: not set"),
+])
+def test_missing_hook_is_one_clear_error_and_no_output(model: HookedSAETransformer, tmp_path,
+                                                       hook: str | None, match: str) -> None:
+    saes = make_saes(model, ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"])
+    saes[1].cfg.metadata.hook_name = hook
+    out = tmp_path / "atp.h5"
+    with pytest.raises(InputError, match=match) as err:
+        atp_stage(model, saes, [make_batch(2, 5, [1], seed=6)], PatchConfig(), out)
+    assert "\n" not in str(err.value)
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_stage_outputs_end_to_end(model: HookedSAETransformer, tmp_path) -> None:
+    # The rules load a plain HookedTransformer; the stages splice SAEs into a copy sharing
+    # its weights.
+    model = HookedTransformer(model.cfg).eval()
+    batches = [make_batch(3, 5, [1], seed=7), make_batch(3, 7, [2, 4], seed=8)]
+    saes = make_saes(model)
+    cfg = PatchConfig(n_bootstrap=50, top_k=4, n_random=3, faithfulness_n=(1, 3, 10))
+    p = {name: tmp_path / name for name in ("resid.h5", "atp.h5", "verify.json",
+                                            "faithfulness.json", "top_latents.json",
+                                            "truth.json", "summary.json")}
+    write_resid(p["resid.h5"], run_resid_patching(model, batches, cfg), {"patch": {}})
+    atp_stage(model, saes, batches, cfg, p["atp.h5"], {"patch": {}})
+    atps, (model_clean, _) = read_atp(p["atp.h5"])
+    assert set(atps) == {"with_error", "without_error"}
+    assert np.allclose(atps["with_error"].clean, model_clean, atol=1e-4)
+    assert atps["with_error"].error_effect and not atps["without_error"].error_effect
+
+    # A stale atp.h5 (other pairs) is refused before any of the three outputs is written.
+    with pytest.raises(InputError, match="pair_id"):
+        verify_stage(model, saes, batches[:1], p["atp.h5"], cfg, {}, p["verify.json"],
+                     p["faithfulness.json"], p["top_latents.json"])
+    assert not p["verify.json"].exists() and not p["faithfulness.json"].exists()
+
+    verify_stage(model, saes, batches, p["atp.h5"], cfg,
+                 {"blocks.0.hook_resid_post": {i: f"latent {i}" for i in range(D_SAE)}},
+                 p["verify.json"], p["faithfulness.json"], p["top_latents.json"])
+    top = json.loads(p["top_latents.json"].read_text())
+    assert len(top["latents"]) == 4 and top["position_offsets"][-1] == -1
+    for rec in top["latents"]:
+        assert (rec["description"] is not None) == (rec["hook"] == "blocks.0.hook_resid_post")
+        assert len(rec["activation"]["clean"]) == 6  # pairs
+        assert rec["activation"]["clean"][0][:2] == [None, None]  # short prompt, left of start
+
+    truth = {"pairs": [{"pair_id": pid, "length": b.length,
+                        "diff_positions": [i for i in range(b.length)
+                                           if b.clean[j, i] != b.corrupted[j, i]]}
+                       for b in batches for j, pid in enumerate(b.pair_ids)]}
+    p["truth.json"].write_text(json.dumps(truth))
+    summary_stage(p["resid.h5"], p["atp.h5"], p["verify.json"], p["faithfulness.json"],
+                  p["truth.json"], cfg, p["summary.json"], {"patch": {}})
+    s = json.loads(p["summary.json"].read_text())
+    ld = s["logit_diff"]
+    assert ld["model"]["clean"] == pytest.approx(ld["sae_with_error"]["clean"], abs=1e-4)
+    assert set(ld) == {"model", "sae_with_error", "sae_without_error"}
+    assert s["sae_gap_flag"] == (max(s["sae_gap"]["without_error"].values()) > 0.2)
+    assert s["resid_top_cell"]["position"] < 0 and "provenance" in s
+    assert [f["n"] for f in s["faithfulness"]["with_error"]] == [1, 3, 10]
+    assert s["atp_vs_exact"]["with_error"]["top_k"] == 4
+    # Layer 0 resid_pre is the embedding: its effect sits on the differing tokens exactly.
+    assert s["toy_check"]["resid"][0]["share_argmax_at_diff"] == 1.0
+    assert s["toy_check"]["resid_points_to_diff"] is True
+
+    for fn, src, name in ((plot_resid_patching, "resid.h5", "resid.png"),
+                          (plot_top_latents, "verify.json", "top.png"),
+                          (plot_faithfulness, "faithfulness.json", "faith.png"),
+                          (plot_latent_activations, "top_latents.json", "acts.png")):
+        fn(p[src], tmp_path / name)
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,199 @@
+"""Cross-validated probes: folds, train-only normalisation, metrics, baseline, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+from scipy import stats
+
+from saeflow.core.errors import InputError
+from saeflow.probe.crossval import make_folds, t_interval
+from saeflow.probe.dataset import ProbeDataset, write_probe_dataset
+from saeflow.probe.fit_files import run_probe_fit, write_probe_fit
+from saeflow.probe.strategies import build_probe_dataset
+from saeflow.probe.summary import probe_summary
+from saeflow.probe.fit import ProbeConfig, fit_fold, fit_probe
+
+FAST = ProbeConfig(n_folds=4, inner_folds=2, Cs=(0.01, 1.0), alphas=(0.1, 10.0),
+                   n_permutations=3, seed=1)
+
+
+def _dataset(X, y, kind="label", sample_index=None, name="syn", classes=None):
+    n, d = X.shape
+    meta = {"target_kind": kind, "positions": ["final"], "layers": [0], "strategy": "test",
+            "input_kind": "hidden", "class_names": classes or
+            ([str(c) for c in range(int(y.max()) + 1)] if kind == "label" else [])}
+    cols = {"hook": np.zeros(d, np.int32), "layer": np.zeros(d, np.int32),
+            "position": np.zeros(d, np.int32), "unit": np.arange(d, dtype=np.int32)}
+    idx = np.arange(n) if sample_index is None else sample_index
+    return ProbeDataset(name, X, y, idx, np.zeros(n, np.int32), cols, meta)
+
+
+def _separable(n=80, d=6, seed=0, shift=3.0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    X = rng.normal(size=(n, d))
+    X[:, 0] += shift * y
+    return X, y
+
+
+def test_folds_depend_on_prompts_and_seed_only():
+    idx = np.arange(100, 160)
+    y = np.arange(60) % 3
+    folds = make_folds(idx, y, 5, seed=3)
+    # stratified and balanced: each fold has 4 of each class
+    for k in range(5):
+        assert np.bincount(y[folds == k], minlength=3).tolist() == [4, 4, 4]
+    perm = np.random.default_rng(0).permutation(60)  # row order and X are irrelevant
+    np.testing.assert_array_equal(make_folds(idx[perm], y[perm], 5, seed=3), folds[perm])
+    assert not np.array_equal(make_folds(idx, y, 5, seed=4), folds)
+
+
+def test_continuous_folds_keep_a_prompts_rows_together():
+    idx = np.repeat(np.arange(30), 3)
+    folds = make_folds(idx, None, 5, seed=0)
+    assert all(np.unique(folds[idx == i]).size == 1 for i in range(30))
+    assert np.bincount(folds).tolist() == [18] * 5
+
+
+@pytest.mark.parametrize("normalise", ["standardize", "minmax"])
+def test_normalisation_statistics_come_from_training_rows_only(normalise):
+    X, y = _separable(60)
+    train = np.arange(40)
+    X = X.copy()
+    X[40:] += 1000.0  # wild test rows would move any statistic that saw them
+    cfg = ProbeConfig(normalise=normalise, inner_folds=2, Cs=(1.0,))
+    fit = fit_fold(X, y, train, "label", cfg)
+    if normalise == "standardize":
+        np.testing.assert_allclose(fit.normaliser["shift"], X[train].mean(0))
+        np.testing.assert_allclose(fit.normaliser["factor"], 1 / X[train].std(0))
+    else:
+        np.testing.assert_allclose(fit.normaliser["shift"], X[train].min(0))
+        np.testing.assert_allclose(fit.normaliser["factor"],
+                                   1 / (X[train].max(0) - X[train].min(0)))
+    assert fit.normaliser["shift"].max() < 100
+
+
+def test_separable_labels_beat_the_measured_baseline():
+    X, y = _separable()
+    res = fit_probe(_dataset(X, y), FAST)
+    acc = res.metrics["accuracy"]
+    assert acc["test"]["mean"] > 0.85
+    assert acc["test"]["ci_low"] <= acc["test"]["mean"] <= acc["test"]["ci_high"]
+    assert acc["gap"] == pytest.approx(acc["train"]["mean"] - acc["test"]["mean"])
+    assert len(res.baseline["accuracy"]["values"]) == 3
+    assert res.baseline["accuracy"]["mean"] < 0.75  # shuffled labels carry no signal
+    assert res.baseline["accuracy"]["p_value"] == pytest.approx(1 / 4)
+    assert res.metrics["roc_auc"]["test"]["mean"] > 0.9
+    # the shuffles are drawn before any worker starts: parallel runs give the same null
+    assert fit_probe(_dataset(X, y), FAST, n_jobs=2).baseline == res.baseline
+
+
+def test_constant_columns_are_left_out_without_changing_the_fit():
+    X, y = _separable(60, d=4)
+    wide = np.concatenate([X[:, :2], np.zeros((60, 3)), X[:, 2:], np.full((60, 1), 7.0)], axis=1)
+    a, b = fit_probe(_dataset(X, y), FAST), fit_probe(_dataset(wide, y), FAST, n_jobs=2)
+    assert a.metrics["accuracy"]["test"] == b.metrics["accuracy"]["test"]
+    assert a.baseline == b.baseline
+    live = np.array([0, 1, 5, 6])  # the original columns' places in `wide`
+    for fa, fb in zip(a.fits, b.fits, strict=True):
+        np.testing.assert_allclose(fb.coef[:, live], fa.coef, rtol=1e-6, atol=1e-9)
+        assert np.all(fb.coef[:, [2, 3, 4, 7]] == 0)  # full width, zeros where constant
+        np.testing.assert_allclose(fb.normaliser["shift"][[2, 7]], [0.0, 7.0])
+        np.testing.assert_allclose(fb.normaliser["factor"][[2, 7]], [1.0, 1.0])
+    assert any("4 of 8 input columns are constant" in note for note in b.notes)
+
+
+def test_multiclass_metrics_and_noise_near_chance():
+    rng = np.random.default_rng(2)
+    y = np.arange(90) % 3
+    X = rng.normal(size=(90, 5))
+    res = fit_probe(_dataset(X, y), FAST)
+    assert abs(res.metrics["accuracy"]["test"]["mean"] - 1 / 3) < 0.2
+    assert {"precision", "recall", "roc_auc", "balanced_accuracy"} <= set(res.metrics)
+    assert res.oof.shape == (90, 3)
+
+
+def test_ridge_for_continuous_targets():
+    rng = np.random.default_rng(3)
+    idx = np.repeat(np.arange(40), 2)
+    X = rng.normal(size=(80, 4))
+    y = X @ np.array([1.0, -2.0, 0.0, 0.5]) + 0.1 * rng.normal(size=80)
+    res = fit_probe(_dataset(X, y, kind="continuous", sample_index=idx), FAST)
+    assert res.primary_metric == "r2" and res.metrics["r2"]["test"]["mean"] > 0.9
+    assert res.baseline["r2"]["mean"] < 0.2
+
+
+def test_t_interval_matches_scipy():
+    v = np.array([0.7, 0.8, 0.75, 0.9, 0.85])
+    lo, hi = stats.t.interval(0.95, 4, loc=v.mean(), scale=stats.sem(v))
+    out = t_interval(v)
+    assert out["ci_low"] == pytest.approx(lo) and out["ci_high"] == pytest.approx(hi)
+
+
+def test_same_folds_for_every_input_kind(tmp_path):
+    from test_probe_data import write_toy_files
+
+    act, codes = write_toy_files(tmp_path, n=45)
+    kw = {"layers": "1", "positions": ["mid"]}
+    hidden = build_probe_dataset({"name": "h", "strategy": "hidden-to-concept", **kw}, act)
+    sae = build_probe_dataset({"name": "s", "strategy": "sae-to-concept", **kw}, act, codes)
+    no_perm = ProbeConfig(**{**FAST.__dict__, "n_permutations": 0})
+    a, b = fit_probe(hidden, no_perm), fit_probe(sae, no_perm)
+    np.testing.assert_array_equal(a.folds, b.folds)
+    assert a.metrics["accuracy"]["test"]["mean"] > 0.8  # the label shifts layer 1 at 'mid'
+
+
+def test_write_probe_fit_and_summary(tmp_path):
+    X, y = _separable(40)
+    res = fit_probe(_dataset(X, y), FAST)
+    write_probe_fit(res, tmp_path / "f.json", tmp_path / "f.h5", {"probe": {"x": 1}})
+    rec = json.loads((tmp_path / "f.json").read_text())
+    assert rec["provenance"]["config"] == {"probe": {"x": 1}}
+    assert rec["n_samples"] == 40 and rec["primary_metric"] == "accuracy"
+    with h5py.File(tmp_path / "f.h5", "r") as h5:
+        np.testing.assert_array_equal(h5["folds"][()], res.folds)
+        for k in range(FAST.n_folds):  # saved statistics are the training rows' own
+            train = res.folds != k
+            np.testing.assert_allclose(h5[f"fold_{k}/normaliser/shift"][()], X[train].mean(0))
+            np.testing.assert_allclose(h5[f"fold_{k}/normaliser/factor"][()], 1 / X[train].std(0))
+        assert h5["fold_0/coef"].shape == (1, 6)
+    summary = probe_summary([rec])["datasets"]["None/syn"]
+    assert summary["test_mean"] == rec["test"]["mean"]
+    assert summary["baseline_mean"] == rec["baseline"]["accuracy"]["mean"]
+
+
+@pytest.mark.parametrize("case, match", [
+    ("nan", r"^syn: X: 1 NaN"),
+    ("few", r"class '1' has 3 sample\(s\), fewer than the 4 CV folds"),
+    ("empty", r"empty class\(es\) \['2'\]"),
+    ("one", "only one class"),
+])
+def test_bad_input_is_named(case, match, tmp_path):
+    X, y = _separable(40)
+    classes = None
+    if case == "nan":
+        X[5, 2] = np.nan
+    elif case == "few":
+        y = np.array([0] * 37 + [1] * 3)
+    elif case == "empty":
+        classes = ["0", "1", "2"]
+    else:
+        y, classes = np.zeros(40, int), ["0"]
+    with pytest.raises(InputError, match=match):
+        fit_probe(_dataset(X, y, classes=classes), FAST)
+
+
+def test_failed_fit_writes_nothing(tmp_path):
+    X, y = _separable(24)
+    ds = _dataset(X, y)
+    write_probe_dataset(ds, tmp_path / "d.h5")
+    with pytest.raises(InputError, match=r"^syn: y: class '0' has 12 sample\(s\), fewer than "
+                                         r"the 20 CV folds"):
+        run_probe_fit(tmp_path / "d.h5", tmp_path / "f.json", tmp_path / "f.h5", {"n_folds": 20})
+    with pytest.raises(InputError, match="unknown key"):
+        run_probe_fit(tmp_path / "d.h5", tmp_path / "f.json", tmp_path / "f.h5", {"folds": 3})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.h5"]

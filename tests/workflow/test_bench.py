@@ -1,0 +1,77 @@
+"""The benchmarks (``python -m bench``) in their smoke mode: every one runs and writes JSON of
+the documented shape. Figures are checked for shape and type only, never for a time."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import BENCHMARKS
+from bench.common import Figure, paired_ratio, table
+from saeflow.toy.workspace import REPO
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """``python -m bench --smoke`` once: (output folder, printed table)."""
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-6000:]
+    return out, proc.stdout
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_each_benchmark_writes_figures_machine_and_provenance(smoke, name):
+    record = json.loads((smoke[0] / f"{name}.json").read_text())
+    assert record["benchmark"] == name and record["smoke"] is True
+    assert isinstance(record["title"], str) and isinstance(record["params"], dict)
+    assert record["figures"], "a benchmark reports at least one figure"
+    for fig in record["figures"]:
+        assert set(fig) >= {"name", "model", "value", "unit", "target", "op", "met", "detail"}
+        assert isinstance(fig["name"], str) and isinstance(fig["model"], str)
+        assert isinstance(fig["detail"], dict)
+        if fig["unit"] != "rho":  # a rank correlation may be undefined (ties); nothing else
+            assert isinstance(fig["value"], float) and math.isfinite(fig["value"])
+        if fig["target"] is None:
+            assert fig["op"] is None and fig["met"] is None
+        else:
+            assert fig["op"] in (">=", "<=") and isinstance(fig["met"], bool)
+            above = fig["value"] >= fig["target"]
+            below = fig["value"] <= fig["target"]
+            assert fig["met"] == (above if fig["op"] == ">=" else below)
+    machine = record["machine"]
+    assert machine["cpu_count"] >= 1 and machine["torch_threads"] >= 1 and machine["platform"]
+    prov = record["provenance"]
+    assert prov["versions"]["torch"] and prov["versions"]["snakemake"] and prov["git_commit"]
+    assert prov["config"]["benchmark"] == name
+
+
+def test_the_table_lists_every_benchmark(smoke):
+    for name in BENCHMARKS:
+        assert f"| {name} " in smoke[1]
+
+
+def test_patching_results_equal_transformer_lens(smoke):
+    figs = json.loads((smoke[0] / "patching.json").read_text())["figures"]
+    assert all(f["met"] for f in figs if f["target"] is not None)
+
+
+def test_unknown_benchmark_is_a_usage_error():
+    proc = subprocess.run([sys.executable, "-m", "bench", "nope"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "unknown benchmark 'nope'" in proc.stderr
+
+
+def test_figures_and_table():
+    assert paired_ratio([2.0, 4.0, 9.0], [1.0, 1.0, 3.0]) == 3.0  # median of 2, 4, 3
+    hit = Figure("f", "toy", 0.9, target=0.8, op=">=")
+    miss = Figure("g", "toy", 2.5, unit="bytes", target=2.2, op="<=")
+    assert hit.met is True and miss.met is False and Figure("h", "toy", 7.0, unit="x").met is None
+    text = table([{"benchmark": "b", "figures": [f.record() for f in (hit, miss)]}])
+    assert "| b " in text and ">= 0.8" in text and "2.50 B" in text and "NO" in text
