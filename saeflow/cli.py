@@ -50,7 +50,7 @@ def _correct(args: argparse.Namespace) -> None:
 
 def _classify(args: argparse.Namespace) -> None:
     from saeflow.labels.classify import classify
-    from saeflow.labels.describe import read_descriptions
+    from saeflow.formats.descriptions import read_descriptions
     from saeflow.core.io import write_json
 
     if args.from_file:
@@ -68,7 +68,7 @@ def _classify(args: argparse.Namespace) -> None:
 
 
 def _import_neuronpedia(args: argparse.Namespace) -> None:
-    from saeflow.labels.describe import import_neuronpedia
+    from saeflow.formats.neuronpedia import import_neuronpedia
     from saeflow.core.io import write_json
 
     records, stats = import_neuronpedia(args.folder, args.source, args.model_id,

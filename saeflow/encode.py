@@ -11,13 +11,14 @@ from typing import Any
 
 import h5py
 import numpy as np
-import scipy.sparse
 import torch
 from tqdm import tqdm
 
 from saeflow.core.errors import InputError
 from saeflow.core.io import atomic_path
 from saeflow.core.provenance import provenance_json
+from saeflow.formats.activations import open_activations
+from saeflow.formats.hdf5 import read_array, reading
 
 
 class _FeatureStats:
@@ -72,12 +73,9 @@ def encode_to_hdf5(acts_path: str | Path, out_path: str | Path,
     """Encode every hook of ``acts_path`` with its SAE; ``sae_for_hook[hook]()`` loads it lazily
     (one SAE in memory at a time). Rows are (prompt, stored position) flattened row-major."""
     summary: dict[str, Any] = {}
-    with h5py.File(acts_path, "r") as src, atomic_path(out_path) as tmp, h5py.File(tmp, "w") as dst:
-        hooks = json.loads(src.attrs["hooks"])
-        missing = [h for h in sae_for_hook if h not in hooks]
-        if missing:
-            raise InputError(acts_path, "acts", f"no activations for SAE hook {missing[0]!r}")
-        valid = (src["positions"][()] >= 0).reshape(-1)
+    with open_activations(acts_path, list(sae_for_hook)) as src, atomic_path(out_path) as tmp, \
+            h5py.File(tmp, "w") as dst:
+        valid = (read_array(src, "positions", acts_path) >= 0).reshape(-1)
         for hook in sae_for_hook:
             sae = sae_for_hook[hook]()
             acts = src[f"acts/{hook}"]
@@ -98,7 +96,8 @@ def encode_to_hdf5(acts_path: str | Path, out_path: str | Path,
                 stop = min(start + prompts_per_batch, n)
                 # Only real positions are encoded: padding rows stay empty at no cost.
                 row_valid = valid[start * n_pos: stop * n_pos]
-                x = torch.from_numpy(acts[start:stop].reshape(-1, d_model)[row_valid])
+                with reading(acts_path, f"acts/{hook}"):
+                    x = torch.from_numpy(acts[start:stop].reshape(-1, d_model)[row_valid])
                 codes = sae.encode(x.to(device=device, dtype=torch.float32))
                 batch_counts, idx, vals = csr_from_dense(codes)
                 counts[start * n_pos: stop * n_pos][row_valid] = batch_counts
@@ -120,14 +119,3 @@ def encode_to_hdf5(acts_path: str | Path, out_path: str | Path,
                           "hooks": json.dumps(list(sae_for_hook)),
                           "position_names": src.attrs["position_names"]})
     return summary
-
-
-def read_codes(path: str | Path, hook: str) -> scipy.sparse.csr_matrix:
-    """Codes of one hook as a ``[n * P, d_sae]`` CSR matrix (row = prompt * P + position)."""
-    with h5py.File(path, "r") as f:
-        if f"codes/{hook}" not in f:
-            raise InputError(path, f"codes/{hook}", "no codes stored for this hook")
-        g = f[f"codes/{hook}"]
-        shape = (g.attrs["n_prompts"] * g.attrs["n_positions"], int(g.attrs["d_sae"]))
-        return scipy.sparse.csr_matrix((g["values"][()], g["indices"][()], g["indptr"][()]),
-                                       shape=shape)

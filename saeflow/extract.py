@@ -21,6 +21,7 @@ from transformer_lens import HookedTransformer
 from saeflow.core.errors import InputError
 from saeflow.core.io import atomic_path
 from saeflow.core.models import pad_batch
+from saeflow.core.positions import token_index
 from saeflow.core.prompts import answer_token_id, encode_prompts
 from saeflow.core.provenance import provenance_json
 
@@ -28,8 +29,8 @@ log = logging.getLogger(__name__)
 CHUNK_BYTES = 1 << 20
 
 
-def resolve_positions(spec: str | Sequence[str | int], records: list[dict[str, Any]],
-                      lengths: np.ndarray, source: str = "prompts") -> tuple[np.ndarray, list[str]]:
+def token_positions(spec: str | Sequence[str | int], records: list[dict[str, Any]],
+                    lengths: np.ndarray, source: str = "prompts") -> tuple[np.ndarray, list[str]]:
     """Token indices to store, ``[n, P]`` (-1 where absent), and a name per stored position.
 
     ``spec`` is ``"all"``, ``"final"``, or a list of entries: ``"final"``, an integer offset
@@ -45,22 +46,20 @@ def resolve_positions(spec: str | Sequence[str | int], records: list[dict[str, A
     entries = ["final"] if spec == "final" else list(spec)
     columns, names = [], []
     for entry in entries:
-        if entry == "final":
-            col = lengths - 1
-        elif isinstance(entry, int) or (isinstance(entry, str) and entry.lstrip("-").isdigit()):
-            offset = int(entry)
-            col = np.where(offset < 0, lengths + offset, offset)
-        else:
-            key = f"pos_{entry}"
-            missing = [i for i, r in enumerate(records) if key not in r]
-            if missing:
-                raise InputError(source, f"record {missing[0]}.{key}",
-                                 f"named position {entry!r} is not recorded")
-            col = np.array([int(r[key]) for r in records])
+        col = token_index(entry, lengths, lambda name: _record_positions(records, name, source))
         col = np.where((col >= 0) & (col < lengths), col, -1)
         columns.append(col)
         names.append(str(entry))
     return np.stack(columns, axis=1).astype(np.int32), names
+
+
+def _record_positions(records: list[dict[str, Any]], name: str, source: str) -> np.ndarray:
+    key = f"pos_{name}"
+    missing = [i for i, r in enumerate(records) if key not in r]
+    if missing:
+        raise InputError(source, f"line {missing[0] + 1}.{key}",
+                         f"named position {name!r} is not recorded")
+    return np.array([int(r[key]) for r in records])
 
 
 def _metadata_columns(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -102,7 +101,7 @@ def extract_to_hdf5(model: HookedTransformer, records: list[dict[str, Any]], hoo
     if lengths.max() > model.cfg.n_ctx:
         raise InputError(source, f"record {int(lengths.argmax())}.text",
                          f"{lengths.max()} tokens exceed the model's context of {model.cfg.n_ctx}")
-    pos, pos_names = resolve_positions(positions, records, lengths, source)
+    pos, pos_names = token_positions(positions, records, lengths, source)
     has_answers = all("answer" in r for r in records)
     answers = _answer_ids(tokenizer, records, source) if has_answers else None
     n, n_pos, width = len(records), pos.shape[1], int(lengths.max())

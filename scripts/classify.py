@@ -9,7 +9,7 @@ from saeflow.core.runtime import rule_main
 
 def body(smk) -> None:
     from saeflow.labels.classify import classify, resolve_categories
-    from saeflow.labels.describe import read_descriptions
+    from saeflow.formats.descriptions import read_descriptions
     from saeflow.core.io import write_json
 
     options = resolve_categories(smk.params.categories)[smk.params.category]

@@ -17,7 +17,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def small_world():
-    from saeflow.toy.world import WorldConfig, add_token_positions, build_prompt_sets
+    from saeflow.toy.world import WorldConfig, build_prompt_sets
 
     world = build_prompt_sets(WorldConfig(n_train=400, n_heldout=60, n_pairs=12))
     return world

@@ -1,4 +1,5 @@
-"""Atomic file writing: a reader never sees a half-written output, and a crash leaves none."""
+"""File I/O every stage shares: atomic writes (a reader never sees a half-written output, a
+crash leaves none) and the one checked path for reading text, JSON, JSONL and YAML files."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,33 +57,136 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def read_json(path: str | os.PathLike[str]) -> Any:
+def read_text(path: str | os.PathLike[str]) -> str:
+    """A file's text (``.gz`` decompressed), checked: it exists and is UTF-8. An undecodable
+    byte is an InputError naming its line (counted from 1, as every reader counts)."""
+    import gzip
+
     from saeflow.core.errors import InputError
 
+    path = Path(path)
     try:
-        with open(path) as fh:
-            return json.load(fh)
+        raw = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
     except FileNotFoundError:
         raise InputError(path, "<file>", "does not exist") from None
+    except IsADirectoryError:
+        raise InputError(path, "<file>", "is a folder, not a file") from None
+    except (OSError, EOFError) as err:  # gzip's truncated or damaged streams
+        raise InputError(path, "<file>", f"unreadable ({err})") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise InputError(path, f"line {line}", f"not UTF-8 text (byte {raw[err.start]:#04x} "
+                         f"at offset {err.start})") from None
+
+
+def _no_duplicate_keys(path: Path, where: str) -> Callable[[list[tuple[str, Any]]], dict]:
+    from saeflow.core.errors import InputError
+
+    def build(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                raise InputError(path, f"{where}{key}", "key given twice (which one is meant?)")
+            out[key] = value
+        return out
+    return build
+
+
+def _reject_constant(path: Path, where: str) -> Callable[[str], Any]:
+    from saeflow.core.errors import InputError
+
+    def reject(name: str) -> Any:
+        raise InputError(path, where.rstrip(": ") or "<root>",
+                         f"{name} is not a number JSON allows")
+    return reject
+
+
+def parse_json(text: str, path: str | os.PathLike[str], where: str = "",
+               allow_nan: bool = True) -> Any:
+    """``json.loads`` that refuses duplicate keys (and, unless ``allow_nan``, NaN/Infinity);
+    errors name ``path`` and the line. ``where`` prefixes the field (e.g. ``line 3: ``)."""
+    from saeflow.core.errors import InputError
+
+    path = Path(path)
+    kwargs: dict[str, Any] = {"object_pairs_hook": _no_duplicate_keys(path, where)}
+    if not allow_nan:
+        kwargs["parse_constant"] = _reject_constant(path, where)
+    if not text.strip():
+        raise InputError(path, where.rstrip(": ") or "<file>", "empty")
+    try:
+        return json.loads(text, **kwargs)
     except json.JSONDecodeError as err:
-        raise InputError(path, f"line {err.lineno}", f"malformed JSON: {err.msg}") from None
+        field = where.rstrip(": ") or f"line {err.lineno}"
+        raise InputError(path, field, f"malformed JSON: {err.msg}") from None
 
 
-def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+def read_json(path: str | os.PathLike[str], allow_nan: bool = True) -> Any:
+    """A JSON file through the checked path: exists, UTF-8, no duplicate keys (files a user
+    writes also pass ``allow_nan=False``)."""
+    return parse_json(read_text(path), path, allow_nan=allow_nan)
+
+
+def read_jsonl(path: str | os.PathLike[str], allow_nan: bool = True) -> list[dict[str, Any]]:
+    """One JSON object per line (``.jsonl`` or ``.jsonl.gz``), blank lines skipped; errors
+    name the line, counted from 1."""
     from saeflow.core.errors import InputError
 
     records = []
-    try:
-        with open(path) as fh:
-            for lineno, line in enumerate(fh, 1):
-                if line.strip():
-                    try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError as err:
-                        raise InputError(path, f"line {lineno}", f"malformed JSON: {err.msg}") from None
-    except FileNotFoundError:
-        raise InputError(path, "<file>", "does not exist") from None
+    for lineno, line in enumerate(read_text(path).splitlines(), 1):
+        if line.strip():
+            record = parse_json(line, path, f"line {lineno}: ", allow_nan)
+            if not isinstance(record, dict):
+                raise InputError(path, f"line {lineno}", "expected a JSON object")
+            records.append(record)
     return records
+
+
+def read_yaml(path: str | os.PathLike[str]) -> Any:
+    """A YAML file through the checked path; a key given twice in one mapping is an error
+    (PyYAML's own loader lets the second silently win)."""
+    import yaml
+
+    from saeflow.core.errors import InputError
+
+    text = read_text(path)
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise InputError(path, f"line {key_node.start_mark.line + 1}",
+                                 f"key {key!r} given twice in one mapping")
+            seen.add(key)
+        return loader.construct_mapping(node, deep=deep)
+
+    UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        field = f"line {mark.line + 1}" if mark is not None else "<file>"
+        raise InputError(path, field, f"malformed YAML: {getattr(err, 'problem', err)}") from None
+
+
+def check_keys(mapping: Mapping[str, Any], allowed: Collection[str], path: str | os.PathLike[str],
+               where: str = "") -> None:
+    """Unknown keys are an error naming the key and the nearest valid one: a misspelt
+    optional key would otherwise be silently ignored."""
+    import difflib
+
+    from saeflow.core.errors import InputError
+
+    for key in mapping:
+        if key not in allowed:
+            near = difflib.get_close_matches(str(key), [str(a) for a in allowed], n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else f" (known: {', '.join(sorted(allowed))})"
+            raise InputError(path, f"{where}{key}", f"unknown key{hint}")
 
 
 def write_jsonl(path: str | os.PathLike[str], records: list[dict[str, Any]]) -> None:

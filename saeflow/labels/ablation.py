@@ -197,7 +197,7 @@ def ablate_categories(model: Any, sae: Any, eval_set: EvalSet, classified: Mappi
     a random matched ``other`` set and, given toy ``truth``, the true sets; returns
     :func:`ablation_losses` plus the ``feature_sets`` used."""
     from saeflow.labels.classify import related_features
-    from saeflow.labels.describe import read_descriptions
+    from saeflow.formats.descriptions import read_descriptions
 
     predicted = {name: related_features(path) for name, path in classified.items()}
     features = [r["feature_index"] for r in read_descriptions(descriptions)]

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from saeflow.labels.classify import NOT_RELATED, RELATED, read_labelled
+from saeflow.formats.labels import NOT_RELATED, RELATED, read_labelled
 from saeflow.core.errors import InputError
 
 BINARY = {RELATED: 1, NOT_RELATED: 0}

@@ -5,16 +5,13 @@ In the toy world the text is written from activation data alone (the tokens a fe
 and short left contexts), standing in for an LLM explainer; the toy's ground-truth category
 membership (:func:`class_membership`) comes from the same activation mass but over token
 *classes*, which a description never names. Real SAEs import Neuronpedia explanation exports.
-
-This module also owns reading record files (list, ``{"records": [...]}``, dict-of-records,
-``.jsonl`` / ``.jsonl.gz``) because every later stage of the labelling chain reads them.
+Reading description files is :mod:`saeflow.formats.descriptions`; Neuronpedia exports,
+:mod:`saeflow.formats.neuronpedia`.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
-import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,102 +20,9 @@ import numpy as np
 from scipy import sparse
 
 from saeflow.core.errors import InputError
-
-_ID_SUFFIX = re.compile(r"-(\d+)$")
-
-
-# --- record files -----------------------------------------------------------------------------
-
-def _read_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    rows = []
-    with opener(path, "rt") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise InputError(path, f"line {lineno}", f"malformed JSON: {err.msg}") from None
-            if not isinstance(record, dict):
-                raise InputError(path, f"line {lineno}", "expected a JSON object")
-            rows.append((f"line {lineno}", record))
-    return rows
-
-
-def load_record_list(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
-    """Records of a JSON / JSONL file as ``(where, record)`` pairs, ``where`` naming the row.
-
-    Accepts a list of records, ``{"records": [...]}`` (saeflow's own outputs), a dict mapping
-    an id to a record (the key becomes ``feature_id`` when the record has no id of its own),
-    or one record per line (``.jsonl``, ``.jsonl.gz``).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(path, "<file>", "does not exist")
-    if ".jsonl" in path.name:
-        return _read_lines(path)
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise InputError(path, f"line {err.lineno}", f"malformed JSON: {err.msg}") from None
-    if isinstance(data, dict) and isinstance(data.get("records"), list):
-        data = data["records"]
-    if isinstance(data, list):
-        named = [(f"records[{i}]", r) for i, r in enumerate(data)]
-    elif isinstance(data, dict):
-        named = []
-        for key, record in data.items():
-            if key == "provenance":
-                continue
-            if isinstance(record, dict) and not ({"feature_id", "feature_index", "index"} & set(record)):
-                record = {**record, "feature_id": key}
-            named.append((f"[{key!r}]", record))
-    else:
-        raise InputError(path, "<root>", "expected a list of records or a dict of records")
-    for where, record in named:
-        if not isinstance(record, dict):
-            raise InputError(path, where, "expected a JSON object")
-    return named
-
-
-def feature_index_of(record: Mapping[str, Any], source: str | Path, where: str) -> int:
-    """The integer feature index of a record: ``feature_index``, ``index``, or an id's ``-<n>``."""
-    for key in ("feature_index", "index"):
-        value = record.get(key)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not (
-                isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit())):
-            raise InputError(source, f"{where}.{key}", f"not a non-negative integer: {value!r}")
-        if int(value) < 0:
-            raise InputError(source, f"{where}.{key}", f"negative index {value}")
-        return int(value)
-    fid = record.get("feature_id")
-    match = _ID_SUFFIX.search(fid) if isinstance(fid, str) else None
-    if match is None:
-        raise InputError(source, where, "no feature index: need 'feature_index', 'index' or "
-                                        "a 'feature_id' ending in -<n>")
-    return int(match.group(1))
-
-
-def read_descriptions(path: str | Path) -> list[dict[str, Any]]:
-    """Description records from ``path``, validated: index present, text present, ids unique."""
-    records, seen = [], {}
-    for where, raw in load_record_list(path):
-        index = feature_index_of(raw, path, where)
-        text = raw.get("description")
-        if not isinstance(text, str):
-            raise InputError(path, f"{where}.description", "missing or not a string")
-        fid = str(raw.get("feature_id", index))
-        if fid in seen:
-            raise InputError(path, "feature_id", f"duplicate id {fid!r} ({seen[fid]} and {where})")
-        seen[fid] = where
-        records.append({"feature_id": fid, "feature_index": index, "description": text})
-    if not records:
-        raise InputError(path, "records", "no descriptions")
-    return records
-
+from saeflow.formats.activations import read_tokens_positions
+from saeflow.formats.codes import read_codes
+from saeflow.formats.neuronpedia import import_neuronpedia
 
 # --- toy world: descriptions from activations -------------------------------------------------
 
@@ -200,38 +104,14 @@ def class_membership(token_mass: sparse.csr_matrix, token_class_of_id: Sequence[
     return (total > 0) & (share >= threshold * np.where(total > 0, total, 1.0))
 
 
-def read_codes_h5(path: str | Path, hook_name: str) -> sparse.csr_matrix:
-    """The ``[n * P, d_sae]`` CSR codes of one hook, read as ``docs/outputs.md`` specifies."""
-    import h5py
-
-    with h5py.File(path, "r") as fh:
-        if f"codes/{hook_name}" not in fh:
-            raise InputError(path, f"codes/{hook_name}", "no such group")
-        group = fh[f"codes/{hook_name}"]
-        n_rows = int(group.attrs["n_prompts"]) * int(group.attrs["n_positions"])
-        return sparse.csr_matrix((group["values"][:], group["indices"][:], group["indptr"][:]),
-                                 shape=(n_rows, int(group.attrs["d_sae"])))
-
-
-def read_tokens_h5(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """``tokens [n, T]`` and ``positions [n, P]`` of an activations file."""
-    import h5py
-
-    with h5py.File(path, "r") as fh:
-        for name in ("tokens", "positions"):
-            if name not in fh:
-                raise InputError(path, name, "dataset missing")
-        return fh["tokens"][:], fh["positions"][:]
-
-
 def describe_from_files(codes_h5: str | Path, activations_h5: str | Path, tokenizer_dir: str | Path,
                         hook_name: str, source: str, **options: int) -> list[dict[str, Any]]:
     """:func:`describe_features` on a codes file, its activations file and the toy tokenizer."""
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tokenizer_dir))
-    tokens, positions = read_tokens_h5(activations_h5)
-    codes = read_codes_h5(codes_h5, hook_name)
+    tokens, positions = read_tokens_positions(activations_h5)
+    codes = read_codes(codes_h5, hook_name)
     if codes.shape[0] != positions.size:
         raise InputError(codes_h5, f"codes/{hook_name}",
                          f"{codes.shape[0]} rows but {activations_h5} has {positions.size} positions")
@@ -250,8 +130,8 @@ def membership_from_files(codes_h5: str | Path, activations_h5: str | Path, trut
     if not isinstance(classes_of_id, list):
         raise InputError(truth_json, "token_class_of_id", "missing or not a list")
     known = set(truth.get("token_classes", classes_of_id))
-    tokens, positions = read_tokens_h5(activations_h5)
-    codes = read_codes_h5(codes_h5, hook_name)
+    tokens, positions = read_tokens_positions(activations_h5)
+    codes = read_codes(codes_h5, hook_name)
     vocab = max(int(tokens.max()) + 1, len(classes_of_id))
     mass = feature_token_mass(codes, row_tokens(tokens, positions), vocab)
     out = {}
@@ -288,46 +168,3 @@ def describe_stage(cfg: Mapping[str, Any], out: str | Path, hook_name: str | Non
                dict(cfg))
 
 
-# --- real SAEs: Neuronpedia exports -----------------------------------------------------------
-
-def import_neuronpedia(folder: str | Path, source: str | None = None,
-                       model_id: str | None = None,
-                       explanation_model: str | None = None) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Normalise Neuronpedia explanation batches (``*.jsonl`` / ``*.jsonl.gz``) in ``folder``.
-
-    Keeps rows whose ``layer`` equals ``source`` (the source id, e.g. ``12-gemmascope-res-65k``)
-    and, when given, whose ``modelId`` / ``explanationModelName`` match. A feature explained
-    more than once keeps its first explanation in file-name then line order (counted in the
-    returned stats). Returns records sorted by feature index, and counts.
-    """
-    folder = Path(folder)
-    files = sorted(p for p in folder.rglob("*") if p.name.endswith((".jsonl", ".jsonl.gz")))
-    if not files:
-        raise InputError(folder, "<folder>", "no .jsonl or .jsonl.gz files")
-    found: dict[tuple[str, int], dict[str, Any]] = {}
-    stats = {"n_rows": 0, "n_filtered": 0, "n_duplicates": 0}
-    for path in files:
-        for where, row in _read_lines(path):
-            stats["n_rows"] += 1
-            for key in ("layer", "index", "description"):
-                if key not in row:
-                    raise InputError(path, f"{where}.{key}", "missing")
-            if ((source and row["layer"] != source) or (model_id and row.get("modelId") != model_id)
-                    or (explanation_model and row.get("explanationModelName") != explanation_model)):
-                stats["n_filtered"] += 1
-                continue
-            if not isinstance(row["description"], str):
-                raise InputError(path, f"{where}.description", "not a string")
-            key = (str(row["layer"]), feature_index_of({"index": row["index"]}, path, where))
-            if key in found:
-                stats["n_duplicates"] += 1
-                continue
-            found[key] = {"feature_id": f"{key[0]}-{key[1]}", "feature_index": key[1],
-                          "description": row["description"].strip(),
-                          "explanation_model": row.get("explanationModelName")}
-    sources = sorted({k[0] for k in found})
-    if not found:
-        raise InputError(folder, "layer", f"no explanations matched source={source!r}")
-    if len(sources) > 1:
-        raise InputError(folder, "layer", f"several sources {sources}; choose one with --source")
-    return [found[k] for k in sorted(found, key=lambda k: k[1])], stats

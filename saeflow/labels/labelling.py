@@ -23,8 +23,8 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from saeflow.labels.classify import NOT_RELATED, RELATED
-from saeflow.labels.describe import read_descriptions
+from saeflow.formats.labels import NOT_RELATED, RELATED
+from saeflow.formats.descriptions import read_descriptions
 from saeflow.core.errors import InputError
 from saeflow.core.io import read_json, write_json
 

@@ -10,19 +10,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
-import numpy as np  # noqa: E402
+from saeflow.core.figures import pyplot, save_figure
 
-from saeflow.core.io import atomic_path  # noqa: E402
+plt = pyplot()
 
 
-def _save(fig: Any, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
-    plt.close(fig)
+
 
 
 def plot_confusion(agreements: Mapping[str, Mapping[str, Any]], path: str | Path) -> None:
@@ -45,7 +40,7 @@ def plot_confusion(agreements: Mapping[str, Mapping[str, Any]], path: str | Path
         kappa = a.get("kappa")
         ax.set_title(f"{name}\nn={a['n']} acc={a['accuracy']:.2f} "
                      f"κ={'n/a' if kappa is None else f'{kappa:.2f}'}", fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_lpf(correction: Mapping[str, Any], path: str | Path,
@@ -71,4 +66,4 @@ def plot_lpf(correction: Mapping[str, Any], path: str | Path,
     ax.set_xticks(x, names)
     ax.set_ylabel("loss increase per feature")
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)

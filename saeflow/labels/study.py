@@ -230,7 +230,7 @@ def study_stage(ablation: str | Path, agreements: Mapping[str, str | Path],
     """The stage: the study YAML built from the DAG's files (validated before it is written),
     so each method's rule runs exactly what ``saeflow correct`` runs on it."""
     from saeflow.labels.agreement import joint_validation
-    from saeflow.labels.classify import read_labelled
+    from saeflow.formats.labels import read_labelled
     from saeflow.core.io import read_json
 
     validation = joint_validation({c: read_labelled(p) for c, p in classified.items()},

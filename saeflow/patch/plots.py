@@ -15,22 +15,11 @@ from typing import Any
 
 import numpy as np
 
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from saeflow.core.figures import pyplot, save_figure
 
 
-def _save(fig: Any, path: str | Path) -> None:
-    from saeflow.core.io import atomic_path
 
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
-    _pyplot().close(fig)
+
 
 
 def latent_label(hook: str, latent: int) -> str:
@@ -52,7 +41,7 @@ def plot_resid_patching(resid_path: str | Path, out_path: str | Path) -> None:
     ``resid_pre`` into the corrupted run; the cell of largest mean effect is outlined."""
     from saeflow.patch.resid import position_offsets, read_resid, top_cell
 
-    plt = _pyplot()
+    plt = pyplot()
     res = read_resid(resid_path)
     mean = res.agg["normalised_mean"]
     offsets = position_offsets(mean.shape[1])
@@ -68,14 +57,14 @@ def plot_resid_patching(resid_path: str | Path, out_path: str | Path) -> None:
     ax.set_ylabel("layer (resid_pre)")
     ax.set_title(f"Residual patching, clean -> corrupted ({len(res.pair_ids)} pairs)")
     fig.colorbar(im, ax=ax, label="(patched - corrupted) / (clean - corrupted)")
-    _save(fig, out_path)
+    save_figure(fig, out_path)
 
 
 def plot_top_latents(verify_path: str | Path, out_path: str | Path) -> None:
     """Bars of AtP and exact mean effect of the top-k latents, one panel per mode."""
     from saeflow.core.io import read_json
 
-    plt = _pyplot()
+    plt = pyplot()
     verify = {m: v for m, v in read_json(verify_path).items() if m != "provenance"}
     k = max([len(v["top"]) for v in verify.values()] + [1])
     fig, axes = plt.subplots(1, len(verify), figsize=(5 * len(verify), 0.3 * k + 2),
@@ -93,14 +82,14 @@ def plot_top_latents(verify_path: str | Path, out_path: str | Path) -> None:
         ax.set_title(f"{mode}: Spearman {rho:.2f}" if rho is not None else mode)
         ax.set_xlabel("effect on logit diff (clean -> corrupted)")
         ax.legend(loc="lower right")
-    _save(fig, out_path)
+    save_figure(fig, out_path)
 
 
 def plot_faithfulness(faithfulness_path: str | Path, out_path: str | Path) -> None:
     """Faithfulness and completeness against the number of kept nodes, per mode."""
     from saeflow.core.io import read_json
 
-    plt = _pyplot()
+    plt = pyplot()
     faith = {m: v for m, v in read_json(faithfulness_path).items() if m != "provenance"}
     fig, ax = plt.subplots(figsize=(6, 4))
     ticks: set[int] = set()
@@ -118,7 +107,7 @@ def plot_faithfulness(faithfulness_path: str | Path, out_path: str | Path) -> No
     ax.set_xlabel("nodes kept (top n by |AtP|; the rest mean-ablated)")
     ax.set_ylabel("(F(C) - F(none)) / (F(model) - F(none))")
     ax.legend(fontsize=8)
-    _save(fig, out_path)
+    save_figure(fig, out_path)
 
 
 def plot_latent_activations(top_latents_path: str | Path, out_path: str | Path) -> None:
@@ -126,7 +115,7 @@ def plot_latent_activations(top_latents_path: str | Path, out_path: str | Path) 
     prompts."""
     from saeflow.core.io import read_json
 
-    plt = _pyplot()
+    plt = pyplot()
     rec = read_json(top_latents_path)
     offsets, latents = rec["position_offsets"], rec["latents"]
     fig, axes = plt.subplots(1, 2, figsize=(2 * max(4, 0.3 * len(offsets) + 1),
@@ -141,4 +130,4 @@ def plot_latent_activations(top_latents_path: str | Path, out_path: str | Path) 
         ax.set_title(f"{role} prompts ({rec['mode']})")
         ax.set_xlabel("position (offset from final token)")
         fig.colorbar(im, ax=ax, label="mean activation")
-    _save(fig, out_path)
+    save_figure(fig, out_path)

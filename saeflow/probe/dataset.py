@@ -38,7 +38,7 @@ import numpy as np
 
 from saeflow.core.errors import InputError
 from saeflow.core.io import atomic_path
-from saeflow.probe.inputs import open_h5
+from saeflow.formats.hdf5 import open_h5
 from saeflow.core.provenance import provenance_json
 
 FORMAT_VERSION = 1

@@ -24,7 +24,8 @@ import numpy as np
 from scipy import stats
 
 from saeflow.core.errors import InputError
-from saeflow.core.io import atomic_path, read_json, write_json
+from saeflow.formats.descriptions import descriptions_by_hook
+from saeflow.core.io import atomic_path, write_json
 from saeflow.probe.dataset import COLUMN_FIELDS, ProbeDataset, check_dataset, read_probe_dataset
 from saeflow.core.provenance import provenance_json
 
@@ -168,31 +169,6 @@ class EffectsResult:
     settings: dict[str, Any]
     top: list[dict[str, Any]]
     localisation: dict[str, Any]
-
-
-def load_descriptions(path: str | Path | None, hook: str | None = None
-                      ) -> dict[str, dict[int, str]]:
-    """Feature descriptions as ``{hook_name: {feature_index: text}}``.
-
-    Reads either that mapping as JSON, or the labels stage's description file
-    (``{source, records: [{feature_index, description}, ...]}``, one SAE), whose records are
-    filed under ``hook`` (default: the file's ``source``, which the toy describer sets to the
-    hook name). ``None`` gives no descriptions.
-    """
-    if path is None:
-        return {}
-    raw = read_json(path)
-    if isinstance(raw, dict) and "records" in raw:
-        from saeflow.labels.describe import read_descriptions
-
-        key = hook or str(raw.get("source", ""))
-        return {key: {int(r["feature_index"]): str(r["description"])
-                      for r in read_descriptions(path)}}
-    try:
-        return {str(h): {int(f): str(t) for f, t in feats.items()} for h, feats in raw.items()}
-    except (AttributeError, ValueError):
-        raise InputError(path, "<root>", "expected {hook_name: {feature_index: text}} or a "
-                         "description file with 'records'") from None
 
 
 def compute_effects(ds: ProbeDataset, *, positive_class: str | int | None = None,
@@ -399,7 +375,7 @@ def run_effects(dataset_path: str | Path, json_out: str | Path, h5_out: str | Pa
                          f"unknown key(s) {sorted(set(settings) - allowed)}")
     ds = read_probe_dataset(dataset_path)
     res = compute_effects(ds, positive_class=positive_class,
-                          descriptions=load_descriptions(descriptions, descriptions_hook),
+                          descriptions=descriptions_by_hook(descriptions, descriptions_hook),
                           **settings)
     extra: dict[str, Any] = {}
     if informative_positions:

@@ -8,38 +8,24 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import h5py
 import numpy as np
-import scipy.sparse as sp
 
 from saeflow.core.errors import InputError
+from saeflow.core.positions import token_index
+from saeflow.formats.codes import read_codes, read_feature_stat, read_row_valid
+from saeflow.formats.hdf5 import json_attr
 
 EMBED_HOOKS = ("hook_embed", "hook_pos_embed")
 RESID_PRE0 = "blocks.0.hook_resid_pre"
-
-
-def open_h5(path: str | Path) -> h5py.File:
-    try:
-        return h5py.File(path, "r")
-    except FileNotFoundError:
-        raise InputError(path, "<file>", "does not exist") from None
-    except OSError as err:
-        raise InputError(path, "<file>", f"not a readable HDF5 file ({err})") from None
-
-
-def json_attr(h5: h5py.File, key: str, path: str | Path) -> Any:
-    if key not in h5.attrs:
-        raise InputError(path, f"attrs/{key}", "missing root attribute")
-    return json.loads(h5.attrs[key])
 
 
 PER_PROMPT_HELP = ("per prompt, when position_spec is 'all': final, a negative offset such "
                    "as -2, or a name x recorded as meta/pos_x")
 
 
-def resolve_positions(h5: h5py.File, requested: list[str | int], path: str | Path,
+def stored_columns(h5: h5py.File, requested: list[str | int], path: str | Path,
                       dataset: str) -> list[np.ndarray]:
     """The stored column of each requested position, per prompt: a list of ``[n]`` int64
     arrays, -1 where the prompt lacks that position (token absent or padding).
@@ -60,7 +46,8 @@ def resolve_positions(h5: h5py.File, requested: list[str | int], path: str | Pat
         if name in names:
             cols = np.full(n, names.index(name), np.int64)
         elif spec == "all" and lengths is not None:
-            token = _per_prompt_token(h5, name, lengths)
+            token = token_index(name, lengths, lambda x: _named_position(h5, x),
+                                allow_nonnegative=False)
             if token is None:
                 unknown.append(name)
                 continue
@@ -80,16 +67,8 @@ def resolve_positions(h5: h5py.File, requested: list[str | int], path: str | Pat
     return out
 
 
-def _per_prompt_token(h5: h5py.File, name: str, lengths: np.ndarray) -> np.ndarray | None:
-    """Token index ``[n]`` of ``final``, ``-k`` or a ``meta/pos_<name>`` position; None if
-    the name is none of those."""
-    if name == "final":
-        return lengths - 1
-    if name.startswith("-") and name[1:].isdigit() and int(name) < 0:
-        return lengths + int(name)
-    if f"meta/pos_{name}" in h5:
-        return np.asarray(h5[f"meta/pos_{name}"][()], dtype=np.int64)
-    return None
+def _named_position(h5: h5py.File, name: str) -> np.ndarray | None:
+    return h5[f"meta/pos_{name}"][()] if f"meta/pos_{name}" in h5 else None
 
 
 def _per_prompt(cols: int | np.ndarray, n: int) -> np.ndarray:
@@ -156,20 +135,13 @@ class CodeReader:
     """Reader for one hook's CSR codes in a code file (``docs/outputs.md`` layout)."""
 
     def __init__(self, h5: h5py.File, hook: str, n: int, n_positions: int, path: str | Path):
-        key = f"codes/{hook}"
-        if key not in h5:
-            raise InputError(path, key, "no SAE codes stored for this hook")
-        group = h5[key]
         self.path, self.hook, self.n, self.P = path, hook, n, n_positions
-        self.d_sae = int(group.attrs["d_sae"])
-        indptr = np.asarray(group["indptr"][()], dtype=np.int64)
-        if indptr.shape != (n * n_positions + 1,):
-            raise InputError(path, f"{key}/indptr", f"length {indptr.shape[0]}, expected "
-                             f"{n * n_positions + 1} for {n} prompts x {n_positions} positions")
-        self.matrix = sp.csr_matrix((np.asarray(group["values"][()], dtype=np.float32),
-                                     np.asarray(group["indices"][()], dtype=np.int64), indptr),
-                                    shape=(n * n_positions, self.d_sae))
-        self.row_valid = np.asarray(group["row_valid"][()], dtype=bool)
+        self.matrix = read_codes(h5, hook, path)
+        self.d_sae = self.matrix.shape[1]
+        if self.matrix.shape[0] != n * n_positions:
+            raise InputError(path, f"codes/{hook}", f"{self.matrix.shape[0]} rows, expected "
+                             f"{n * n_positions} for {n} prompts x {n_positions} positions")
+        self.row_valid = read_row_valid(h5, hook, path)
 
     def _rows(self, cols: int | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Code rows ``i * P + col_i`` ``[n]`` and whether a column was given ``[n]``."""
@@ -201,7 +173,7 @@ class CodeReader:
         key = f"stats/{self.hook}/firing_frequency"
         if key not in h5:
             raise InputError(self.path, key, "missing: feature 'auto' needs the code statistics")
-        freq = np.asarray(h5[key][()], dtype=np.float64)
+        freq = read_feature_stat(h5, self.hook, "firing_frequency", self.path)
         if freq.shape != (self.d_sae,) or not np.any(freq > 0):
             raise InputError(self.path, key, "no live feature (every firing frequency is 0)")
         f = int(np.argmax(freq))

@@ -10,22 +10,16 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
-import numpy as np  # noqa: E402
+from saeflow.core.errors import InputError
+from saeflow.core.figures import pyplot, save_figure
 
-from saeflow.core.errors import InputError  # noqa: E402
-from saeflow.core.io import atomic_path  # noqa: E402
+plt = pyplot()
 
 KIND_COLOURS = {"embedding": "tab:gray", "hidden": "tab:blue", "sae": "tab:orange"}
 
 
-def _save(fig: plt.Figure, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
 
 
 def _panels(n: int, width: float, height: float, ncols: int = 4
@@ -63,7 +57,7 @@ def plot_probe_accuracy(summary: dict[str, Any], path: str | Path) -> None:
         _by_layer(axes[row, 0], rows, metric)
         _by_dataset(axes[row, 1], rows, metric)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _by_layer(ax: plt.Axes, rows: list[dict[str, Any]], metric: str) -> None:
@@ -124,7 +118,7 @@ def plot_probe_heatmap(records: list[dict[str, Any]], path: str | Path) -> None:
                      f"{rec['positive_class']}")
         fig.colorbar(image, ax=ax, shrink=0.8, label="top-k features")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_cohens_d(arrays: list[dict[str, Any]], path: str | Path, bins: int = 60) -> None:
@@ -147,4 +141,4 @@ def plot_cohens_d(arrays: list[dict[str, Any]], path: str | Path, bins: int = 60
                      f"{int(ok.sum())} significant")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)

@@ -20,7 +20,7 @@ Positions (default ``["final"]`` only, so no partial fragment leaks in) are name
 file's ``position_names`` (one stored column for every prompt) or, for files extracted with
 ``positions: all`` (column = token index), per-prompt positions: ``final`` (the last real
 token), a negative offset such as ``-2`` (``lengths - 2``) or a name ``x`` recorded as
-``meta/pos_x`` (e.g. ``snippet_end``); see :func:`saeflow.probe.inputs.resolve_positions`.
+``meta/pos_x`` (e.g. ``snippet_end``); see :func:`saeflow.probe.inputs.stored_columns`.
 Feature strategies stack one row per (prompt, position) — the target is per position;
 concept/failure strategies have one row per prompt and concatenate positions as column
 blocks, dropping prompts where a requested position is absent.
@@ -47,8 +47,9 @@ from saeflow.core.errors import InputError
 from saeflow.probe.layerspec import format_layer_spec, parse_layer_spec
 from saeflow.probe.dataset import (COLUMN_FIELDS, FORMAT_VERSION, ProbeDataset, check_dataset,
                                 write_probe_dataset)
-from saeflow.probe.inputs import (CodeReader, act_block, as_bool, embedding_block, json_attr,
-                                  layers_of, meta_column, open_h5, resolve_positions)
+from saeflow.formats.hdf5 import json_attr, open_h5
+from saeflow.probe.inputs import (CodeReader, act_block, as_bool, embedding_block, layers_of,
+                                  meta_column, stored_columns)
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def build_probe_dataset(spec: dict[str, Any], activations: str | Path,
     target = dict(spec.get("target") or {})
     with open_h5(activations) as act:
         names = [str(p) for p in json_attr(act, "position_names", activations)]
-        pos_cols = resolve_positions(act, positions, activations, name)
+        pos_cols = stored_columns(act, positions, activations, name)
         hooks = [str(h) for h in json_attr(act, "hooks", activations)]
         n = int(act["positions"].shape[0])
         layer_hooks = layers_of(hooks, hook_template)

@@ -244,7 +244,8 @@ def check_pipeline(out: dict[str, Any], model, sae, work_dir: Path) -> None:
     import numpy as np
     import torch
 
-    from saeflow.encode import encode_to_hdf5, read_codes
+    from saeflow.encode import encode_to_hdf5
+    from saeflow.formats.codes import read_codes
     from saeflow.extract import extract_to_hdf5
     from saeflow.core.saes import load_sae
 

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from saeflow.encode import encode_to_hdf5, read_codes
+from saeflow.encode import encode_to_hdf5
+from saeflow.formats.codes import read_codes
 from saeflow.core.errors import InputError
 from saeflow.extract import extract_to_hdf5
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from saeflow.core.errors import InputError
-from saeflow.extract import extract_to_hdf5, resolve_positions
+from saeflow.extract import extract_to_hdf5, token_positions
 from saeflow.core.prompts import encode_prompt
 
 HOOKS = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_post"]
@@ -15,14 +15,14 @@ HOOKS = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_post"]
 def test_positions_spec():
     records = [{"pos_snippet_end": 2}, {"pos_snippet_end": 1}]
     lengths = np.array([5, 3])
-    grid, names = resolve_positions("all", records, lengths)
+    grid, names = token_positions("all", records, lengths)
     assert grid.tolist() == [[0, 1, 2, 3, 4], [0, 1, 2, -1, -1]] and names == list("01234")
-    grid, names = resolve_positions("final", records, lengths)
+    grid, names = token_positions("final", records, lengths)
     assert grid.tolist() == [[4], [2]] and names == ["final"]
-    grid, names = resolve_positions(["snippet_end", -2, 0, 4], records, lengths)
+    grid, names = token_positions(["snippet_end", -2, 0, 4], records, lengths)
     assert grid.tolist() == [[2, 3, 0, 4], [1, 1, 0, -1]]
     with pytest.raises(InputError, match="pos_missing"):
-        resolve_positions(["missing"], records, lengths, "p.jsonl")
+        token_positions(["missing"], records, lengths, "p.jsonl")
 
 
 def test_stored_activations_equal_the_models(tiny_model, small_world, tmp_path):

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from scipy import sparse
 
+from saeflow.formats.descriptions import read_descriptions
+from saeflow.formats.neuronpedia import import_neuronpedia
 from saeflow.labels.describe import (
-    class_membership, describe_features, describe_stage, feature_token_mass, import_neuronpedia,
-    membership_from_files, read_descriptions, row_tokens,
+    class_membership, describe_features, describe_stage, feature_token_mass, membership_from_files,
+    row_tokens,
 )
 from saeflow.core.errors import InputError
 
@@ -90,7 +92,7 @@ def test_membership_from_contract_files(tmp_path):
     with pytest.raises(InputError, match="token_classes.*unknown classes"):
         membership_from_files(codes_h5, acts_h5, truth, "blocks.0.hook_resid_post",
                               {"digits": ["number"]})
-    with pytest.raises(InputError, match="codes/blocks.9.hook_resid_post: no such group"):
+    with pytest.raises(InputError, match="codes/blocks.9.hook_resid_post: codes group"):
         membership_from_files(codes_h5, acts_h5, truth, "blocks.9.hook_resid_post", {})
 
 

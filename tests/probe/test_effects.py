@@ -9,9 +9,10 @@ import pytest
 from scipy import stats
 
 from saeflow.probe.effects import (binary_target, bh_adjust, cohens_d, compute_effects,
-                             load_descriptions, localisation, permutation_test, run_effects,
+                             localisation, permutation_test, run_effects,
                              toy_check, write_effects)
 from saeflow.core.errors import InputError
+from saeflow.formats.descriptions import descriptions_by_hook
 from saeflow.probe.dataset import write_probe_dataset
 from saeflow.probe.strategies import build_probe_dataset
 
@@ -167,15 +168,15 @@ def test_figures_are_written(tmp_path):
 
 def test_descriptions_in_either_format(tmp_path):
     (tmp_path / "map.json").write_text(json.dumps({"blocks.1.hook_resid_post": {"3": "x"}}))
-    assert load_descriptions(tmp_path / "map.json") == {"blocks.1.hook_resid_post": {3: "x"}}
+    assert descriptions_by_hook(tmp_path / "map.json") == {"blocks.1.hook_resid_post": {3: "x"}}
     records = {"source": "blocks.0.hook_resid_post", "n_features": 2, "records": [
         {"feature_id": "s-0", "feature_index": 0, "description": "digits"},
         {"feature_id": "s-4", "feature_index": 4, "description": "colons"}]}
     (tmp_path / "labels.json").write_text(json.dumps(records))
-    assert load_descriptions(tmp_path / "labels.json") == {
+    assert descriptions_by_hook(tmp_path / "labels.json") == {
         "blocks.0.hook_resid_post": {0: "digits", 4: "colons"}}
-    assert list(load_descriptions(tmp_path / "labels.json", "blocks.1.hook_resid_post")) == [
+    assert list(descriptions_by_hook(tmp_path / "labels.json", "blocks.1.hook_resid_post")) == [
         "blocks.1.hook_resid_post"]
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(InputError, match="expected"):
-        load_descriptions(tmp_path / "bad.json")
+        descriptions_by_hook(tmp_path / "bad.json")

@@ -3,7 +3,7 @@ import collections
 import pytest
 
 from saeflow.toy.corpus import (
-    ANSWERS, LABELS, TEMPLATES, execute_label, sample_examples, sample_pairs, training_templates,
+    ANSWERS, LABELS, TEMPLATES, execute_label, sample_examples, training_templates,
 )
 from saeflow.toy.world import WorldConfig, build_prompt_sets
 

@@ -1,0 +1,53 @@
+"""Reader of the SAE-codes file (``codes/{prompt_set}.h5``, docs/outputs.md): per hook, CSR
+codes over rows ``prompt * P + position``. Its writer is :func:`saeflow.encode.encode_to_hdf5`,
+which streams batches into it. Every stage reads codes through :func:`read_codes`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import scipy.sparse as sp
+
+from saeflow.core.errors import InputError
+from saeflow.formats.hdf5 import open_h5, read_array, reading, require
+
+
+def read_codes(source: str | Path | h5py.File, hook: str, path: str | Path | None = None
+               ) -> sp.csr_matrix:
+    """One hook's codes as a ``[n * P, d_sae]`` CSR matrix (float32 values), checked against
+    the layout. ``source`` is a path or an open file (then ``path`` names it in errors)."""
+    if not isinstance(source, h5py.File):
+        with open_h5(source) as h5:
+            return read_codes(h5, hook, source)
+    path = path or source.filename
+    key = f"codes/{hook}"
+    group = require(source, key, path, "codes group (no SAE codes stored for this hook)")
+    with reading(path, key):
+        n_rows = int(group.attrs["n_prompts"]) * int(group.attrs["n_positions"])
+        d_sae = int(group.attrs["d_sae"])
+    indptr = np.asarray(read_array(source, f"{key}/indptr", path), dtype=np.int64)
+    indices = np.asarray(read_array(source, f"{key}/indices", path), dtype=np.int64)
+    values = np.asarray(read_array(source, f"{key}/values", path), dtype=np.float32)
+    if indptr.shape != (n_rows + 1,):
+        raise InputError(path, f"{key}/indptr", f"length {indptr.shape[0]}, expected {n_rows + 1} "
+                         f"for {group.attrs['n_prompts']} prompts x {group.attrs['n_positions']} "
+                         "positions")
+    if indices.shape != values.shape or indptr[-1] != len(values) or np.any(np.diff(indptr) < 0):
+        raise InputError(path, key, f"inconsistent CSR arrays (indptr ends at {indptr[-1]}, "
+                         f"{len(indices)} indices, {len(values)} values)")
+    if len(indices) and (indices.min() < 0 or indices.max() >= d_sae):
+        raise InputError(path, f"{key}/indices", f"feature index outside 0..{d_sae - 1}")
+    return sp.csr_matrix((values, indices, indptr), shape=(n_rows, d_sae))
+
+
+def read_row_valid(h5: h5py.File, hook: str, path: str | Path) -> np.ndarray:
+    """``[n * P]`` bool: which code rows are real tokens (not padding or absent positions)."""
+    return np.asarray(read_array(h5, f"codes/{hook}/row_valid", path), dtype=bool)
+
+
+def read_feature_stat(h5: h5py.File, hook: str, stat: str, path: str | Path) -> np.ndarray:
+    """``stats/{hook}/{stat}`` ``[d_sae]`` float64 (``firing_frequency``, ``mean_activation``,
+    ``mean_active``, ``max_activation``)."""
+    return np.asarray(read_array(h5, f"stats/{hook}/{stat}", path), dtype=np.float64)

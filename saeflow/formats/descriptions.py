@@ -1,0 +1,53 @@
+"""Feature descriptions (``labels/descriptions.json``, docs/outputs.md): one text per SAE
+feature, ``{feature_id: "<source>-<index>", feature_index, description}``; the reader accepts
+every record-file shape of :mod:`saeflow.formats.records`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from saeflow.core.errors import InputError
+from saeflow.core.io import read_json
+from saeflow.formats.records import feature_index_of, load_record_list
+
+
+def read_descriptions(path: str | Path) -> list[dict[str, Any]]:
+    """Description records from ``path``, validated: index present, text present, ids unique."""
+    records, seen = [], {}
+    for where, raw in load_record_list(path):
+        index = feature_index_of(raw, path, where)
+        text = raw.get("description")
+        if not isinstance(text, str):
+            raise InputError(path, f"{where}.description", "missing or not a string")
+        fid = str(raw.get("feature_id", index))
+        if fid in seen:
+            raise InputError(path, "feature_id", f"duplicate id {fid!r} ({seen[fid]} and {where})")
+        seen[fid] = where
+        records.append({"feature_id": fid, "feature_index": index, "description": text})
+    if not records:
+        raise InputError(path, "records", "no descriptions")
+    return records
+
+
+def descriptions_by_hook(path: str | Path | None, hook: str | None = None
+                      ) -> dict[str, dict[int, str]]:
+    """Feature descriptions as ``{hook_name: {feature_index: text}}``.
+
+    Reads either that mapping as JSON, or the labels stage's description file
+    (``{source, records: [{feature_index, description}, ...]}``, one SAE), whose records are
+    filed under ``hook`` (default: the file's ``source``, which the toy describer sets to the
+    hook name). ``None`` gives no descriptions.
+    """
+    if path is None:
+        return {}
+    raw = read_json(path)
+    if isinstance(raw, dict) and "records" in raw:
+        key = hook or str(raw.get("source", ""))
+        return {key: {int(r["feature_index"]): str(r["description"])
+                      for r in read_descriptions(path)}}
+    try:
+        return {str(h): {int(f): str(t) for f, t in feats.items()} for h, feats in raw.items()}
+    except (AttributeError, ValueError):
+        raise InputError(path, "<root>", "expected {hook_name: {feature_index: text}} or a "
+                         "description file with 'records'") from None
