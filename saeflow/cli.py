@@ -16,7 +16,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from saeflow.core.errors import InputError
+from saeflow.core.errors import InputError, report_input_error
+from saeflow.labels.correction import METHODS as CORRECTION_METHODS
 
 
 def _label(args: argparse.Namespace) -> None:
@@ -80,6 +81,17 @@ def _import_neuronpedia(args: argparse.Namespace) -> None:
     print(f"{len(records)} descriptions ({stats})")
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a sample size, a bootstrap count)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="saeflow", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--category", required=True)
     p.add_argument("--question", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--n", type=int, default=300)
+    p.add_argument("--n", type=positive_int, default=300)
     p.add_argument("--seed", type=int, default=42)
     p.set_defaults(func=_label)
 
@@ -98,15 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--json", required=True)
     p.add_argument("--merged")
-    p.add_argument("--n-boot", type=int, default=2000)
+    p.add_argument("--n-boot", type=positive_int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_agreement)
 
     p = sub.add_parser("correct", help="correct loss per feature for classifier noise")
     p.add_argument("study")
-    p.add_argument("--method", choices=("naive", "two-bucket", "general"), default="two-bucket")
+    p.add_argument("--method", choices=CORRECTION_METHODS, default="two-bucket")
     p.add_argument("--json", required=True)
-    p.add_argument("--n-boot", type=int, default=2000)
+    p.add_argument("--n-boot", type=positive_int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_correct)
 
@@ -120,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model")
     p.add_argument("--api-key-env", help="name of the environment variable holding the key")
     p.add_argument("--cache-dir", default=".cache/saeflow-llm")
-    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--concurrency", type=positive_int, default=4)
     p.add_argument("--from", dest="from_file", help="file backend: import this classification")
     p.set_defaults(func=_classify)
 
@@ -135,12 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from saeflow.labels.labelling import Interrupted
+
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except InputError as err:
-        print(f"saeflow: error: {err}", file=sys.stderr)
-        return 2
+        return report_input_error(err)
+    except Interrupted as stop:
+        print(f"saeflow: {stop}", file=sys.stderr)
+        return 130
     return 0
 
 

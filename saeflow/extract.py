@@ -19,8 +19,8 @@ from tqdm import tqdm
 from transformer_lens import HookedTransformer
 
 from saeflow.core.errors import InputError
-from saeflow.core.io import atomic_path
-from saeflow.core.models import pad_batch
+from saeflow.core.io import atomic_path, line_of
+from saeflow.core.models import pad_batch, require_hooks
 from saeflow.core.positions import token_index
 from saeflow.core.prompts import answer_token_id, encode_prompts
 from saeflow.core.provenance import provenance_json
@@ -57,7 +57,7 @@ def _record_positions(records: list[dict[str, Any]], name: str, source: str) -> 
     key = f"pos_{name}"
     missing = [i for i, r in enumerate(records) if key not in r]
     if missing:
-        raise InputError(source, f"line {missing[0] + 1}.{key}",
+        raise InputError(source, f"line {line_of(records, missing[0])}.{key}",
                          f"named position {name!r} is not recorded")
     return np.array([int(r[key]) for r in records])
 
@@ -78,12 +78,6 @@ def _metadata_columns(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     return columns
 
 
-def check_hooks(model: HookedTransformer, hooks: Sequence[str]) -> None:
-    for name in hooks:
-        if name not in model.hook_dict:
-            raise InputError("config", "extraction.hooks", f"model has no hook {name!r}")
-
-
 @torch.no_grad()
 def extract_to_hdf5(model: HookedTransformer, records: list[dict[str, Any]], hooks: Sequence[str],
                     out_path: str | Path, *, positions: str | Sequence[str | int] = "all",
@@ -94,12 +88,12 @@ def extract_to_hdf5(model: HookedTransformer, records: list[dict[str, Any]], hoo
     Predictions use only the final position's residual (``ln_final`` + unembed), so no
     ``[batch, T, d_vocab]`` logits tensor is ever built.
     """
-    check_hooks(model, hooks)
+    require_hooks(model, hooks, "extraction.hooks")
     tokenizer = model.tokenizer
     sequences = encode_prompts(tokenizer, [r["text"] for r in records])
     lengths = np.array([len(s) for s in sequences], dtype=np.int32)
     if lengths.max() > model.cfg.n_ctx:
-        raise InputError(source, f"record {int(lengths.argmax())}.text",
+        raise InputError(source, f"line {line_of(records, int(lengths.argmax()))}.text",
                          f"{lengths.max()} tokens exceed the model's context of {model.cfg.n_ctx}")
     pos, pos_names = token_positions(positions, records, lengths, source)
     has_answers = all("answer" in r for r in records)
@@ -186,7 +180,7 @@ def _answer_ids(tokenizer: Any, records: list[dict[str, Any]], source: str) -> n
     ids: dict[str, int] = {}
     for i, r in enumerate(records):
         if r["answer"] not in ids:
-            ids[r["answer"]] = answer_token_id(tokenizer, r["answer"], source, i)
+            ids[r["answer"]] = answer_token_id(tokenizer, r["answer"], source, line_of(records, i))
     return np.array([ids[r["answer"]] for r in records])
 
 

@@ -7,7 +7,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -128,18 +128,33 @@ def read_json(path: str | os.PathLike[str], allow_nan: bool = True) -> Any:
     return parse_json(read_text(path), path, allow_nan=allow_nan)
 
 
-def read_jsonl(path: str | os.PathLike[str], allow_nan: bool = True) -> list[dict[str, Any]]:
+class Records(list):
+    """Records read from a JSONL file, with ``lines[i]``: the file line (from 1) of record i,
+    so a later error about a record names the line a user sees in an editor."""
+
+    lines: list[int]
+
+
+def line_of(records: Sequence[Any], index: int) -> int:
+    """The file line of ``records[index]`` (index + 1 for records not read from a file)."""
+    lines = getattr(records, "lines", None)
+    return lines[index] if lines is not None else index + 1
+
+
+def read_jsonl(path: str | os.PathLike[str], allow_nan: bool = True) -> Records:
     """One JSON object per line (``.jsonl`` or ``.jsonl.gz``), blank lines skipped; errors
     name the line, counted from 1."""
     from saeflow.core.errors import InputError
 
-    records = []
+    records, lines = Records(), []
     for lineno, line in enumerate(read_text(path).splitlines(), 1):
         if line.strip():
             record = parse_json(line, path, f"line {lineno}: ", allow_nan)
             if not isinstance(record, dict):
                 raise InputError(path, f"line {lineno}", "expected a JSON object")
             records.append(record)
+            lines.append(lineno)
+    records.lines = lines
     return records
 
 

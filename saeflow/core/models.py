@@ -8,6 +8,7 @@ rather than after a long retry loop, unless the weights are already in the local
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +34,14 @@ def tokenize_prompt_set(tokenizer: Any, records: list[dict[str, Any]], source: s
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``tokens [n, T]`` (right-padded), ``lengths [n]`` and one-token ``answers [n]`` (None
     unless every record has an answer) for a prompt set."""
+    from saeflow.core.io import line_of
     from saeflow.core.prompts import answer_token_id, encode_prompt
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     tokens, lengths = pad_batch([encode_prompt(tokenizer, r["text"]) for r in records], pad_id)
     answers = None
     if all("answer" in r for r in records):
-        answers = torch.tensor([answer_token_id(tokenizer, r["answer"], source, i)
+        answers = torch.tensor([answer_token_id(tokenizer, r["answer"], source, line_of(records, i))
                                 for i, r in enumerate(records)], dtype=torch.long)
     return tokens, lengths, answers
 
@@ -105,6 +107,16 @@ def load_model(model_cfg: dict[str, Any], model_dir: str | Path | None,
     if model_cfg["source"] == "pretrained":
         return load_pretrained_model(model_cfg["name"], device, model_cfg.get("dtype", "float32"))
     raise InputError("config", "model.source", f"unknown source {model_cfg['source']!r}")
+
+
+def require_hooks(model: HookedTransformer, hooks: Sequence[str], field: str,
+                  source: str = "config") -> None:
+    """Every name in ``hooks`` is a hook point of ``model``; else one line naming the field."""
+    for name in hooks:
+        if name not in model.hook_dict:
+            raise InputError(source, field, f"model has no hook {name!r} (it has "
+                             f"{model.cfg.n_layers} layers, blocks.0 to "
+                             f"blocks.{model.cfg.n_layers - 1})")
 
 
 def answer_logits(model: HookedTransformer, tokens: torch.Tensor,

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from saeflow.core.errors import InputError
-from saeflow.core.io import read_jsonl
+from saeflow.core.io import line_of, read_jsonl
 
 
 def encode_prompt(tokenizer: Any, text: str) -> list[int]:
@@ -31,21 +31,22 @@ def encode_prompts(tokenizer: Any, texts: list[str], chunk: int = 1024) -> list[
 
 def load_prompt_set(path: str | Path) -> list[dict[str, Any]]:
     """Read and check a prompt set: every record needs a non-empty string ``text``."""
-    records = read_jsonl(path)
+    records = read_jsonl(path, allow_nan=False)
     if not records:
         raise InputError(path, "<file>", "prompt set is empty")
     for i, record in enumerate(records):
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str) or not record["text"]:
-            raise InputError(path, f"record {i}.text", "missing or not a non-empty string")
+        if not isinstance(record.get("text"), str) or not record["text"]:
+            raise InputError(path, f"line {line_of(records, i)}.text",
+                             "missing or not a non-empty string")
         if "answer" in record and not isinstance(record["answer"], str):
-            raise InputError(path, f"record {i}.answer", "not a string")
+            raise InputError(path, f"line {line_of(records, i)}.answer", "not a string")
     return records
 
 
-def answer_token_id(tokenizer: Any, answer: str, source: str, index: int) -> int:
-    """The single token of ``answer``; an answer of several tokens is an input error."""
+def answer_token_id(tokenizer: Any, answer: str, source: str, line: int) -> int:
+    """The single token of ``answer`` (the record on file line ``line``); an answer of
+    several tokens is an input error."""
     ids = tokenizer.encode(answer, add_special_tokens=False)
     if len(ids) != 1:
-        raise InputError(source, f"record {index}.answer",
-                         f"{answer!r} is {len(ids)} tokens, not one")
+        raise InputError(source, f"line {line}.answer", f"{answer!r} is {len(ids)} tokens, not one")
     return ids[0]

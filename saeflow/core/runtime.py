@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from saeflow.core.errors import InputError
+from saeflow.core.errors import input_errors_exit
 
 log = logging.getLogger("saeflow")
 
@@ -78,7 +78,7 @@ def _size(path: str) -> int:
 def log_job(snakemake: Any) -> None:
     """What a job is: rule, wildcards, threads and inputs, so a log explains its outputs."""
     wildcards = dict(snakemake.wildcards.items()) if hasattr(snakemake.wildcards, "items") else {}
-    log.info("rule %s %s, %s thread(s)", getattr(snakemake, "rulename", "?"), wildcards or "",
+    log.info("rule %s %s, %s thread(s)", getattr(snakemake, "rule", "?"), wildcards or "",
              getattr(snakemake, "threads", 1))
     for path in snakemake.input:
         log.info("input %s", path)
@@ -92,12 +92,8 @@ def rule_main(body: Callable[[Any], None], snakemake: Any) -> None:
     set_threads(getattr(snakemake, "threads", 1))
     log_job(snakemake)
     start = time.perf_counter()
-    try:
+    with input_errors_exit(log):
         body(snakemake)
-    except InputError as err:
-        log.error("%s", err)
-        print(f"saeflow: error: {err}", file=sys.__stderr__)
-        sys.exit(1)
     for path in snakemake.output:
         log.info("wrote %s (%d bytes)", path, _size(path))
     log.info("done in %.1f s", time.perf_counter() - start)

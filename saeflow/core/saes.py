@@ -16,6 +16,7 @@ from sae_lens import SAE
 from transformer_lens import HookedTransformer
 
 from saeflow.core.errors import InputError
+from saeflow.core.models import require_hooks
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ def train_sae(model: HookedTransformer, hook_name: str, sequences: torch.Tensor,
     ``sequences [n, context]`` are right-padded prompts; pad and BOS activations are excluded
     from training (``exclude_special_tokens``), so the SAE sees only real tokens.
     """
+    require_hooks(model, [hook_name], "sae.hooks")
     os.environ["WANDB_MODE"] = "disabled"
     from datasets import Dataset
     from sae_lens import (LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner,

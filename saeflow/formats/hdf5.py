@@ -62,7 +62,9 @@ def json_attr(h5: h5py.File, key: str, path: str | Path) -> Any:
     """A root attribute holding JSON (``hooks``, ``position_names``, ...)."""
     if key not in h5.attrs:
         raise InputError(path, f"attrs/{key}", "missing root attribute")
+    with reading(path, f"attrs/{key}"):
+        raw = h5.attrs[key]
     try:
-        return json.loads(h5.attrs[key])
+        return json.loads(raw)
     except (TypeError, ValueError) as err:
         raise InputError(path, f"attrs/{key}", f"not JSON ({err})") from None

@@ -119,6 +119,7 @@ def agreement(human_path: str | Path, model_path: str | Path, n_boot: int = 2000
     for path, rows in ((human_path, human), (model_path, model)):
         if not rows:
             raise InputError(path, "records", "no labelled rows")
+    check_human_labels(human, human_path)
     merged = merge_labels(human, model, model_path)
     if merged.empty:
         raise InputError(human_path, "feature_index", f"no labelled feature matches {model_path}")
@@ -136,6 +137,23 @@ def agreement(human_path: str | Path, model_path: str | Path, n_boot: int = 2000
                     "n_dropped": len(merged) - len(kept),
                     "human": str(human_path), "model": str(model_path)})
     return metrics, merged.astype({"human": "Int64", "model": "Int64"})
+
+
+def check_human_labels(human: Sequence[Mapping[str, Any]], path: str | Path) -> None:
+    """A human's answer is related or not-related, once per feature: any other label, or a
+    feature labelled twice, is an error (dropping or double-counting it would change every
+    rate without the user seeing why)."""
+    seen: dict[Any, str] = {}
+    for i, record in enumerate(human):
+        if record["label"] not in BINARY:
+            raise InputError(path, f"records[{i}].label", f"{record['label']!r} is not a human "
+                             f"answer (expected {RELATED} or {NOT_RELATED})")
+        key = record["feature_index"] if record["feature_index"] is not None else record["feature_id"]
+        if key in seen:
+            how = ("conflicting labels" if seen[key] != record["label"] else "the same label twice")
+            raise InputError(path, f"records[{i}]", f"feature {record['feature_id']} is labelled "
+                             f"again ({how}: {seen[key]} then {record['label']})")
+        seen[key] = record["label"]
 
 
 def write_merged_csv(path: str | Path, merged: pd.DataFrame) -> None:

@@ -31,29 +31,15 @@ from saeflow.core.io import write_text_atomic
 log = logging.getLogger(__name__)
 
 
-
-def toy_categories() -> dict[str, dict[str, Any]]:
-    """The toy world's default categories, ready for a config: keyword ``patterns`` that read
-    :func:`saeflow.labels.describe.describe_features` texts (top token first, JSON-quoted), the
-    ``token_classes`` of ``truth.json`` that define each category's ground truth, and the
-    ``question`` a human (or the oracle) answers."""
-    from saeflow.toy.corpus import WORDS
-
-    return {
-        "digits": {"patterns": [r'^Top tokens: " ?\d"'], "token_classes": ["digit"],
-                   "question": "Does this feature respond to numbers or digits?"},
-        "string-literal": {
-            "patterns": [r"""^Top tokens: " ?(\\"|')""", rf'^Top tokens: " ?({"|".join(WORDS)})"'],
-            "token_classes": ["quote", "string_word"],
-            "question": "Does this feature respond to string literals: quote marks or the "
-                        "words inside them?"},
-    }
-
-
 def resolve_categories(raw: Any, source: str = "config") -> dict[str, dict[str, Any]]:
-    """The categories a config names: ``"toy"`` for :func:`toy_categories`, else a mapping
+    """The categories a config names: ``"toy"`` for the toy world's
+    (:func:`saeflow.toy.categories.toy_categories`), else a mapping
     of name to backend options (each needs a ``question`` for the human labeller)."""
-    cats = toy_categories() if raw == "toy" else raw
+    if raw == "toy":
+        from saeflow.toy.categories import toy_categories
+
+        raw = toy_categories()
+    cats = raw
     if not isinstance(cats, Mapping) or not cats:
         raise InputError(source, "labels.categories", "expected 'toy' or a mapping of categories")
     for name, cat in cats.items():

@@ -14,7 +14,6 @@ File payload: ``category``, ``question``, ``labeller`` (``human`` / ``oracle``),
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,12 +33,16 @@ HELP = "[r] related  [n] not-related  [b] back  [s] save  [q] quit"
 
 def sample_features(descriptions: Sequence[Mapping[str, Any]], n: int, seed: int,
                     source: str = "arguments") -> list[dict[str, Any]]:
-    """``min(n, len(descriptions))`` records drawn without replacement with ``seed``.
+    """``n`` records drawn without replacement with ``seed``; a sample larger than the
+    population is refused (it would silently be the whole population, recorded as ``n``).
 
     Sorted by feature index first, so the sample does not depend on the file's row order.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
         raise InputError(source, "n", f"sample size must be a positive integer, got {n!r}")
+    if n > len(descriptions):
+        raise InputError(source, "n", f"sample of {n} is larger than the {len(descriptions)} "
+                         "described features; ask for at most that many")
     ordered = sorted(descriptions, key=lambda r: (r["feature_index"], r["feature_id"]))
     picked = np.random.default_rng(seed).permutation(len(ordered))[:n]
     return [dict(ordered[i]) for i in picked]
@@ -160,15 +163,19 @@ def run_session(session: LabelSession, keys: Iterator[str], out: TextIO) -> int:
         elif key == "b":
             row = max(0, row - 1)
         elif key == "s":
-            session.save()
+            if session.labels or session.path.exists():
+                session.save()
             out.write(f"saved {len(session.labels)} labels to {session.path}\n")
         elif key == "q":
             break
         else:
             out.write(f"unknown key {key!r}\n")
         _show(session, row, out)
-    session.save()
-    out.write(f"\nsaved {len(session.labels)}/{len(session.sample)} labels to {session.path}\n")
+    if session.labels or session.path.exists():
+        session.save()
+        out.write(f"\nsaved {len(session.labels)}/{len(session.sample)} labels to {session.path}\n")
+    else:  # no answer yet (e.g. stdin from /dev/null): leave no empty labels file behind
+        out.write("\nno answers given; nothing written\n")
     return given
 
 
@@ -199,12 +206,22 @@ def key_stream(stream: TextIO) -> Iterator[str]:
 def label_interactively(out: str | Path, descriptions_path: str | Path, category: str,
                         question: str, n: int = 300, seed: int = 42,
                         stdin: TextIO | None = None, stdout: TextIO | None = None) -> LabelSession:
-    """``saeflow label``: open or resume ``out`` and ask until done, quit or end of input."""
+    """``saeflow label``: open or resume ``out`` and ask until done, quit or end of input.
+
+    Ctrl-C ends the session (every answer is already on disk), says how many are saved and
+    how to resume, and raises :class:`Interrupted` (the command exits 130, as shells expect).
+    """
     session = open_session(out, descriptions_path, category, question, n, seed)
-    with contextlib.suppress(KeyboardInterrupt):
-        # Every answer is already on disk; an interrupt only ends the session.
+    try:
         run_session(session, key_stream(stdin or sys.stdin), stdout or sys.stdout)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted: {len(session.labels)}/{len(session.sample)} labels "
+                          f"saved in {session.path}; run the same command again to resume") from None
     return session
+
+
+class Interrupted(Exception):
+    """The labeller pressed Ctrl-C; the message says what is saved and how to resume."""
 
 
 # --- toy world: the oracle stands in for the human --------------------------------------------

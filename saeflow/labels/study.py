@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from saeflow.core.errors import InputError
+from saeflow.core.io import check_keys, read_yaml
 
 OTHER = "other"
 
@@ -76,11 +77,18 @@ def _mapping(value: Any, source: str, field: str) -> Mapping[str, Any]:
     return value
 
 
+STUDY_KEYS = ("baseline_loss", "categories", "other", "validation", "delta_covariance")
+BUCKET_KEYS = ("n_predicted", "ablated_loss", "confusion", "delta_se")
+CONFUSION_KEYS = ("tp", "fp", "tn", "fn")
+
+
 def _bucket(raw: Any, source: str, field: str) -> Bucket:
     raw = _mapping(raw, source, field)
+    check_keys(raw, BUCKET_KEYS, source, f"{field}.")
     confusion = None
     if raw.get("confusion") is not None:
         conf = _mapping(raw["confusion"], source, f"{field}.confusion")
+        check_keys(conf, CONFUSION_KEYS, source, f"{field}.confusion.")
         counts = {k: _count(conf.get(k), source, f"{field}.confusion.{k}", False)
                   for k in ("tp", "fp", "tn", "fn")}
         if sum(counts.values()) == 0:
@@ -109,6 +117,7 @@ def _covariance(raw: Any, buckets: Mapping[str, Bucket], source: str
             return None
         return tuple(buckets), np.diag([b.delta_se**2 for b in buckets.values()])
     raw = _mapping(raw, source, "delta_covariance")
+    check_keys(raw, ("names", "matrix"), source, "delta_covariance.")
     names = raw.get("names")
     if not isinstance(names, list) or sorted(map(str, names)) != sorted(buckets):
         raise InputError(source, "delta_covariance.names",
@@ -137,6 +146,7 @@ def parse_study(raw: Any, source: str) -> Study:
     every bucket, or ``delta_covariance: {names: [buckets], matrix: [[...]]}``.
     """
     raw = _mapping(raw, source, "<root>")
+    check_keys(raw, STUDY_KEYS, source)
     cats = _mapping(raw.get("categories"), source, "categories")
     if not cats:
         raise InputError(source, "categories", "no categories")
@@ -151,6 +161,7 @@ def parse_study(raw: Any, source: str) -> Study:
         rows = []
         for i, row in enumerate(raw["validation"]):
             row = _mapping(row, source, f"validation[{i}]")
+            check_keys(row, ("predicted", "human", "count"), source, f"validation[{i}].")
             sets = []
             for key in ("predicted", "human"):
                 names = row.get(key)
@@ -168,19 +179,7 @@ def parse_study(raw: Any, source: str) -> Study:
 
 def load_study(path: str | Path) -> Study:
     """Read and validate a study YAML (or JSON) file."""
-    import yaml
-
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        raise InputError(path, "<file>", "does not exist") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "<file>"
-        raise InputError(path, where, f"malformed YAML: {getattr(err, 'problem', err)}") from None
-    return parse_study(raw, str(path))
+    return parse_study(read_yaml(path), str(path))
 
 
 # --- the DAG's side: a study from the pipeline's results ------------------------------------

@@ -116,9 +116,9 @@ def optional_input(value: str | Sequence[str]) -> str | None:
 
 def load_pairs(path: str | Path, tokenizer: Any) -> list[PairBatch]:
     """Read ``pairs.jsonl`` (rows 2k, 2k+1 = pair k, clean first), tokenise with BOS prepended
-    (:func:`saeflow.toy.world.encode_prompt`), and group pairs by token length, shortest first."""
+    (:func:`saeflow.core.prompts.encode_prompt`), and group pairs by token length, shortest first."""
     from saeflow.core.io import read_jsonl
-    from saeflow.toy.world import encode_prompt
+    from saeflow.core.prompts import encode_prompt
 
     records = read_jsonl(path)
     if not records or len(records) % 2:

@@ -15,7 +15,7 @@ import numpy as np
 from saeflow.core.errors import InputError
 from saeflow.core.positions import token_index
 from saeflow.formats.codes import read_codes, read_feature_stat, read_row_valid
-from saeflow.formats.hdf5 import json_attr
+from saeflow.formats.hdf5 import json_attr, reading
 
 EMBED_HOOKS = ("hook_embed", "hook_pos_embed")
 RESID_PRE0 = "blocks.0.hook_resid_pre"
@@ -99,8 +99,14 @@ def act_block(h5: h5py.File, hook: str, cols: int | np.ndarray, path: str | Path
     if key not in h5:
         raise InputError(path, key, "hook not stored in the activation file")
     ds = h5[key]
-    n, n_pos, d = ds.shape
+    n = ds.shape[0]
     cols = _per_prompt(cols, n)
+    with reading(path, key):
+        return _gather(ds, cols)
+
+
+def _gather(ds: h5py.Dataset, cols: np.ndarray) -> np.ndarray:
+    n, _, d = ds.shape
     if cols.size and np.all(cols == cols[0]) and cols[0] >= 0:
         return np.asarray(ds[:, int(cols[0]), :], dtype=np.float32)
     out = np.zeros((n, d), np.float32)

@@ -76,6 +76,6 @@ def test_multi_token_answer_is_an_error_naming_the_record(tiny_model, small_worl
     records = [dict(r) for r in small_world.prompt_sets["pairs"][:4]]
     records[2]["answer"] = " TypeError TypeError"
     out = tmp_path / "bad.h5"
-    with pytest.raises(InputError, match=r"record 2\.answer"):
+    with pytest.raises(InputError, match=r"line 3\.answer"):
         extract_to_hdf5(tiny_model, records, HOOKS, out, source="pairs.jsonl")
     assert not out.exists()

@@ -50,7 +50,7 @@ def files(tmp_path):
     human = write(tmp_path / "human.json", {"records": [
         {"_row_id": i, "feature_index": f, "feature_id": f"s-{f}", "description": "d", "label": lab}
         for i, (f, lab) in enumerate([(1, "related"), (2, "related"), (3, "not-related"),
-                                      (4, "not-related"), (5, "related"), (6, "skip"), (99, "related")])]})
+                                      (4, "not-related"), (5, "related"), (99, "related")])]})
     model = write(tmp_path / "model.json", {"category": "c", "records": [
         {"feature_id": f"s-{f}", "feature_index": f, "description": "d", "label": lab}
         for f, lab in [(1, "related"), (2, "not-related"), (3, "related"), (4, "not-related"),
@@ -63,12 +63,40 @@ def test_agreement_joins_counts_and_reports_unmapped_labels(files):
     assert (metrics["tp"], metrics["fn"], metrics["fp"], metrics["tn"]) == (1, 1, 1, 1)
     assert metrics["n"] == 4 and metrics["accuracy"] == 0.5
     assert metrics["precision"] == 0.5 and metrics["recall"] == 0.5
-    assert metrics["unmapped_labels"] == {"human": {"skip": 1}, "model": {"unknown": 1}}
-    assert metrics["n_unmatched"] == 1 and metrics["n_dropped"] == 2
+    assert metrics["unmapped_labels"] == {"human": {}, "model": {"unknown": 1}}
+    assert metrics["n_unmatched"] == 1 and metrics["n_dropped"] == 1
     assert metrics["accuracy_ci95"] == pytest.approx(wilson_interval(2, 4))
     assert list(merged.columns) == ["feature_index", "feature_id", "description", "human_label",
                                     "model_label", "human", "model"]
-    assert len(merged) == 6
+    assert len(merged) == 5
+
+
+@pytest.mark.parametrize("records, field, problem", [
+    ([{"feature_index": 1, "label": "related"}, {"feature_index": 2, "label": "skip"}],
+     "records[1].label", "'skip' is not a human answer"),
+    ([{"feature_index": 1, "label": "related"}, {"feature_index": 1, "label": "not-related"}],
+     "records[1]", "labelled again (conflicting labels"),
+    ([{"feature_index": 1, "label": "related"}, {"feature_index": 1, "label": "related"}],
+     "records[1]", "labelled again (the same label twice"),
+])
+def test_human_labels_outside_the_two_answers_or_twice_are_refused(tmp_path, files, capsys,
+                                                                    records, field, problem):
+    human = write(tmp_path / "h.json", records)
+    before = human.read_bytes()
+    out = tmp_path / "a.json"
+    code = main(["agreement", "--human", str(human), "--model", str(files[1]), "--json", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and not out.exists() and human.read_bytes() == before
+    assert err.startswith(f"saeflow: error: {human}: {field}: ") and problem in err
+    assert "\n" not in err
+
+
+def test_a_non_positive_bootstrap_count_is_a_usage_error(files, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["agreement", "--human", str(files[0]), "--model", str(files[1]),
+              "--json", str(tmp_path / "a.json"), "--n-boot", "-5"])
+    assert stop.value.code == 2 and "--n-boot: must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "a.json").exists()
 
 
 def test_join_falls_back_to_feature_id(tmp_path):

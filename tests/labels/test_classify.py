@@ -13,9 +13,10 @@ from scipy import sparse
 
 from saeflow.labels.classify import (
     LLMConfig, classify, import_classification, keyword_classify, llm_classify, parse_answer,
-    resolve_categories, toy_categories,
+    resolve_categories,
 )
 from saeflow.labels.describe import describe_features
+from saeflow.toy.categories import toy_categories
 from saeflow.core.errors import InputError
 
 SECRET = "sk-test-not-a-real-key-1234"

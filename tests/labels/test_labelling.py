@@ -47,7 +47,9 @@ def test_sample_is_seeded_and_independent_of_row_order():
     assert a == sample_features(list(reversed(recs)), 10, seed=3)
     assert a != sample_features(recs, 10, seed=4)
     assert len({r["feature_id"] for r in a}) == 10
-    assert len(sample_features(recs, 500, seed=3)) == 50
+    assert len(sample_features(recs, 50, seed=3)) == 50
+    with pytest.raises(InputError, match="n: sample of 500 is larger than the 50 described"):
+        sample_features(recs, 500, seed=3)
     with pytest.raises(InputError, match="n: sample size must be a positive integer"):
         sample_features(recs, 0, seed=3)
 
@@ -150,6 +152,42 @@ def test_killing_the_tool_loses_no_answer(tmp_path, descriptions):
     proc.wait()
     assert [r["label"] for r in saved(out)["records"]] == ["related", "not-related"]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_sample_larger_than_the_descriptions_is_refused(tmp_path, descriptions, capsys):
+    out = tmp_path / "labels.json"
+    code = main(["label", "--descriptions", str(descriptions), "--category", "digits",
+                 "--question", QUESTION, "--out", str(out), "--n", "50"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and not out.exists()
+    assert err == (f"saeflow: error: arguments: n: sample of 50 is larger than the 20 described "
+                   "features; ask for at most that many")
+
+
+def test_no_answer_writes_no_file(tmp_path, descriptions):
+    out = tmp_path / "labels.json"
+    _, shown = label(out, descriptions, "")  # stdin from /dev/null: end of input at once
+    assert not out.exists() and "nothing written" in shown
+
+
+def test_ctrl_c_says_what_is_saved_and_exits_130(tmp_path, descriptions):
+    out = tmp_path / "labels.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from saeflow.cli import main; sys.exit(main())",
+         "label", "--descriptions", str(descriptions), "--category", "digits",
+         "--question", QUESTION, "--out", str(out), "--n", "5"],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**os.environ, "SAEFLOW_GIT_COMMIT": "test"})
+    proc.stdin.write(b"rnr")
+    proc.stdin.flush()
+    deadline = time.time() + 25
+    while time.time() < deadline and not (out.exists() and saved(out)["n_labelled"] == 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130
+    assert f"3/5 labels saved in {out}; run the same command again to resume" in err.decode()
+    assert saved(out)["n_labelled"] == 3
 
 
 def test_oracle_labels_the_same_sample_from_truth(tmp_path, descriptions):
