@@ -24,9 +24,8 @@ def body(smk) -> None:
     model = load_model(smk.params.model, smk.input.get("model"), device)
     sae = load_sae(smk.params.sae, smk.params.hook, smk.input.get("sae"), device)
     inputs = dict(smk.input.items())
-    answers = read_json(inputs["truth"])["answer_token_ids"] if "truth" in inputs else None
     truth = read_json(inputs["membership"])["members"] if "membership" in inputs else None
-    eval_set = eval_set_from_h5(smk.input.activations, cfg["eval"], answers)
+    eval_set = eval_set_from_h5(smk.input.activations, cfg["eval"])
     result = ablate_categories(model, sae, eval_set, dict(zip(smk.params.categories, smk.input.classified)),
                                smk.input.descriptions, cfg["seed"], cfg["batch_size"], truth,
                                cfg.get("other_size"))

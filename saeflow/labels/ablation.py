@@ -206,30 +206,26 @@ def ablate_categories(model: Any, sae: Any, eval_set: EvalSet, classified: Mappi
             "feature_sets": sets, "seed": seed}
 
 
-def eval_set_from_h5(path: str | Path, mode: str = "answer",
-                     answer_token_ids: Mapping[str, int] | None = None,
-                     label_column: str = "label") -> EvalSet:
-    """An eval set from an activations file (``tokens``, ``lengths``, ``meta/<label_column>``).
+def eval_set_from_h5(path: str | Path, mode: str = "answer") -> EvalSet:
+    """An eval set from an activations file (``tokens``, ``lengths``, ``meta/answer_token_id``).
 
-    ``next_token``: every next-token position counts. ``answer`` (the toy): the last real
-    token of each prompt (``lengths - 1``) should predict the answer token of its label.
+    ``next_token``: every next-token position counts. ``answer``: the last real token of each
+    prompt (``lengths - 1``) should predict that prompt's own one-token ``answer``, which
+    extraction tokenised into ``meta/answer_token_id`` (an answer of several tokens already
+    stopped extraction with the prompt file's line).
     """
-    import h5py
+    from saeflow.formats.hdf5 import open_h5, read_array
 
     if mode not in ("answer", "next_token"):
-        raise InputError("config", "ablation.eval", f"unknown mode {mode!r} (answer or next_token)")
-    with h5py.File(path, "r") as fh:
-        needed = ["tokens", "lengths"] + ([f"meta/{label_column}"] if mode == "answer" else [])
-        for name in needed:
-            if name not in fh:
-                raise InputError(path, name, "dataset missing")
-        tokens = torch.from_numpy(fh["tokens"][:].astype(np.int64))
-        lengths = torch.from_numpy(fh["lengths"][:].astype(np.int64))
+        raise InputError("config", "labels.ablation.eval",
+                         f"unknown mode {mode!r} (answer or next_token)")
+    with open_h5(path) as fh:
+        tokens = torch.from_numpy(read_array(fh, "tokens", path).astype(np.int64))
+        lengths = torch.from_numpy(read_array(fh, "lengths", path).astype(np.int64))
         if mode == "next_token":
             return next_token_eval(tokens, lengths)
-        labels = [v.decode() if isinstance(v, bytes) else str(v) for v in fh[f"meta/{label_column}"][:]]
-    missing = sorted(set(labels) - set(answer_token_ids or {}))
-    if missing:
-        raise InputError(path, f"meta/{label_column}", f"labels without an answer token: {missing}")
-    answers = torch.tensor([answer_token_ids[label] for label in labels])
+        if "meta/answer_token_id" not in fh:
+            raise InputError(path, "meta/answer_token_id", "missing: eval 'answer' needs an "
+                             "'answer' in every prompt of the prompt set (or use eval: next_token)")
+        answers = torch.from_numpy(read_array(fh, "meta/answer_token_id", path).astype(np.int64))
     return target_eval(tokens, lengths - 1, answers)

@@ -12,7 +12,7 @@ Strategies (``STRATEGIES``):
   of layer ``target.layer``.
 - ``hidden-to-feature``: X = hidden state at the single layer L; y = feature ``target.feature``
   of layer L's SAE.
-- ``hidden-to-concept``: X = hidden states of the layers, concatenated; y = ``meta/label_id``.
+- ``hidden-to-concept``: X = hidden states of the layers, concatenated; y = ``meta/<target.column>`` (default ``label``; classes sorted unless ``target.classes`` orders them).
 - ``sae-to-concept`` / ``sae-to-failure``: X = SAE codes of the layers x positions,
   concatenated; y = the concept, or 1 where the model answered wrongly (``model_correct`` false).
 
@@ -248,7 +248,7 @@ def _label_target(ctx: _Ctx, target: dict[str, Any], model_correct: np.ndarray |
         # class 1 = answered wrongly: precision/recall then describe catching failures
         return ((~correct).astype(np.int64), ["correct", "wrong"], [True, False],
                 {"column": "model_correct", "positive": "wrong"})
-    column = str(target.get("column", "label_id"))
+    column = str(target.get("column", "label"))
     raw = meta_column(ctx.act, column, ctx.act_path)
     if raw.dtype.kind == "f" and not np.all(np.isfinite(raw)):
         raise InputError(ctx.act_path, f"meta/{column}", "NaN in the concept labels")
@@ -258,12 +258,9 @@ def _label_target(ctx: _Ctx, target: dict[str, Any], model_correct: np.ndarray |
         values = _match_classes(wanted, values, ctx.name, column)
     lookup = {v: i for i, v in enumerate(values)}
     y = np.array([lookup.get(v.item() if hasattr(v, "item") else v, -1) for v in raw], np.int64)
-    names = [str(v) for v in values]
-    if column == "label_id" and "meta/label" in ctx.act:
-        labels = meta_column(ctx.act, "label", ctx.act_path)
-        names = [str(labels[np.flatnonzero(raw == v)[0]]) if np.any(raw == v) else str(v)
-                 for v in values]
-    return y, names, values, {"column": column}
+    # class i is values[i]: sorted, or in the order target.classes lists; class_values in the
+    # dataset file records the mapping
+    return y, [str(v) for v in values], values, {"column": column}
 
 
 def _match_classes(wanted: list[Any], values: list[Any], source: str, column: str

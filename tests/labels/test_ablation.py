@@ -126,12 +126,12 @@ def test_eval_sets_from_activations_file(tmp_path):
     with h5py.File(path, "w") as fh:
         fh["tokens"] = np.array([[0, 5, 6, 1], [0, 7, 1, 1]], dtype=np.int32)
         fh["lengths"] = np.array([3, 2], dtype=np.int32)
-        fh.create_dataset("meta/label", data=np.array(["TypeError", "NoError"], dtype=object),
-                          dtype=h5py.string_dtype())
-    ev = eval_set_from_h5(path, "answer", {"TypeError": 30, "NoError": 31})
+    with pytest.raises(InputError, match="meta/answer_token_id: missing: eval 'answer' needs"):
+        eval_set_from_h5(path, "answer")
+    with h5py.File(path, "a") as fh:  # each prompt's own answer, as extraction stores it
+        fh["meta/answer_token_id"] = np.array([30, 31])
+    ev = eval_set_from_h5(path, "answer")
     assert ev.targets[0, 2] == 30 and ev.targets[1, 1] == 31 and ev.n_targets == 2
-    with pytest.raises(InputError, match="meta/label: labels without an answer token: \\['NoError'\\]"):
-        eval_set_from_h5(path, "answer", {"TypeError": 30})
     nt = eval_set_from_h5(path, "next_token")
     assert nt.targets[0].tolist() == [5, 6, IGNORE, IGNORE] and nt.n_targets == 3
 

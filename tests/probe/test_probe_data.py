@@ -113,7 +113,15 @@ def test_hidden_to_concept_concatenates_layers_and_maps_rows(toy):
     np.testing.assert_allclose(ds.X[row], np.concatenate([a1[i, 0], a1[i, 2], a2[i, 0], a2[i, 2]]))
     assert ds.columns["layer"].tolist() == [1] * 16 + [2] * 16
     assert ds.columns["position"].tolist() == ([0] * 8 + [1] * 8) * 2
-    assert ds.class_names == LABELS and ds.y.tolist() == (np.arange(1, 60) % 3).tolist()
+    # the default target is the string column 'label', its classes in sorted order
+    assert ds.class_names == sorted(LABELS) and ds.meta["target"] == {"column": "label"}
+    in_sorted_order = np.array([sorted(LABELS).index(name) for name in LABELS])
+    assert ds.y.tolist() == in_sorted_order[np.arange(1, 60) % 3].tolist()
+    ordered = build_probe_dataset({"name": "hc", "strategy": "hidden-to-concept", "layers": "1-2",
+                                   "positions": ["first", "final"],
+                                   "target": {"column": "label", "classes": LABELS}}, act)
+    assert ordered.class_names == LABELS and ordered.meta["class_values"] == LABELS
+    assert ordered.y.tolist() == (np.arange(1, 60) % 3).tolist()
 
 
 def test_default_position_is_final_only(toy):
@@ -173,7 +181,7 @@ def test_roundtrip_keeps_data_and_metadata(toy, tmp_path):
     assert back.meta["layers"] == [0, 1, 2] and back.positions == ["mid", "final"]
     assert back.meta["input_dims"]["blocks.1.hook_resid_post@mid"] == D_SAE
     assert back.meta["strategy"] == "sae-to-concept" and back.meta["n_samples"] == 60
-    assert back.meta["prompt_set"] == "heldout_seen" and back.class_names == LABELS
+    assert back.meta["prompt_set"] == "heldout_seen" and back.class_names == sorted(LABELS)
 
 
 def test_model_correct_from_file(tmp_path):
@@ -264,6 +272,8 @@ def write_all_files(tmp: Path, n: int = 40, seed: int = 3) -> tuple[Path, Path, 
         for hook, a in acts.items():
             h5.create_dataset(f"acts/{hook}", data=a.astype(np.float16), chunks=(4, ALL_P, D_MODEL))
         h5.create_dataset("meta/label_id", data=label_id.astype(np.int64))
+        h5.create_dataset("meta/label", data=np.array(["NoError", "TypeError"], dtype=object)[label_id],
+                          dtype=h5py.string_dtype())
         h5.create_dataset("meta/pos_snippet_end", data=snippet_end.astype(np.int64))
         h5.create_dataset("meta/pos_final", data=(lengths - 1).astype(np.int64))
         h5.create_dataset("meta/model_correct", data=(np.arange(n) % 3 > 0).astype(np.int64))
