@@ -62,6 +62,27 @@ def test_snakefmt_check_is_clean():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_config_readme_describes_every_key():
+    """config/README.md has a row for every key of the schema (nested keys dotted), a section
+    for every top-level object."""
+    import yaml
+
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    readme = (REPO / "config" / "README.md").read_text()
+
+    def keys(node, prefix=""):
+        for name, sub in node.get("properties", {}).items():
+            yield prefix + name
+            yield from keys(sub, f"{prefix}{name}.")
+            if isinstance(sub.get("additionalProperties"), dict):
+                yield from keys(sub["additionalProperties"], f"{prefix}{name}.<name>.")
+            if isinstance(sub.get("items"), dict):
+                yield from keys(sub["items"], f"{prefix}{name}[].")
+
+    missing = [k for k in keys(schema) if f"| `{k}` |" not in readme and f"### `{k}`" not in readme]
+    assert not missing, f"config/README.md lacks {missing}"
+
+
 def test_real_model_dag_builds_without_the_hub(tmp_path):
     workdir = sync_workflow(tmp_path)
     proc = run_snakemake(workdir, "-n", "--configfile", "config/gemma-2-2b.yaml")
