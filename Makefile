@@ -17,6 +17,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/snakemake --lint
+	$(VENV)/bin/snakefmt --check Snakefile workflow
 
 bench: $(STAMP)
 	$(PY) -m bench

@@ -1,43 +1,10 @@
-# saeflow: model + SAEs + prompt sets -> extraction -> SAE codes -> labels, probes, patching.
-# Logic lives in the `saeflow` package; rules name one step each and call thin scripts/.
-from snakemake.utils import min_version
-
-min_version("9.0")
+# saeflow's entry point: `snakemake` in this folder runs the workflow in workflow/Snakefile
+# with config/config.yaml (the toy world); `--configfile my.yaml` merges a study over it.
 
 
-configfile: "config/config.yaml"
+include: "workflow/Snakefile"
 
 
-include: "workflow/rules/common.smk"
-include: "workflow/rules/toy.smk"
-include: "workflow/rules/extract.smk"
-include: "workflow/rules/encode.smk"
-include: "workflow/rules/labels.smk"
-include: "workflow/rules/patch.smk"
-include: "workflow/rules/probe.smk"
-
-
-# Light steps run on the submit host, not as cluster jobs (see workflow/profiles/slurm).
-localrules:
-    describe,
-    classify,
-    agree,
-    correction_study,
-    correct,
-    patch_summary,
-    plot_confusion,
-    plot_lpf,
-    plot_resid_patching,
-    plot_top_latents,
-    plot_faithfulness,
-    plot_latent_activations,
-    probe_summary,
-    plot_probe_accuracy,
-    plot_probe_heatmap,
-    plot_cohens_d,
-
-
-rule all:
-    input:
-        all_targets(),
-    default_target: True
+# include: drops an included file's default target (snakemake/snakemake#2056), so the entry
+# point names it again: `snakemake` with no target runs rule all.
+workflow.default_target = "all"

@@ -7,14 +7,16 @@ Inputs: ``human`` (labels file), ``model`` (classified/{category}.json). Params:
 from saeflow.core.runtime import rule_main
 
 
-def body(smk) -> None:
+def body(snakemake):
     from saeflow.labels.agreement import agreement, write_merged_csv
     from saeflow.core.io import write_json
 
-    cfg = smk.params.agreement
-    metrics, merged = agreement(smk.input.human, smk.input.model, cfg["n_boot"], cfg["seed"])
-    write_merged_csv(smk.output.csv, merged)
-    write_json(smk.output.json, metrics, cfg)
+    cfg = snakemake.params.agreement
+    metrics, merged = agreement(
+        snakemake.input.human, snakemake.input.model, cfg["n_boot"], cfg["seed"]
+    )
+    write_merged_csv(snakemake.output.csv, merged)
+    write_json(snakemake.output.json, metrics, cfg)
 
 
-rule_main(body, snakemake)  # noqa: F821
+rule_main(body, snakemake)  # noqa: F821 - injected by Snakemake

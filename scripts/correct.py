@@ -7,14 +7,16 @@ Input: ``study`` (correction/study.yaml). Params: ``method`` (wildcard), ``corre
 from saeflow.core.runtime import rule_main
 
 
-def body(smk) -> None:
+def body(snakemake):
     from saeflow.labels.correction import correct
     from saeflow.core.io import write_json
     from saeflow.labels.study import load_study
 
-    cfg = smk.params.correction
-    result = correct(load_study(smk.input.study), smk.params.method, cfg["n_boot"], cfg["seed"])
-    write_json(smk.output.result, result, {**cfg, "method": smk.params.method})
+    cfg = snakemake.params.correction
+    result = correct(
+        load_study(snakemake.input.study), snakemake.params.method, cfg["n_boot"], cfg["seed"]
+    )
+    write_json(snakemake.output.result, result, {**cfg, "method": snakemake.params.method})
 
 
-rule_main(body, snakemake)  # noqa: F821
+rule_main(body, snakemake)  # noqa: F821 - injected by Snakemake

@@ -8,13 +8,17 @@ file `saeflow correct` takes, so published numbers and the DAG share one path).
 from saeflow.core.runtime import rule_main
 
 
-def body(smk) -> None:
+def body(snakemake):
     from saeflow.labels.study import study_stage
 
-    names = smk.params.categories
-    study_stage(smk.input.ablation, dict(zip(names, smk.input.agreements)),
-                dict(zip(names, smk.input.classified)), dict(zip(names, smk.input.humans)),
-                smk.output.study)
+    names = snakemake.params.categories
+    study_stage(
+        snakemake.input.ablation,
+        dict(zip(names, snakemake.input.agreements)),
+        dict(zip(names, snakemake.input.classified)),
+        dict(zip(names, snakemake.input.humans)),
+        snakemake.output.study,
+    )
 
 
-rule_main(body, snakemake)  # noqa: F821
+rule_main(body, snakemake)  # noqa: F821 - injected by Snakemake

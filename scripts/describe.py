@@ -11,14 +11,19 @@ from pathlib import Path
 from saeflow.core.runtime import rule_main
 
 
-def body(smk) -> None:
+def body(snakemake):
     from saeflow.labels.describe import describe_stage
 
-    inputs = dict(smk.input.items())
-    describe_stage(smk.params.describe, smk.output.descriptions, smk.params.hook,
-                   codes=inputs.get("codes"), activations=inputs.get("activations"),
-                   tokenizer_dir=Path(inputs["model"]) / "tokenizer" if "model" in inputs else None,
-                   folder=inputs.get("folder"))
+    inputs = dict(snakemake.input.items())
+    describe_stage(
+        snakemake.params.describe,
+        snakemake.output.descriptions,
+        snakemake.params.hook,
+        codes=inputs.get("codes"),
+        activations=inputs.get("activations"),
+        tokenizer_dir=Path(inputs["model"]) / "tokenizer" if "model" in inputs else None,
+        folder=inputs.get("folder"),
+    )
 
 
-rule_main(body, snakemake)  # noqa: F821
+rule_main(body, snakemake)  # noqa: F821 - injected by Snakemake

@@ -1,4 +1,4 @@
-"""evaluate_saes: L0, explained variance and answer loss with each SAE spliced in vs without.
+"""Rule evaluate_saes: L0, explained variance and answer loss with each SAE spliced in vs without.
 
 Inputs: the model, the SAEs, the first prompt set. Output: sae/metrics.json.
 """
@@ -20,8 +20,11 @@ def body(snakemake):
     for hook, sae_dir in zip(snakemake.params.hooks, dirs, strict=True):
         sae = load_sae(snakemake.params.sae, hook, sae_dir, device)
         metrics[hook] = sae_metrics(model, sae, tokens, lengths, answers)
-    write_json(snakemake.output.metrics, {"prompt_set": snakemake.input.prompts, "saes": metrics},
-               config={"sae": snakemake.params.sae, "model": snakemake.params.model})
+    write_json(
+        snakemake.output.metrics,
+        {"prompt_set": snakemake.input.prompts, "saes": metrics},
+        config={"sae": snakemake.params.sae, "model": snakemake.params.model},
+    )
 
 
 rule_main(body, snakemake)  # noqa: F821 - injected by Snakemake

@@ -1,4 +1,4 @@
-"""extract: run the model over one prompt set and store hook activations in HDF5.
+"""Rule extract: run the model over one prompt set and store hook activations in HDF5.
 
 Inputs: the prompt set (JSONL), the model. Output: activations/{prompt_set}.h5.
 """
@@ -17,10 +17,21 @@ def body(snakemake):
     model = load_model(snakemake.params.model, snakemake.input.get("model"), device)
     records = load_prompt_set(snakemake.input.prompts)
     summary = extract_to_hdf5(
-        model, records, cfg["hooks"], snakemake.output.acts, positions=cfg["positions"],
-        dtype=cfg["dtype"], batch_size=cfg["batch_size"], compression=cfg["compression"],
+        model,
+        records,
+        cfg["hooks"],
+        snakemake.output.acts,
+        positions=cfg["positions"],
+        dtype=cfg["dtype"],
+        batch_size=cfg["batch_size"],
+        compression=cfg["compression"],
         source=snakemake.input.prompts,
-        config={"extraction": cfg, "model": snakemake.params.model, "prompts": snakemake.input.prompts})
+        config={
+            "extraction": cfg,
+            "model": snakemake.params.model,
+            "prompts": snakemake.input.prompts,
+        },
+    )
     logging.getLogger("saeflow").info("extracted %s", summary)
 
 

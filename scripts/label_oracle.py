@@ -8,15 +8,24 @@ Inputs: ``descriptions``, ``membership`` (truth_membership.json). Params: ``cate
 from saeflow.core.runtime import rule_main
 
 
-def body(smk) -> None:
+def body(snakemake):
     from saeflow.labels.classify import resolve_categories
     from saeflow.core.io import read_json
     from saeflow.labels.labelling import oracle_labels
 
-    question = resolve_categories(smk.params.categories)[smk.params.category]["question"]
-    members = read_json(smk.input.membership)["members"][smk.params.category]
-    oracle_labels(smk.output.labels, smk.input.descriptions, smk.params.category, question,
-                  members, smk.params.sample["n"], smk.params.sample["seed"])
+    question = resolve_categories(snakemake.params.categories)[snakemake.params.category][
+        "question"
+    ]
+    members = read_json(snakemake.input.membership)["members"][snakemake.params.category]
+    oracle_labels(
+        snakemake.output.labels,
+        snakemake.input.descriptions,
+        snakemake.params.category,
+        question,
+        members,
+        snakemake.params.sample["n"],
+        snakemake.params.sample["seed"],
+    )
 
 
-rule_main(body, snakemake)  # noqa: F821
+rule_main(body, snakemake)  # noqa: F821 - injected by Snakemake

@@ -3,14 +3,20 @@
 from saeflow.core.runtime import rule_main
 
 
-def body(smk) -> None:
+def body(snakemake):
     from saeflow.patch.summary import summary_stage
     from saeflow.patch.resid import PatchConfig, optional_input
 
-    summary_stage(smk.input.resid, smk.input.atp, smk.input.verify, smk.input.faithfulness,
-                  optional_input(smk.input.truth),
-                  PatchConfig.from_dict(smk.params.patch), smk.output.summary,
-                  {"patch": smk.params.patch})
+    summary_stage(
+        snakemake.input.resid,
+        snakemake.input.atp,
+        snakemake.input.verify,
+        snakemake.input.faithfulness,
+        optional_input(snakemake.input.truth),
+        PatchConfig.from_dict(snakemake.params.patch),
+        snakemake.output.summary,
+        {"patch": snakemake.params.patch},
+    )
 
 
-rule_main(body, snakemake)  # noqa: F821
+rule_main(body, snakemake)  # noqa: F821 - injected by Snakemake

@@ -1,12 +1,14 @@
-"""Rule plot_faithfulness. Figure: faithfulness and completeness against circuit size."""
+"""Rule plot_faithfulness: figure faithfulness.png, faithfulness and completeness against circuit
+size.
+"""
 
 from saeflow.core.runtime import rule_main
 
 
-def body(smk) -> None:
+def body(snakemake):
     from saeflow.patch.plots import plot_faithfulness
 
-    plot_faithfulness(smk.input.faithfulness, smk.output.png)
+    plot_faithfulness(snakemake.input.faithfulness, snakemake.output.png)
 
 
-rule_main(body, snakemake)  # noqa: F821
+rule_main(body, snakemake)  # noqa: F821 - injected by Snakemake

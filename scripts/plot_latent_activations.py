@@ -1,12 +1,14 @@
-"""Rule plot_latent_activations. Figure: activations of the top latents over positions."""
+"""Rule plot_latent_activations: figure latent_activations.png, activations of the top latents over
+positions.
+"""
 
 from saeflow.core.runtime import rule_main
 
 
-def body(smk) -> None:
+def body(snakemake):
     from saeflow.patch.plots import plot_latent_activations
 
-    plot_latent_activations(smk.input.top_latents, smk.output.png)
+    plot_latent_activations(snakemake.input.top_latents, snakemake.output.png)
 
 
-rule_main(body, snakemake)  # noqa: F821
+rule_main(body, snakemake)  # noqa: F821 - injected by Snakemake

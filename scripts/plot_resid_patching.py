@@ -1,12 +1,14 @@
-"""Rule plot_resid_patching. Figure: residual patching heatmap (layer x position)."""
+"""Rule plot_resid_patching: figure resid_patching.png, residual patching heatmap (layer x
+position).
+"""
 
 from saeflow.core.runtime import rule_main
 
 
-def body(smk) -> None:
+def body(snakemake):
     from saeflow.patch.plots import plot_resid_patching
 
-    plot_resid_patching(smk.input.resid, smk.output.png)
+    plot_resid_patching(snakemake.input.resid, snakemake.output.png)
 
 
-rule_main(body, snakemake)  # noqa: F821
+rule_main(body, snakemake)  # noqa: F821 - injected by Snakemake

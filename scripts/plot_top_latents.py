@@ -1,12 +1,14 @@
-"""Rule plot_top_latents. Figure: AtP and exact effects of the top latents, side by side."""
+"""Rule plot_top_latents: figure top_latents.png, AtP and exact effects of the top latents, side by
+side.
+"""
 
 from saeflow.core.runtime import rule_main
 
 
-def body(smk) -> None:
+def body(snakemake):
     from saeflow.patch.plots import plot_top_latents
 
-    plot_top_latents(smk.input.verify, smk.output.png)
+    plot_top_latents(snakemake.input.verify, snakemake.output.png)
 
 
-rule_main(body, snakemake)  # noqa: F821
+rule_main(body, snakemake)  # noqa: F821 - injected by Snakemake

@@ -1,17 +1,26 @@
 """Rule probe_effects: Cohen's d, permutation p, BH, top-k, localisation, toy check
-(saeflow.probe.effects.run_effects)."""
+(saeflow.probe.effects.run_effects).
+"""
 
 from saeflow.core.runtime import rule_main
 
 
-def body(sm):
+def body(snakemake):
     from saeflow.probe.effects import run_effects
 
-    descriptions = getattr(sm.input, "descriptions", None)
-    run_effects(sm.input.dataset, sm.output.json, sm.output.arrays, settings=sm.params.settings,
-                positive_class=sm.params.positive_class, descriptions=descriptions or None,
-                descriptions_hook=sm.params.descriptions_hook, fit_h5=sm.input.probe,
-                informative_positions=sm.params.informative_positions, config=sm.params.config)
+    descriptions = getattr(snakemake.input, "descriptions", None)
+    run_effects(
+        snakemake.input.dataset,
+        snakemake.output.json,
+        snakemake.output.arrays,
+        settings=snakemake.params.settings,
+        positive_class=snakemake.params.positive_class,
+        descriptions=descriptions or None,
+        descriptions_hook=snakemake.params.descriptions_hook,
+        fit_h5=snakemake.input.probe,
+        informative_positions=snakemake.params.informative_positions,
+        config=snakemake.params.config,
+    )
 
 
 rule_main(body, snakemake)  # noqa: F821 - injected by Snakemake

@@ -3,11 +3,17 @@
 from saeflow.core.runtime import rule_main
 
 
-def body(sm):
+def body(snakemake):
     from saeflow.probe.fit_files import run_probe_fit
 
-    run_probe_fit(sm.input.dataset, sm.output.json, sm.output.probe, cv=sm.params.cv,
-                  config=sm.params.config, n_jobs=sm.threads)
+    run_probe_fit(
+        snakemake.input.dataset,
+        snakemake.output.json,
+        snakemake.output.probe,
+        cv=snakemake.params.cv,
+        config=snakemake.params.config,
+        n_jobs=snakemake.threads,
+    )
 
 
 rule_main(body, snakemake)  # noqa: F821 - injected by Snakemake

@@ -1,14 +1,19 @@
 """Rule probe_summary: gather probe fits and effects into summary.json
-(saeflow.probe.summary.write_probe_summary)."""
+(saeflow.probe.summary.write_probe_summary).
+"""
 
 from saeflow.core.runtime import rule_main
 
 
-def body(sm):
+def body(snakemake):
     from saeflow.probe.summary import write_probe_summary
 
-    write_probe_summary(list(sm.input.fits), list(sm.input.effects), sm.output[0],
-                        config=sm.params.config)
+    write_probe_summary(
+        list(snakemake.input.fits),
+        list(snakemake.input.effects),
+        snakemake.output[0],
+        config=snakemake.params.config,
+    )
 
 
 rule_main(body, snakemake)  # noqa: F821 - injected by Snakemake

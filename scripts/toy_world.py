@@ -1,4 +1,4 @@
-"""toy_world: sample the toy corpus, train its tokenizer, write prompt sets and ground truth.
+"""Rule toy_world: sample the toy corpus, train its tokenizer, write prompt sets and ground truth.
 
 Outputs: prompts/{train,heldout_seen,heldout_unseen,pairs}.jsonl, tokenizer/, truth.json.
 """
@@ -20,7 +20,9 @@ def body(snakemake):
         world.add_token_positions(tokenizer, records)
     for path in snakemake.output.prompts:
         write_jsonl(path, prompt_sets[Path(path).stem])
-    truth = world.ground_truth(tokenizer, world.pair_difference_positions(tokenizer, prompt_sets["pairs"]))
+    truth = world.ground_truth(
+        tokenizer, world.pair_difference_positions(tokenizer, prompt_sets["pairs"])
+    )
     write_json(snakemake.output.truth, truth, config={"world": snakemake.params.world})
 
 

@@ -1,4 +1,4 @@
-"""train_model: train the toy HookedTransformer on the error-type task (answer-token loss).
+"""Rule train_model: train the toy HookedTransformer on the error-type task (answer-token loss).
 
 Inputs: prompts/train.jsonl, held-out prompt sets, tokenizer/. Output: model/ (weights,
 config, tokenizer, metrics.json with accuracy per held-out prompt set).
@@ -18,15 +18,24 @@ def body(snakemake):
     tokenizer = world.load_tokenizer(snakemake.input.tokenizer)
     train_set = train.encode_set(tokenizer, read_jsonl(snakemake.input.train))
     model_cfg = snakemake.params.model
-    model, losses = train.train_toy_model(tokenizer, train_set, model_cfg, model_cfg["train"],
-                                          snakemake.params.seed, device)
-    metrics = {"device": device, "final_train_loss": sum(losses[-50:]) / min(50, len(losses)),
-               "train_loss_curve": losses[:: max(1, len(losses) // 50)]}
+    model, losses = train.train_toy_model(
+        tokenizer, train_set, model_cfg, model_cfg["train"], snakemake.params.seed, device
+    )
+    metrics = {
+        "device": device,
+        "final_train_loss": sum(losses[-50:]) / min(50, len(losses)),
+        "train_loss_curve": losses[:: max(1, len(losses) // 50)],
+    }
     for path in snakemake.input.heldout:
-        metrics[Path(path).stem] = train.evaluate(model, train.encode_set(tokenizer, read_jsonl(path)))
+        metrics[Path(path).stem] = train.evaluate(
+            model, train.encode_set(tokenizer, read_jsonl(path))
+        )
     save_toy_model(model, snakemake.output.model)
-    write_json(Path(snakemake.output.model) / "metrics.json", metrics,
-               config={"model": model_cfg, "seed": snakemake.params.seed})
+    write_json(
+        Path(snakemake.output.model) / "metrics.json",
+        metrics,
+        config={"model": model_cfg, "seed": snakemake.params.seed},
+    )
 
 
 rule_main(body, snakemake)  # noqa: F821 - injected by Snakemake

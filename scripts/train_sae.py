@@ -1,4 +1,4 @@
-"""train_sae: train one sae-lens SAE on a hook of the toy model (offline, wandb off).
+"""Rule train_sae: train one sae-lens SAE on a hook of the toy model (offline, wandb off).
 
 Inputs: model/, prompts/train.jsonl. Output: sae/{hook}/ in sae-lens's own format.
 """
@@ -18,11 +18,21 @@ def body(snakemake):
     model = load_model({"source": "toy"}, snakemake.input.model, device)
     tokenizer = model.tokenizer
     sequences = encode_set(tokenizer, read_jsonl(snakemake.input.train)).tokens
-    train_sae(model, snakemake.wildcards.hook, sequences, snakemake.params.sae,
-              exclude_token_ids=[tokenizer.pad_token_id, tokenizer.bos_token_id],
-              seed=snakemake.params.seed, device=device, out_dir=snakemake.output.sae)
-    write_json(Path(snakemake.output.sae) / "provenance.json", {"hook_name": snakemake.wildcards.hook},
-               config={"sae": snakemake.params.sae, "seed": snakemake.params.seed})
+    train_sae(
+        model,
+        snakemake.wildcards.hook,
+        sequences,
+        snakemake.params.sae,
+        exclude_token_ids=[tokenizer.pad_token_id, tokenizer.bos_token_id],
+        seed=snakemake.params.seed,
+        device=device,
+        out_dir=snakemake.output.sae,
+    )
+    write_json(
+        Path(snakemake.output.sae) / "provenance.json",
+        {"hook_name": snakemake.wildcards.hook},
+        config={"sae": snakemake.params.sae, "seed": snakemake.params.seed},
+    )
 
 
 rule_main(body, snakemake)  # noqa: F821 - injected by Snakemake

@@ -8,17 +8,25 @@ Params: ``categories`` (config labels.categories, each with ``token_classes``), 
 from saeflow.core.runtime import rule_main
 
 
-def body(smk) -> None:
+def body(snakemake):
     from saeflow.labels.classify import resolve_categories
     from saeflow.labels.describe import membership_from_files
     from saeflow.core.io import write_json
 
-    cats = resolve_categories(smk.params.categories)
-    members = membership_from_files(smk.input.codes, smk.input.activations, smk.input.truth,
-                                    smk.params.hook, {n: c["token_classes"] for n, c in cats.items()},
-                                    smk.params.threshold)
-    write_json(smk.output.membership, {"threshold": smk.params.threshold, "members": members},
-               {"categories": cats, "threshold": smk.params.threshold})
+    cats = resolve_categories(snakemake.params.categories)
+    members = membership_from_files(
+        snakemake.input.codes,
+        snakemake.input.activations,
+        snakemake.input.truth,
+        snakemake.params.hook,
+        {n: c["token_classes"] for n, c in cats.items()},
+        snakemake.params.threshold,
+    )
+    write_json(
+        snakemake.output.membership,
+        {"threshold": snakemake.params.threshold, "members": members},
+        {"categories": cats, "threshold": snakemake.params.threshold},
+    )
 
 
-rule_main(body, snakemake)  # noqa: F821
+rule_main(body, snakemake)  # noqa: F821 - injected by Snakemake

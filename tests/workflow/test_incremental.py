@@ -170,7 +170,7 @@ def test_killed_run_resumes_to_the_same_results(toy_run, tmp_path):
                              "--resources", "gpu=1", "--configfile", CONFIG], cwd=workdir,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     model = workdir / "results" / "toy" / "model" / "metrics.json"
-    sae_logs = workdir / "results" / "toy" / "logs" / "train_sae"
+    sae_logs = workdir / "results" / "toy" / "logs" / "toy" / "train_sae"
     deadline = time.monotonic() + 1200
     try:
         # train_model finished and an SAE is training (its script has started logging).

@@ -92,10 +92,24 @@ def test_profile_requests_a_gpu_for_every_gpu_rule(tmp_path):
     rules = set(run_snakemake(workdir, "--list-rules", "--configfile", "config/test.yaml").stdout.split())
     assert GPU_RULES <= rules
     assert GPU_RULES <= set(profile["set-resources"])
-    snakefile = (REPO / "Snakefile").read_text()
-    assert "localrules:" in snakefile
-    for rule in ("plot_resid_patching", "plot_confusion", "plot_lpf", "patch_summary"):
-        assert f"    {rule}," in snakefile
+    local = local_rules()
+    assert not GPU_RULES & local, GPU_RULES & local
+    assert {"plot_resid_patching", "plot_confusion", "plot_lpf", "patch_summary"} <= local
+
+
+def local_rules() -> set[str]:
+    """Rules marked `localrule: True` in workflow/rules/*.smk (the one local-rule mechanism)."""
+    local, rule = set(), None
+    for path in sorted((REPO / "workflow" / "rules").glob("*.smk")):
+        for line in path.read_text().splitlines():
+            match = re.match(r"\s*rule (\w+):", line)
+            if match:
+                rule = match.group(1)
+            elif line.strip().startswith("localrule: True"):
+                local.add(rule)
+    for path in (REPO / "Snakefile", REPO / "workflow" / "Snakefile"):
+        assert "localrules:" not in path.read_text(), f"{path}: use localrule: True on the rule"
+    return local
 
 
 def slurm_jobs() -> list[tuple[str, str]]:

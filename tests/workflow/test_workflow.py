@@ -1,11 +1,14 @@
 """End to end: the toy DAG runs in a temporary directory; lint and the real-model DAG build."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import h5py
 import pytest
 
-from saeflow.toy.workspace import run_snakemake, sync_workflow
+from saeflow.toy.workspace import REPO, run_snakemake, sync_workflow
 
 pytestmark = pytest.mark.slow
 
@@ -24,14 +27,15 @@ def test_toy_dag_produces_every_stage(toy_run):
         with h5py.File(results / "codes" / f"{prompt_set}.h5") as f:
             assert json.loads(f.attrs["provenance"])["git_commit"]
             assert f["codes/blocks.1.hook_resid_post/indptr"][-1] > 0
-        assert (results / "logs" / "extract" / f"{prompt_set}.log").stat().st_size > 0
+        assert (results / "logs" / "extract" / "extract" / f"{prompt_set}.log").stat().st_size > 0
     assert (results / "sae" / "blocks.0.hook_resid_post" / "cfg.json").exists()
 
 
 def test_every_rule_logs_what_it_did(toy_run):
     logs = sorted((toy_run / "results" / "toy" / "logs").rglob("*.log"))
     assert len(logs) > 30
-    for path in logs:
+    for path in logs:  # logs/<stage>/<rule>/<wildcards>.log
+        assert len(path.relative_to(toy_run / "results" / "toy" / "logs").parts) >= 3, path
         text = path.read_text()
         assert "INFO saeflow: rule " in text and "INFO saeflow: done in " in text, path
         assert "wrote " in text, path
@@ -47,6 +51,36 @@ def test_lint_is_clean(tmp_path):
     proc = run_snakemake(workdir, "--lint", check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Lints for" not in proc.stdout + proc.stderr
+
+
+def test_snakefmt_check_is_clean():
+    """Every Snakefile and .smk is as snakefmt writes it (the catalog's formatting check)."""
+    snakefmt = Path(sys.executable).with_name("snakefmt")
+    files = ["Snakefile", "workflow"]
+    proc = subprocess.run([str(snakefmt), "--check", *files], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_config_readme_describes_every_key():
+    """config/README.md has a row for every key of the schema (nested keys dotted), a section
+    for every top-level object."""
+    import yaml
+
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    readme = (REPO / "config" / "README.md").read_text()
+
+    def keys(node, prefix=""):
+        for name, sub in node.get("properties", {}).items():
+            yield prefix + name
+            yield from keys(sub, f"{prefix}{name}.")
+            if isinstance(sub.get("additionalProperties"), dict):
+                yield from keys(sub["additionalProperties"], f"{prefix}{name}.<name>.")
+            if isinstance(sub.get("items"), dict):
+                yield from keys(sub["items"], f"{prefix}{name}[].")
+
+    missing = [k for k in keys(schema) if f"| `{k}` |" not in readme and f"### `{k}`" not in readme]
+    assert not missing, f"config/README.md lacks {missing}"
 
 
 def test_real_model_dag_builds_without_the_hub(tmp_path):

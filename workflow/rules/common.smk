@@ -1,11 +1,11 @@
-# Config validation and the few input functions every stage shares. Imports nothing heavy:
-# the Snakefile is parsed on every invocation.
+# Globals and the input functions (get_*) of every stage. Imports nothing heavy: the
+# Snakefile is parsed on every invocation. workflow/Snakefile has validated `config` against
+# workflow/schemas/config.schema.yaml (the one home of every default) before this file runs.
+# Input functions run when the DAG is built, after every .smk file is read, so they may name
+# any rule's outputs (rules.<rule>.output.<name>).
 import re
 
-from snakemake.utils import validate
-
-
-validate(config, schema="../schemas/config.schema.yaml")
+from saeflow.probe.layerspec import expand_per_layer
 
 EXP = config["experiment"]
 TOY = config["model"]["source"] == "toy"
@@ -14,14 +14,19 @@ SAE_HOOKS = config["sae"]["hooks"]
 
 
 def _prompt_sets():
+    """Prompt-set name -> JSONL path; None for the toy world's own (outputs of toy_world)."""
     sets = config["extraction"]["prompt_sets"]
     if isinstance(sets, list):
         if not TOY:
-            raise ValueError("config: extraction.prompt_sets: give name -> JSONL path for a non-toy model")
+            raise ValueError(
+                "config: extraction.prompt_sets: give name -> JSONL path for a non-toy model"
+            )
         unknown = sorted(set(sets) - set(TOY_PROMPT_SETS))
         if unknown:
-            raise ValueError(f"config: extraction.prompt_sets: unknown toy prompt sets {unknown}")
-        return {name: f"results/{EXP}/world/prompts/{name}.jsonl" for name in sets}
+            raise ValueError(
+                f"config: extraction.prompt_sets: unknown toy prompt sets {unknown}"
+            )
+        return {name: None for name in sets}
     return dict(sets)
 
 
@@ -38,88 +43,254 @@ wildcard_constraints:
     hook=_alternatives(SAE_HOOKS),
 
 
-def prompt_set_file(wildcards):
-    return PROMPT_SETS[wildcards.prompt_set]
+def toy_prompts(*names):
+    """The toy world's prompt files ``names`` (outputs of toy_world; {experiment} open)."""
+    files = dict(zip(TOY_PROMPT_SETS, rules.toy_world.output.prompts))
+    return [files[name] for name in names]
 
 
-def model_input(wildcards):
+def prompt_file(name):
+    """Prompt set ``name``'s JSONL file: the config's path or the toy world's file."""
+    return PROMPT_SETS[name] or toy_prompts(name)[0]
+
+
+def get_prompts(wildcards):
+    return prompt_file(wildcards.prompt_set)
+
+
+def get_first_prompts(wildcards):
+    """The first prompt set, the one the SAEs are evaluated on."""
+    return prompt_file(next(iter(PROMPT_SETS)))
+
+
+def get_model(wildcards):
     """The trained toy model directory; pretrained models come from the hub at run time."""
-    return {"model": f"results/{EXP}/model"} if TOY else {}
+    return {"model": rules.train_model.output.model} if TOY else {}
 
 
-def sae_dirs(wildcards):
-    """SAE directories in ``SAE_HOOKS`` order: trained (source: train) or given (local);
-    none for pretrained SAEs, which come from the hub at run time."""
+def sae_dirs():
+    """SAE directories in ``SAE_HOOKS`` order ({experiment} open): trained (source: train)
+    or given (local); none for pretrained SAEs, which come from the hub at run time."""
     if config["sae"]["source"] == "train":
-        return [f"results/{EXP}/sae/{h}" for h in SAE_HOOKS]
+        return expand(rules.train_sae.output.sae, hook=SAE_HOOKS, allow_missing=True)
     if config["sae"]["source"] == "local":
         return [config["sae"]["paths"][h] for h in SAE_HOOKS]
     return []
 
 
-def sae_dir(hook):
-    """Input dict for one hook's SAE directory (empty for pretrained SAEs)."""
-    dirs = dict(zip(SAE_HOOKS, sae_dirs(None)))
-    return {"sae": dirs[hook]} if hook in dirs else {}
+def get_sae_dirs(wildcards):
+    return sae_dirs()
 
 
-def all_targets():
-    targets = expand("results/{experiment}/codes/{prompt_set}.h5", experiment=EXP,
-                     prompt_set=PROMPT_SETS)
-    targets.append(f"results/{EXP}/sae/metrics.json")
+def get_final_output():
+    """The targets of `all`: every prompt set's codes, SAE metrics, the model, and each
+    stage in config["stages"] with its figures."""
+    targets = expand(rules.encode.output.codes, experiment=EXP, prompt_set=PROMPT_SETS)
+    targets += expand(rules.evaluate_saes.output.metrics, experiment=EXP)
     if TOY:
-        targets.append(f"results/{EXP}/model")
+        targets += expand(rules.train_model.output.model, experiment=EXP)
     stages = config["stages"]
     if "labels" in stages:
-        methods = config["labels"]["correction"]["methods"]
-        targets += expand("results/{experiment}/correction/{method}.json", experiment=EXP, method=methods)
-        targets += expand("results/{experiment}/figures/lpf_{method}.png", experiment=EXP, method=methods)
-        targets.append(f"results/{EXP}/figures/labels_confusion.png")
-        if config["labels"]["labeller"] == "oracle":
-            targets.append(f"results/{EXP}/correction/summary.json")
+        targets += expand(
+            rules.correct.output.result, experiment=EXP, method=LPF_METHODS
+        )
+        targets += expand(rules.plot_lpf.output.png, experiment=EXP, method=LPF_METHODS)
+        targets += expand(rules.plot_confusion.output.png, experiment=EXP)
+        if IS_ORACLE:
+            targets += expand(rules.correction_summary.output.summary, experiment=EXP)
     if "patch" in stages:
-        targets.append(f"results/{EXP}/patch/summary.json")
-        targets += expand("results/{experiment}/figures/{name}.png", experiment=EXP,
-                          name=["resid_patching", "top_latents", "faithfulness", "latent_activations"])
+        targets += expand(rules.patch_summary.output.summary, experiment=EXP)
+        for plot in (
+            rules.plot_resid_patching,
+            rules.plot_top_latents,
+            rules.plot_faithfulness,
+            rules.plot_latent_activations,
+        ):
+            targets += expand(plot.output.png, experiment=EXP)
     if "probe" in stages:
-        targets.append(f"results/{EXP}/probe/summary.json")
-        targets += expand("results/{experiment}/figures/{name}.png", experiment=EXP,
-                          name=["probe_accuracy", "probe_heatmap", "cohens_d"])
+        targets += expand(rules.probe_summary.output.summary, experiment=EXP)
+        for plot in (
+            rules.plot_probe_accuracy,
+            rules.plot_probe_heatmap,
+            rules.plot_cohens_d,
+        ):
+            targets += expand(plot.output.png, experiment=EXP)
     return targets
 
 
-# Labels stage (workflow/rules/labels.smk): its config section and input functions.
-LABELS = config.get("labels") or {"categories": {}, "correction": {"methods": []}}
+# Labels stage (workflow/rules/labels.smk). config/config.yaml sets every stage's section, and
+# a --configfile merges over it, so each is present (`all` asks for those in config["stages"]).
+LABELS = config["labels"]
 LABEL_CATS = list(LABELS["categories"])
 LPF_METHODS = LABELS["correction"]["methods"]
-IS_ORACLE = LABELS.get("labeller", "human") == "oracle"
+IS_ORACLE = LABELS["labeller"] == "oracle"
 
 
-def labels_describe_inputs(wildcards):
-    if LABELS["describe"].get("backend", "activations") == "neuronpedia":
+def labels_codes():
+    """The described prompt set's codes file ({experiment} open)."""
+    return expand(
+        rules.encode.output.codes, prompt_set=LABELS["prompt_set"], allow_missing=True
+    )[0]
+
+
+def labels_activations():
+    """The described prompt set's activations file ({experiment} open)."""
+    return expand(
+        rules.extract.output.acts, prompt_set=LABELS["prompt_set"], allow_missing=True
+    )[0]
+
+
+def get_describe_input(wildcards):
+    if LABELS["describe"]["backend"] == "neuronpedia":
         return {"folder": LABELS["describe"]["folder"]}
-    ps = LABELS["prompt_set"]
-    return {"codes": f"results/{wildcards.experiment}/codes/{ps}.h5",
-            "activations": f"results/{wildcards.experiment}/activations/{ps}.h5",
-            **model_input(wildcards)}
+    return {
+        "codes": labels_codes(),
+        "activations": labels_activations(),
+        **get_model(wildcards),
+    }
 
 
-def labels_human_path(experiment, category):
+def get_labels_codes(wildcards):
+    return labels_codes()
+
+
+def get_labels_activations(wildcards):
+    return labels_activations()
+
+
+def human_labels(category):
+    """The human labels of ``category``: the oracle's in the toy world, else your file."""
     if IS_ORACLE:
-        return f"results/{experiment}/labels/oracle/{category}.json"
+        return expand(
+            rules.label_oracle.output.labels, category=category, allow_missing=True
+        )[0]
     return LABELS["human"][category]
 
 
-def labels_human(wildcards):
-    return labels_human_path(wildcards.experiment, wildcards.category)
+def get_human_labels(wildcards):
+    return human_labels(wildcards.category)
 
 
-def labels_humans(wildcards):
-    return [labels_human_path(wildcards.experiment, c) for c in LABEL_CATS]
+def get_all_human_labels(wildcards):
+    return [human_labels(c) for c in LABEL_CATS]
 
 
-def labels_toy_inputs(wildcards):
+def get_classified(wildcards):
+    return expand(
+        rules.classify.output.classified, category=LABEL_CATS, allow_missing=True
+    )
+
+
+def get_agreements(wildcards):
+    return expand(rules.agree.output.json, category=LABEL_CATS, allow_missing=True)
+
+
+def get_toy_membership(wildcards):
+    """Toy world only: the true category members, whose ablation is reported too."""
     if not IS_ORACLE:
         return {}
-    return {"truth": f"results/{wildcards.experiment}/world/truth.json",
-            "membership": f"results/{wildcards.experiment}/labels/truth_membership.json"}
+    return {"membership": rules.truth_membership.output.membership}
+
+
+def get_labels_sae(wildcards):
+    """The labelled hook's SAE directory (none for pretrained SAEs)."""
+    dirs = dict(zip(SAE_HOOKS, sae_dirs()))
+    return {"sae": dirs[LABELS["hook"]]} if LABELS["hook"] in dirs else {}
+
+
+def get_lpf_truth(wildcards):
+    """Toy world only: the ablation file holding the true LPF the figure marks."""
+    return {"ablation": rules.ablate_categories.output.ablation} if IS_ORACLE else {}
+
+
+# Patching stage (workflow/rules/patch.smk).
+PATCH = config["patch"]
+
+
+def get_patch_pairs(wildcards):
+    return PATCH["pairs"]
+
+
+def get_patch_descriptions(wildcards):
+    return PATCH["descriptions"] or []
+
+
+def get_patch_truth(wildcards):
+    return PATCH["truth"] or []
+
+
+# Probing stage (workflow/rules/probe.smk).
+PROBE = config["probe"]
+PROBE_DATASETS = {d["name"]: d for d in expand_per_layer(PROBE["datasets"])}
+# (prompt_set, dataset) pairs to run: a dataset's own prompt_sets override probe.prompt_sets
+PROBE_RUNS = [
+    (ps, name)
+    for name, d in PROBE_DATASETS.items()
+    for ps in d.get("prompt_sets", PROBE["prompt_sets"])
+]
+# effect sizes: a dataset's `effects`, else on for the sae-* strategies
+PROBE_EFFECTS = [
+    (ps, name)
+    for ps, name in PROBE_RUNS
+    if PROBE_DATASETS[name].get(
+        "effects", PROBE_DATASETS[name]["strategy"].startswith("sae-")
+    )
+]
+PROBE_NAMES = _alternatives(PROBE_DATASETS) or "(?!)"  # rule-level dataset constraint
+
+# checked only when the stage runs: a config that merges over config.yaml inherits its section
+_PROBE_UNKNOWN_SETS = sorted({ps for ps, _ in PROBE_RUNS} - set(PROMPT_SETS))
+if "probe" in config["stages"] and _PROBE_UNKNOWN_SETS:
+    raise ValueError(
+        f"config: probe: prompt sets {_PROBE_UNKNOWN_SETS} are not among "
+        f"extraction.prompt_sets {list(PROMPT_SETS)}"
+    )
+if "probe" in config["stages"] and not PROBE_RUNS:
+    raise ValueError(
+        "config: probe.datasets: 'probe' is in stages but no dataset is defined"
+    )
+
+
+def probe_files(path, runs):
+    """``path`` (a probe rule's output) for each (prompt_set, dataset) of ``runs``."""
+    return [
+        expand(path, prompt_set=ps, dataset=name, allow_missing=True)[0]
+        for ps, name in runs
+    ]
+
+
+def get_probe_data_input(wildcards):
+    """Activations, and SAE codes unless the strategy reads none (hidden-to-concept)."""
+    files = {"activations": rules.extract.output.acts}
+    if PROBE_DATASETS[wildcards.dataset]["strategy"] != "hidden-to-concept":
+        files["codes"] = rules.encode.output.codes
+    return files
+
+
+def get_probe_dataset(wildcards):
+    return PROBE_DATASETS[wildcards.dataset]
+
+
+def get_hook_template(wildcards):
+    # a function, so Snakemake does not take {layer} for a wildcard
+    return PROBE["hook_template"]
+
+
+def get_probe_descriptions(wildcards):
+    return (PROBE["descriptions"] or "").format(experiment=wildcards.experiment) or []
+
+
+def get_positive_class(wildcards):
+    return PROBE_DATASETS[wildcards.dataset].get("positive_class")
+
+
+def get_probe_fits(wildcards):
+    return probe_files(rules.probe_fit.output.json, PROBE_RUNS)
+
+
+def get_probe_effects(wildcards):
+    return probe_files(rules.probe_effects.output.json, PROBE_EFFECTS)
+
+
+def get_probe_effect_arrays(wildcards):
+    return probe_files(rules.probe_effects.output.arrays, PROBE_EFFECTS)

@@ -3,22 +3,22 @@
 
 rule extract:
     input:
-        unpack(model_input),
-        prompts=prompt_set_file,
+        unpack(get_model),
+        prompts=get_prompts,
     output:
         acts="results/{experiment}/activations/{prompt_set}.h5",
+    log:
+        "results/{experiment}/logs/extract/extract/{prompt_set}.log",
+    benchmark:
+        "results/{experiment}/benchmarks/extract/extract/{prompt_set}.tsv"
+    conda:
+        "../../envs/saeflow.yaml"
+    threads: 2
+    resources:
+        gpu=1,
     params:
         extraction=config["extraction"],
         model=config["model"],
         device=config["device"],
-    threads: 2
-    resources:
-        gpu=1,
-    log:
-        "results/{experiment}/logs/extract/{prompt_set}.log",
-    benchmark:
-        "results/{experiment}/benchmarks/extract/{prompt_set}.tsv"
-    conda:
-        "../../envs/saeflow.yaml"
     script:
         "../../scripts/extract.py"

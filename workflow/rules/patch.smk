@@ -1,106 +1,116 @@
 # Patching: which layers, positions and SAE latents carry the clean/corrupted difference?
-# Library: saeflow/patch/resid.py (residual patching),
-# saeflow/patch/attribution.py (AtP), saeflow/patch/faithfulness.py (exact check, faithfulness),
-# saeflow/patch/summary.py (summary.json, toy-world check), saeflow/patch/plots.py (figures).
-# Expects config["patch"] (keys and defaults: saeflow.patch.resid.PatchConfig; pairs, truth and
-# descriptions are paths), config["model"], config["sae"] with "hooks" (SAE hook names, e.g.
-# blocks.0.hook_resid_post) and config["experiment"] for the named figure targets.
+# Library: saeflow/patch/ (resid: residual patching; attribution: AtP; faithfulness: exact
+# check and faithfulness; summary: summary.json and the toy-world check; plots: figures).
+# Config: config["patch"] (keys and defaults: workflow/schemas/config.schema.yaml, described in
+# config/README.md; pairs, truth and descriptions are paths), config["model"], config["sae"].
 
 
 rule patch_resid:
     input:
-        unpack(model_input),
-        pairs=config["patch"]["pairs"],
+        unpack(get_model),
+        pairs=get_patch_pairs,
     output:
         resid="results/{experiment}/patch/resid.h5",
-    params:
-        patch=config["patch"],
-        model=config["model"],
     log:
-        "results/{experiment}/logs/patch_resid.log",
-    resources:
-        gpu=1,
+        "results/{experiment}/logs/patch/patch_resid/{experiment}.log",
+    benchmark:
+        "results/{experiment}/benchmarks/patch/patch_resid/{experiment}.tsv"
     conda:
         "../../envs/saeflow.yaml"
+    resources:
+        gpu=1,
+    params:
+        patch=PATCH,
+        model=config["model"],
     script:
         "../../scripts/patch_resid.py"
 
 
 rule patch_atp:
     input:
-        unpack(model_input),
-        pairs=config["patch"]["pairs"],
-        saes=sae_dirs,
+        unpack(get_model),
+        pairs=get_patch_pairs,
+        saes=get_sae_dirs,
     output:
         atp="results/{experiment}/patch/atp.h5",
-    params:
-        patch=config["patch"],
-        model=config["model"],
-        sae=config["sae"],
-        hooks=config["sae"]["hooks"],
     log:
-        "results/{experiment}/logs/patch_atp.log",
-    resources:
-        gpu=1,
+        "results/{experiment}/logs/patch/patch_atp/{experiment}.log",
+    benchmark:
+        "results/{experiment}/benchmarks/patch/patch_atp/{experiment}.tsv"
     conda:
         "../../envs/saeflow.yaml"
+    resources:
+        gpu=1,
+    params:
+        patch=PATCH,
+        model=config["model"],
+        sae=config["sae"],
+        hooks=SAE_HOOKS,
     script:
         "../../scripts/patch_atp.py"
 
 
 rule patch_verify:
     input:
-        unpack(model_input),
-        pairs=config["patch"]["pairs"],
-        saes=sae_dirs,
-        atp="results/{experiment}/patch/atp.h5",
-        descriptions=lambda wc: config["patch"].get("descriptions") or [],
+        unpack(get_model),
+        pairs=get_patch_pairs,
+        saes=get_sae_dirs,
+        atp=rules.patch_atp.output.atp,
+        descriptions=get_patch_descriptions,
     output:
         verify="results/{experiment}/patch/verify.json",
         faithfulness="results/{experiment}/patch/faithfulness.json",
         top_latents="results/{experiment}/patch/top_latents.json",
-    params:
-        patch=config["patch"],
-        model=config["model"],
-        sae=config["sae"],
-        hooks=config["sae"]["hooks"],
     log:
-        "results/{experiment}/logs/patch_verify.log",
-    resources:
-        gpu=1,
+        "results/{experiment}/logs/patch/patch_verify/{experiment}.log",
+    benchmark:
+        "results/{experiment}/benchmarks/patch/patch_verify/{experiment}.tsv"
     conda:
         "../../envs/saeflow.yaml"
+    resources:
+        gpu=1,
+    params:
+        patch=PATCH,
+        model=config["model"],
+        sae=config["sae"],
+        hooks=SAE_HOOKS,
     script:
         "../../scripts/patch_verify.py"
 
 
 rule patch_summary:
     input:
-        resid="results/{experiment}/patch/resid.h5",
-        atp="results/{experiment}/patch/atp.h5",
-        verify="results/{experiment}/patch/verify.json",
-        faithfulness="results/{experiment}/patch/faithfulness.json",
-        truth=lambda wc: config["patch"].get("truth") or [],
+        resid=rules.patch_resid.output.resid,
+        atp=rules.patch_atp.output.atp,
+        verify=rules.patch_verify.output.verify,
+        faithfulness=rules.patch_verify.output.faithfulness,
+        truth=get_patch_truth,
     output:
         summary="results/{experiment}/patch/summary.json",
-    params:
-        patch=config["patch"],
     log:
-        "results/{experiment}/logs/patch_summary.log",
+        "results/{experiment}/logs/patch/patch_summary/{experiment}.log",
+    localrule: True
     conda:
         "../../envs/saeflow.yaml"
+    params:
+        patch=PATCH,
     script:
         "../../scripts/patch_summary.py"
 
 
 rule plot_resid_patching:
     input:
-        resid="results/{experiment}/patch/resid.h5",
+        resid=rules.patch_resid.output.resid,
     output:
-        png=report("results/{experiment}/figures/resid_patching.png",
-                   category="Patching", caption="../report/resid_patching.rst", labels={"figure": "residual patching"}),
+        png=report(
+            "results/{experiment}/figures/resid_patching.png",
+            category="Patching",
+            caption="../report/resid_patching.rst",
+            labels={"figure": "resid_patching"},
+        ),
     log:
-        "results/{experiment}/logs/plot_resid_patching.log",
+        "results/{experiment}/logs/patch/plot_resid_patching/{experiment}.log",
+    localrule: True
     conda:
         "../../envs/saeflow.yaml"
     script:
@@ -109,12 +119,17 @@ rule plot_resid_patching:
 
 rule plot_top_latents:
     input:
-        verify="results/{experiment}/patch/verify.json",
+        verify=rules.patch_verify.output.verify,
     output:
-        png=report("results/{experiment}/figures/top_latents.png",
-                   category="Patching", caption="../report/top_latents.rst", labels={"figure": "top latents: AtP vs exact"}),
+        png=report(
+            "results/{experiment}/figures/top_latents.png",
+            category="Patching",
+            caption="../report/top_latents.rst",
+            labels={"figure": "top_latents"},
+        ),
     log:
-        "results/{experiment}/logs/plot_top_latents.log",
+        "results/{experiment}/logs/patch/plot_top_latents/{experiment}.log",
+    localrule: True
     conda:
         "../../envs/saeflow.yaml"
     script:
@@ -123,12 +138,17 @@ rule plot_top_latents:
 
 rule plot_faithfulness:
     input:
-        faithfulness="results/{experiment}/patch/faithfulness.json",
+        faithfulness=rules.patch_verify.output.faithfulness,
     output:
-        png=report("results/{experiment}/figures/faithfulness.png",
-                   category="Patching", caption="../report/faithfulness.rst", labels={"figure": "faithfulness"}),
+        png=report(
+            "results/{experiment}/figures/faithfulness.png",
+            category="Patching",
+            caption="../report/faithfulness.rst",
+            labels={"figure": "faithfulness"},
+        ),
     log:
-        "results/{experiment}/logs/plot_faithfulness.log",
+        "results/{experiment}/logs/patch/plot_faithfulness/{experiment}.log",
+    localrule: True
     conda:
         "../../envs/saeflow.yaml"
     script:
@@ -137,33 +157,18 @@ rule plot_faithfulness:
 
 rule plot_latent_activations:
     input:
-        top_latents="results/{experiment}/patch/top_latents.json",
+        top_latents=rules.patch_verify.output.top_latents,
     output:
-        png=report("results/{experiment}/figures/latent_activations.png",
-                   category="Patching", caption="../report/latent_activations.rst", labels={"figure": "top latent activations"}),
+        png=report(
+            "results/{experiment}/figures/latent_activations.png",
+            category="Patching",
+            caption="../report/latent_activations.rst",
+            labels={"figure": "latent_activations"},
+        ),
     log:
-        "results/{experiment}/logs/plot_latent_activations.log",
+        "results/{experiment}/logs/patch/plot_latent_activations/{experiment}.log",
+    localrule: True
     conda:
         "../../envs/saeflow.yaml"
     script:
         "../../scripts/plot_latent_activations.py"
-
-
-rule fig_resid_patching:
-    input:
-        f"results/{EXP}/figures/resid_patching.png",
-
-
-rule fig_top_latents:
-    input:
-        f"results/{EXP}/figures/top_latents.png",
-
-
-rule fig_faithfulness:
-    input:
-        f"results/{EXP}/figures/faithfulness.png",
-
-
-rule fig_latent_activations:
-    input:
-        f"results/{EXP}/figures/latent_activations.png",
