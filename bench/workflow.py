@@ -19,11 +19,10 @@ from typing import Any
 
 from bench import common
 from bench.common import Figure, Result
-from saeflow.toy.workspace import run_snakemake, sync_workflow
+from saeflow.toy.workspace import TEST_CONFIGS, run_snakemake, sync_workflow
 
 TARGET = 3.0
 RUN_DIR = common.DEFAULT_OUT / "_toy_run"
-CONFIG = "config/test.yaml"
 EMPTY_SNAKEFILE = """rule done:
     output:
         "done.txt",
@@ -69,8 +68,8 @@ def snakemake(workdir: Path, *args: str, timeout: float = 600) -> subprocess.Com
 def completed_toy_run() -> tuple[Path, list[str], dict[str, Any]]:
     """``RUN_DIR`` brought up to date with config/test.yaml; (dir, dry-run args, record)."""
     sync_workflow(RUN_DIR)
-    args = ["--configfile", CONFIG]
-    info: dict[str, Any] = {"run_dir": str(RUN_DIR.relative_to(common.REPO)), "config": CONFIG}
+    args = ["--configfile", *TEST_CONFIGS]
+    info: dict[str, Any] = {"run_dir": str(RUN_DIR.relative_to(common.REPO)), "config": list(TEST_CONFIGS)}
     pending = snakemake(RUN_DIR, "-n", "--cores", "1", *args)
     info["up_to_date_before"] = "Nothing to be done" in pending.stdout + pending.stderr
     if not info["up_to_date_before"]:
@@ -129,5 +128,5 @@ def run(smoke: bool = False) -> Result:
         notes.append(f"The toy run is NOT complete ({info.get('pending_jobs')} jobs pending; "
                      "see detail.build_error): the toy-run side lists those jobs as well.")
     return Result("workflow", "Snakemake dry-run overhead", [figure],
-                  params={"repeats": repeats, "config": CONFIG if not smoke else None},
+                  params={"repeats": repeats, "config": list(TEST_CONFIGS) if not smoke else None},
                   notes=notes)

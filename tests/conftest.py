@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from saeflow.toy.workspace import TEST_CONFIG, run_snakemake, sync_workflow
+from saeflow.toy.workspace import TEST_CONFIGS, run_snakemake, sync_workflow
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -72,5 +72,5 @@ def random_sae():
 def toy_run(tmp_path_factory):
     """The whole toy DAG (config/test.yaml: a smaller world), run once per test session."""
     workdir = sync_workflow(tmp_path_factory.mktemp("toy_run"))
-    run_snakemake(workdir, "--cores", "2", "--resources", "gpu=1", "--configfile", TEST_CONFIG)
+    run_snakemake(workdir, "--cores", "2", "--resources", "gpu=1", "--configfile", *TEST_CONFIGS)
     return workdir

@@ -13,7 +13,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 # What a user's checkout holds besides results: copied, the copy runs like the original.
 WORKFLOW_FILES = ("Snakefile", "workflow", "scripts", "config", "envs")
-TEST_CONFIG = "config/test.yaml"
+# The end-to-end tests' world: config/test.yaml is a smaller toy, merged over the default
+# (a --configfile stands alone, so both are named).
+TEST_CONFIGS = ("config/config.yaml", "config/test.yaml")
 
 
 def sync_workflow(dest: Path) -> Path:
@@ -34,11 +36,15 @@ def sync_workflow(dest: Path) -> Path:
 
 
 def e2e_config() -> dict[str, Any]:
-    """The config the end-to-end tests run: config/test.yaml's sections over config/config.yaml's."""
-    import yaml
+    """The config the end-to-end tests run: :data:`TEST_CONFIGS` merged key by key, as
+    Snakemake merges several --configfile files."""
+    from snakemake.utils import update_config
 
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    config.update(yaml.safe_load((REPO / TEST_CONFIG).read_text()))
+    from saeflow.core.io import read_yaml
+
+    config: dict[str, Any] = {}
+    for path in TEST_CONFIGS:
+        update_config(config, read_yaml(REPO / path))
     return config
 
 

@@ -17,11 +17,10 @@ import pytest
 import yaml
 
 from saeflow.toy.compare import assert_same_results
-from saeflow.toy.workspace import TEST_CONFIG, e2e_config, run_snakemake, sync_workflow
+from saeflow.toy.workspace import TEST_CONFIGS, e2e_config, run_snakemake, sync_workflow
 
 pytestmark = pytest.mark.slow
 
-CONFIG = TEST_CONFIG
 PATCH_RULES = {"patch_resid", "patch_atp", "patch_verify", "patch_summary", "plot_resid_patching",
                "plot_top_latents", "plot_faithfulness", "plot_latent_activations"}
 CORRECTION_RULES = {"correct", "correction_summary", "plot_lpf"}
@@ -46,7 +45,7 @@ def job_stats(output: str) -> Counter:
 
 def planned(workdir: Path, *args: str, override: dict | None = None) -> set[str]:
     """Rules of the jobs a dry run (of targets/flags ``args``) would run, `all` left out."""
-    configs = [CONFIG]
+    configs = [*TEST_CONFIGS]
     if override is not None:
         (workdir / "override.yaml").write_text(yaml.safe_dump(override))
         configs.append("override.yaml")
@@ -60,7 +59,7 @@ def stages() -> list[str]:
 
 
 def needs_stage(stage: str):
-    return pytest.mark.skipif(stage not in stages(), reason=f"{CONFIG} does not run the {stage} stage")
+    return pytest.mark.skipif(stage not in stages(), reason=f"{TEST_CONFIGS[-1]} does not run the {stage} stage")
 
 
 def test_changing_nothing_reruns_nothing(toy_run):
@@ -110,10 +109,10 @@ FIGURE_TARGETS = {  # stage -> named figure targets it must have
 @functools.cache
 def figure_targets(workdir: Path) -> dict[str, dict[Path, str]]:
     """fig_* target -> {figure file: the plot rule drawing it}, for every named figure target."""
-    rules = run_snakemake(workdir, "--list-rules", "--configfile", CONFIG).stdout.split()
+    rules = run_snakemake(workdir, "--list-rules", "--configfile", *TEST_CONFIGS).stdout.split()
     targets = {}
     for target in sorted(r for r in rules if r.startswith("fig_")):
-        out = run_snakemake(workdir, target, "--summary", "--configfile", CONFIG).stdout
+        out = run_snakemake(workdir, target, "--summary", "--configfile", *TEST_CONFIGS).stdout
         rows = [line.split("\t") for line in out.splitlines()]
         targets[target] = {workdir / r[0]: r[2] for r in rows if len(r) > 2 and r[0].endswith(".png")}
     return targets
@@ -143,7 +142,7 @@ def test_deleted_figure_reruns_only_its_plot(toy_run):
         rel = str(figure.relative_to(toy_run))
         assert planned(toy_run, rel) == {plot_rule}, rel  # by path
         assert planned(toy_run, target) == {plot_rule, target}, target  # by name
-        proc = run_snakemake(toy_run, target, "--cores", "1", "--configfile", CONFIG)
+        proc = run_snakemake(toy_run, target, "--cores", "1", "--configfile", *TEST_CONFIGS)
         assert set(job_stats(proc.stdout + proc.stderr)) == {plot_rule, target}
         assert figure.stat().st_size > 0
         ran.append(target)
@@ -167,7 +166,7 @@ def test_killed_run_resumes_to_the_same_results(toy_run, tmp_path):
     targets = foundation_targets()
     log = (tmp_path / "first.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "snakemake", *targets, "--cores", "2",
-                             "--resources", "gpu=1", "--configfile", CONFIG], cwd=workdir,
+                             "--resources", "gpu=1", "--configfile", *TEST_CONFIGS], cwd=workdir,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     model = workdir / "results" / "toy" / "model" / "metrics.json"
     sae_logs = workdir / "results" / "toy" / "logs" / "toy" / "train_sae"
@@ -190,7 +189,7 @@ def test_killed_run_resumes_to_the_same_results(toy_run, tmp_path):
     left = planned(workdir, *targets, "--rerun-incomplete")
     assert "train_sae" in left and "train_model" not in left and "toy_world" not in left
     run_snakemake(workdir, *targets, "--cores", "2", "--resources", "gpu=1", "--rerun-incomplete",
-              "--configfile", CONFIG)
+              "--configfile", *TEST_CONFIGS)
     assert planned(workdir, *targets) == set()
     compared = assert_same_results(toy_run / "results", workdir / "results", subset=True)
     assert {"model.pt", "metrics.json", "heldout_seen.h5"} <= {p.name for p in compared}

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from saeflow.toy.workspace import TEST_CONFIG, e2e_config, run_snakemake
+from saeflow.toy.workspace import TEST_CONFIGS, e2e_config, run_snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +20,7 @@ def report_data(html: str, name: str) -> dict:
 
 
 def test_report_has_every_figure_by_category(toy_run):
-    run_snakemake(toy_run, "--report", "report.html", "--configfile", TEST_CONFIG)
+    run_snakemake(toy_run, "--report", "report.html", "--configfile", *TEST_CONFIGS)
     html = (toy_run / "report.html").read_text()
     results = report_data(html, "results")
     categories = report_data(html, "categories")

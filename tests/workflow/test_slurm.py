@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from saeflow.toy.compare import assert_same_results
-from saeflow.toy.workspace import REPO, run_snakemake, sync_workflow
+from saeflow.toy.workspace import TEST_CONFIGS, REPO, run_snakemake, sync_workflow
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -89,7 +89,7 @@ def test_profile_requests_a_gpu_for_every_gpu_rule(tmp_path):
     """Rules with resources gpu=1 have cluster settings; light rules are local."""
     workdir = sync_workflow(tmp_path)
     profile = yaml.safe_load(PROFILE.read_text())
-    rules = set(run_snakemake(workdir, "--list-rules", "--configfile", "config/test.yaml").stdout.split())
+    rules = set(run_snakemake(workdir, "--list-rules", "--configfile", *TEST_CONFIGS).stdout.split())
     assert GPU_RULES <= rules
     assert GPU_RULES <= set(profile["set-resources"])
     local = local_rules()
@@ -140,7 +140,7 @@ def test_toy_dag_on_slurm_equals_the_local_run(slurm_cluster, toy_run, tmp_path)
     (tmp_path / "work").mkdir()
     workdir = sync_workflow(tmp_path / "work")
     profile = cluster_profile(tmp_path / "profile")
-    proc = run_snakemake(workdir, "--profile", str(profile), "--configfile", "config/test.yaml",
+    proc = run_snakemake(workdir, "--profile", str(profile), "--configfile", *TEST_CONFIGS,
                      timeout=3000)
     log = proc.stdout + proc.stderr
     submitted = set(re.findall(r"submitted with SLURM jobid \d+ \(log: \S*/slurm_logs/rule_(\w+)/", log))
@@ -162,5 +162,5 @@ def test_toy_dag_on_slurm_equals_the_local_run(slurm_cluster, toy_run, tmp_path)
     suffixes = {p.suffix for p in compared}
     assert {".json", ".h5", ".png", ".safetensors"} <= suffixes
     # Nothing left to do: the cluster run's metadata is as complete as a local run's.
-    again = run_snakemake(workdir, "-n", "--configfile", "config/test.yaml")
+    again = run_snakemake(workdir, "-n", "--configfile", *TEST_CONFIGS)
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -8,7 +8,7 @@ from pathlib import Path
 import h5py
 import pytest
 
-from saeflow.toy.workspace import REPO, run_snakemake, sync_workflow
+from saeflow.toy.workspace import TEST_CONFIGS, REPO, run_snakemake, sync_workflow
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,7 @@ def test_every_rule_logs_what_it_did(toy_run):
 
 
 def test_nothing_to_do_after_a_complete_run(toy_run):
-    proc = run_snakemake(toy_run, "-n", "--configfile", "config/test.yaml")
+    proc = run_snakemake(toy_run, "-n", "--configfile", *TEST_CONFIGS)
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
@@ -92,13 +92,48 @@ def test_real_model_dag_builds_without_the_hub(tmp_path):
     assert "train_model" not in out
 
 
-@pytest.mark.parametrize("override, named", [
-    ("sae:\n  source: train\n  hooks: [blocks.0.hook_resid_post]\n  d_sea: 3\n", "d_sea"),
-    ("extraction:\n  prompt_sets: [heldout_seen]\n  hooks: [blocks.0.hook_resid_post]\n  dtype: int8\n", "int8"),
+@pytest.mark.parametrize("override, line", [
+    ("sae:\n  source: train\n  hooks: [blocks.0.hook_resid_post]\n  d_sea: 3\n",
+     "config/config.yaml + bad.yaml: sae.d_sea: unknown key; did you mean 'd_sae'?"),
+    ("extraction:\n  dtype: int8\n",
+     "config/config.yaml + bad.yaml: extraction.dtype: 'int8' is not one of ['float16', 'float32']"),
+    ("extraction:\n  prompt_sets: [heldout_seen, heldout_seen]\n",
+     "config/config.yaml + bad.yaml: extraction.prompt_sets: 'heldout_seen' listed twice"),
+    ("sae:\n  hooks: [blocks.2.hook_resid_post]\n",
+     "config/config.yaml + bad.yaml: sae.hooks: hook 'blocks.2.hook_resid_post' is beyond the "
+     "model's 2 layers (blocks.0 to blocks.1)"),
+    ("probe:\n  datasets:\n    - {name: h, strategy: hidden-to-concept, layers: \"0-5\"}\n",
+     "config/config.yaml + bad.yaml: probe.datasets[0] (h).layers: spec '0-5' names layer 5, "
+     "beyond the model's 2 layers (0 to 1)"),
+    ("seed: 1\nseed: 2\n", "bad.yaml: line 2: key 'seed' given twice in one mapping"),
 ])
-def test_bad_config_fails_naming_the_key(tmp_path, override, named):
+def test_bad_config_is_one_line_naming_the_file_and_key(tmp_path, override, line):
     workdir = sync_workflow(tmp_path)
     (workdir / "bad.yaml").write_text(override)
-    proc = run_snakemake(workdir, "-n", "--configfile", "bad.yaml", check=False)
-    assert proc.returncode != 0
-    assert named in proc.stdout + proc.stderr
+    proc = run_snakemake(workdir, "-n", "--configfile", "config/config.yaml", "bad.yaml",
+                         check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"saeflow: error: {line}", proc.stderr[-2000:]
+
+
+def test_a_study_config_stands_alone(tmp_path):
+    """A --configfile gets the schema's defaults plus what it says, never the toy's sections."""
+    workdir = sync_workflow(tmp_path)
+    (workdir / "p.jsonl").write_text('{"text": "a b c", "answer": " d"}\n')
+    (workdir / "study.yaml").write_text(
+        "experiment: mine\nmodel: {source: pretrained, name: gpt2}\n"
+        "sae: {source: pretrained, release: gpt2-small-res-jb, hooks: [blocks.0.hook_resid_pre],"
+        " ids: {blocks.0.hook_resid_pre: blocks.0.hook_resid_pre}}\n"
+        "extraction: {prompt_sets: {mine: p.jsonl}, hooks: [blocks.0.hook_resid_pre]}\n")
+    proc = run_snakemake(workdir, "-n", "--configfile", "study.yaml", "--quiet", "rules")
+    assert set(proc.stdout.split()) >= {"extract", "encode", "evaluate_saes"}
+    assert "toy_world" not in proc.stdout and "classify" not in proc.stdout
+    (workdir / "study.yaml").write_text((workdir / "study.yaml").read_text() + "stages: [labels]\n")
+    proc = run_snakemake(workdir, "-n", "--configfile", "study.yaml", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "saeflow: error: study.yaml: stages: 'labels' is listed but the config has no 'labels' "
+        "section (config/README.md)")
+    (workdir / "study.yaml").write_text((workdir / "study.yaml").read_text().replace("stages: [labels]\n", ""))
+    (workdir / "p.jsonl").unlink()
+    proc = run_snakemake(workdir, "-n", "--configfile", "study.yaml", check=False)
+    assert proc.returncode == 2 and "extraction.prompt_sets.mine: prompt file 'p.jsonl' does not exist" in proc.stderr

@@ -1,0 +1,158 @@
+"""The workflow's config, checked while Snakemake builds the DAG: one line naming the user's
+file and the key, before any job starts.
+
+Imports nothing heavy (the Snakefile is parsed on every invocation). The schema
+(workflow/schemas/config.schema.yaml) is the one home of defaults and types; this module adds
+what a schema cannot say: a key given twice, prompt files that must exist, prompt-set names
+given twice, hooks and layer specs beyond the model's layers, stage sections a run needs.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from saeflow.core.errors import InputError, report_input_error
+
+# Blocks of the pretrained models a shipped config names (TransformerLens's registry needs
+# transformer_lens imported, too slow for every parse): hooks and layer specs of these models
+# are checked before any job runs; other models are checked when their rule loads them.
+KNOWN_N_LAYERS = {
+    "gpt2": 12, "gpt2-small": 12, "gpt2-medium": 24,
+    "gemma-2-2b": 26, "gemma-2-2b-it": 26, "gemma-2-9b": 42, "gemma-2-9b-it": 42,
+}
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+
+
+def config_source(configfiles: Sequence[str | Path], default: str) -> str:
+    """How error messages name the config: the --configfile files, else the default."""
+    names = [_relative(p) for p in configfiles] or [default]
+    return " + ".join(names)
+
+
+def _relative(path: str | Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def fail(err: InputError) -> NoReturn:
+    """Stop the Snakemake invocation with the error's one line and exit status 2."""
+    sys.exit(report_input_error(err))
+
+
+def check_files(paths: Iterable[str | Path]) -> None:
+    """Every config file parses on the checked path (a key given twice is an error: PyYAML,
+    which Snakemake uses, lets the second silently win)."""
+    from saeflow.core.io import read_yaml
+
+    for path in paths:
+        read_yaml(_relative(path))
+
+
+def _key_path(parts: Iterable[Any]) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<root>"
+
+
+def check_schema(config: Mapping[str, Any], schema_path: str | Path, source: str) -> None:
+    """The schema's most relevant error, as one line: ``<files>: <key path>: <problem>``
+    (snakemake's own validate prints the whole schema and names the rule file)."""
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(dict(config)))
+    if error is None:
+        return
+    path = _key_path(error.absolute_path)
+    message = error.message
+    if error.validator == "additionalProperties":
+        unknown = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        if unknown:
+            import difflib
+
+            near = difflib.get_close_matches(unknown[0], list(error.schema["properties"]), n=1)
+            path = _key_path([*error.absolute_path, unknown[0]])
+            message = "unknown key" + (f"; did you mean {near[0]!r}?" if near else "")
+    if len(message) > 200:
+        message = message[:200] + "..."
+    raise InputError(source, path, message)
+
+
+def n_layers(model: Mapping[str, Any]) -> int | None:
+    """The model's block count when known before any weight is loaded."""
+    if model.get("source") == "toy":
+        return int(model.get("n_layers", 2))
+    return KNOWN_N_LAYERS.get(str(model.get("name")))
+
+
+def check_hooks(hooks: Iterable[str], layers: int | None, source: str, field: str) -> None:
+    """Hooks ``blocks.<l>.…`` need ``l`` below the model's layer count (when it is known)."""
+    if layers is None:
+        return
+    for hook in hooks:
+        match = _BLOCK.match(str(hook))
+        if match and int(match.group(1)) >= layers:
+            raise InputError(source, field, f"hook {hook!r} is beyond the model's {layers} "
+                             f"layers (blocks.0 to blocks.{layers - 1})")
+
+
+def check_layer_spec(spec: Any, layers: int | None, source: str, field: str) -> None:
+    """A probe layer spec (as the user wrote it) against the model's layer count."""
+    from saeflow.probe.layerspec import parse_layer_spec
+
+    parsed = parse_layer_spec(spec, source=source, field=field)
+    if layers is not None and parsed and max(parsed) >= layers:
+        raise InputError(source, field, f"spec {spec!r} names layer {max(parsed)}, beyond the "
+                         f"model's {layers} layers (0 to {layers - 1})")
+
+
+def check_prompt_sets(sets: Any, source: str) -> None:
+    """A list of toy prompt sets without repeats; files of a study's sets must exist."""
+    if isinstance(sets, list):
+        repeated = sorted({s for s in sets if sets.count(s) > 1})
+        if repeated:
+            raise InputError(source, "extraction.prompt_sets", f"{repeated[0]!r} listed twice")
+        return
+    for name, path in sets.items():
+        if not Path(path).is_file():
+            raise InputError(source, f"extraction.prompt_sets.{name}",
+                             f"prompt file {path!r} does not exist")
+
+
+def check_stages(config: Mapping[str, Any], source: str) -> None:
+    """Each stage named in ``stages`` has its section."""
+    for stage in config.get("stages", []):
+        if stage not in config:
+            raise InputError(source, "stages", f"{stage!r} is listed but the config has no "
+                             f"{stage!r} section (config/README.md)")
+
+
+def check_config(config: Mapping[str, Any], configfiles: Sequence[str | Path], default: str,
+                 schema_path: str | Path) -> str:
+    """Every parse-time check, in the order a user would fix them; returns the source name.
+    Bad config ends the invocation with one line and exit status 2."""
+    source = config_source(configfiles, default)
+    try:
+        check_files(configfiles or [default])
+        check_schema(config, schema_path, source)
+        check_stages(config, source)
+        check_prompt_sets(config["extraction"]["prompt_sets"], source)
+        layers = n_layers(config["model"])
+        check_hooks(config["extraction"]["hooks"], layers, source, "extraction.hooks")
+        check_hooks(config["sae"]["hooks"], layers, source, "sae.hooks")
+        for i, dataset in enumerate(config.get("probe", {}).get("datasets", [])):
+            if isinstance(dataset, Mapping) and "layers" in dataset:
+                check_layer_spec(dataset["layers"], layers, source,
+                                 f"probe.datasets[{i}] ({dataset.get('name')}).layers")
+    except InputError as err:
+        fail(err)
+    return source
