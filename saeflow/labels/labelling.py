@@ -224,6 +224,48 @@ class Interrupted(Exception):
     """The labeller pressed Ctrl-C; the message says what is saved and how to resume."""
 
 
+def label_command(descriptions: str | Path, category: str, question: str, out: str | Path,
+                  n: int, seed: int) -> str:
+    """The exact ``saeflow label`` command that labels a category's sample."""
+    import shlex
+
+    return " ".join(["saeflow label", "--descriptions", shlex.quote(str(descriptions)),
+                     "--category", shlex.quote(category), "--question", shlex.quote(question),
+                     "--out", shlex.quote(str(out)), "--n", str(n), "--seed", str(seed)])
+
+
+def import_human_labels(path: str | Path | None, configured: str | None,
+                        descriptions: str | Path, category: str, question: str,
+                        sample: Mapping[str, int], out: str | Path) -> None:
+    """Check a human labels file and write the records the DAG uses to ``out``; the user's
+    file is only read. Without one (not written yet, or not named in labels.human) this is an
+    InputError giving the ``saeflow label`` command to run."""
+    from saeflow.formats.labels import read_labelled
+    from saeflow.labels.agreement import check_human_labels
+
+    field = f"labels.human.{category}"
+    if path is None:
+        target = configured or f"labels/{category}.json"
+        how = label_command(descriptions, category, question, target, sample["n"], sample["seed"])
+        where = f"{configured!r} does not exist yet" if configured else "no file is named"
+        raise InputError("config", field, f"{where}: label the sample with `{how}`"
+                         + ("" if configured else f" and set {field}: {target}")
+                         + ", then run snakemake again")
+    records = read_labelled(path, strict=False)
+    if not records:
+        raise InputError(path, "records", "no labelled rows yet: label some with saeflow label")
+    check_human_labels(records, path)
+    data = read_json(path) if str(path).endswith(".json") else {}
+    if isinstance(data, Mapping) and data.get("category") not in (None, category):
+        raise InputError(path, "category", f"the file labels {data['category']!r}, not {category!r}")
+    if isinstance(data, Mapping) and data.get("question") not in (None, question):
+        raise InputError(path, "question", f"the file answers {data['question']!r}, not the "
+                         f"config's question {question!r}")
+    write_json(out, {"category": category, "question": question, "source": str(path),
+                     "n_labelled": len(records), "records": records},
+               {"category": category, "source": str(path)})
+
+
 # --- toy world: the oracle stands in for the human --------------------------------------------
 
 def oracle_labeller(members: Collection[int]) -> Callable[[Mapping[str, Any]], str]:

@@ -3,6 +3,7 @@
 # workflow/schemas/config.schema.yaml (the one home of every default) before this file runs.
 # Input functions run when the DAG is built, after every .smk file is read, so they may name
 # any rule's outputs (rules.<rule>.output.<name>).
+import os
 import re
 
 from saeflow.probe.layerspec import expand_per_layer
@@ -159,12 +160,26 @@ def get_labels_activations(wildcards):
 
 
 def human_labels(category):
-    """The human labels of ``category``: the oracle's in the toy world, else your file."""
-    if IS_ORACLE:
-        return expand(
-            rules.label_oracle.output.labels, category=category, allow_missing=True
-        )[0]
-    return LABELS["human"][category]
+    """The human labels of ``category`` as the DAG reads them: the oracle's in the toy world,
+    else the checked copy of your file (rule import_human_labels)."""
+    step = rules.label_oracle if IS_ORACLE else rules.import_human_labels
+    return expand(step.output.labels, category=category, allow_missing=True)[0]
+
+
+def get_human_labels_path(wildcards):
+    """Your labels file for the category (labels.human), None when the config names none."""
+    return LABELS["human"].get(wildcards.category)
+
+
+def get_human_labels_file(wildcards):
+    """Your labels file as an input once it exists: until then import_human_labels runs
+    without it and stops with the `saeflow label` command that writes it."""
+    path = get_human_labels_path(wildcards)
+    return {"human": path} if path and os.path.isfile(path) else {}
+
+
+def get_question(wildcards):
+    return LABELS["categories"][wildcards.category]["question"]
 
 
 def get_human_labels(wildcards):

@@ -82,6 +82,28 @@ if IS_ORACLE:
             "../../scripts/label_oracle.py"
 
 
+if not IS_ORACLE:
+
+    rule import_human_labels:
+        input:
+            unpack(get_human_labels_file),
+            descriptions=rules.describe.output.descriptions,
+        output:
+            labels="results/{experiment}/labels/human/{category}.json",
+        log:
+            "results/{experiment}/logs/labels/import_human_labels/{category}.log",
+        localrule: True  # checks and copies your file; it never writes to it
+        conda:
+            "../../envs/saeflow.yaml"
+        params:
+            category="{category}",
+            question=get_question,
+            human=get_human_labels_path,
+            sample=LABELS["sample"],
+        script:
+            "../../scripts/import_human_labels.py"
+
+
 rule agree:
     input:
         human=get_human_labels,
