@@ -1,7 +1,8 @@
 """Rule import_human_labels: check a category's human labels file and copy it into results/.
 
 Inputs: ``human`` (your labels file, once it exists), ``descriptions``. Params: ``category``,
-``question``, ``human`` (its path in labels.human), ``sample`` ({n, seed}). Output: ``labels``
+``question``, ``human`` (its path in labels.human), ``sample`` ({n, seed}), ``config_source``
+(the config files, for the message). Output: ``labels``
 (results/{experiment}/labels/human/{category}.json). Without the file it stops with the
 ``saeflow label`` command that writes it.
 """
@@ -20,6 +21,7 @@ def body(snakemake):
         snakemake.params.question,
         snakemake.params.sample,
         snakemake.output.labels,
+        snakemake.params.config_source,
     )
 
 

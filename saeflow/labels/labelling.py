@@ -236,7 +236,8 @@ def label_command(descriptions: str | Path, category: str, question: str, out: s
 
 def import_human_labels(path: str | Path | None, configured: str | None,
                         descriptions: str | Path, category: str, question: str,
-                        sample: Mapping[str, int], out: str | Path) -> None:
+                        sample: Mapping[str, int], out: str | Path,
+                        config_source: str = "config") -> None:
     """Check a human labels file and write the records the DAG uses to ``out``; the user's
     file is only read. Without one (not written yet, or not named in labels.human) this is an
     InputError giving the ``saeflow label`` command to run."""
@@ -248,7 +249,7 @@ def import_human_labels(path: str | Path | None, configured: str | None,
         target = configured or f"labels/{category}.json"
         how = label_command(descriptions, category, question, target, sample["n"], sample["seed"])
         where = f"{configured!r} does not exist yet" if configured else "no file is named"
-        raise InputError("config", field, f"{where}: label the sample with `{how}`"
+        raise InputError(config_source, field, f"{where}: label the sample with `{how}`"
                          + ("" if configured else f" and set {field}: {target}")
                          + ", then run snakemake again")
     records = read_labelled(path, strict=False)

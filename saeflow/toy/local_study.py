@@ -95,20 +95,22 @@ def _prompt_set(rng: random.Random, words: list[str], n: int) -> list[dict[str, 
         label = CLASSES[i % len(CLASSES)]
         # the class decides the first word, so a probe has something to find
         first = words[CLASSES.index(label)]
-        text = first + "".join(rng.choice(words[3:12]) for _ in range(5))
+        text = first + "".join(rng.choice(words[3:9]) for _ in range(5))
         records.append({"text": text.strip(), "label": label, "index": i})
     return records
 
 
-def _pairs(rng: random.Random, words: list[str], n: int) -> list[dict[str, Any]]:
-    rows = []
-    for k in range(n):
-        stem = "".join(rng.choice(words[3:12]) for _ in range(4))
-        clean, corrupted = words[0], words[1]  # one single-token word swapped: equal length
-        rows.append({"text": (clean + stem).strip(), "answer": words[12], "pair_id": k,
-                     "role": "clean"})
-        rows.append({"text": (corrupted + stem).strip(), "answer": words[13], "pair_id": k,
-                     "role": "corrupted"})
+def _pairs(rng: random.Random, words: list[str], tokenizer: Any, n: int) -> list[dict[str, Any]]:
+    """Pairs differing in their first word; a stem that changes the token count is redrawn."""
+    rows: list[dict[str, Any]] = []
+    while len(rows) < 2 * n:
+        stem = "".join(rng.choice(words[3:9]) for _ in range(4))
+        clean, corrupted = (words[0] + stem).strip(), (words[1] + stem).strip()
+        if len(tokenizer.encode(clean)) != len(tokenizer.encode(corrupted)):
+            continue
+        k = len(rows) // 2
+        rows.append({"text": clean, "answer": words[9], "pair_id": k, "role": "clean"})
+        rows.append({"text": corrupted, "answer": words[10], "pair_id": k, "role": "corrupted"})
     return rows
 
 
@@ -137,7 +139,7 @@ def write_study(workdir: Path, hf_home: Path, llm_url: str) -> Path:
     snapshot = next((hf_home / "hub" / "models--gpt2" / "snapshots").iterdir())
     tokenizer = AutoTokenizer.from_pretrained(snapshot)
     words = _single_tokens(tokenizer)
-    assert len(words) >= 14, words
+    assert len(words) >= 11, words
     sets = {"study_a": _prompt_set(rng, words, N_PER_SET),
             "study_b": _prompt_set(rng, words, N_PER_SET)}
     for name, records in sets.items():
@@ -147,9 +149,9 @@ def write_study(workdir: Path, hf_home: Path, llm_url: str) -> Path:
             own = tokenizer.encode(right, add_special_tokens=False) == [token]
             # half answered as the model does (model_correct), half with another word
             record["answer"] = right if i % 2 == 0 and own else (
-                words[12] if right != words[12] else words[13])
+                words[9] if right != words[9] else words[10])
         _write_jsonl(workdir / "inputs" / f"{name}.jsonl", records)
-    _write_jsonl(workdir / "inputs" / "pairs.jsonl", _pairs(rng, words, 12))
+    _write_jsonl(workdir / "inputs" / "pairs.jsonl", _pairs(rng, words, tokenizer, 12))
     exports = workdir / "inputs" / "neuronpedia"
     exports.mkdir(parents=True, exist_ok=True)
     rows = _descriptions(local_hub.D_SAE)

@@ -100,6 +100,7 @@ if not IS_ORACLE:
             question=get_question,
             human=get_human_labels_path,
             sample=LABELS["sample"],
+            config_source=CONFIG_SOURCE,
         script:
             "../../scripts/import_human_labels.py"
 

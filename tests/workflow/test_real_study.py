@@ -1,0 +1,170 @@
+"""A real study end to end, offline: a pretrained model and SAE from a local Hugging Face
+cache, a study config of its own (no toy sections), descriptions from a Neuronpedia export
+folder, a keyword and an ``llm`` category (the LLM a loopback OpenAI-compatible server),
+human labels written by ``saeflow label`` from the command the DAG prints, string-labelled
+prompt sets and clean/corrupted pairs, through all six stages."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import pytest
+
+from saeflow.toy import local_hub, local_study
+from saeflow.toy.workspace import run_snakemake, sync_workflow
+
+pytestmark = pytest.mark.slow
+RESULTS = Path("results") / local_study.EXPERIMENT
+COMMAND = re.compile(r"label the sample with `(saeflow label [^`]+)`")
+
+
+def _label(work: Path, command: str) -> subprocess.CompletedProcess[str]:
+    """Run the printed ``saeflow label`` command, answering as a careful human would (related
+    iff the description names the category's subject) but for every 7th item."""
+    from saeflow.formats.descriptions import read_descriptions
+    from saeflow.labels.labelling import sample_features
+
+    argv = shlex.split(command)[2:]
+    args = dict(zip(argv[0::2], argv[1::2], strict=True))
+    word = {"animals": local_study.ANIMAL, "numbers": local_study.NUMBER}[args["--category"]]
+    sample = sample_features(read_descriptions(work / args["--descriptions"]),
+                             int(args["--n"]), int(args["--seed"]))
+    keys = "".join("r" if (word in r["description"]) != (i % 7 == 3) else "n"
+                   for i, r in enumerate(sample))
+    return subprocess.run([sys.executable, "-m", "saeflow.cli", "label", *argv], cwd=work,
+                          input=keys, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("real_study")
+    hf_home = root / "hf"
+    (root / "ref").mkdir()
+    local_hub.build_hub_cache(hf_home, root / "ref")
+    work = sync_workflow(root / "work")
+    llm = local_study.KeywordLLM(local_study.NUMBER)
+    local_study.write_study(work, hf_home, llm.url)
+    env = local_hub.offline_env(hf_home)
+    args = ["--cores", "2", "--resources", "gpu=1", "--configfile", "study.yaml"]
+    try:
+        dry = run_snakemake(work, "-n", "--quiet", "rules", *args[4:], env=env)
+        first = run_snakemake(work, *args, "--keep-going", check=False, env=env)
+        commands = sorted(set(COMMAND.findall(first.stderr)))
+        labelled = [_label(work, c) for c in commands]
+        labels_before = {p.name: p.read_bytes() for p in (work / "labels").glob("*.json")}
+        second = run_snakemake(work, *args, env=env, timeout=1500)
+        again = run_snakemake(work, "-n", *args[4:], env=env)
+    finally:
+        llm.close()
+    return {"work": work, "dry": dry, "first": first, "commands": commands,
+            "labelled": labelled, "labels_before": labels_before, "second": second,
+            "again": again, "llm_calls": llm.calls}
+
+
+def test_a_dry_run_plans_every_stage(study):
+    planned = set(study["dry"].stdout.split())
+    assert {"extract", "encode", "describe", "classify", "import_human_labels", "agree",
+            "ablate_categories", "correct", "probe_data", "probe_fit", "probe_effects",
+            "patch_resid", "patch_atp", "patch_verify"} <= planned
+    assert not planned & {"toy_world", "train_model", "train_sae", "label_oracle"}
+
+
+def test_missing_human_labels_stop_with_the_command_to_run(study):
+    first = study["first"]
+    assert first.returncode != 0
+    assert len(study["commands"]) == 2, first.stderr[-3000:]
+    assert all("--descriptions results/local-gpt2/labels/descriptions.json" in c and
+               "--n 48 --seed 42" in c for c in study["commands"])
+    assert "MissingInputException" not in first.stderr
+    for proc in study["labelled"]:
+        assert proc.returncode == 0 and "Done: all 48 items labelled" in proc.stdout, proc.stderr
+
+
+def test_every_stage_runs_and_a_rerun_has_nothing_to_do(study):
+    assert "Nothing to be done" in study["again"].stdout + study["again"].stderr
+    work = study["work"]
+    for name in ("confusion", "lpf_naive", "lpf_two-bucket", "lpf_general", "resid_patching",
+                 "top_latents", "faithfulness", "latent_activations", "probe_accuracy",
+                 "probe_heatmap", "cohens_d"):
+        png = work / RESULTS / "figures" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert study["llm_calls"] >= local_hub.D_SAE  # every description went to the endpoint
+
+
+def test_the_users_labels_are_never_written(study):
+    work = study["work"]
+    assert {p.name: p.read_bytes() for p in (work / "labels").glob("*.json")} == \
+        study["labels_before"]
+
+
+def test_outputs_keep_their_contracts(study):
+    """Each output read back through its format's one reader, with provenance."""
+    from saeflow.formats.activations import open_activations
+    from saeflow.formats.codes import read_codes
+    from saeflow.formats.descriptions import read_descriptions
+    from saeflow.formats.labels import read_labelled
+    from saeflow.labels.study import load_study
+    from saeflow.patch.attribution import read_atp
+    from saeflow.patch.resid import read_resid
+    from saeflow.probe.dataset import read_probe_dataset
+
+    out = study["work"] / RESULTS
+    for name in ("study_a", "study_b"):
+        with open_activations(out / "activations" / f"{name}.h5") as h5:
+            assert {"answer_token_id", "model_correct", "label"} <= set(h5["meta"])
+            assert json.loads(h5.attrs["provenance"])["git_commit"]
+        codes = read_codes(out / "codes" / f"{name}.h5", local_hub.HOOK)
+        assert codes.shape[1] == local_hub.D_SAE and codes.nnz > 0
+    descriptions = read_descriptions(out / "labels" / "descriptions.json")
+    assert len(descriptions) == local_hub.D_SAE
+    assert descriptions[0]["feature_id"] == f"{local_study.SOURCE}-0"
+    for category in ("animals", "numbers"):
+        assert len(read_labelled(out / "labels" / "classified" / f"{category}.json")) == \
+            local_hub.D_SAE
+        human = read_labelled(out / "labels" / "human" / f"{category}.json")
+        assert len(human) == 48
+        agreement = json.loads((out / "labels" / "agreement" / f"{category}.json").read_text())
+        assert agreement["n"] == 48 and 0.5 < agreement["accuracy"] < 1.0  # 7 flips
+    study_file = load_study(out / "correction" / "study.yaml")
+    assert set(study_file.categories) == {"animals", "numbers"} and study_file.other is not None
+    for method in ("naive", "two-bucket", "general"):
+        result = json.loads((out / "correction" / f"{method}.json").read_text())
+        assert set(result["categories"]) >= {"animals", "numbers"}
+        assert all(len(c["ci95"]) == 2 for c in result["categories"].values())
+    # string classes in sorted order, the mapping recorded in the dataset file
+    ds = read_probe_dataset(out / "probe" / "data" / "study_a" / "hid_concept_L0.h5")
+    assert ds.class_names == list(local_study.CLASSES) and ds.meta["target"] == {"column": "label"}
+    failure = read_probe_dataset(out / "probe" / "data" / "study_b" / "sae_failure.h5")
+    assert set(failure.y.tolist()) == {0, 1}  # answers make both outcomes occur
+    summary = json.loads((out / "probe" / "summary.json").read_text())
+    assert {f"{ps}/{name}" for ps in ("study_a", "study_b") for name in
+            ("hid_concept_L0", "hid_concept_L1", "sae_concept", "sae_failure")} == set(
+        summary["datasets"])
+    resid = read_resid(out / "patch" / "resid.h5")
+    assert resid is not None
+    atp, _ = read_atp(out / "patch" / "atp.h5")
+    assert len(atp) == 2  # with and without the SAE error term
+    patch = json.loads((out / "patch" / "summary.json").read_text())
+    assert patch["n_pairs"] == 12
+
+
+def test_nothing_on_the_real_path_imports_the_toy_world():
+    modules = ["saeflow.extract", "saeflow.encode", "saeflow.cli", "saeflow.core.config",
+               "saeflow.labels.describe", "saeflow.labels.classify", "saeflow.labels.labelling",
+               "saeflow.labels.agreement", "saeflow.labels.ablation", "saeflow.labels.study",
+               "saeflow.labels.correction", "saeflow.labels.plots", "saeflow.probe.strategies",
+               "saeflow.probe.fit_files", "saeflow.probe.effects", "saeflow.probe.summary",
+               "saeflow.probe.plots", "saeflow.patch.resid", "saeflow.patch.attribution",
+               "saeflow.patch.faithfulness", "saeflow.patch.summary", "saeflow.patch.plots"]
+    code = (f"import sys, importlib\nfor m in {modules!r}: importlib.import_module(m)\n"
+            "print(sorted(m for m in sys.modules if m.startswith('saeflow.toy')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"
