@@ -2,7 +2,7 @@
 
 Inputs: toy -- ``codes`` (results/{experiment}/codes/{prompt_set}.h5), ``activations`` (same
 prompt set), ``model`` (model.pt; its tokenizer/ sits beside it); real SAEs -- ``folder`` of
-Neuronpedia explanation exports. Params: ``describe`` (config labels.describe), ``hook``.
+Neuronpedia explanation exports, or the ``manifest`` of those fetch_neuronpedia downloaded. Params: ``describe`` (config labels.describe), ``hook``.
 Output: ``descriptions`` (results/{experiment}/labels/descriptions.json).
 """
 
@@ -15,6 +15,10 @@ def body(snakemake):
     from saeflow.labels.describe import describe_stage
 
     inputs = dict(snakemake.input.items())
+    if "manifest" in inputs:
+        from saeflow.core.io import read_json
+
+        inputs["folder"] = read_json(inputs["manifest"])["folder"]
     describe_stage(
         snakemake.params.describe,
         snakemake.output.descriptions,

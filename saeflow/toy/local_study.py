@@ -24,6 +24,7 @@ from saeflow.toy import local_hub
 
 EXPERIMENT = "local-gpt2"
 SOURCE = "0-res-jb"  # the Neuronpedia source id of the SAE
+MODEL_ID = "gpt2-small"  # and its Neuronpedia model id
 CLASSES = ("alpha", "beta", "gamma")
 ANIMAL, NUMBER = "animal", "number"
 N_PER_SET = 48
@@ -60,6 +61,60 @@ class KeywordLLM:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class ExportStore:
+    """Neuronpedia's export layout served from a local folder on 127.0.0.1:
+    ``/<modelId>/<source>/explanations/batch-<i>.jsonl.gz``; a missing key answers 403 as S3
+    does. ``fail_once`` names batches that answer 500 the first time (a broken download)."""
+
+    def __init__(self, root: Path, fail_once: tuple[str, ...] = ()):
+        self.requests: list[str] = []
+        self.failing = set(fail_once)
+        store = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                store.requests.append(self.path)
+                name = self.path.rsplit("/", 1)[-1]
+                path = root / self.path.lstrip("/")
+                if name in store.failing:
+                    store.failing.discard(name)
+                    self.send_response(500)
+                    self.end_headers()
+                    return
+                if not path.is_file():
+                    self.send_response(403)
+                    self.end_headers()
+                    return
+                data = path.read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def write_exports(folder: Path, d_sae: int = local_hub.D_SAE, per_batch: int = 40) -> list[Path]:
+    """The SAE's explanations as Neuronpedia export batches (``batch-<i>.jsonl.gz``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = _descriptions(d_sae)
+    paths = []
+    for b, start in enumerate(range(0, len(rows), per_batch)):
+        text = "".join(json.dumps(r) + "\n" for r in rows[start:start + per_batch])
+        paths.append(folder / f"batch-{b}.jsonl.gz")
+        paths[-1].write_bytes(gzip.compress(text.encode(), mtime=0))
+    return paths
 
 
 def _single_tokens(tokenizer: Any) -> list[str]:
@@ -131,8 +186,11 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
-def write_study(workdir: Path, hf_home: Path, llm_url: str) -> Path:
-    """Write the study's inputs and config into ``workdir``; returns the config's path."""
+def write_study(workdir: Path, hf_home: Path, llm_url: str, exports_url: str | None = None
+                ) -> Path:
+    """Write the study's inputs and config into ``workdir``; returns the config's path.
+    With ``exports_url`` (an :class:`ExportStore` over :func:`write_exports`) the
+    descriptions are downloaded by the DAG; without, read from a local export folder."""
     from transformers import AutoTokenizer
 
     rng = random.Random(0)
@@ -152,12 +210,12 @@ def write_study(workdir: Path, hf_home: Path, llm_url: str) -> Path:
                 words[9] if right != words[9] else words[10])
         _write_jsonl(workdir / "inputs" / f"{name}.jsonl", records)
     _write_jsonl(workdir / "inputs" / "pairs.jsonl", _pairs(rng, words, tokenizer, 12))
-    exports = workdir / "inputs" / "neuronpedia"
-    exports.mkdir(parents=True, exist_ok=True)
-    rows = _descriptions(local_hub.D_SAE)
-    for b, start in enumerate(range(0, len(rows), 40)):  # several batches, as the exports come
-        text = "".join(json.dumps(r) + "\n" for r in rows[start:start + 40])
-        (exports / f"batch-{b}.jsonl.gz").write_bytes(gzip.compress(text.encode()))
+    if exports_url is None:
+        write_exports(workdir / "inputs" / "neuronpedia")
+        describe = {"backend": "neuronpedia", "folder": "inputs/neuronpedia", "source": SOURCE}
+    else:
+        describe = {"backend": "neuronpedia", "exports_url": exports_url, "model_id": MODEL_ID,
+                    "source": SOURCE, "cache_dir": "inputs/neuronpedia-cache"}
     hook = local_hub.HOOK
     config = {
         "experiment": EXPERIMENT,
@@ -169,8 +227,7 @@ def write_study(workdir: Path, hf_home: Path, llm_url: str) -> Path:
         "stages": ["labels", "probe", "patch"],
         "labels": {
             "prompt_set": "study_a", "hook": hook,
-            "describe": {"backend": "neuronpedia", "folder": "inputs/neuronpedia",
-                         "source": SOURCE},
+            "describe": describe,
             "categories": {
                 "animals": {"backend": "keyword", "patterns": [ANIMAL],
                             "question": "Is this feature about animals?"},

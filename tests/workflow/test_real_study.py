@@ -13,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import h5py
 import pytest
 
 from saeflow.toy import local_hub, local_study
@@ -48,8 +47,11 @@ def study(tmp_path_factory):
     (root / "ref").mkdir()
     local_hub.build_hub_cache(hf_home, root / "ref")
     work = sync_workflow(root / "work")
+    local_study.write_exports(root / "store" / local_study.MODEL_ID / local_study.SOURCE /
+                              "explanations")
+    store = local_study.ExportStore(root / "store")
     llm = local_study.KeywordLLM(local_study.NUMBER)
-    local_study.write_study(work, hf_home, llm.url)
+    local_study.write_study(work, hf_home, llm.url, exports_url=store.url)
     env = local_hub.offline_env(hf_home)
     args = ["--cores", "2", "--resources", "gpu=1", "--configfile", "study.yaml"]
     try:
@@ -62,14 +64,15 @@ def study(tmp_path_factory):
         again = run_snakemake(work, "-n", *args[4:], env=env)
     finally:
         llm.close()
+        store.close()
     return {"work": work, "dry": dry, "first": first, "commands": commands,
             "labelled": labelled, "labels_before": labels_before, "second": second,
-            "again": again, "llm_calls": llm.calls}
+            "again": again, "llm_calls": llm.calls, "store_requests": store.requests}
 
 
 def test_a_dry_run_plans_every_stage(study):
     planned = set(study["dry"].stdout.split())
-    assert {"extract", "encode", "describe", "classify", "import_human_labels", "agree",
+    assert {"fetch_neuronpedia", "extract", "encode", "describe", "classify", "import_human_labels", "agree",
             "ablate_categories", "correct", "probe_data", "probe_fit", "probe_effects",
             "patch_resid", "patch_atp", "patch_verify"} <= planned
     assert not planned & {"toy_world", "train_model", "train_sae", "label_oracle"}
@@ -95,6 +98,14 @@ def test_every_stage_runs_and_a_rerun_has_nothing_to_do(study):
         png = work / RESULTS / "figures" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     assert study["llm_calls"] >= local_hub.D_SAE  # every description went to the endpoint
+
+
+def test_descriptions_are_downloaded_once_batch_by_batch(study):
+    batches = sorted(r for r in study["store_requests"] if r.endswith(".jsonl.gz"))
+    n = -(-local_hub.D_SAE // 40)
+    assert len(batches) == n + 1  # each batch once, then the one that says there is no more
+    cache = study["work"] / "inputs" / "neuronpedia-cache" / local_study.MODEL_ID
+    assert len(list(cache.rglob("batch-*.jsonl.gz"))) == n
 
 
 def test_the_users_labels_are_never_written(study):

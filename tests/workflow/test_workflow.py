@@ -83,13 +83,46 @@ def test_config_readme_describes_every_key():
     assert not missing, f"config/README.md lacks {missing}"
 
 
-def test_real_model_dag_builds_without_the_hub(tmp_path):
+STAGE_RULES = {
+    "labels": {"fetch_neuronpedia", "describe", "classify", "import_human_labels", "agree",
+               "ablate_categories", "correction_study", "correct", "plot_lpf", "plot_confusion"},
+    "probe": {"probe_data", "probe_fit", "probe_effects", "probe_summary", "plot_probe_accuracy"},
+    "patch": {"patch_resid", "patch_atp", "patch_verify", "patch_summary", "plot_resid_patching"},
+}
+REAL_CONFIGS = sorted(p.name for p in (REPO / "config").glob("*.yaml")
+                      if p.name not in ("config.yaml", "test.yaml"))
+
+
+@pytest.mark.parametrize("name", REAL_CONFIGS)
+def test_every_shipped_real_config_plans_every_stage_it_names_offline(tmp_path, name):
+    import yaml
+
     workdir = sync_workflow(tmp_path)
-    proc = run_snakemake(workdir, "-n", "--configfile", "config/gemma-2-2b.yaml")
-    out = proc.stdout + proc.stderr
-    for rule in ("extract", "encode", "evaluate_saes"):
-        assert rule in out
-    assert "train_model" not in out
+    stages = yaml.safe_load((workdir / "config" / name).read_text())["stages"]
+    proc = run_snakemake(workdir, "-n", "--quiet", "rules", "--configfile", f"config/{name}",
+                         env={"HF_HUB_OFFLINE": "1"})
+    planned = set(proc.stdout.split())
+    assert {"extract", "encode", "evaluate_saes"} <= planned
+    assert not planned & {"toy_world", "train_model", "train_sae"}
+    for stage in stages:
+        assert STAGE_RULES[stage] <= planned, (stage, STAGE_RULES[stage] - planned)
+    assert stages, f"{name} runs no stage beyond encoding"
+
+
+def test_shipped_prompt_files_are_the_generators_and_valid(tmp_path):
+    from saeflow.core.prompts import load_prompt_set
+    from saeflow.toy import study_prompts
+
+    study_prompts.write(tmp_path)
+    for path in sorted(tmp_path.iterdir()):
+        assert (REPO / "config" / "prompts" / path.name).read_text() == path.read_text(), path.name
+        records = load_prompt_set(path)
+        assert all(r["answer"].startswith(" ") for r in records)
+    pairs = load_prompt_set(tmp_path / "error_pairs.jsonl")
+    assert len(pairs) >= 200 and len({r["family"] for r in pairs}) >= 4
+    assert [r["role"] for r in pairs[:2]] == ["clean", "corrupted"]
+    labelled = load_prompt_set(tmp_path / "error_types.jsonl")
+    assert {r["label"] for r in labelled} == set(study_prompts.ERROR_TYPES)
 
 
 @pytest.mark.parametrize("override, line", [

@@ -142,13 +142,22 @@ def labels_activations():
 
 
 def get_describe_input(wildcards):
+    """Toy: codes, activations and the model; Neuronpedia: your export folder, else the
+    manifest of the batches rule fetch_neuronpedia downloaded."""
     if LABELS["describe"]["backend"] == "neuronpedia":
-        return {"folder": LABELS["describe"]["folder"]}
+        if LABELS["describe"].get("folder"):
+            return {"folder": LABELS["describe"]["folder"]}
+        return {"manifest": rules.fetch_neuronpedia.output.manifest}
     return {
         "codes": labels_codes(),
         "activations": labels_activations(),
         **get_model(wildcards),
     }
+
+
+def neuronpedia_model_id():
+    """Neuronpedia's model id: labels.describe.model_id, else the model's name."""
+    return LABELS["describe"].get("model_id") or config["model"]["name"]
 
 
 def get_labels_codes(wildcards):

@@ -8,6 +8,23 @@
 # toy world's truth.json. LABELS, LABEL_CATS, LPF_METHODS, IS_ORACLE and get_*: common.smk.
 
 
+rule fetch_neuronpedia:
+    output:
+        manifest="results/{experiment}/labels/neuronpedia_exports.json",
+    log:
+        "results/{experiment}/logs/labels/fetch_neuronpedia/{experiment}.log",
+    localrule: True  # a download: the submit host reaches the internet, cluster nodes may not
+    conda:
+        "../../envs/saeflow.yaml"
+    params:
+        url=LABELS.get("describe", {}).get("exports_url"),
+        cache_dir=LABELS.get("describe", {}).get("cache_dir"),
+        model_id=neuronpedia_model_id(),
+        source=LABELS.get("describe", {}).get("source"),
+    script:
+        "../../scripts/fetch_neuronpedia.py"
+
+
 rule describe:
     input:
         unpack(get_describe_input),

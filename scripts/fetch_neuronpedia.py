@@ -1,0 +1,20 @@
+"""Rule fetch_neuronpedia: download a source's Neuronpedia explanation exports into the cache.
+
+Params: ``url`` (labels.describe.exports_url), ``cache_dir``, ``model_id``, ``source``.
+Output: ``manifest`` (results/{experiment}/labels/neuronpedia_exports.json: the cached
+folder and each batch's sha256). Batches already cached are not fetched again.
+"""
+
+from saeflow.core.runtime import rule_main
+
+
+def body(snakemake):
+    from saeflow.core.io import write_json
+    from saeflow.labels.exports import fetch_explanations
+
+    p = snakemake.params
+    manifest = fetch_explanations(p.url, p.model_id, p.source, p.cache_dir)
+    write_json(snakemake.output.manifest, manifest, {"url": p.url, "source": p.source})
+
+
+rule_main(body, snakemake)  # noqa: F821 - injected by Snakemake
