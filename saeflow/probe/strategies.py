@@ -256,6 +256,8 @@ def _label_target(ctx: _Ctx, target: dict[str, Any], model_correct: np.ndarray |
     wanted = target.get("classes")
     if wanted is not None:
         values = _match_classes(wanted, values, ctx.name, column)
+    elif target.get("order") is not None:
+        values = _ordered_classes(target["order"], values, ctx.name, column)
     lookup = {v: i for i, v in enumerate(values)}
     y = np.array([lookup.get(v.item() if hasattr(v, "item") else v, -1) for v in raw], np.int64)
     # class i is values[i]: sorted, or in the order target.classes lists; class_values in the
@@ -273,6 +275,20 @@ def _match_classes(wanted: list[Any], values: list[Any], source: str, column: st
     except (TypeError, ValueError):
         raise InputError(source, "target.classes", f"{wanted} do not match the type of "
                          f"meta/{column}") from None
+
+
+def _ordered_classes(order: list[Any], values: list[Any], source: str, column: str
+                     ) -> list[Any]:
+    """The classes present, in the order ``target.order`` gives (a class vocabulary shared by
+    prompt sets that need not each hold every class). A present value the order lacks is an
+    error: dropping its rows, or a misspelt entry, would pass unseen."""
+    listed = _match_classes(order, values, source, column)
+    unlisted = [v for v in values if v not in listed]
+    if unlisted:
+        raise InputError(source, "target.order", f"meta/{column} holds {unlisted[:5]}, "
+                         f"which the order {list(order)} does not list")
+    present = set(values)
+    return [v for v in listed if v in present]
 
 
 def _int_field(value: Any, source: str, field_name: str) -> int:

@@ -227,6 +227,13 @@ def test_empty_class_is_an_error(tmp_path):
     with pytest.raises(InputError, match=r"empty class.*'9'"):
         build_probe_dataset({"name": "c", "strategy": "hidden-to-concept", "layers": "1",
                              "target": {"column": "label_id", "classes": [0, 1, 9]}}, act)
+    # an order is a vocabulary: a class this prompt set lacks is skipped, an unlisted one is not
+    ds = build_probe_dataset({"name": "c", "strategy": "hidden-to-concept", "layers": "1",
+                              "target": {"column": "label_id", "order": [2, 9, 0, 1]}}, act)
+    assert ds.meta["class_values"] == [2, 0, 1]
+    with pytest.raises(InputError, match=r"target.order: meta/label_id holds \[2\]"):
+        build_probe_dataset({"name": "c", "strategy": "hidden-to-concept", "layers": "1",
+                             "target": {"column": "label_id", "order": [0, 1]}}, act)
 
 
 def test_too_few_samples_for_folds_is_an_error(tmp_path):
