@@ -128,6 +128,40 @@ def check_prompt_sets(sets: Any, source: str) -> None:
                              f"prompt file {path!r} does not exist")
 
 
+# Keys only the toy world reads: in a study of a pretrained model they would be ignored.
+TOY_ONLY = ("world", "model.n_layers", "model.d_model", "model.n_heads", "model.train",
+            "labels.membership_threshold", "patch.truth", "probe.toy_check")
+
+
+def _has(config: Mapping[str, Any], dotted: str) -> bool:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def check_toy_only(config: Mapping[str, Any], source: str) -> None:
+    """A toy-only key in a pretrained model's config is an error, not silently ignored
+    (called before the schema fills in defaults, so only keys the user wrote count)."""
+    if config.get("model", {}).get("source") == "toy":
+        return
+    for key in TOY_ONLY:
+        if _has(config, key):
+            raise InputError(source, key, "toy-world only: a pretrained model does not use it")
+    if config.get("sae", {}).get("source") == "train":
+        raise InputError(source, "sae.source", "train is toy-world only: give pretrained SAEs "
+                         "(release + ids) or local ones (paths)")
+    if config.get("labels", {}).get("labeller") == "oracle":
+        raise InputError(source, "labels.labeller", "oracle is toy-world only (it reads the "
+                         "toy's truth): use human, with labels.human files")
+    for name, category in (config.get("labels", {}).get("categories") or {}).items():
+        if isinstance(category, Mapping) and "token_classes" in category:
+            raise InputError(source, f"labels.categories.{name}.token_classes",
+                             "toy-world only: a pretrained model does not use it")
+
+
 def check_stages(config: Mapping[str, Any], source: str) -> None:
     """Each stage named in ``stages`` has its section."""
     for stage in config.get("stages", []):
@@ -144,6 +178,7 @@ def check_config(config: Mapping[str, Any], configfiles: Sequence[str | Path], d
     try:
         check_files(configfiles or [default])
         check_schema(config, schema_path, source)
+        check_toy_only(config, source)
         check_stages(config, source)
         check_prompt_sets(config["extraction"]["prompt_sets"], source)
         layers = n_layers(config["model"])

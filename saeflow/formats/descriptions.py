@@ -13,13 +13,18 @@ from saeflow.formats.records import feature_index_of, load_record_list
 
 
 def read_descriptions(path: str | Path) -> list[dict[str, Any]]:
-    """Description records from ``path``, validated: index present, text present, ids unique."""
+    """Description records from ``path``, validated: index present, text present, ids unique.
+
+    Besides saeflow's own file this reads Neuronpedia's per-source JSON (a list of records or
+    a dict keyed by feature id or index; the text in ``description`` or ``explanation``, or the
+    dict's value itself)."""
     records, seen = [], {}
-    for where, raw in load_record_list(path):
+    for where, raw in load_record_list(path, text_field="description"):
         index = feature_index_of(raw, path, where)
-        text = raw.get("description")
+        text = raw.get("description", raw.get("explanation"))
         if not isinstance(text, str):
-            raise InputError(path, f"{where}.description", "missing or not a string")
+            raise InputError(path, f"{where}.description", "missing or not a string "
+                             "(a record needs 'description' or 'explanation')")
         fid = str(raw.get("feature_id", index))
         if fid in seen:
             raise InputError(path, "feature_id", f"duplicate id {fid!r} ({seen[fid]} and {where})")

@@ -31,7 +31,8 @@ def read_lines(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
     return rows
 
 
-def load_record_list(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
+def load_record_list(path: str | Path, text_field: str | None = None
+                     ) -> list[tuple[str, dict[str, Any]]]:
     """Records of a JSON / JSONL file as ``(where, record)`` pairs, ``where`` naming the row.
 
     Accepts a list of records, ``{"records": [...]}`` (saeflow's own outputs), a dict mapping
@@ -54,6 +55,8 @@ def load_record_list(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
         for key, record in data.items():
             if key == "provenance":
                 continue
+            if isinstance(record, str) and text_field is not None:
+                record = {text_field: record}  # {id: text}, e.g. a per-source description map
             if isinstance(record, dict) and not ({"feature_id", "feature_index", "index"} & set(record)):
                 record = {**record, "feature_id": key}
             named.append((f"[{key!r}]", record))
@@ -78,6 +81,8 @@ def feature_index_of(record: Mapping[str, Any], source: str | Path, where: str) 
             raise InputError(source, f"{where}.{key}", f"negative index {value}")
         return int(value)
     fid = record.get("feature_id")
+    if isinstance(fid, str) and fid.isdigit():  # a dict keyed by the index itself
+        return int(fid)
     match = _ID_SUFFIX.search(fid) if isinstance(fid, str) else None
     if match is None:
         raise InputError(source, where, "no feature index: need 'feature_index', 'index' or "

@@ -242,3 +242,28 @@ def test_damaged_activation_files_are_one_line(tmp_path, damage):
 
             read_array(h5, f"acts/{HOOK}", path)
     _one_line_naming(err.value, path)
+
+
+@pytest.mark.parametrize("data", [
+    [{"index": "3", "explanation": "x"}, {"index": 5, "description": "y"}],  # a per-source list
+    {"3": {"explanation": "x"}, "5": {"description": "y"}},                # dict by index
+    {"3": "x", "5": "y"},                                                  # index -> text
+    {"src-3": "x", "src-5": "y"},                                          # feature id -> text
+])
+def test_neuronpedia_per_source_json_is_read_in_every_shape(tmp_path, data):
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(data))
+    records = read_descriptions(path)
+    assert [(r["feature_index"], r["description"]) for r in records] == [(3, "x"), (5, "y")]
+
+
+@pytest.mark.parametrize("data", [
+    [{"feature_index": 3, "label": "related"}, {"index": 5, "label": "not-related"}],
+    {"records": [{"feature_id": "12-res-3", "label": "yes"}, {"index": "5", "label": "no"}]},
+    {"12-res-3": {"label": "related"}, "12-res-5": {"label": "not related"}},
+])
+def test_label_files_in_the_shapes_researchers_have(tmp_path, data):
+    path = tmp_path / "l.json"
+    path.write_text(json.dumps(data))
+    records = read_labelled(path)
+    assert [(r["feature_index"], r["label"]) for r in records] == [(3, "related"), (5, "not-related")]

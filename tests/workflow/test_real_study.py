@@ -65,7 +65,7 @@ def study(tmp_path_factory):
     finally:
         llm.close()
         store.close()
-    return {"work": work, "dry": dry, "first": first, "commands": commands,
+    return {"work": work, "env": env, "dry": dry, "first": first, "commands": commands,
             "labelled": labelled, "labels_before": labels_before, "second": second,
             "again": again, "llm_calls": llm.calls, "store_requests": store.requests}
 
@@ -179,3 +179,31 @@ def test_nothing_on_the_real_path_imports_the_toy_world():
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "[]"
+
+
+def test_a_bad_prompt_is_one_line_in_the_log_and_on_the_console_and_leaves_nothing(study):
+    """Bad input met inside a rule: Snakemake's non-zero exit, the one line on the console and
+    in the rule's log, no output file, the user's file unchanged."""
+    import yaml
+
+    work = study["work"]
+    prompts = work / "inputs" / "bad.jsonl"
+    first = (work / "inputs" / "study_a.jsonl").read_text().splitlines()[0]
+    prompts.write_text(first + "\n\n" + json.dumps({"text": "a b", "answer": " dog cat"}) + "\n")
+    before = prompts.read_bytes()
+    config = yaml.safe_load((work / "study.yaml").read_text())
+    config.update(experiment="bad", stages=[])
+    config["extraction"]["prompt_sets"] = {"bad": "inputs/bad.jsonl"}
+    for section in ("labels", "probe", "patch"):
+        config.pop(section)
+    (work / "bad.yaml").write_text(yaml.safe_dump(config))
+    target = "results/bad/activations/bad.h5"
+    proc = run_snakemake(work, target, "--cores", "1", "--configfile", "bad.yaml", check=False,
+                         env=study["env"])
+    # the blank line 2 counts: errors name file lines, from 1
+    line = re.compile(r"^saeflow: error: inputs/bad\.jsonl: line 3\.answer: ' dog cat' is \d+ "
+                      r"tokens, not one$", re.M)
+    assert proc.returncode != 0 and line.search(proc.stderr), proc.stderr[-3000:]
+    log = work / "results" / "bad" / "logs" / "extract" / "extract" / "bad.log"
+    assert "inputs/bad.jsonl: line 3.answer: ' dog cat' is" in log.read_text()
+    assert not (work / target).exists() and prompts.read_bytes() == before

@@ -166,7 +166,15 @@ def test_a_study_config_stands_alone(tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip() == (
         "saeflow: error: study.yaml: stages: 'labels' is listed but the config has no 'labels' "
         "section (config/README.md)")
-    (workdir / "study.yaml").write_text((workdir / "study.yaml").read_text().replace("stages: [labels]\n", ""))
+    base = (workdir / "study.yaml").read_text().replace("stages: [labels]\n", "")
+    for extra, line in (("world: {n_train: 100}\n", "world: toy-world only"),
+                        ("probe: {toy_check: {informative_positions: [final]}}\n",
+                         "probe.toy_check: toy-world only")):
+        (workdir / "study.yaml").write_text(base + extra)
+        proc = run_snakemake(workdir, "-n", "--configfile", "study.yaml", check=False)
+        assert proc.returncode == 2 and proc.stderr.strip() == f"saeflow: error: study.yaml: {line}"\
+            ": a pretrained model does not use it"
+    (workdir / "study.yaml").write_text(base)
     (workdir / "p.jsonl").unlink()
     proc = run_snakemake(workdir, "-n", "--configfile", "study.yaml", check=False)
     assert proc.returncode == 2 and "extraction.prompt_sets.mine: prompt file 'p.jsonl' does not exist" in proc.stderr
