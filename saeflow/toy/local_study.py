@@ -30,6 +30,21 @@ ANIMAL, NUMBER = "animal", "number"
 N_PER_SET = 48
 
 
+def send_json(handler: BaseHTTPRequestHandler, payload: Any, status: int = 200) -> None:
+    """Answer an HTTP request with ``payload`` as JSON."""
+    body = json.dumps(payload).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def chat_reply(text: str) -> dict[str, Any]:
+    """A chat-completions response whose one choice says ``text``."""
+    return {"choices": [{"message": {"content": text}}]}
+
+
 class KeywordLLM:
     """Chat completions on 127.0.0.1 answering ``related`` iff the description names
     ``keyword``; counts the calls it answers."""
@@ -46,13 +61,7 @@ class KeywordLLM:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 text = body["messages"][-1]["content"].split("Feature description:")[1]
                 server.calls += 1
-                reply = "related" if keyword in text else "not-related"
-                payload = json.dumps({"choices": [{"message": {"content": reply}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                send_json(self, chat_reply("related" if keyword in text else "not-related"))
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"

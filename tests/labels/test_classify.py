@@ -18,6 +18,7 @@ from saeflow.labels.classify import (
 from saeflow.labels.describe import describe_features
 from saeflow.toy.categories import toy_categories
 from saeflow.core.errors import InputError
+from saeflow.toy.local_study import chat_reply, send_json
 
 SECRET = "sk-test-not-a-real-key-1234"
 
@@ -87,12 +88,7 @@ class FakeLLM:
                 text = body["messages"][-1]["content"].split("Feature description:")[1]
                 reply = ("related" if "digit" in text else "I cannot say" if "weird" in text
                          else "not-related")
-                payload = json.dumps({"choices": [{"message": {"content": reply}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                send_json(self, chat_reply(reply))
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"

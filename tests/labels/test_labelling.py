@@ -37,6 +37,16 @@ def label(out, descriptions, keys, n=5, seed=1, category="digits", question=QUES
     return session, shown.getvalue()
 
 
+def label_process(out, descriptions):
+    """``saeflow label`` in a child process whose stdin stays open: it waits for keys."""
+    return subprocess.Popen(
+        [sys.executable, "-c", "import sys; from saeflow.cli import main; sys.exit(main())",
+         "label", "--descriptions", str(descriptions), "--category", "digits",
+         "--question", QUESTION, "--out", str(out), "--n", "5"],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**os.environ, "SAEFLOW_GIT_COMMIT": "test"})
+
+
 def saved(out):
     return json.loads(Path(out).read_text())
 
@@ -135,12 +145,7 @@ def test_never_overwrites_a_file_it_cannot_read(tmp_path, descriptions):
 
 def test_killing_the_tool_loses_no_answer(tmp_path, descriptions):
     out = tmp_path / "labels.json"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from saeflow.cli import main; sys.exit(main())",
-         "label", "--descriptions", str(descriptions), "--category", "digits",
-         "--question", QUESTION, "--out", str(out), "--n", "5"],
-        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        env={**os.environ, "SAEFLOW_GIT_COMMIT": "test"})
+    proc = label_process(out, descriptions)
     proc.stdin.write(b"rn")
     proc.stdin.flush()  # stdin stays open: the tool is waiting for the next key
     deadline = time.time() + 25
@@ -172,12 +177,7 @@ def test_no_answer_writes_no_file(tmp_path, descriptions):
 
 def test_ctrl_c_says_what_is_saved_and_exits_130(tmp_path, descriptions):
     out = tmp_path / "labels.json"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from saeflow.cli import main; sys.exit(main())",
-         "label", "--descriptions", str(descriptions), "--category", "digits",
-         "--question", QUESTION, "--out", str(out), "--n", "5"],
-        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        env={**os.environ, "SAEFLOW_GIT_COMMIT": "test"})
+    proc = label_process(out, descriptions)
     proc.stdin.write(b"rnr")
     proc.stdin.flush()
     deadline = time.time() + 25
