@@ -1,5 +1,5 @@
 # saeflow's entry point: `snakemake` in this folder runs the workflow in workflow/Snakefile
-# with config/config.yaml (the toy world); `--configfile my.yaml` merges a study over it.
+# with config/config.yaml (the toy world); `--configfile my.yaml` runs a study config instead.
 
 
 include: "workflow/Snakefile"
