@@ -290,7 +290,7 @@ def verify_atp(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBatch]
     latents whose activation differs between clean and corrupted; Spearman correlation of AtP
     and exact means on the top-k; false negatives = sampled latents with ``|mean exact| >=
     threshold * |mean(clean - corrupted)|``."""
-    from scipy.stats import spearmanr
+    from scipy.stats import binomtest, spearmanr
 
     ranked = [(node[1], node[2], v) for node, v in rank_nodes(atp) if node[0] == "latent"]
     top = ranked[:cfg.top_k]
@@ -311,7 +311,16 @@ def verify_atp(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBatch]
     rho = spearmanr([r["atp"] for r in rows[:k]], exact_mean[:k]) if k >= 2 else None
     rho_all = spearmanr([r["atp"] for r in rows], exact_mean) if len(rows) >= 2 else None
     false_neg = [r for r in rows[k:] if abs(r["exact"]) >= threshold]
-    return {"top_k": k, "top": rows[:k], "random": rows[k:], "n_candidates": len(pool) + k,
+    n_sampled = len(rows) - k
+    # 0 misses in 20 draws still allows a ~17% miss rate: report the exact (Clopper-Pearson)
+    # interval of the rate, and what its upper end means for the whole pool
+    ci = (binomtest(len(false_neg), n_sampled).proportion_ci(0.95, "exact")
+          if n_sampled else None)
+    miss = {"miss_rate": len(false_neg) / n_sampled if n_sampled else None,
+            "miss_rate_ci95": [ci.low, ci.high] if ci else None,
+            "missed_latents_upper95": ci.high * len(pool) if ci else None,
+            "miss_rate_method": "Clopper-Pearson exact binomial interval over the sampled pool"}
+    return {**miss, "top_k": k, "top": rows[:k], "random": rows[k:], "n_candidates": len(pool) + k,
             "spearman": nan_to_none(rho.statistic) if rho else None,
             "spearman_p": nan_to_none(rho.pvalue) if rho else None,
             "spearman_all": nan_to_none(rho_all.statistic) if rho_all else None,

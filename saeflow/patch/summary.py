@@ -96,7 +96,8 @@ def build_summary(resid: ResidResult, atps: Mapping[str, Any],
         "sae_gap_flag": flag,
         "resid_top_cell": cell,
         "atp_vs_exact": {m: {k: verify[m].get(k) for k in (
-            "top_k", "spearman", "spearman_p", "spearman_all", "false_negatives", "threshold")}
+            "top_k", "spearman", "spearman_p", "spearman_all", "false_negatives", "threshold",
+            "miss_rate", "miss_rate_ci95", "missed_latents_upper95")}
             | {"n_random": len(verify[m]["random"])} for m in atps},
         "faithfulness": {m: [{k: p[k] for k in ("n", "faithfulness", "completeness")}
                              for p in faith[m]["curve"]] for m in atps},

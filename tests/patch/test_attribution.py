@@ -139,6 +139,17 @@ def test_atp_ranks_latents_like_exact_patching(model: HookedSAETransformer) -> N
         assert min(top) >= max(abs(r["atp"]) for r in out["random"])
         everything = verify_atp(model, spliced, batches, atp, PatchConfig(top_k=2 * D_SAE))
         assert everything["random"] == [] and everything["false_negatives"] == 0
+        assert everything["miss_rate_ci95"] is None  # nothing sampled: no rate to bound
+        # the miss rate's interval is scipy's exact binomial one over the sampled latents
+        from scipy.stats import binomtest
+
+        k, n = out["false_negatives"], len(out["random"])
+        ci = binomtest(k, n).proportion_ci(0.95, "exact")
+        assert out["miss_rate"] == k / n and out["miss_rate_ci95"] == [ci.low, ci.high]
+        assert out["missed_latents_upper95"] == pytest.approx(
+            ci.high * (out["n_candidates"] - out["top_k"]))
+        if k == 0:  # 0 of 6 still allows a miss rate near 40%
+            assert out["miss_rate_ci95"][1] > 0.35
 
 
 def test_faithfulness_endpoints(model: HookedSAETransformer) -> None:
