@@ -83,7 +83,7 @@ async function act(key) {
   } else if (key === "b") {
     show(await call("GET", `/api/state?row=${row === null ? state.n - 1 : Math.max(0, row - 1)}`));
   } else if (key === "s") {
-    const saved = await call("POST", "/api/save");
+    const saved = await call("POST", "/api/save", {});
     show(await call("GET", row === null ? "/api/state" : `/api/state?row=${row}`));
     $("status").textContent = `saved ${saved.n_labelled} labels to ${saved.path}`;
   }
@@ -92,7 +92,10 @@ async function act(key) {
 function enqueue(task) {
   busy += 1;
   document.body.dataset.busy = String(busy);
-  queue = queue.then(task).catch((err) => { $("error").textContent = err.message; })
+  queue = queue.then(task).catch((err) => {
+    $("error").textContent = err.message.startsWith("{") ? err.message : JSON.stringify(
+      {error: `no answer from the server (${err.message}): is saeflow label --serve still running?`});
+  })
     .finally(() => { busy -= 1; document.body.dataset.busy = String(busy); });
 }
 
