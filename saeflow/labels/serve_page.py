@@ -70,6 +70,7 @@ function show(next) {
   $("description").textContent = done ? "" : item.description;
   $("answer").textContent = !done && item.answer ? `your answer so far: ${item.answer}` : "";
   $("error").textContent = next.refused ? JSON.stringify({error: next.refused}) : "";
+  $("status").textContent = "";
   document.body.dataset.row = done ? "done" : String(item.row);
   document.body.dataset.labelled = String(next.n_labelled);
 }

@@ -10,7 +10,6 @@ import re
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -288,3 +287,28 @@ def test_disagreements_page_lists_only_disagreements(tmp_path, descriptions, cap
     bad.write_text("a,b\n1,2\n")
     with pytest.raises(InputError, match=r"bad.csv: <header>: missing columns"):
         read_disagreements(bad)
+
+
+def test_the_disagreements_command_serves_the_page_and_refuses_a_bad_csv(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    assert main(["disagreements", str(bad), "--port", "0"]) == 2
+    assert "bad.csv: <header>: missing columns" in capsys.readouterr().err
+    merged = tmp_path / "merged.csv"
+    merged.write_text("feature_index,feature_id,description,human_label,model_label,human,model\n"
+                      "1,toy-1,<b>digits</b>,related,not-related,1,0\n"
+                      "2,toy-2,quotes,related,related,1,1\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from saeflow.cli import main; sys.exit(main())",
+         "disagreements", str(merged), "--port", "0"], stdout=subprocess.PIPE, text=True)
+    try:
+        match = re.fullmatch(r"Disagreements page: (http://127\.0\.0\.1:\d+/\?token=\S+)\n",
+                             proc.stdout.readline())
+        assert match
+        with urllib.request.urlopen(match.group(1), timeout=10) as response:
+            page = response.read().decode()
+        assert "1 of 2 compared features disagree" in page
+        assert "&lt;b&gt;digits&lt;/b&gt;" in page and "quotes" not in page.split("</p>", 1)[1]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
