@@ -1,6 +1,8 @@
 """The ``saeflow`` command: the stage tools a person runs by hand, outside the DAG.
 
     saeflow label --descriptions FILE --category NAME --question TEXT --out FILE [--n 300] [--seed 42]
+                  [--serve [--port 8765]]
+    saeflow disagreements MERGED_CSV [--port 8765]
     saeflow agreement --human H --model M --json OUT [--merged CSV]
     saeflow correct STUDY.yaml --method {naive,two-bucket,general} --json OUT
     saeflow classify --descriptions FILE --category NAME --out FILE (--pattern RE ... | --llm ... | --from FILE)
@@ -23,7 +25,21 @@ from saeflow.labels.correction import METHODS as CORRECTION_METHODS
 def _label(args: argparse.Namespace) -> None:
     from saeflow.labels.labelling import label_interactively
 
+    if args.serve:
+        from saeflow.labels.serve import serve_labels
+
+        serve_labels(args.out, args.descriptions, args.category, args.question, args.n, args.seed,
+                     8765 if args.port is None else args.port)
+        return
+    if args.port is not None:
+        raise InputError("arguments", "--port", "only with --serve")
     label_interactively(args.out, args.descriptions, args.category, args.question, args.n, args.seed)
+
+
+def _disagreements(args: argparse.Namespace) -> None:
+    from saeflow.labels.serve import serve_disagreements
+
+    serve_disagreements(args.merged, args.port)
 
 
 def _agreement(args: argparse.Namespace) -> None:
@@ -92,6 +108,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 0 (any free port) to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port (0..65535): {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="saeflow", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -103,7 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--n", type=positive_int, default=300)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--serve", action="store_true",
+                   help="label in a browser: a local page on 127.0.0.1 (URL printed, with a token)")
+    p.add_argument("--port", type=port_number, help="--serve: the port (default 8765; 0: any free)")
     p.set_defaults(func=_label)
+
+    p = sub.add_parser("disagreements", help="page listing human/classifier disagreements")
+    p.add_argument("merged", help="the merged CSV of saeflow agreement --merged")
+    p.add_argument("--port", type=port_number, default=8765, help="default 8765; 0: any free")
+    p.set_defaults(func=_disagreements)
 
     p = sub.add_parser("agreement", help="classifier vs human labels")
     p.add_argument("--human", required=True)

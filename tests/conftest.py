@@ -74,3 +74,17 @@ def toy_run(tmp_path_factory):
     workdir = sync_workflow(tmp_path_factory.mktemp("toy_run"))
     run_snakemake(workdir, "--cores", "2", "--resources", "gpu=1", "--configfile", *TEST_CONFIGS)
     return workdir
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory):
+    """Headless Debian chromium under Selenium, one per session; chromium and chromium-driver
+    are installed with apt when missing (tests/browser/install_chromium.sh)."""
+    from tests.browser.chrome import ensure_chromium, start_chrome
+
+    reason = ensure_chromium()
+    if reason:
+        pytest.skip(reason)
+    driver = start_chrome(tmp_path_factory.mktemp("chromium-profile"))
+    yield driver
+    driver.quit()

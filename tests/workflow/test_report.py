@@ -1,4 +1,5 @@
-"""`snakemake --report report.html` on a completed toy run: every figure, by category, captioned."""
+"""`snakemake --report report.html` on a completed toy run: every figure, by category, captioned,
+and rendered in a real browser."""
 
 import json
 import re
@@ -6,6 +7,7 @@ import re
 import pytest
 
 from saeflow.toy.workspace import TEST_CONFIGS, e2e_config, run_snakemake
+from tests.browser.chrome import check_report_figures
 
 pytestmark = pytest.mark.slow
 
@@ -38,3 +40,13 @@ def test_report_has_every_figure_by_category(toy_run):
     assert expected <= set(categories), f"categories: {sorted(categories)}"
     listed = {p for subcats in categories.values() for paths in subcats.values() for p in paths}
     assert figures <= listed, f"figures in no category: {sorted(figures - listed)}"
+
+
+def test_every_report_figure_renders_in_a_browser(toy_run, browser):
+    """Headless chromium shows each figure through the report's own menus; each decodes."""
+    report = toy_run / "report.html"
+    if not report.exists():
+        run_snakemake(toy_run, "--report", "report.html", "--configfile", *TEST_CONFIGS)
+    figures = {str(p.relative_to(toy_run)) for p in (toy_run / "results").rglob("*.png")}
+    widths = check_report_figures(browser, report)
+    assert figures and figures <= set(widths), f"not shown: {sorted(figures - set(widths))}"
