@@ -14,8 +14,9 @@ from saeflow.core.runtime import resolve_device, rule_main
 def body(snakemake):
     device = resolve_device(snakemake.params.device)
     cfg = snakemake.params.extraction
-    model = load_model(snakemake.params.model, snakemake.input.get("model"), device)
+    # the prompts first: a bad prompt file fails before any weight is loaded
     records = load_prompt_set(snakemake.input.prompts)
+    model = load_model(snakemake.params.model, snakemake.input.get("model"), device)
     summary = extract_to_hdf5(
         model,
         records,
