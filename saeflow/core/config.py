@@ -45,13 +45,27 @@ def fail(err: InputError) -> NoReturn:
     sys.exit(report_input_error(err))
 
 
-def check_files(paths: Iterable[str | Path]) -> None:
+def check_files(paths: Iterable[str | Path], config: Mapping[str, Any]) -> None:
     """Every config file parses on the checked path (a key given twice is an error: PyYAML,
-    which Snakemake uses, lets the second silently win)."""
+    which Snakemake uses, lets the second silently win), and no file's empty mapping was
+    swallowed by the merge (Snakemake merges ``{}`` into an earlier file's value as nothing)."""
     from saeflow.core.io import read_yaml
 
     for path in paths:
-        read_yaml(_relative(path))
+        name = _relative(path)
+        _check_empty_kept(read_yaml(name), config, name, [])
+
+
+def _check_empty_kept(raw: Any, merged: Any, source: str, where: list[Any]) -> None:
+    if not isinstance(raw, Mapping):
+        return
+    for key, value in raw.items():
+        final = merged.get(key) if isinstance(merged, Mapping) else None
+        if value == {} and final not in ({}, None):
+            raise InputError(source, _key_path([*where, key]), "an empty mapping does not "
+                             "clear what an earlier config file sets (files merge key by key); "
+                             "give the value you want")
+        _check_empty_kept(value, final, source, [*where, key])
 
 
 def _key_path(parts: Iterable[Any]) -> str:
@@ -176,7 +190,7 @@ def check_config(config: Mapping[str, Any], configfiles: Sequence[str | Path], d
     Bad config ends the invocation with one line and exit status 2."""
     source = config_source(configfiles, default)
     try:
-        check_files(configfiles or [default])
+        check_files(configfiles or [default], config)
         check_schema(config, schema_path, source)
         check_toy_only(config, source)
         check_stages(config, source)

@@ -130,6 +130,9 @@ def test_shipped_prompt_files_are_the_generators_and_valid(tmp_path):
      "config/config.yaml + bad.yaml: sae.d_sea: unknown key; did you mean 'd_sae'?"),
     ("extraction:\n  dtype: int8\n",
      "config/config.yaml + bad.yaml: extraction.dtype: 'int8' is not one of ['float16', 'float32']"),
+    ("extraction:\n  prompt_sets: {}\n",
+     "bad.yaml: extraction.prompt_sets: an empty mapping does not clear what an earlier config "
+     "file sets (files merge key by key); give the value you want"),
     ("extraction:\n  prompt_sets: [heldout_seen, heldout_seen]\n",
      "config/config.yaml + bad.yaml: extraction.prompt_sets: 'heldout_seen' listed twice"),
     ("sae:\n  hooks: [blocks.2.hook_resid_post]\n",
