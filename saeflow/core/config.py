@@ -27,6 +27,30 @@ KNOWN_N_LAYERS = {
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def schema_defaults(*section: str) -> dict[str, Any]:
+    """The defaults the schema gives one section (``schema_defaults("patch")``), nested
+    objects included: code that needs a default reads it here, never restates it."""
+    import yaml
+
+    node = yaml.safe_load(SCHEMA.read_text())
+    for name in section:
+        node = node["properties"][name]
+    return _defaults(node)
+
+
+def _defaults(node: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, sub in node.get("properties", {}).items():
+        if "properties" in sub:
+            out[name] = {**sub.get("default", {}), **_defaults(sub)}
+        elif "default" in sub:
+            out[name] = sub["default"]
+    return out
+
+
 def config_source(configfiles: Sequence[str | Path], default: str) -> str:
     """How error messages name the config: the --configfile files, else the default."""
     names = [_relative(p) for p in configfiles] or [default]

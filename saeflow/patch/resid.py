@@ -32,31 +32,34 @@ from saeflow.core.errors import InputError
 
 @dataclass(frozen=True)
 class PatchConfig:
-    """``config["patch"]``: every knob of the patching stage, with its default."""
+    """``config["patch"]``, validated; every default (and what each knob means) is the
+    schema's (workflow/schemas/config.schema.yaml), filled in by :meth:`from_dict`."""
 
-    pairs: str = "results/toy/world/prompts/pairs.jsonl"
-    truth: str | None = "results/toy/world/truth.json"  # None: no toy-world position check
-    descriptions: str | None = None  # JSON {hook_name: {latent: text}} for the top latents
-    max_batch: int = 256  # rows per forward pass (patched copies x pairs)
-    n_bootstrap: int = 1000
-    ci: float = 0.95
-    seed: int = 0
-    top_k: int = 20  # latents verified by exact patching
-    n_random: int = 20  # latents outside the top-k patched exactly to find false negatives
-    false_negative_threshold: float = 0.05  # |exact| / |mean(clean - corrupted)| counted as real
-    faithfulness_n: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100)
-    sae_gap_tolerance: float = 0.2  # |SAE-spliced - model| / |clean - corrupted| flagged above
-    device: str = "auto"
+    pairs: str | None  # None: not given (the stage's rules need it)
+    truth: str | None  # None: no toy-world position check
+    descriptions: str | None
+    max_batch: int
+    n_bootstrap: int
+    ci: float
+    seed: int
+    top_k: int
+    n_random: int
+    false_negative_threshold: float
+    faithfulness_n: tuple[int, ...]
+    sae_gap_tolerance: float
+    device: str
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None) -> PatchConfig:
+        from saeflow.core.config import schema_defaults
+
         raw = dict(raw or {})
         known = {f.name for f in dataclasses.fields(cls)}
         for key in raw:
             if key not in known:
                 raise InputError("config", f"patch.{key}", f"unknown key; known: {sorted(known)}")
-        if "faithfulness_n" in raw:
-            raw["faithfulness_n"] = tuple(int(n) for n in raw["faithfulness_n"])
+        raw = {"pairs": None, **schema_defaults("patch"), **raw}
+        raw["faithfulness_n"] = tuple(int(n) for n in raw["faithfulness_n"])
         return cls(**raw)
 
 

@@ -41,30 +41,33 @@ NORMALISERS = ("standardize", "minmax", "none")
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    """CV settings. ``Cs``: logistic inverse strengths; ``alphas``: ridge strengths; ``tol``:
-    the logistic solver's stopping tolerance (1e-3 halves the time of wide SAE probes at equal
-    test accuracy on the toy world)."""
+    """CV settings (``probe.cv``), validated; their defaults and meaning are the schema's
+    (workflow/schemas/config.schema.yaml), filled in by :meth:`from_dict`. ``Cs``: logistic
+    inverse strengths; ``alphas``: ridge strengths; ``tol``: the logistic solver's stopping
+    tolerance (1e-3 halves the time of wide SAE probes at equal test accuracy on the toy)."""
 
-    n_folds: int = 5
-    inner_folds: int = 3
-    Cs: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
-    alphas: tuple[float, ...] = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
-    normalise: str = "standardize"
-    n_permutations: int = 5
-    seed: int = 0
-    max_iter: int = 2000
-    tol: float = 1e-4
+    n_folds: int
+    inner_folds: int
+    Cs: tuple[float, ...]
+    alphas: tuple[float, ...]
+    normalise: str
+    n_permutations: int
+    seed: int
+    max_iter: int
+    tol: float
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None, source: str = "config") -> ProbeConfig:
         """Build from a config mapping (``probe.cv``); unknown keys and bad values are errors."""
+        from saeflow.core.config import schema_defaults
+
         values = dict(values or {})
         unknown = sorted(set(values) - set(cls.__dataclass_fields__))
         if unknown:
             raise InputError(source, "probe.cv", f"unknown key(s) {unknown}")
+        values = {**schema_defaults("probe", "cv"), **values}
         for key in ("Cs", "alphas"):
-            if key in values:
-                values[key] = tuple(float(v) for v in values[key])
+            values[key] = tuple(float(v) for v in values[key])
         cfg = cls(**values)
         if cfg.normalise not in NORMALISERS:
             raise InputError(source, "probe.cv.normalise", f"{cfg.normalise!r}; choose from "

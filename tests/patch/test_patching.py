@@ -108,7 +108,7 @@ def test_bootstrap_ci_is_nan_aware_and_reproducible() -> None:
 def test_run_resid_patching_aligns_lengths_and_round_trips(model: HookedTransformer,
                                                             tmp_path) -> None:
     short, long = make_batch(2, 5, [1], seed=3), make_batch(3, 7, [2, 5], seed=4)
-    cfg = PatchConfig(n_bootstrap=50)
+    cfg = PatchConfig.from_dict(dict(n_bootstrap=50))
     res = run_resid_patching(model, [short, long], cfg)
     assert res.patched.shape == (5, 2, 7)
     assert np.isnan(res.patched[:2, :, :2]).all() and not np.isnan(res.patched[:2, :, 2:]).any()
@@ -212,7 +212,7 @@ def test_pair_batch_rejects_unequal_lengths_and_bad_answers() -> None:
 def test_pairs_the_model_cannot_run_are_refused(model: HookedTransformer) -> None:
     check_batches(model, [make_batch(2, 16, [3], seed=0)])
     with pytest.raises(InputError, match=r"pairs 0..1: 17 tokens exceed n_ctx 16"):
-        run_resid_patching(model, [make_batch(2, 17, [3], seed=0)], PatchConfig())
+        run_resid_patching(model, [make_batch(2, 17, [3], seed=0)], PatchConfig.from_dict({}))
     bad = make_batch(2, 5, [3], seed=0)
     bad.clean_answer[1] = 50
     with pytest.raises(InputError, match="token id 50 >= d_vocab 50"):

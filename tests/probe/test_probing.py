@@ -17,8 +17,8 @@ from saeflow.probe.strategies import build_probe_dataset
 from saeflow.probe.summary import probe_summary
 from saeflow.probe.fit import ProbeConfig, fit_fold, fit_probe
 
-FAST = ProbeConfig(n_folds=4, inner_folds=2, Cs=(0.01, 1.0), alphas=(0.1, 10.0),
-                   n_permutations=3, seed=1)
+FAST = ProbeConfig.from_dict(dict(n_folds=4, inner_folds=2, Cs=(0.01, 1.0),
+                                  alphas=(0.1, 10.0), n_permutations=3, seed=1))
 
 
 def _dataset(X, y, kind="label", sample_index=None, name="syn", classes=None):
@@ -65,7 +65,7 @@ def test_normalisation_statistics_come_from_training_rows_only(normalise):
     train = np.arange(40)
     X = X.copy()
     X[40:] += 1000.0  # wild test rows would move any statistic that saw them
-    cfg = ProbeConfig(normalise=normalise, inner_folds=2, Cs=(1.0,))
+    cfg = ProbeConfig.from_dict(dict(normalise=normalise, inner_folds=2, Cs=(1.0,)))
     fit = fit_fold(X, y, train, "label", cfg)
     if normalise == "standardize":
         np.testing.assert_allclose(fit.normaliser["shift"], X[train].mean(0))
@@ -141,7 +141,7 @@ def test_same_folds_for_every_input_kind(tmp_path):
     kw = {"layers": "1", "positions": ["mid"]}
     hidden = build_probe_dataset({"name": "h", "strategy": "hidden-to-concept", **kw}, act)
     sae = build_probe_dataset({"name": "s", "strategy": "sae-to-concept", **kw}, act, codes)
-    no_perm = ProbeConfig(**{**FAST.__dict__, "n_permutations": 0})
+    no_perm = ProbeConfig.from_dict({**FAST.__dict__, "n_permutations": 0})
     a, b = fit_probe(hidden, no_perm), fit_probe(sae, no_perm)
     np.testing.assert_array_equal(a.folds, b.folds)
     assert a.metrics["accuracy"]["test"]["mean"] > 0.8  # the label shifts layer 1 at 'mid'
