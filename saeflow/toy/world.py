@@ -171,3 +171,24 @@ def load_tokenizer(directory: str | Path):
     from transformers import PreTrainedTokenizerFast
 
     return PreTrainedTokenizerFast.from_pretrained(str(directory))
+
+
+def world_stage(world_cfg: dict[str, Any], seed: int, prompt_paths: list[str | Path],
+                tokenizer_dir: str | Path, truth_path: str | Path) -> None:
+    """Rule ``toy_world``: sample the prompt sets from ``world_cfg`` (``config["world"]``) and
+    ``seed``, train the tokenizer on them (saved to ``tokenizer_dir``), add token positions and
+    write each prompt set to the path of ``prompt_paths`` whose stem names it, and the ground
+    truth (``truth.json``) to ``truth_path``."""
+    from saeflow.core.io import write_json, write_jsonl
+
+    cfg = WorldConfig.from_dict({**world_cfg, "seed": seed})
+    prompt_sets = build_prompt_sets(cfg).prompt_sets
+    texts = [r["text"] + r["answer"] for records in prompt_sets.values() for r in records]
+    tokenizer = train_tokenizer(texts, cfg.vocab_size)
+    save_tokenizer(tokenizer, tokenizer_dir)
+    for records in prompt_sets.values():
+        add_token_positions(tokenizer, records)
+    for path in prompt_paths:
+        write_jsonl(path, prompt_sets[Path(path).stem])
+    truth = ground_truth(tokenizer, pair_difference_positions(tokenizer, prompt_sets["pairs"]))
+    write_json(truth_path, truth, config={"world": world_cfg})
