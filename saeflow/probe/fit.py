@@ -45,26 +45,31 @@ class ProbeConfig:
     the logistic solver's stopping tolerance (1e-3 halves the time of wide SAE probes at equal
     test accuracy on the toy world)."""
 
-    n_folds: int = 5
-    inner_folds: int = 3
-    Cs: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
-    alphas: tuple[float, ...] = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
-    normalise: str = "standardize"
-    n_permutations: int = 5
-    seed: int = 0
-    max_iter: int = 2000
-    tol: float = 1e-4
+    n_folds: int
+    inner_folds: int
+    Cs: tuple[float, ...]
+    alphas: tuple[float, ...]
+    normalise: str
+    n_permutations: int
+    seed: int
+    max_iter: int
+    tol: float
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None, source: str = "config") -> ProbeConfig:
-        """Build from a config mapping (``probe.cv``); unknown keys and bad values are errors."""
+        """Build from ``probe.cv`` as validated (the schema, workflow/schemas/config.schema.yaml,
+        is the one home of its defaults: :func:`saeflow.core.config.schema_defaults`
+        ``("probe.cv")``); unknown or missing keys and bad values are errors."""
         values = dict(values or {})
         unknown = sorted(set(values) - set(cls.__dataclass_fields__))
         if unknown:
             raise InputError(source, "probe.cv", f"unknown key(s) {unknown}")
+        missing = [key for key in cls.__dataclass_fields__ if key not in values]
+        if missing:
+            raise InputError(source, "probe.cv", f"missing key(s) {missing} (the schema gives "
+                             "their defaults once the config is validated)")
         for key in ("Cs", "alphas"):
-            if key in values:
-                values[key] = tuple(float(v) for v in values[key])
+            values[key] = tuple(float(v) for v in values[key])
         cfg = cls(**values)
         if cfg.normalise not in NORMALISERS:
             raise InputError(source, "probe.cv.normalise", f"{cfg.normalise!r}; choose from "
