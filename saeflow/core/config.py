@@ -179,12 +179,13 @@ def _defaults_of(node: Mapping[str, Any]) -> dict[str, Any]:
 
 def schema_defaults(section: str, schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
     """The defaults of one config section, read from the schema (their one home): ``section``
-    is a dotted key path such as ``"patch"`` or ``"probe.cv"``; keys without a default (e.g.
-    ``patch.pairs``) are absent. For callers with no validated config (tests, the CLI)."""
+    is a dotted key path such as ``"patch"`` or ``"probe.cv"`` (``""``: the top level); keys
+    without a default (e.g. ``patch.pairs``) are absent. For callers with no validated config
+    (tests, benchmarks, the CLI)."""
     import yaml
 
     node = yaml.safe_load(Path(schema_path).read_text())
-    for part in section.split("."):
+    for part in section.split(".") if section else []:
         try:
             node = node["properties"][part]
         except KeyError:
