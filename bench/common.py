@@ -207,7 +207,7 @@ def tokenizer() -> Any:
     from saeflow.toy.world import (WorldConfig, build_prompt_sets, load_tokenizer, save_tokenizer,
                                    train_tokenizer)
 
-    world = build_prompt_sets(WorldConfig(seed=0, n_train=400, n_heldout=60, n_pairs=12))
+    world = build_prompt_sets(WorldConfig.defaults(seed=0, n_train=400, n_heldout=60, n_pairs=12))
     texts = [r["text"] + r["answer"] for s in world.prompt_sets.values() for r in s]
     # Kept for the process's life: TransformerLens reloads a tokenizer from its directory.
     directory = _TOKENIZER_DIR.name
@@ -222,7 +222,7 @@ def prompts(n: int, seed: int = 1) -> list[dict[str, Any]]:
     """``n`` held-out-style toy prompt records (text, answer, label, ...)."""
     from saeflow.toy.world import WorldConfig, build_prompt_sets
 
-    cfg = WorldConfig(seed=seed, n_train=0, n_heldout=n, n_pairs=0)
+    cfg = WorldConfig.defaults(seed=seed, n_train=0, n_heldout=n, n_pairs=0)
     return build_prompt_sets(cfg).prompt_sets["heldout_seen"]
 
 
@@ -230,7 +230,7 @@ def pair_records(n: int, seed: int = 2) -> list[dict[str, Any]]:
     """``n`` clean/corrupted pairs as ``pairs.jsonl`` records (rows 2k, 2k+1 = pair k)."""
     from saeflow.toy.world import WorldConfig, build_prompt_sets
 
-    world = build_prompt_sets(WorldConfig(seed=seed, n_train=0, n_heldout=0, n_pairs=n))
+    world = build_prompt_sets(WorldConfig.defaults(seed=seed, n_train=0, n_heldout=0, n_pairs=n))
     return world.prompt_sets["pairs"]
 
 

@@ -119,3 +119,25 @@ def encode_to_hdf5(acts_path: str | Path, out_path: str | Path,
                           "hooks": json.dumps(list(sae_for_hook)),
                           "position_names": src.attrs["position_names"]})
     return summary
+
+
+def encode_stage(acts_path: str | Path, out_path: str | Path, sae_cfg: dict[str, Any],
+                 hooks: list[str], sae_dirs: list[str | Path], encoding: dict[str, Any],
+                 device: str) -> dict[str, Any]:
+    """Rule ``encode``: every hook of ``acts_path`` (activations/{prompt_set}.h5) through its
+    SAE into ``out_path`` (codes/{prompt_set}.h5). ``sae_dirs`` in ``hooks`` order, empty for
+    pretrained SAEs; ``encoding``: ``config["encoding"]``; ``device``: "auto" picks cuda."""
+    import functools
+    import logging
+
+    from saeflow.core.runtime import resolve_device
+    from saeflow.core.saes import load_sae
+
+    device = resolve_device(device)
+    dirs = list(sae_dirs) or [None] * len(hooks)
+    loaders = {hook: functools.partial(load_sae, sae_cfg, hook, sae_dir, device)
+               for hook, sae_dir in zip(hooks, dirs, strict=True)}
+    summary = encode_to_hdf5(acts_path, out_path, loaders, batch_rows=encoding["batch_rows"],
+                             device=device, config={"sae": sae_cfg, "encoding": encoding})
+    logging.getLogger(__name__).info("encoded %s", summary)
+    return summary

@@ -166,6 +166,31 @@ def extract_to_hdf5(model: HookedTransformer, records: list[dict[str, Any]], hoo
     return summary
 
 
+def extract_stage(model_cfg: dict[str, Any], model_dir: str | Path | None, prompts: str | Path,
+                  extraction: dict[str, Any], device: str, out_path: str | Path) -> dict[str, Any]:
+    """Rule ``extract``: the prompt set ``prompts`` (JSONL) through the model into
+    ``out_path`` (activations/{prompt_set}.h5, ``acts/{hook} [n, P, d]``).
+
+    The prompt set is read and checked before the model is loaded, so bad prompts fail without
+    touching the hub. ``model_dir``: the toy model, None for a pretrained one; ``extraction``:
+    ``config["extraction"]``; ``device``: ``config["device"]`` ("auto" picks cuda if present).
+    """
+    from saeflow.core.models import load_model
+    from saeflow.core.prompts import load_prompt_set
+    from saeflow.core.runtime import resolve_device
+
+    device = resolve_device(device)
+    records = load_prompt_set(prompts)
+    model = load_model(model_cfg, model_dir, device)
+    summary = extract_to_hdf5(
+        model, records, extraction["hooks"], out_path, positions=extraction["positions"],
+        dtype=extraction["dtype"], batch_size=extraction["batch_size"],
+        compression=extraction["compression"], source=str(prompts),
+        config={"extraction": extraction, "model": model_cfg, "prompts": prompts})
+    log.info("extracted %s", summary)
+    return summary
+
+
 def _chunk_rows(batch_size: int, limit: int) -> int:
     """Prompts per HDF5 chunk: the largest divisor of ``batch_size`` up to ``limit``, so every
     batch write covers whole chunks. A chunk split across two batches is compressed, evicted

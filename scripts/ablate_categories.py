@@ -11,32 +11,22 @@ from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
-    from saeflow.labels.ablation import ablate_categories, eval_set_from_h5
-    from saeflow.core.io import read_json, write_json
-    from saeflow.core.models import load_model
-    from saeflow.core.runtime import resolve_device, seed_everything
-    from saeflow.core.saes import load_sae
+    from saeflow.labels.ablation import ablation_stage
 
-    cfg = snakemake.params.ablation
-    seed_everything(cfg["seed"])
-    device = resolve_device(cfg["device"])
-    model = load_model(snakemake.params.model, snakemake.input.get("model"), device)
-    sae = load_sae(snakemake.params.sae, snakemake.params.hook, snakemake.input.get("sae"), device)
     inputs = dict(snakemake.input.items())
-    truth = read_json(inputs["membership"])["members"] if "membership" in inputs else None
-    eval_set = eval_set_from_h5(snakemake.input.activations, cfg["eval"])
-    result = ablate_categories(
-        model,
-        sae,
-        eval_set,
-        dict(zip(snakemake.params.categories, snakemake.input.classified)),
+    ablation_stage(
+        snakemake.params.model,
+        inputs.get("model"),
+        snakemake.params.sae,
+        snakemake.params.hook,
+        inputs.get("sae"),
+        snakemake.input.activations,
         snakemake.input.descriptions,
-        cfg["seed"],
-        cfg["batch_size"],
-        truth,
-        cfg["other_size"],
+        dict(zip(snakemake.params.categories, snakemake.input.classified)),
+        snakemake.params.ablation,
+        inputs.get("membership"),
+        snakemake.output.ablation,
     )
-    write_json(snakemake.output.ablation, result, {"ablation": cfg, "hook": snakemake.params.hook})
 
 
 rule_main(body, snakemake)  # noqa: F821 - injected by Snakemake

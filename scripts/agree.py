@@ -8,15 +8,15 @@ from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
-    from saeflow.labels.agreement import agreement, write_merged_csv
-    from saeflow.core.io import write_json
+    from saeflow.labels.agreement import agree_stage
 
-    cfg = snakemake.params.agreement
-    metrics, merged = agreement(
-        snakemake.input.human, snakemake.input.model, cfg["n_boot"], cfg["seed"]
+    agree_stage(
+        snakemake.input.human,
+        snakemake.input.model,
+        snakemake.params.agreement,
+        snakemake.output.json,
+        snakemake.output.csv,
     )
-    write_merged_csv(snakemake.output.csv, merged)
-    write_json(snakemake.output.json, metrics, cfg)
 
 
 rule_main(body, snakemake)  # noqa: F821 - injected by Snakemake

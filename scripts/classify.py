@@ -9,15 +9,14 @@ from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
-    from saeflow.labels.classify import classify, resolve_categories
-    from saeflow.formats.descriptions import read_descriptions
-    from saeflow.core.io import write_json
+    from saeflow.labels.classify import classify_stage
 
-    options = resolve_categories(snakemake.params.categories)[snakemake.params.category]
-    payload = classify(
-        read_descriptions(snakemake.input.descriptions), snakemake.params.category, options
+    classify_stage(
+        snakemake.input.descriptions,
+        snakemake.params.category,
+        snakemake.params.categories,
+        snakemake.output.classified,
     )
-    write_json(snakemake.output.classified, payload, options)
 
 
 rule_main(body, snakemake)  # noqa: F821 - injected by Snakemake

@@ -8,15 +8,14 @@ from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
-    from saeflow.labels.correction import correct
-    from saeflow.core.io import write_json
-    from saeflow.labels.study import load_study
+    from saeflow.labels.correction import correct_stage
 
-    cfg = snakemake.params.correction
-    result = correct(
-        load_study(snakemake.input.study), snakemake.params.method, cfg["n_boot"], cfg["seed"]
+    correct_stage(
+        snakemake.input.study,
+        snakemake.params.method,
+        snakemake.params.correction,
+        snakemake.output.result,
     )
-    write_json(snakemake.output.result, result, {**cfg, "method": snakemake.params.method})
 
 
 rule_main(body, snakemake)  # noqa: F821 - injected by Snakemake

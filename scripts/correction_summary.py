@@ -8,14 +8,12 @@ from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
-    from saeflow.labels.correction import compare_with_truth, true_lpf
-    from saeflow.core.io import read_json, write_json
+    from saeflow.labels.correction import correction_summary_stage
 
-    results = {m: read_json(p) for m, p in zip(snakemake.params.methods, snakemake.input.results)}
-    write_json(
+    correction_summary_stage(
+        dict(zip(snakemake.params.methods, snakemake.input.results)),
+        snakemake.input.ablation,
         snakemake.output.summary,
-        compare_with_truth(results, true_lpf(read_json(snakemake.input.ablation))),
-        {"methods": list(snakemake.params.methods)},
     )
 
 

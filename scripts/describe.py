@@ -2,8 +2,9 @@
 
 Inputs: toy -- ``codes`` (results/{experiment}/codes/{prompt_set}.h5), ``activations`` (same
 prompt set), ``model`` (model.pt; its tokenizer/ sits beside it); real SAEs -- ``folder`` of
-Neuronpedia explanation exports, or the ``manifest`` of those fetch_neuronpedia downloaded. Params: ``describe`` (config labels.describe), ``hook``.
-Output: ``descriptions`` (results/{experiment}/labels/descriptions.json).
+Neuronpedia explanation exports, or the ``manifest`` of those fetch_neuronpedia downloaded.
+Params: ``describe`` (config labels.describe), ``hook``. Output: ``descriptions``
+(results/{experiment}/labels/descriptions.json).
 """
 
 from pathlib import Path
@@ -15,10 +16,6 @@ def body(snakemake):
     from saeflow.labels.describe import describe_stage
 
     inputs = dict(snakemake.input.items())
-    if "manifest" in inputs:
-        from saeflow.core.io import read_json
-
-        inputs["folder"] = read_json(inputs["manifest"])["folder"]
     describe_stage(
         snakemake.params.describe,
         snakemake.output.descriptions,
@@ -27,6 +24,7 @@ def body(snakemake):
         activations=inputs.get("activations"),
         tokenizer_dir=Path(inputs["model"]) / "tokenizer" if "model" in inputs else None,
         folder=inputs.get("folder"),
+        manifest=inputs.get("manifest"),
     )
 
 

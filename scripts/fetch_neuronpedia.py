@@ -9,12 +9,10 @@ from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
-    from saeflow.core.io import write_json
-    from saeflow.labels.exports import fetch_explanations
+    from saeflow.labels.exports import fetch_stage
 
     p = snakemake.params
-    manifest = fetch_explanations(p.url, p.model_id, p.source, p.cache_dir)
-    write_json(snakemake.output.manifest, manifest, {"url": p.url, "source": p.source})
+    fetch_stage(p.url, p.model_id, p.source, p.cache_dir, snakemake.output.manifest)
 
 
 rule_main(body, snakemake)  # noqa: F821 - injected by Snakemake

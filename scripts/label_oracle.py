@@ -9,22 +9,15 @@ from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
-    from saeflow.labels.classify import resolve_categories
-    from saeflow.core.io import read_json
-    from saeflow.labels.labelling import oracle_labels
+    from saeflow.labels.labelling import oracle_stage
 
-    question = resolve_categories(snakemake.params.categories)[snakemake.params.category][
-        "question"
-    ]
-    members = read_json(snakemake.input.membership)["members"][snakemake.params.category]
-    oracle_labels(
-        snakemake.output.labels,
+    oracle_stage(
         snakemake.input.descriptions,
+        snakemake.input.membership,
         snakemake.params.category,
-        question,
-        members,
-        snakemake.params.sample["n"],
-        snakemake.params.sample["seed"],
+        snakemake.params.categories,
+        snakemake.params.sample,
+        snakemake.output.labels,
     )
 
 

@@ -1,35 +1,25 @@
-"""Rule patch_atp: SAE-latent attribution patching, with and without the SAE error term."""
+"""Rule patch_atp: SAE-latent attribution patching, with and without the SAE error term.
+
+Inputs: ``pairs``, ``saes`` (in ``hooks`` order; none for pretrained SAEs), toy only:
+``model``. Params: ``patch``, ``model``, ``sae``, ``hooks``. Output: ``atp``
+(results/{experiment}/patch/atp.h5).
+"""
 
 from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
-    from saeflow.patch.attribution import atp_stage, load_model_and_saes
-    from saeflow.patch.resid import PatchConfig, load_pairs
-    from saeflow.core.runtime import resolve_device, seed_everything
+    from saeflow.patch.stages import patch_atp_stage
 
-    cfg = PatchConfig.from_dict(snakemake.params.patch)
-    seed_everything(cfg.seed)
-    model, saes = load_model_and_saes(
+    patch_atp_stage(
+        snakemake.params.patch,
         snakemake.params.model,
         snakemake.input.get("model"),
         snakemake.params.sae,
         snakemake.params.hooks,
-        list(snakemake.input.saes) or [None] * len(snakemake.params.hooks),
-        resolve_device(cfg.device),
-    )
-    batches = load_pairs(snakemake.input.pairs, model.tokenizer)
-    atp_stage(
-        model,
-        saes,
-        batches,
-        cfg,
+        list(snakemake.input.saes),
+        snakemake.input.pairs,
         snakemake.output.atp,
-        {
-            "patch": snakemake.params.patch,
-            "model": snakemake.params.model,
-            "sae": snakemake.params.sae,
-        },
     )
 
 

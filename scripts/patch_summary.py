@@ -1,21 +1,23 @@
-"""Rule patch_summary: the patching stage's headline numbers in summary.json."""
+"""Rule patch_summary: the patching stage's headline numbers in summary.json.
+
+Inputs: ``resid``, ``atp``, ``verify``, ``faithfulness``, ``truth`` (optional). Params:
+``patch``. Output: ``summary`` (results/{experiment}/patch/summary.json).
+"""
 
 from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
-    from saeflow.patch.summary import summary_stage
-    from saeflow.patch.resid import PatchConfig, optional_input
+    from saeflow.patch.stages import patch_summary_stage
 
-    summary_stage(
+    patch_summary_stage(
+        snakemake.params.patch,
         snakemake.input.resid,
         snakemake.input.atp,
         snakemake.input.verify,
         snakemake.input.faithfulness,
-        optional_input(snakemake.input.truth),
-        PatchConfig.from_dict(snakemake.params.patch),
+        snakemake.input.truth,
         snakemake.output.summary,
-        {"patch": snakemake.params.patch},
     )
 
 

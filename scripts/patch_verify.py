@@ -1,44 +1,30 @@
 """Rule patch_verify: exact patching of the top AtP latents, false negatives, faithfulness and
 completeness curves, and the top latents' activations.
+
+Inputs: ``pairs``, ``saes``, ``atp``, ``descriptions`` (optional), toy only: ``model``.
+Params: ``patch``, ``model``, ``sae``, ``hooks``. Outputs: ``verify``, ``faithfulness``,
+``top_latents`` (results/{experiment}/patch/*.json).
 """
 
 from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
-    from saeflow.patch.attribution import load_model_and_saes
-    from saeflow.formats.descriptions import descriptions_by_hook
-    from saeflow.patch.faithfulness import verify_stage
-    from saeflow.patch.resid import PatchConfig, load_pairs, optional_input
-    from saeflow.core.runtime import resolve_device, seed_everything
+    from saeflow.patch.stages import patch_verify_stage
 
-    cfg = PatchConfig.from_dict(snakemake.params.patch)
-    seed_everything(cfg.seed)
-    model, saes = load_model_and_saes(
+    patch_verify_stage(
+        snakemake.params.patch,
         snakemake.params.model,
         snakemake.input.get("model"),
         snakemake.params.sae,
         snakemake.params.hooks,
-        list(snakemake.input.saes) or [None] * len(snakemake.params.hooks),
-        resolve_device(cfg.device),
-    )
-    batches = load_pairs(snakemake.input.pairs, model.tokenizer)
-    descriptions = descriptions_by_hook(optional_input(snakemake.input.descriptions))
-    verify_stage(
-        model,
-        saes,
-        batches,
+        list(snakemake.input.saes),
+        snakemake.input.pairs,
         snakemake.input.atp,
-        cfg,
-        descriptions,
+        snakemake.input.descriptions,
         snakemake.output.verify,
         snakemake.output.faithfulness,
         snakemake.output.top_latents,
-        {
-            "patch": snakemake.params.patch,
-            "model": snakemake.params.model,
-            "sae": snakemake.params.sae,
-        },
     )
 
 

@@ -8,11 +8,10 @@ from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
-    from saeflow.core.io import read_json
-    from saeflow.labels.plots import plot_confusion
+    from saeflow.labels.plots import plot_confusion_stage
 
-    plot_confusion(
-        {c: read_json(p) for c, p in zip(snakemake.params.categories, snakemake.input.agreements)},
+    plot_confusion_stage(
+        dict(zip(snakemake.params.categories, snakemake.input.agreements)),
         snakemake.output.png,
     )
 

@@ -9,13 +9,10 @@ from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
-    from saeflow.labels.correction import true_lpf
-    from saeflow.core.io import read_json
-    from saeflow.labels.plots import plot_lpf
+    from saeflow.labels.plots import plot_lpf_stage
 
     inputs = dict(snakemake.input.items())
-    truth = true_lpf(read_json(inputs["ablation"])) if "ablation" in inputs else None
-    plot_lpf(read_json(snakemake.input.result), snakemake.output.png, truth)
+    plot_lpf_stage(snakemake.input.result, snakemake.output.png, inputs.get("ablation"))
 
 
 rule_main(body, snakemake)  # noqa: F821 - injected by Snakemake

@@ -1,22 +1,22 @@
-"""Rule probe_data: build one probe dataset file
-(saeflow.probe.strategies.make_probe_dataset_file).
+"""Rule probe_data: build one probe dataset file (saeflow.probe.strategies.probe_data_stage).
+
+Inputs: ``activations``, ``codes`` (absent for strategies that need no codes), optional
+``model_correct``. Params: ``dataset``, ``hook_template``, ``n_folds``, ``config``. Output:
+``dataset`` (results/{experiment}/probe/data/{prompt_set}/{dataset}.h5).
 """
 
 from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
-    from saeflow.probe.inputs import load_model_correct
-    from saeflow.probe.strategies import make_probe_dataset_file
+    from saeflow.probe.strategies import probe_data_stage
 
-    codes = getattr(snakemake.input, "codes", None)  # absent for strategies that need no codes
-    model_correct = getattr(snakemake.input, "model_correct", None)
-    make_probe_dataset_file(
+    probe_data_stage(
         snakemake.params.dataset,
         snakemake.input.activations,
-        codes,
+        getattr(snakemake.input, "codes", None),
         snakemake.output[0],
-        model_correct=load_model_correct(model_correct) if model_correct else None,
+        model_correct=getattr(snakemake.input, "model_correct", None),
         hook_template=snakemake.params.hook_template,
         n_folds=snakemake.params.n_folds,
         config=snakemake.params.config,

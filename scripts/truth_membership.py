@@ -9,23 +9,16 @@ from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
-    from saeflow.labels.classify import resolve_categories
-    from saeflow.labels.describe import membership_from_files
-    from saeflow.core.io import write_json
+    from saeflow.labels.describe import membership_stage
 
-    cats = resolve_categories(snakemake.params.categories)
-    members = membership_from_files(
+    membership_stage(
         snakemake.input.codes,
         snakemake.input.activations,
         snakemake.input.truth,
         snakemake.params.hook,
-        {n: c["token_classes"] for n, c in cats.items()},
+        snakemake.params.categories,
         snakemake.params.threshold,
-    )
-    write_json(
         snakemake.output.membership,
-        {"threshold": snakemake.params.threshold, "members": members},
-        {"categories": cats, "threshold": snakemake.params.threshold},
     )
 
 

@@ -19,7 +19,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def small_world():
     from saeflow.toy.world import WorldConfig, build_prompt_sets
 
-    world = build_prompt_sets(WorldConfig(n_train=400, n_heldout=60, n_pairs=12))
+    world = build_prompt_sets(WorldConfig.defaults(n_train=400, n_heldout=60, n_pairs=12))
     return world
 
 

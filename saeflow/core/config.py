@@ -27,30 +27,6 @@ KNOWN_N_LAYERS = {
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 
-SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
-
-
-def schema_defaults(*section: str) -> dict[str, Any]:
-    """The defaults the schema gives one section (``schema_defaults("patch")``), nested
-    objects included: code that needs a default reads it here, never restates it."""
-    import yaml
-
-    node = yaml.safe_load(SCHEMA.read_text())
-    for name in section:
-        node = node["properties"][name]
-    return _defaults(node)
-
-
-def _defaults(node: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, sub in node.get("properties", {}).items():
-        if "properties" in sub:
-            out[name] = {**sub.get("default", {}), **_defaults(sub)}
-        elif "default" in sub:
-            out[name] = sub["default"]
-    return out
-
-
 def config_source(configfiles: Sequence[str | Path], default: str) -> str:
     """How error messages name the config: the --configfile files, else the default."""
     names = [_relative(p) for p in configfiles] or [default]
@@ -229,3 +205,38 @@ def check_config(config: Mapping[str, Any], configfiles: Sequence[str | Path], d
     except InputError as err:
         fail(err)
     return source
+
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def _defaults_of(node: Mapping[str, Any]) -> dict[str, Any]:
+    """The defaults an object schema ``node`` gives its properties, nested objects filled in
+    the way validation fills them (an object property with a default gets its own defaults)."""
+    import copy
+
+    out: dict[str, Any] = {}
+    for key, prop in node.get("properties", {}).items():
+        if "default" not in prop:
+            continue
+        value = copy.deepcopy(prop["default"])
+        if isinstance(value, dict) and "properties" in prop:
+            value = {**_defaults_of(prop), **value}
+        out[key] = value
+    return out
+
+
+def schema_defaults(section: str, schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
+    """The defaults of one config section, read from the schema (their one home): ``section``
+    is a dotted key path such as ``"patch"`` or ``"probe.cv"`` (``""``: the top level); keys
+    without a default (e.g. ``patch.pairs``) are absent. For callers with no validated config
+    (tests, benchmarks, the CLI)."""
+    import yaml
+
+    node = yaml.safe_load(Path(schema_path).read_text())
+    for part in section.split(".") if section else []:
+        try:
+            node = node["properties"][part]
+        except KeyError:
+            raise KeyError(f"{schema_path}: no config section {section!r}") from None
+    return _defaults_of(node)

@@ -105,7 +105,7 @@ def load_model(model_cfg: dict[str, Any], model_dir: str | Path | None,
             raise InputError("config", "model.source", "toy models need a trained model dir")
         return load_toy_model(model_dir, device)
     if model_cfg["source"] == "pretrained":
-        return load_pretrained_model(model_cfg["name"], device, model_cfg.get("dtype", "float32"))
+        return load_pretrained_model(model_cfg["name"], device, model_cfg["dtype"])
     raise InputError("config", "model.source", f"unknown source {model_cfg['source']!r}")
 
 

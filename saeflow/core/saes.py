@@ -143,3 +143,27 @@ def sae_metrics(model: HookedTransformer, sae: SAE, tokens: torch.Tensor, length
             "answer_accuracy_spliced": totals["acc_spliced"] / n,
         })
     return metrics
+
+
+def evaluate_saes_stage(model_cfg: dict[str, Any], model_dir: str | Path | None,
+                        sae_cfg: dict[str, Any], hooks: list[str], sae_dirs: list[str | Path],
+                        prompts: str | Path, device: str, out_path: str | Path) -> None:
+    """Rule ``evaluate_saes``: :func:`sae_metrics` of each hook's SAE on the prompt set
+    ``prompts`` (JSONL) into ``out_path`` (sae/metrics.json, ``{"prompt_set", "saes":
+    {hook: metrics}}``). ``sae_dirs`` in ``hooks`` order, empty for pretrained SAEs."""
+    from saeflow.core.io import write_json
+    from saeflow.core.models import load_model, tokenize_prompt_set
+    from saeflow.core.prompts import load_prompt_set
+    from saeflow.core.runtime import resolve_device
+
+    device = resolve_device(device)
+    model = load_model(model_cfg, model_dir, device)
+    tokens, lengths, answers = tokenize_prompt_set(model.tokenizer, load_prompt_set(prompts),
+                                                   prompts)
+    dirs = list(sae_dirs) or [None] * len(hooks)
+    metrics = {}
+    for hook, sae_dir in zip(hooks, dirs, strict=True):
+        sae = load_sae(sae_cfg, hook, sae_dir, device)
+        metrics[hook] = sae_metrics(model, sae, tokens, lengths, answers)
+    write_json(out_path, {"prompt_set": prompts, "saes": metrics},
+               config={"sae": sae_cfg, "model": model_cfg})

@@ -229,3 +229,33 @@ def eval_set_from_h5(path: str | Path, mode: str = "answer") -> EvalSet:
                              "'answer' in every prompt of the prompt set (or use eval: next_token)")
         answers = torch.from_numpy(read_array(fh, "meta/answer_token_id", path).astype(np.int64))
     return target_eval(tokens, lengths - 1, answers)
+
+
+def ablation_stage(model_cfg: Mapping[str, Any], model_dir: str | Path | None,
+                   sae_cfg: Mapping[str, Any], hook_name: str, sae_dir: str | Path | None,
+                   activations: str | Path, descriptions: str | Path,
+                   classified: Mapping[str, str | Path], ablation: Mapping[str, Any],
+                   membership: str | Path | None, out: str | Path) -> None:
+    """Rule ``ablate_categories``: seed, load the model and the ``hook_name`` SAE, and write
+    :func:`ablate_categories` over the eval set of ``activations`` to ``out`` (ablation.json).
+
+    ``classified``: category -> classified/{category}.json, in config order; ``ablation``:
+    ``config["labels"]["ablation"]`` ({eval, batch_size, seed, device, other_size});
+    ``membership``: the toy world's truth_membership.json (its true sets are ablated too), or
+    None. ``model_dir``/``sae_dir``: None for pretrained ones.
+    """
+    from saeflow.core.io import read_json, write_json
+    from saeflow.core.models import load_model
+    from saeflow.core.runtime import resolve_device, seed_everything
+    from saeflow.core.saes import load_sae
+
+    seed_everything(ablation["seed"])
+    device = resolve_device(ablation["device"])
+    model = load_model(model_cfg, model_dir, device)
+    sae = load_sae(sae_cfg, hook_name, sae_dir, device)
+    truth = read_json(membership)["members"] if membership is not None else None
+    eval_set = eval_set_from_h5(activations, ablation["eval"])
+    result = ablate_categories(model, sae, eval_set, dict(classified), descriptions,
+                               ablation["seed"], ablation["batch_size"], truth,
+                               ablation["other_size"])
+    write_json(out, result, {"ablation": ablation, "hook": hook_name})

@@ -187,3 +187,15 @@ def joint_validation(models: Mapping[str, Sequence[Mapping[str, Any]]],
                   tuple(c for c in names if per_cat_h[c][f] == 1))] += 1
     return [{"predicted": list(p), "human": list(h), "count": k}
             for (p, h), k in sorted(patterns.items())]
+
+
+def agree_stage(human_path: str | Path, model_path: str | Path, cfg: Mapping[str, Any],
+                out_json: str | Path, out_csv: str | Path) -> None:
+    """Rule ``agree``: :func:`agreement` of the human (or oracle) labels ``human_path`` and the
+    classifier's ``model_path`` (classified/{category}.json); metrics to ``out_json``, the merged
+    table to ``out_csv``. ``cfg``: ``config["labels"]["agreement"]`` ({n_boot, seed})."""
+    from saeflow.core.io import write_json
+
+    metrics, merged = agreement(human_path, model_path, cfg["n_boot"], cfg["seed"])
+    write_merged_csv(out_csv, merged)
+    write_json(out_json, metrics, cfg)

@@ -264,3 +264,17 @@ def classify(descriptions: Sequence[Mapping[str, Any]], category: str,
     return {"category": category, "backend": backend,
             "counts": {label: counts.get(label, 0) for label in LABELS},
             "n_unknown": counts.get(UNKNOWN, 0), "records": records}
+
+
+def classify_stage(descriptions: str | Path, category: str, categories: Any,
+                   out: str | Path) -> None:
+    """Rule ``classify``: :func:`classify` every description of ``descriptions``
+    (descriptions.json) for ``category`` of ``categories`` (``config["labels"]["categories"]``
+    or "toy", see :func:`resolve_categories`); the payload to ``out``
+    (classified/{category}.json)."""
+    from saeflow.core.io import write_json
+    from saeflow.formats.descriptions import read_descriptions
+
+    options = resolve_categories(categories)[category]
+    payload = classify(read_descriptions(descriptions), category, options)
+    write_json(out, payload, options)

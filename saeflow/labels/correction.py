@@ -290,3 +290,27 @@ def compare_with_truth(results: Mapping[str, Mapping[str, Any]],
                                "covers_truth": None if ci is None else bool(ci[0] <= true_ratio <= ci[1])}
         summary["methods"][method] = {"categories": rows, "ratios": ratios}
     return summary
+
+
+# --- the rules' entry points ------------------------------------------------------------------
+
+def correct_stage(study_path: str, method: str, cfg: Mapping[str, Any], out: str) -> None:
+    """Rule ``correct``: :func:`correct` the study file ``study_path`` (correction/study.yaml)
+    by ``method``; the result to ``out`` (correction/{method}.json). ``cfg``:
+    ``config["labels"]["correction"]`` ({n_boot, seed, ...})."""
+    from saeflow.core.io import write_json
+    from saeflow.labels.study import load_study
+
+    result = correct(load_study(study_path), method, cfg["n_boot"], cfg["seed"])
+    write_json(out, result, {**cfg, "method": method})
+
+
+def correction_summary_stage(results: Mapping[str, str], ablation: str, out: str) -> None:
+    """Rule ``correction_summary`` (toy only): :func:`compare_with_truth` of each method's
+    result file (``results``: method -> correction/{method}.json, in config order) against the
+    true LPF of ``ablation`` (ablation.json); the summary to ``out``."""
+    from saeflow.core.io import read_json, write_json
+
+    loaded = {m: read_json(p) for m, p in results.items()}
+    write_json(out, compare_with_truth(loaded, true_lpf(read_json(ablation))),
+               {"methods": list(results)})

@@ -145,11 +145,17 @@ def membership_from_files(codes_h5: str | Path, activations_h5: str | Path, trut
 
 def describe_stage(cfg: Mapping[str, Any], out: str | Path, hook_name: str | None = None,
                    codes: str | Path | None = None, activations: str | Path | None = None,
-                   tokenizer_dir: str | Path | None = None, folder: str | Path | None = None) -> None:
-    """The stage: descriptions from toy activations (``cfg["backend"] == "activations"``) or a
-    Neuronpedia export folder (``"neuronpedia"``, with ``source`` and optional ``model_id``,
-    ``explanation_model``), written to ``out`` as ``{source, n_features, records}``."""
-    from saeflow.core.io import write_json
+                   tokenizer_dir: str | Path | None = None, folder: str | Path | None = None,
+                   manifest: str | Path | None = None) -> None:
+    """Rule ``describe``: descriptions from toy activations (``cfg["backend"] ==
+    "activations"``) or a Neuronpedia export folder (``"neuronpedia"``, with ``source`` and
+    optional ``model_id``, ``explanation_model``), written to ``out`` as ``{source, n_features,
+    records}``. ``manifest``: rule fetch_neuronpedia's manifest, whose ``folder`` is read when
+    no ``folder`` is given."""
+    from saeflow.core.io import read_json, write_json
+
+    if manifest is not None:
+        folder = read_json(manifest)["folder"]
 
     backend = cfg.get("backend", "activations")
     if backend == "neuronpedia":
@@ -168,3 +174,19 @@ def describe_stage(cfg: Mapping[str, Any], out: str | Path, hook_name: str | Non
                dict(cfg))
 
 
+
+
+def membership_stage(codes_h5: str | Path, activations_h5: str | Path, truth_json: str | Path,
+                     hook_name: str, categories: Any, threshold: float,
+                     out: str | Path) -> None:
+    """Rule ``truth_membership`` (toy only): :func:`membership_from_files` of each category of
+    ``categories`` (``config["labels"]["categories"]`` or "toy", each with ``token_classes``)
+    to ``out`` (truth_membership.json, ``{threshold, members: {category: [feature]}}``)."""
+    from saeflow.core.io import write_json
+    from saeflow.labels.classify import resolve_categories
+
+    cats = resolve_categories(categories)
+    members = membership_from_files(codes_h5, activations_h5, truth_json, hook_name,
+                                    {n: c["token_classes"] for n, c in cats.items()}, threshold)
+    write_json(out, {"threshold": threshold, "members": members},
+               {"categories": cats, "threshold": threshold})

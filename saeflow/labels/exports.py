@@ -83,3 +83,13 @@ def fetch_explanations(base_url: str, model_id: str, source: str, cache_dir: str
     log.info("%d batches in %s (%d downloaded now)", len(batches), folder, downloaded)
     return {"folder": str(folder), "model_id": model_id, "source": source,
             "batches": batches, "downloaded": downloaded}
+
+
+def fetch_stage(base_url: str, model_id: str, source: str, cache_dir: str | Path,
+                out: str | Path) -> None:
+    """Rule ``fetch_neuronpedia``: :func:`fetch_explanations` into ``cache_dir``; the manifest
+    (cached folder, each batch's sha256) to ``out`` (labels/neuronpedia_exports.json)."""
+    from saeflow.core.io import write_json
+
+    manifest = fetch_explanations(base_url, model_id, source, cache_dir)
+    write_json(out, manifest, {"url": base_url, "source": source})

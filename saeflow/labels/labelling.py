@@ -285,3 +285,17 @@ def oracle_labels(out: str | Path, descriptions_path: str | Path, category: str,
     session.labels = {i: label(r) for i, r in enumerate(session.sample)}
     session.save()
     return session
+
+
+def oracle_stage(descriptions_path: str | Path, membership: str | Path, category: str,
+                 categories: Any, sample: Mapping[str, Any], out: str | Path) -> LabelSession:
+    """Rule ``label_oracle`` (toy only): :func:`oracle_labels` of ``category`` from its true
+    members in ``membership`` (truth_membership.json), on the ``sample`` ({n, seed}) a human
+    would label, with the question of ``categories`` (``config["labels"]["categories"]`` or
+    "toy"); saved to ``out`` (labels/oracle/{category}.json)."""
+    from saeflow.labels.classify import resolve_categories
+
+    question = resolve_categories(categories)[category]["question"]
+    members = read_json(membership)["members"][category]
+    return oracle_labels(out, descriptions_path, category, question, members, sample["n"],
+                         sample["seed"])

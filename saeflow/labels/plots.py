@@ -67,3 +67,22 @@ def plot_lpf(correction: Mapping[str, Any], path: str | Path,
     ax.set_ylabel("loss increase per feature")
     ax.legend(fontsize=8)
     save_figure(fig, path)
+
+
+def plot_confusion_stage(agreements: Mapping[str, str | Path], path: str | Path) -> None:
+    """Rule ``plot_confusion``: :func:`plot_confusion` of the agreement files
+    (category -> labels/agreement/{category}.json, in config order) to ``path``."""
+    from saeflow.core.io import read_json
+
+    plot_confusion({c: read_json(p) for c, p in agreements.items()}, path)
+
+
+def plot_lpf_stage(result: str | Path, path: str | Path,
+                   ablation: str | Path | None = None) -> None:
+    """Rule ``plot_lpf``: :func:`plot_lpf` of one method's ``result`` (correction/{method}.json)
+    to ``path``; toy only: the true LPF from ``ablation`` (ablation.json) marked too."""
+    from saeflow.core.io import read_json
+    from saeflow.labels.correction import true_lpf
+
+    truth = true_lpf(read_json(ablation)) if ablation is not None else None
+    plot_lpf(read_json(result), path, truth)

@@ -402,21 +402,3 @@ def atp_stage(model: Any, saes: Sequence[Any], batches: Sequence[PairBatch], cfg
                for mode, we in MODES.items()}
     write_atp(out_path, results, model_logit_diffs(model, batches, cfg.max_batch), config)
 
-
-def load_model_and_saes(model_cfg: Mapping[str, Any], model_dir: str | Path,
-                        sae_cfg: Mapping[str, Any], hooks: Sequence[str],
-                        sae_dirs: Sequence[str | Path], device: str) -> tuple[Any, list[Any]]:
-    """What the model-running patch rules load: the model (:func:`saeflow.core.models.load_model`)
-    and one SAE per hook (:func:`saeflow.core.saes.load_sae`, ``sae_dirs`` in ``hooks`` order)."""
-    from saeflow.core.models import load_model
-    from saeflow.core.saes import load_sae
-
-    if len(hooks) != len(sae_dirs):
-        raise InputError("config", "sae.hooks", f"{len(hooks)} hooks for {len(sae_dirs)} SAEs")
-    model = load_model(dict(model_cfg), model_dir, device)
-    saes = [load_sae(dict(sae_cfg), h, d, device) for h, d in zip(hooks, sae_dirs, strict=True)]
-    for hook, d, sae in zip(hooks, sae_dirs, saes, strict=True):
-        if sae.cfg.metadata.hook_name != hook:
-            raise InputError(d, "metadata.hook_name", f"{sae.cfg.metadata.hook_name!r}, but "
-                             f"config sae.hooks assigns this SAE to {hook!r}")
-    return model, saes

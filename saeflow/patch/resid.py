@@ -32,33 +32,37 @@ from saeflow.core.errors import InputError
 
 @dataclass(frozen=True)
 class PatchConfig:
-    """``config["patch"]``, validated; every default (and what each knob means) is the
-    schema's (workflow/schemas/config.schema.yaml), filled in by :meth:`from_dict`."""
+    """``config["patch"]`` as validated: every knob of the patching stage. The defaults live in
+    workflow/schemas/config.schema.yaml only (:func:`saeflow.core.config.schema_defaults`
+    ``("patch")`` reads them where no validated config exists); every key is required here."""
 
-    pairs: str | None  # None: not given (the stage's rules need it)
-    truth: str | None  # None: no toy-world position check
-    descriptions: str | None
-    max_batch: int
+    pairs: str  # JSONL of clean/corrupted pairs
+    truth: str | None  # toy world/truth.json; None: no toy-world position check
+    descriptions: str | None  # JSON {hook_name: {latent: text}} for the top latents
+    max_batch: int  # rows per forward pass (patched copies x pairs)
     n_bootstrap: int
     ci: float
     seed: int
-    top_k: int
-    n_random: int
-    false_negative_threshold: float
+    top_k: int  # latents verified by exact patching
+    n_random: int  # latents outside the top-k patched exactly to find false negatives
+    false_negative_threshold: float  # |exact| / |mean(clean - corrupted)| counted as real
     faithfulness_n: tuple[int, ...]
-    sae_gap_tolerance: float
+    sae_gap_tolerance: float  # |SAE-spliced - model| / |clean - corrupted| flagged above
     device: str
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None) -> PatchConfig:
-        from saeflow.core.config import schema_defaults
-
+        """From ``config["patch"]`` (validated, so holding every default); an unknown or a
+        missing key is an error naming it."""
         raw = dict(raw or {})
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = [f.name for f in dataclasses.fields(cls)]
         for key in raw:
             if key not in known:
                 raise InputError("config", f"patch.{key}", f"unknown key; known: {sorted(known)}")
-        raw = {"pairs": None, **schema_defaults("patch"), **raw}
+        for key in known:
+            if key not in raw:
+                raise InputError("config", f"patch.{key}", "missing (the schema gives its default "
+                                 "once the config is validated)")
         raw["faithfulness_n"] = tuple(int(n) for n in raw["faithfulness_n"])
         return cls(**raw)
 

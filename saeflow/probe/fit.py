@@ -58,14 +58,17 @@ class ProbeConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None, source: str = "config") -> ProbeConfig:
-        """Build from a config mapping (``probe.cv``); unknown keys and bad values are errors."""
-        from saeflow.core.config import schema_defaults
-
+        """Build from ``probe.cv`` as validated (the schema, workflow/schemas/config.schema.yaml,
+        is the one home of its defaults: :func:`saeflow.core.config.schema_defaults`
+        ``("probe.cv")``); unknown or missing keys and bad values are errors."""
         values = dict(values or {})
         unknown = sorted(set(values) - set(cls.__dataclass_fields__))
         if unknown:
             raise InputError(source, "probe.cv", f"unknown key(s) {unknown}")
-        values = {**schema_defaults("probe", "cv"), **values}
+        missing = [key for key in cls.__dataclass_fields__ if key not in values]
+        if missing:
+            raise InputError(source, "probe.cv", f"missing key(s) {missing} (the schema gives "
+                             "their defaults once the config is validated)")
         for key in ("Cs", "alphas"):
             values[key] = tuple(float(v) for v in values[key])
         cfg = cls(**values)

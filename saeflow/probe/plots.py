@@ -142,3 +142,26 @@ def plot_cohens_d(arrays: list[dict[str, Any]], path: str | Path, bins: int = 60
         ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+# --- the figure rules' entry points: the rule's input files -> one PNG ------------------------
+
+def plot_probe_accuracy_stage(summary_path: str | Path, path: str | Path) -> None:
+    """Rule ``plot_probe_accuracy``: :func:`plot_probe_accuracy` of ``probe/summary.json``."""
+    from saeflow.core.io import read_json
+
+    plot_probe_accuracy(read_json(summary_path), path)
+
+
+def plot_probe_heatmap_stage(effects_paths: list[str | Path], path: str | Path) -> None:
+    """Rule ``plot_probe_heatmap``: :func:`plot_probe_heatmap` of the effects JSON files."""
+    from saeflow.core.io import read_json
+
+    plot_probe_heatmap([read_json(p) for p in effects_paths], path)
+
+
+def plot_cohens_d_stage(arrays_paths: list[str | Path], path: str | Path) -> None:
+    """Rule ``plot_cohens_d``: :func:`plot_cohens_d` of the effects ``*.h5`` array files."""
+    from saeflow.probe.effects import read_effect_arrays
+
+    plot_cohens_d([read_effect_arrays(p) for p in arrays_paths], path)

@@ -308,3 +308,18 @@ def make_probe_dataset_file(spec: dict[str, Any], activations: str | Path,
                              hook_template=hook_template, n_folds=n_folds)
     write_probe_dataset(ds, out, config)
     return ds
+
+
+def probe_data_stage(spec: dict[str, Any], activations: str | Path, codes: str | Path | None,
+                     out: str | Path, *, model_correct: str | Path | None = None,
+                     hook_template: str = HOOK_TEMPLATE, n_folds: int | None = None,
+                     config: dict[str, Any] | None = None) -> ProbeDataset:
+    """Rule ``probe_data``: :func:`make_probe_dataset_file` of one dataset ``spec``;
+    ``codes`` None for strategies that read none; ``model_correct``: a ``.npy``/JSON file of
+    per-prompt correctness (:func:`saeflow.probe.inputs.load_model_correct`), or None."""
+    from saeflow.probe.inputs import load_model_correct
+
+    return make_probe_dataset_file(
+        spec, activations, codes, out,
+        model_correct=load_model_correct(model_correct) if model_correct else None,
+        hook_template=hook_template, n_folds=n_folds, config=config)

@@ -103,9 +103,6 @@ TEMPLATES: dict[str, Template] = {
     "floor_divide": lambda s: f"print({s.num} // ({s.small} - {s.small2}))",
 }
 
-# Templates the model never trains on: its accuracy there shows what it has not memorised.
-DEFAULT_UNSEEN = ("str_index", "floor_divide", "unclosed_list", "maybe_function", "call_int")
-
 # Clean (TypeError) -> corrupted (SyntaxError) by one character; the twin keeps every slot.
 PAIR_FAMILIES: dict[str, tuple[str, str]] = {
     "close_paren": ("concat_str_int", "concat_open_paren"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -67,3 +68,55 @@ def train_toy_model(tokenizer, train: EncodedSet, model_cfg: dict[str, Any], tra
         losses.append(float(loss))
     model.eval()
     return model, losses
+
+
+def train_model_stage(tokenizer_dir: str | Path, train_path: str | Path,
+                      heldout: list[str | Path], model_cfg: dict[str, Any], seed: int,
+                      device: str, out_dir: str | Path) -> None:
+    """Rule ``train_model``: seed, train on ``train_path`` (prompts/train.jsonl) with the
+    tokenizer in ``tokenizer_dir``, evaluate each ``heldout`` prompt set (keyed by file stem),
+    save the model to ``out_dir`` (model/) with ``metrics.json`` beside its weights."""
+    from saeflow.core.io import read_jsonl, write_json
+    from saeflow.core.models import save_toy_model
+    from saeflow.core.runtime import resolve_device, seed_everything
+    from saeflow.toy.world import load_tokenizer
+
+    seed_everything(seed)
+    device = resolve_device(device)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    train_set = encode_set(tokenizer, read_jsonl(train_path))
+    model, losses = train_toy_model(tokenizer, train_set, model_cfg, model_cfg["train"], seed,
+                                    device)
+    metrics = {
+        "device": device,
+        "final_train_loss": sum(losses[-50:]) / min(50, len(losses)),
+        "train_loss_curve": losses[:: max(1, len(losses) // 50)],
+    }
+    for path in heldout:
+        metrics[Path(path).stem] = evaluate(model, encode_set(tokenizer, read_jsonl(path)))
+    save_toy_model(model, out_dir)
+    write_json(Path(out_dir) / "metrics.json", metrics,
+               config={"model": model_cfg, "seed": seed})
+
+
+def train_sae_stage(model_dir: str | Path, train_path: str | Path, hook_name: str,
+                    sae_cfg: dict[str, Any], seed: int, device: str,
+                    out_dir: str | Path) -> None:
+    """Rule ``train_sae``: seed, train an sae-lens SAE on ``hook_name`` of the toy model in
+    ``model_dir`` over ``train_path`` (prompts/train.jsonl; pad and BOS excluded), saved in
+    sae-lens's format to ``out_dir`` (sae/{hook}/) with ``provenance.json``."""
+    from saeflow.core.io import read_jsonl, write_json
+    from saeflow.core.models import load_model
+    from saeflow.core.runtime import resolve_device, seed_everything
+    from saeflow.core.saes import train_sae
+
+    seed_everything(seed)
+    device = resolve_device(device)
+    model = load_model({"source": "toy"}, model_dir, device)
+    tokenizer = model.tokenizer
+    sequences = encode_set(tokenizer, read_jsonl(train_path)).tokens
+    train_sae(model, hook_name, sequences, sae_cfg,
+              exclude_token_ids=[tokenizer.pad_token_id, tokenizer.bos_token_id], seed=seed,
+              device=device, out_dir=out_dir)
+    write_json(Path(out_dir) / "provenance.json", {"hook_name": hook_name},
+               config={"sae": sae_cfg, "seed": seed})

@@ -8,13 +8,14 @@ every digit and punctuation character apart, so one-character edits keep token l
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from saeflow.core.errors import InputError
 from saeflow.core.prompts import encode_prompt
 from saeflow.toy.corpus import (
-    ANSWERS, DEFAULT_UNSEEN, LABELS, NAMES, QUESTION, TEMPLATES, WORDS, Example,
+    ANSWERS, LABELS, NAMES, QUESTION, TEMPLATES, WORDS, Example,
     sample_examples, sample_pairs, training_templates,
 )
 
@@ -27,19 +28,36 @@ TOKEN_CLASSES = ("special", "digit", "quote", "string_word", "name", "builtin", 
 
 @dataclass(frozen=True)
 class WorldConfig:
-    seed: int = 0
-    n_train: int = 20000
-    n_heldout: int = 1000
-    n_pairs: int = 200
-    vocab_size: int = 512
-    unseen_templates: tuple[str, ...] = DEFAULT_UNSEEN
+    """``config["world"]`` plus the top-level ``seed``, as validated; the defaults live in
+    workflow/schemas/config.schema.yaml only (:meth:`defaults` reads them from there)."""
+
+    seed: int
+    n_train: int
+    n_heldout: int
+    n_pairs: int
+    vocab_size: int
+    unseen_templates: tuple[str, ...]  # snippet templates kept out of training
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> WorldConfig:
+        """From the validated ``world`` section with ``seed``; a missing key is an error."""
         values = dict(raw)
-        if "unseen_templates" in values:
-            values["unseen_templates"] = tuple(values["unseen_templates"])
+        for f in fields(cls):
+            if f.name not in values:
+                raise InputError("config", f"world.{f.name}" if f.name != "seed" else "seed",
+                                 "missing (the schema gives its default once the config is "
+                                 "validated)")
+        values["unseen_templates"] = tuple(values["unseen_templates"])
         return cls(**values)
+
+    @classmethod
+    def defaults(cls, **overrides: Any) -> WorldConfig:
+        """The schema's defaults (``world`` and the top-level ``seed``), then ``overrides``:
+        for callers with no validated config (tests, benchmarks)."""
+        from saeflow.core.config import schema_defaults
+
+        return cls.from_dict({"seed": schema_defaults("")["seed"], **schema_defaults("world"),
+                              **overrides})
 
 
 @dataclass
@@ -171,3 +189,24 @@ def load_tokenizer(directory: str | Path):
     from transformers import PreTrainedTokenizerFast
 
     return PreTrainedTokenizerFast.from_pretrained(str(directory))
+
+
+def world_stage(world_cfg: dict[str, Any], seed: int, prompt_paths: list[str | Path],
+                tokenizer_dir: str | Path, truth_path: str | Path) -> None:
+    """Rule ``toy_world``: sample the prompt sets from ``world_cfg`` (``config["world"]``) and
+    ``seed``, train the tokenizer on them (saved to ``tokenizer_dir``), add token positions and
+    write each prompt set to the path of ``prompt_paths`` whose stem names it, and the ground
+    truth (``truth.json``) to ``truth_path``."""
+    from saeflow.core.io import write_json, write_jsonl
+
+    cfg = WorldConfig.from_dict({**world_cfg, "seed": seed})
+    prompt_sets = build_prompt_sets(cfg).prompt_sets
+    texts = [r["text"] + r["answer"] for records in prompt_sets.values() for r in records]
+    tokenizer = train_tokenizer(texts, cfg.vocab_size)
+    save_tokenizer(tokenizer, tokenizer_dir)
+    for records in prompt_sets.values():
+        add_token_positions(tokenizer, records)
+    for path in prompt_paths:
+        write_jsonl(path, prompt_sets[Path(path).stem])
+    truth = ground_truth(tokenizer, pair_difference_positions(tokenizer, prompt_sets["pairs"]))
+    write_json(truth_path, truth, config={"world": world_cfg})

@@ -34,7 +34,8 @@ def test_unreachable_endpoint_is_detected():
 
 
 @pytest.mark.parametrize("call, field", [
-    ("load_model({'source': 'pretrained', 'name': 'gemma-2-2b'}, None)", "model.name"),
+    ("load_model({'source': 'pretrained', 'name': 'gemma-2-2b', 'dtype': 'float32'}, None)",
+     "model.name"),
     ("load_sae({'source': 'pretrained', 'release': 'gemma-scope-2b-pt-res-canonical', "
      "'ids': {'blocks.12.hook_resid_post': 'layer_12/width_65k/canonical'}}, "
      "'blocks.12.hook_resid_post', None)", "sae.ids.blocks.12.hook_resid_post"),

@@ -79,3 +79,20 @@ def test_multi_token_answer_is_an_error_naming_the_record(tiny_model, small_worl
     with pytest.raises(InputError, match=r"line 3\.answer"):
         extract_to_hdf5(tiny_model, records, HOOKS, out, source="pairs.jsonl")
     assert not out.exists()
+
+
+def test_extract_stage_checks_prompts_before_loading_the_model(tmp_path, monkeypatch):
+    """Bad prompts fail with their line before the model (maybe a hub download) is loaded."""
+    import saeflow.core.models as models
+    from saeflow.extract import extract_stage
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("model loaded before the prompt set was checked")
+
+    monkeypatch.setattr(models, "load_model", no_model)
+    prompts = tmp_path / "bad.jsonl"
+    prompts.write_text('{"text": "fine"}\n{"text": ""}\n')
+    with pytest.raises(InputError, match="line 2"):
+        extract_stage({"source": "pretrained", "name": "gpt2"}, None, prompts,
+                      {"hooks": HOOKS}, "cpu", tmp_path / "acts.h5")
+    assert not (tmp_path / "acts.h5").exists()

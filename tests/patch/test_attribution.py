@@ -13,6 +13,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from saeflow.patch.attribution import (atp_stage, exact_latent_effects, prepare_saes, rank_nodes,
                                  read_atp, run_atp, run_spliced, verify_atp)
+from saeflow.core.config import schema_defaults
 from saeflow.core.errors import InputError
 from saeflow.patch.faithfulness import faithfulness_curve, node_means, verify_stage
 from saeflow.patch.summary import summary_stage
@@ -21,6 +22,11 @@ from saeflow.patch.plots import (plot_faithfulness, plot_latent_activations,
                                  plot_resid_patching, plot_top_latents)
 
 torch.set_num_threads(1)
+
+
+def patch_config(**overrides) -> PatchConfig:
+    """config["patch"] as validation leaves it: the schema's defaults plus a pairs file."""
+    return PatchConfig.from_dict({**schema_defaults("patch"), "pairs": "pairs.jsonl", **overrides})
 D_SAE = 24
 
 
@@ -126,7 +132,7 @@ def test_atp_is_the_small_patch_limit_of_exact_patching(with_error: bool) -> Non
 def test_atp_ranks_latents_like_exact_patching(model: HookedSAETransformer) -> None:
     spliced = prepare_saes(model, make_saes(model))
     batches = [make_batch(4, 6, [2], seed=3), make_batch(3, 8, [5], seed=4)]
-    cfg = PatchConfig.from_dict(dict(top_k=8, n_random=6, seed=0))
+    cfg = patch_config(top_k=8, n_random=6, seed=0)
     for with_error in (True, False):
         atp = run_atp(model, spliced, batches, with_error, max_batch=3)
         out = verify_atp(model, spliced, batches, atp, cfg)
@@ -137,8 +143,7 @@ def test_atp_ranks_latents_like_exact_patching(model: HookedSAETransformer) -> N
         top = [abs(r["atp"]) for r in out["top"]]
         assert top == sorted(top, reverse=True)
         assert min(top) >= max(abs(r["atp"]) for r in out["random"])
-        everything = verify_atp(model, spliced, batches, atp,
-                                PatchConfig.from_dict(dict(top_k=2 * D_SAE)))
+        everything = verify_atp(model, spliced, batches, atp, patch_config(top_k=2 * D_SAE))
         assert everything["random"] == [] and everything["false_negatives"] == 0
         assert everything["miss_rate_ci95"] is None  # nothing sampled: no rate to bound
         # the miss rate's interval is scipy's exact binomial one over the sampled latents
@@ -189,7 +194,7 @@ def test_missing_hook_is_one_clear_error_and_no_output(model: HookedSAETransform
     saes[1].cfg.metadata.hook_name = hook
     out = tmp_path / "atp.h5"
     with pytest.raises(InputError, match=match) as err:
-        atp_stage(model, saes, [make_batch(2, 5, [1], seed=6)], PatchConfig.from_dict({}), out)
+        atp_stage(model, saes, [make_batch(2, 5, [1], seed=6)], patch_config(), out)
     assert "\n" not in str(err.value)
     assert not out.exists() and not list(tmp_path.iterdir())
 
@@ -200,8 +205,7 @@ def test_stage_outputs_end_to_end(model: HookedSAETransformer, tmp_path) -> None
     model = HookedTransformer(model.cfg).eval()
     batches = [make_batch(3, 5, [1], seed=7), make_batch(3, 7, [2, 4], seed=8)]
     saes = make_saes(model)
-    cfg = PatchConfig.from_dict(dict(n_bootstrap=50, top_k=4, n_random=3,
-                                     faithfulness_n=(1, 3, 10)))
+    cfg = patch_config(n_bootstrap=50, top_k=4, n_random=3, faithfulness_n=(1, 3, 10))
     p = {name: tmp_path / name for name in ("resid.h5", "atp.h5", "verify.json",
                                             "faithfulness.json", "top_latents.json",
                                             "truth.json", "summary.json")}

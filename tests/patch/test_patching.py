@@ -11,6 +11,7 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens.patching import get_act_patch_resid_pre
 
+from saeflow.core.config import schema_defaults
 from saeflow.core.errors import InputError
 from saeflow.patch.summary import diff_positions_for, position_check
 from saeflow.patch.resid import (PairBatch, PatchConfig, align_right, bootstrap_ci, check_batches,
@@ -18,6 +19,11 @@ from saeflow.patch.resid import (PairBatch, PatchConfig, align_right, bootstrap_
                               resid_patching, run_resid_patching, write_resid)
 
 torch.set_num_threads(1)
+
+
+def patch_config(**overrides) -> PatchConfig:
+    """config["patch"] as validation leaves it: the schema's defaults plus a pairs file."""
+    return PatchConfig.from_dict({**schema_defaults("patch"), "pairs": "pairs.jsonl", **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +114,7 @@ def test_bootstrap_ci_is_nan_aware_and_reproducible() -> None:
 def test_run_resid_patching_aligns_lengths_and_round_trips(model: HookedTransformer,
                                                             tmp_path) -> None:
     short, long = make_batch(2, 5, [1], seed=3), make_batch(3, 7, [2, 5], seed=4)
-    cfg = PatchConfig.from_dict(dict(n_bootstrap=50))
+    cfg = patch_config(n_bootstrap=50)
     res = run_resid_patching(model, [short, long], cfg)
     assert res.patched.shape == (5, 2, 7)
     assert np.isnan(res.patched[:2, :, :2]).all() and not np.isnan(res.patched[:2, :, 2:]).any()
@@ -212,14 +218,16 @@ def test_pair_batch_rejects_unequal_lengths_and_bad_answers() -> None:
 def test_pairs_the_model_cannot_run_are_refused(model: HookedTransformer) -> None:
     check_batches(model, [make_batch(2, 16, [3], seed=0)])
     with pytest.raises(InputError, match=r"pairs 0..1: 17 tokens exceed n_ctx 16"):
-        run_resid_patching(model, [make_batch(2, 17, [3], seed=0)], PatchConfig.from_dict({}))
+        run_resid_patching(model, [make_batch(2, 17, [3], seed=0)], patch_config())
     bad = make_batch(2, 5, [3], seed=0)
     bad.clean_answer[1] = 50
     with pytest.raises(InputError, match="token id 50 >= d_vocab 50"):
         check_batches(model, [bad])
 
 
-def test_patch_config_rejects_unknown_keys() -> None:
-    assert PatchConfig.from_dict({"top_k": 3, "faithfulness_n": [1, 2]}).faithfulness_n == (1, 2)
+def test_patch_config_rejects_unknown_and_missing_keys() -> None:
+    assert patch_config(top_k=3, faithfulness_n=[1, 2]).faithfulness_n == (1, 2)
     with pytest.raises(InputError, match="patch.topk"):
         PatchConfig.from_dict({"topk": 3})
+    with pytest.raises(InputError, match="patch.pairs: missing"):
+        PatchConfig.from_dict(schema_defaults("patch"))  # the schema gives pairs no default

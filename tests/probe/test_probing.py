@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from saeflow.core.config import schema_defaults
 from saeflow.core.errors import InputError
 from saeflow.probe.crossval import make_folds, t_interval
 from saeflow.probe.dataset import ProbeDataset, write_probe_dataset
@@ -17,8 +18,15 @@ from saeflow.probe.strategies import build_probe_dataset
 from saeflow.probe.summary import probe_summary
 from saeflow.probe.fit import ProbeConfig, fit_fold, fit_probe
 
-FAST = ProbeConfig.from_dict(dict(n_folds=4, inner_folds=2, Cs=(0.01, 1.0),
-                                  alphas=(0.1, 10.0), n_permutations=3, seed=1))
+
+
+def probe_config(**overrides) -> ProbeConfig:
+    """probe.cv as validation leaves it: the schema's defaults, then ``overrides``."""
+    return ProbeConfig.from_dict({**schema_defaults("probe.cv"), **overrides})
+
+
+FAST = probe_config(n_folds=4, inner_folds=2, Cs=(0.01, 1.0), alphas=(0.1, 10.0),
+                    n_permutations=3, seed=1)
 
 
 def _dataset(X, y, kind="label", sample_index=None, name="syn", classes=None):
@@ -65,7 +73,7 @@ def test_normalisation_statistics_come_from_training_rows_only(normalise):
     train = np.arange(40)
     X = X.copy()
     X[40:] += 1000.0  # wild test rows would move any statistic that saw them
-    cfg = ProbeConfig.from_dict(dict(normalise=normalise, inner_folds=2, Cs=(1.0,)))
+    cfg = probe_config(normalise=normalise, inner_folds=2, Cs=(1.0,))
     fit = fit_fold(X, y, train, "label", cfg)
     if normalise == "standardize":
         np.testing.assert_allclose(fit.normaliser["shift"], X[train].mean(0))
@@ -193,7 +201,10 @@ def test_failed_fit_writes_nothing(tmp_path):
     write_probe_dataset(ds, tmp_path / "d.h5")
     with pytest.raises(InputError, match=r"^syn: y: class '0' has 12 sample\(s\), fewer than "
                                          r"the 20 CV folds"):
-        run_probe_fit(tmp_path / "d.h5", tmp_path / "f.json", tmp_path / "f.h5", {"n_folds": 20})
+        run_probe_fit(tmp_path / "d.h5", tmp_path / "f.json", tmp_path / "f.h5",
+                      {**schema_defaults("probe.cv"), "n_folds": 20})
     with pytest.raises(InputError, match="unknown key"):
         run_probe_fit(tmp_path / "d.h5", tmp_path / "f.json", tmp_path / "f.h5", {"folds": 3})
+    with pytest.raises(InputError, match=r"probe.cv: missing key\(s\) \['inner_folds'"):
+        run_probe_fit(tmp_path / "d.h5", tmp_path / "f.json", tmp_path / "f.h5", {"n_folds": 3})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.h5"]

@@ -40,7 +40,7 @@ def test_templates_with_random_slots_give_several_labels():
 
 
 def test_unseen_templates_never_reach_training(small_world):
-    unseen = set(WorldConfig().unseen_templates)
+    unseen = set(WorldConfig.defaults().unseen_templates)
     assert not {r["template"] for r in small_world.prompt_sets["train"]} & unseen
     assert {r["template"] for r in small_world.prompt_sets["heldout_unseen"]} <= unseen
     assert set(training_templates(tuple(unseen))) == set(TEMPLATES) - unseen
@@ -55,9 +55,9 @@ def test_pairs_flip_type_error_into_syntax_error(small_world):
 
 
 def test_world_is_deterministic():
-    a = build_prompt_sets(WorldConfig(n_train=50, n_heldout=10, n_pairs=4, seed=3))
-    b = build_prompt_sets(WorldConfig(n_train=50, n_heldout=10, n_pairs=4, seed=3))
-    c = build_prompt_sets(WorldConfig(n_train=50, n_heldout=10, n_pairs=4, seed=4))
+    a = build_prompt_sets(WorldConfig.defaults(n_train=50, n_heldout=10, n_pairs=4, seed=3))
+    b = build_prompt_sets(WorldConfig.defaults(n_train=50, n_heldout=10, n_pairs=4, seed=3))
+    c = build_prompt_sets(WorldConfig.defaults(n_train=50, n_heldout=10, n_pairs=4, seed=4))
     assert a.prompt_sets == b.prompt_sets
     assert a.prompt_sets != c.prompt_sets
 

@@ -1,0 +1,115 @@
+"""The patching rules' entry points: each loads what its rule needs (config, model, SAEs,
+pairs), seeds, and runs the stage (scripts/patch_*.py make one call here).
+
+``patch`` is ``config["patch"]`` as validated against workflow/schemas/config.schema.yaml;
+``config`` is the provenance mapping written into each output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from saeflow.core.errors import InputError
+from saeflow.patch.resid import PatchConfig, optional_input
+
+
+def load_model_and_saes(model_cfg: Mapping[str, Any], model_dir: str | Path | None,
+                        sae_cfg: Mapping[str, Any], hooks: Sequence[str],
+                        sae_dirs: Sequence[str | Path | None], device: str
+                        ) -> tuple[Any, list[Any]]:
+    """What the model-running patch rules load: the model (:func:`saeflow.core.models.load_model`)
+    and one SAE per hook (:func:`saeflow.core.saes.load_sae`, ``sae_dirs`` in ``hooks`` order)."""
+    from saeflow.core.models import load_model
+    from saeflow.core.saes import load_sae
+
+    if len(hooks) != len(sae_dirs):
+        raise InputError("config", "sae.hooks", f"{len(hooks)} hooks for {len(sae_dirs)} SAEs")
+    model = load_model(dict(model_cfg), model_dir, device)
+    saes = [load_sae(dict(sae_cfg), h, d, device) for h, d in zip(hooks, sae_dirs, strict=True)]
+    for hook, d, sae in zip(hooks, sae_dirs, saes, strict=True):
+        if sae.cfg.metadata.hook_name != hook:
+            raise InputError(d, "metadata.hook_name", f"{sae.cfg.metadata.hook_name!r}, but "
+                             f"config sae.hooks assigns this SAE to {hook!r}")
+    return model, saes
+
+
+def _setup(patch: Mapping[str, Any]) -> tuple[PatchConfig, str]:
+    """The stage's config, seeded, and its device."""
+    from saeflow.core.runtime import resolve_device, seed_everything
+
+    cfg = PatchConfig.from_dict(patch)
+    seed_everything(cfg.seed)
+    return cfg, resolve_device(cfg.device)
+
+
+def _model_saes_pairs(patch: Mapping[str, Any], model_cfg: Mapping[str, Any],
+                      model_dir: str | Path | None, sae_cfg: Mapping[str, Any],
+                      hooks: Sequence[str], sae_dirs: Sequence[str | Path],
+                      pairs: str | Path) -> tuple[PatchConfig, Any, list[Any], list[Any]]:
+    from saeflow.patch.resid import load_pairs
+
+    cfg, device = _setup(patch)
+    model, saes = load_model_and_saes(model_cfg, model_dir, sae_cfg, hooks,
+                                      list(sae_dirs) or [None] * len(hooks), device)
+    return cfg, model, saes, load_pairs(pairs, model.tokenizer)
+
+
+def patch_resid_stage(patch: Mapping[str, Any], model_cfg: Mapping[str, Any],
+                      model_dir: str | Path | None, pairs: str | Path, out: str | Path) -> None:
+    """Rule ``patch_resid``: residual patching over every layer x position of the pairs file
+    ``pairs`` (JSONL) into ``out`` (resid.h5). ``model_dir``: the toy model, None for the hub."""
+    from saeflow.core.models import load_model
+    from saeflow.patch.resid import load_pairs, run_resid_patching, write_resid
+
+    cfg, device = _setup(patch)
+    model = load_model(dict(model_cfg), model_dir, device)
+    batches = load_pairs(pairs, model.tokenizer)
+    write_resid(out, run_resid_patching(model, batches, cfg),
+                {"patch": dict(patch), "model": dict(model_cfg)})
+
+
+def patch_atp_stage(patch: Mapping[str, Any], model_cfg: Mapping[str, Any],
+                    model_dir: str | Path | None, sae_cfg: Mapping[str, Any],
+                    hooks: Sequence[str], sae_dirs: Sequence[str | Path], pairs: str | Path,
+                    out: str | Path) -> None:
+    """Rule ``patch_atp``: AtP with and without the error term into ``out`` (atp.h5).
+    ``sae_dirs`` in ``hooks`` order, empty for pretrained SAEs."""
+    from saeflow.patch.attribution import atp_stage
+
+    cfg, model, saes, batches = _model_saes_pairs(patch, model_cfg, model_dir, sae_cfg, hooks,
+                                                  sae_dirs, pairs)
+    atp_stage(model, saes, batches, cfg, out,
+              {"patch": dict(patch), "model": dict(model_cfg), "sae": dict(sae_cfg)})
+
+
+def patch_verify_stage(patch: Mapping[str, Any], model_cfg: Mapping[str, Any],
+                       model_dir: str | Path | None, sae_cfg: Mapping[str, Any],
+                       hooks: Sequence[str], sae_dirs: Sequence[str | Path], pairs: str | Path,
+                       atp: str | Path, descriptions: str | Sequence[str],
+                       out_verify: str | Path, out_faithfulness: str | Path,
+                       out_top_latents: str | Path) -> None:
+    """Rule ``patch_verify``: exact patching of the top AtP latents of ``atp`` (atp.h5),
+    faithfulness curves and the top latents' activations (three JSON files).
+    ``descriptions``: the descriptions file, or ``[]``/``""`` when there is none."""
+    from saeflow.formats.descriptions import descriptions_by_hook
+    from saeflow.patch.faithfulness import verify_stage
+
+    cfg, model, saes, batches = _model_saes_pairs(patch, model_cfg, model_dir, sae_cfg, hooks,
+                                                  sae_dirs, pairs)
+    verify_stage(model, saes, batches, atp, cfg,
+                 descriptions_by_hook(optional_input(descriptions)), out_verify,
+                 out_faithfulness, out_top_latents,
+                 {"patch": dict(patch), "model": dict(model_cfg), "sae": dict(sae_cfg)})
+
+
+def patch_summary_stage(patch: Mapping[str, Any], resid: str | Path, atp: str | Path,
+                        verify: str | Path, faithfulness: str | Path,
+                        truth: str | Sequence[str], out: str | Path) -> None:
+    """Rule ``patch_summary``: the stage's headline numbers in ``out`` (summary.json).
+    ``truth``: the toy world's truth.json, or ``[]``/``""`` when there is none."""
+    from saeflow.patch.summary import summary_stage
+
+    summary_stage(resid, atp, verify, faithfulness, optional_input(truth),
+                  PatchConfig.from_dict(patch), out, {"patch": patch})
