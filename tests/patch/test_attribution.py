@@ -13,20 +13,17 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from saeflow.patch.attribution import (atp_stage, exact_latent_effects, prepare_saes, rank_nodes,
                                  read_atp, run_atp, run_spliced, verify_atp)
-from saeflow.core.config import schema_defaults
 from saeflow.core.errors import InputError
 from saeflow.patch.faithfulness import faithfulness_curve, node_means, verify_stage
 from saeflow.patch.summary import summary_stage
-from saeflow.patch.resid import PairBatch, PatchConfig, logit_diff, run_resid_patching, write_resid
+from saeflow.toy.fixtures import patch_config, random_pair_batch
+from saeflow.patch.resid import logit_diff, run_resid_patching, write_resid
 from saeflow.patch.plots import (plot_faithfulness, plot_latent_activations,
                                  plot_resid_patching, plot_top_latents)
 
 torch.set_num_threads(1)
 
 
-def patch_config(**overrides) -> PatchConfig:
-    """config["patch"] as validation leaves it: the schema's defaults plus a pairs file."""
-    return PatchConfig.from_dict({**schema_defaults("patch"), "pairs": "pairs.jsonl", **overrides})
 D_SAE = 24
 
 
@@ -48,15 +45,6 @@ def make_saes(model: HookedSAETransformer, hooks: list[str] | None = None) -> li
     return saes
 
 
-def make_batch(n: int, T: int, diff_at: list[int], seed: int) -> PairBatch:
-    g = torch.Generator().manual_seed(seed)
-    clean = torch.randint(1, 50, (n, T), generator=g)
-    corrupted = clean.clone()
-    corrupted[:, diff_at] = (clean[:, diff_at] + torch.randint(1, 49, (n, len(diff_at)),
-                                                                generator=g)) % 50
-    answers = torch.randperm(50, generator=g)[:2 * n]
-    return PairBatch(clean, corrupted, answers[:n], answers[n:],
-                     tuple(range(100 * seed, 100 * seed + n)))
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +55,7 @@ def model() -> HookedSAETransformer:
 def test_splice_with_error_term_reproduces_the_model(model: HookedSAETransformer) -> None:
     saes = make_saes(model)
     spliced = prepare_saes(model, saes)
-    batch = make_batch(4, 6, [2], seed=0)
+    batch = random_pair_batch(4, 6, [2], seed=0)
     for tokens in (batch.clean, batch.corrupted):
         plain = model(tokens)
         ours, nodes = run_spliced(model, spliced, tokens, with_error=True)
@@ -88,7 +76,7 @@ def test_atp_is_exact_where_the_model_is_linear() -> None:
     # error nodes first-order attribution is exact.
     model = make_model(normalization_type=None)
     spliced = prepare_saes(model, make_saes(model))
-    batch = make_batch(3, 6, [1, 3], seed=1)
+    batch = random_pair_batch(3, 6, [1, 3], seed=1)
     last = "blocks.1.hook_resid_post"
     atps = {we: run_atp(model, spliced, [batch], we) for we in (True, False)}
     for with_error, atp in atps.items():
@@ -119,7 +107,7 @@ def test_atp_is_the_small_patch_limit_of_exact_patching(with_error: bool) -> Non
     # with the error term, the SAE itself without), which is what this test pins down.
     model = make_model(dtype=torch.float64)
     spliced = prepare_saes(model, make_saes(model))
-    batch = make_batch(3, 6, [2], seed=2)
+    batch = random_pair_batch(3, 6, [2], seed=2)
     latents = [(h, i) for h in spliced for i in range(D_SAE)]
     atp = run_atp(model, spliced, [batch], with_error)
     alpha = 1e-5
@@ -131,7 +119,7 @@ def test_atp_is_the_small_patch_limit_of_exact_patching(with_error: bool) -> Non
 
 def test_atp_ranks_latents_like_exact_patching(model: HookedSAETransformer) -> None:
     spliced = prepare_saes(model, make_saes(model))
-    batches = [make_batch(4, 6, [2], seed=3), make_batch(3, 8, [5], seed=4)]
+    batches = [random_pair_batch(4, 6, [2], seed=3), random_pair_batch(3, 8, [5], seed=4)]
     cfg = patch_config(top_k=8, n_random=6, seed=0)
     for with_error in (True, False):
         atp = run_atp(model, spliced, batches, with_error, max_batch=3)
@@ -160,7 +148,7 @@ def test_atp_ranks_latents_like_exact_patching(model: HookedSAETransformer) -> N
 
 def test_faithfulness_endpoints(model: HookedSAETransformer) -> None:
     spliced = prepare_saes(model, make_saes(model))
-    batch = make_batch(4, 6, [3], seed=5)
+    batch = random_pair_batch(4, 6, [3], seed=5)
     atp = run_atp(model, spliced, [batch], True)
     ranking = [node for node, _ in rank_nodes(atp)]
     assert len(ranking) == 2 * D_SAE + 2 * 6  # latents + one error node per hook x position
@@ -194,7 +182,7 @@ def test_missing_hook_is_one_clear_error_and_no_output(model: HookedSAETransform
     saes[1].cfg.metadata.hook_name = hook
     out = tmp_path / "atp.h5"
     with pytest.raises(InputError, match=match) as err:
-        atp_stage(model, saes, [make_batch(2, 5, [1], seed=6)], patch_config(), out)
+        atp_stage(model, saes, [random_pair_batch(2, 5, [1], seed=6)], patch_config(), out)
     assert "\n" not in str(err.value)
     assert not out.exists() and not list(tmp_path.iterdir())
 
@@ -203,7 +191,7 @@ def test_stage_outputs_end_to_end(model: HookedSAETransformer, tmp_path) -> None
     # The rules load a plain HookedTransformer; the stages splice SAEs into a copy sharing
     # its weights.
     model = HookedTransformer(model.cfg).eval()
-    batches = [make_batch(3, 5, [1], seed=7), make_batch(3, 7, [2, 4], seed=8)]
+    batches = [random_pair_batch(3, 5, [1], seed=7), random_pair_batch(3, 7, [2, 4], seed=8)]
     saes = make_saes(model)
     cfg = patch_config(n_bootstrap=50, top_k=4, n_random=3, faithfulness_n=(1, 3, 10))
     p = {name: tmp_path / name for name in ("resid.h5", "atp.h5", "verify.json",

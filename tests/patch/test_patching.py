@@ -11,9 +11,10 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens.patching import get_act_patch_resid_pre
 
-from saeflow.core.config import schema_defaults
 from saeflow.core.errors import InputError
 from saeflow.patch.summary import diff_positions_for, position_check
+from saeflow.core.config import schema_defaults
+from saeflow.toy.fixtures import patch_config, random_pair_batch
 from saeflow.patch.resid import (PairBatch, PatchConfig, align_right, bootstrap_ci, check_batches,
                               load_pairs, logit_diff, normalised_effect, read_resid,
                               resid_patching, run_resid_patching, write_resid)
@@ -21,9 +22,6 @@ from saeflow.patch.resid import (PairBatch, PatchConfig, align_right, bootstrap_
 torch.set_num_threads(1)
 
 
-def patch_config(**overrides) -> PatchConfig:
-    """config["patch"] as validation leaves it: the schema's defaults plus a pairs file."""
-    return PatchConfig.from_dict({**schema_defaults("patch"), "pairs": "pairs.jsonl", **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -33,15 +31,6 @@ def model() -> HookedTransformer:
     return HookedTransformer(cfg).eval()
 
 
-def make_batch(n: int, T: int, diff_at: list[int], seed: int) -> PairBatch:
-    g = torch.Generator().manual_seed(seed)
-    clean = torch.randint(1, 50, (n, T), generator=g)
-    corrupted = clean.clone()
-    corrupted[:, diff_at] = (clean[:, diff_at] + torch.randint(1, 49, (n, len(diff_at)),
-                                                                generator=g)) % 50
-    answers = torch.randperm(50, generator=g)[:2 * n]
-    return PairBatch(clean, corrupted, answers[:n], answers[n:],
-                     tuple(range(100 * seed, 100 * seed + n)))
 
 
 def test_logit_diff_reads_final_position() -> None:
@@ -64,7 +53,7 @@ def test_normalised_effect_maps_corrupted_to_0_and_clean_to_1() -> None:
 @pytest.mark.parametrize("max_batch", [1, 5, 256])
 def test_resid_patching_agrees_with_transformer_lens(model: HookedTransformer,
                                                      max_batch: int) -> None:
-    batch = make_batch(n=3, T=6, diff_at=[2, 4], seed=1)
+    batch = random_pair_batch(n=3, T=6, diff_at=[2, 4], seed=1)
     patched, clean, corrupted = resid_patching(model, batch, max_batch=max_batch)
     assert patched.shape == (3, model.cfg.n_layers, 6)
     for i in range(3):
@@ -82,7 +71,7 @@ def test_resid_patching_agrees_with_transformer_lens(model: HookedTransformer,
 
 
 def test_resid_patching_respects_causality(model: HookedTransformer) -> None:
-    batch = make_batch(n=2, T=7, diff_at=[3], seed=2)
+    batch = random_pair_batch(n=2, T=7, diff_at=[3], seed=2)
     patched, clean, corrupted = resid_patching(model, batch)
     effect = patched - corrupted[:, None, None]
     # Positions before the first difference hold identical activations in both runs.
@@ -113,7 +102,7 @@ def test_bootstrap_ci_is_nan_aware_and_reproducible() -> None:
 
 def test_run_resid_patching_aligns_lengths_and_round_trips(model: HookedTransformer,
                                                             tmp_path) -> None:
-    short, long = make_batch(2, 5, [1], seed=3), make_batch(3, 7, [2, 5], seed=4)
+    short, long = random_pair_batch(2, 5, [1], seed=3), random_pair_batch(3, 7, [2, 5], seed=4)
     cfg = patch_config(n_bootstrap=50)
     res = run_resid_patching(model, [short, long], cfg)
     assert res.patched.shape == (5, 2, 7)
@@ -216,10 +205,10 @@ def test_pair_batch_rejects_unequal_lengths_and_bad_answers() -> None:
 
 
 def test_pairs_the_model_cannot_run_are_refused(model: HookedTransformer) -> None:
-    check_batches(model, [make_batch(2, 16, [3], seed=0)])
+    check_batches(model, [random_pair_batch(2, 16, [3], seed=0)])
     with pytest.raises(InputError, match=r"pairs 0..1: 17 tokens exceed n_ctx 16"):
-        run_resid_patching(model, [make_batch(2, 17, [3], seed=0)], patch_config())
-    bad = make_batch(2, 5, [3], seed=0)
+        run_resid_patching(model, [random_pair_batch(2, 17, [3], seed=0)], patch_config())
+    bad = random_pair_batch(2, 5, [3], seed=0)
     bad.clean_answer[1] = 50
     with pytest.raises(InputError, match="token id 50 >= d_vocab 50"):
         check_batches(model, [bad])
