@@ -21,15 +21,6 @@ from saeflow.labels.labelling import label_interactively, open_session, oracle_l
 QUESTION = "Is this feature about digits?"
 
 
-@pytest.fixture
-def descriptions(tmp_path):
-    path = tmp_path / "descriptions.json"
-    path.write_text(json.dumps({"records": [
-        {"feature_id": f"toy-{i}", "feature_index": i, "description": f"text of feature {i}"}
-        for i in range(20)]}))
-    return path
-
-
 def label(out, descriptions, keys, n=5, seed=1, category="digits", question=QUESTION):
     shown = io.StringIO()
     session = label_interactively(out, descriptions, category, question, n, seed,

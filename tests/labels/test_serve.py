@@ -20,15 +20,6 @@ N = 6
 
 
 @pytest.fixture
-def descriptions(tmp_path):
-    path = tmp_path / "descriptions.json"
-    path.write_text(json.dumps({"records": [
-        {"feature_id": f"toy-{i}", "feature_index": i, "description": f"text of feature {i}"}
-        for i in range(20)]}))
-    return path
-
-
-@pytest.fixture
 def server(tmp_path, descriptions):
     """``saeflow label --serve --port 0`` as a process; yields (process, URL); always stopped."""
     procs = []

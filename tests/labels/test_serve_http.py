@@ -31,15 +31,6 @@ def _fixed_commit(monkeypatch):
     monkeypatch.setenv("SAEFLOW_GIT_COMMIT", "test")
 
 
-@pytest.fixture
-def descriptions(tmp_path):
-    path = tmp_path / "descriptions.json"
-    path.write_text(json.dumps({"records": [
-        {"feature_id": f"toy-{i}", "feature_index": i, "description": f"text of feature {i}"}
-        for i in range(20)]}))
-    return path
-
-
 class Page:
     """A server in this process, and requests to it as the page makes them."""
 
