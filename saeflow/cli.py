@@ -74,9 +74,10 @@ def _classify(args: argparse.Namespace) -> None:
         backend = {"backend": "file", "path": args.from_file}
     elif args.base_url:
         backend = {"backend": "llm", "question": args.question,
-                   "llm": {"base_url": args.base_url, "model": args.model,
-                           "api_key_env": args.api_key_env, "cache_dir": args.cache_dir,
-                           "concurrency": args.concurrency}}
+                   "llm": {k: v for k, v in {
+                       "base_url": args.base_url, "model": args.model,
+                       "api_key_env": args.api_key_env, "cache_dir": args.cache_dir,
+                       "concurrency": args.concurrency}.items() if v is not None}}
     else:
         backend = {"backend": "keyword", "patterns": args.pattern or []}
     payload = classify(read_descriptions(args.descriptions), args.category, backend, "arguments")
@@ -166,8 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-url", help="llm backend: OpenAI-compatible endpoint, e.g. http://host/v1")
     p.add_argument("--model")
     p.add_argument("--api-key-env", help="name of the environment variable holding the key")
-    p.add_argument("--cache-dir", default=".cache/saeflow-llm")
-    p.add_argument("--concurrency", type=positive_int, default=4)
+    p.add_argument("--cache-dir", help="llm backend: reply cache (default: the schema's)")
+    p.add_argument("--concurrency", type=positive_int, help="llm backend: requests at once")
     p.add_argument("--from", dest="from_file", help="file backend: import this classification")
     p.set_defaults(func=_classify)
 

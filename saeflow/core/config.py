@@ -235,8 +235,8 @@ def schema_defaults(section: str, schema_path: str | Path = SCHEMA_PATH) -> dict
 
     node = yaml.safe_load(Path(schema_path).read_text())
     for part in section.split(".") if section else []:
-        try:
-            node = node["properties"][part]
+        try:  # "<name>": any key of a mapping (its additionalProperties schema)
+            node = node["additionalProperties"] if part == "<name>" else node["properties"][part]
         except KeyError:
             raise KeyError(f"{schema_path}: no config section {section!r}") from None
     return _defaults_of(node)

@@ -83,17 +83,20 @@ class LLMConfig:
 
     base_url: str
     model: str
-    api_key_env: str | None = None
-    cache_dir: str = ".cache/saeflow-llm"
-    concurrency: int = 4
-    max_retries: int = 4
-    backoff_s: float = 1.0
-    timeout_s: float = 60.0
-    temperature: float = 0.0
-    max_tokens: int = 8
+    api_key_env: str | None
+    cache_dir: str
+    concurrency: int
+    max_retries: int
+    backoff_s: float
+    timeout_s: float
+    temperature: float
+    max_tokens: int
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], source: str = "config") -> LLMConfig:
+        """Options given (config or command line) over the schema's defaults, their one home."""
+        from saeflow.core.config import schema_defaults
+
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:
@@ -101,7 +104,7 @@ class LLMConfig:
         for key in ("base_url", "model"):
             if not raw.get(key):
                 raise InputError(source, key, "required for the llm backend")
-        cfg = cls(**raw)
+        cfg = cls(**{**schema_defaults("labels.categories.<name>.llm"), **raw})
         if cfg.concurrency < 1 or cfg.max_retries < 0:
             raise InputError(source, "concurrency", "concurrency must be >= 1, max_retries >= 0")
         return cfg

@@ -131,8 +131,9 @@ def test_llm_backend_retries_caches_bounds_concurrency_and_counts_unknown(tmp_pa
 
 
 def test_llm_interrupted_run_pays_only_for_the_rest(tmp_path, llm_env):
-    cfg = LLMConfig(base_url="", model="tiny", api_key_env="SAEFLOW_TEST_KEY",
-                    cache_dir=str(tmp_path / "cache"), concurrency=1, max_retries=1, backoff_s=0.0)
+    cfg = LLMConfig.from_dict(dict(base_url="http://127.0.0.1:9/v1", model="tiny",
+                                   api_key_env="SAEFLOW_TEST_KEY", cache_dir=str(tmp_path / "cache"),
+                                   concurrency=1, max_retries=1, backoff_s=0.0))
     broken = FakeLLM(always_fail_after=3)
     try:
         with pytest.raises(InputError, match="HTTP 500 after 2 attempts"):
