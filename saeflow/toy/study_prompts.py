@@ -19,6 +19,7 @@ rules check both when they load the files and stop with the line that breaks the
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 import random
 import sys
 from pathlib import Path
@@ -59,23 +60,22 @@ PLACES = ("store", "park", "school", "station", "market")
 OBJECTS = ("drink", "book", "ball", "letter", "gift")
 
 
-def _ioi(rng: random.Random) -> tuple[str, str, str, str, str]:
+def _ioi(rng: random.Random) -> tuple[str, str, str, Callable[[str], str]]:
+    """One draw: the indirect object, the subject, the name order, and the prompt with a
+    given name as the repeated one (the subject in a clean prompt)."""
     io, subject = rng.sample(NAMES, 2)
-    return io, subject, rng.choice(PLACES), rng.choice(OBJECTS), rng.choice(("ABBA", "BABA"))
-
-
-def _ioi_text(first: str, second: str, repeated: str, place: str, thing: str) -> str:
-    return f"When{first} and{second} went to the {place},{repeated} gave a {thing} to"
+    place, thing, order = rng.choice(PLACES), rng.choice(OBJECTS), rng.choice(("ABBA", "BABA"))
+    first, second = (io, subject) if order == "ABBA" else (subject, io)
+    return io, subject, order, lambda repeated: (
+        f"When{first} and{second} went to the {place},{repeated} gave a {thing} to")
 
 
 def ioi_records(n: int = 400, seed: int = SEED) -> list[dict]:
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
-        io, subject, place, thing, order = _ioi(rng)
-        first, second = (io, subject) if order == "ABBA" else (subject, io)
-        rows.append({"text": _ioi_text(first, second, subject, place, thing), "answer": io,
-                     "label": order})
+        io, subject, order, text = _ioi(rng)
+        rows.append({"text": text(subject), "answer": io, "label": order})
     return rows
 
 
@@ -83,12 +83,10 @@ def ioi_pair_records(n: int = 100, seed: int = SEED + 1) -> list[dict]:
     rng = random.Random(seed)
     rows = []
     for k in range(n):
-        io, subject, place, thing, order = _ioi(rng)
-        first, second = (io, subject) if order == "ABBA" else (subject, io)
-        rows.append({"text": _ioi_text(first, second, subject, place, thing), "answer": io,
-                     "label": order, "pair_id": k, "role": "clean", "family": order})
-        rows.append({"text": _ioi_text(first, second, io, place, thing), "answer": subject,
-                     "label": order, "pair_id": k, "role": "corrupted", "family": order})
+        io, subject, order, text = _ioi(rng)
+        for role, repeated, answer in (("clean", subject, io), ("corrupted", io, subject)):
+            rows.append({"text": text(repeated), "answer": answer, "label": order,
+                         "pair_id": k, "role": role, "family": order})
     return rows
 
 
