@@ -18,7 +18,7 @@ from saeflow.core.errors import InputError
 from saeflow.core.io import atomic_path
 from saeflow.core.provenance import provenance_json
 from saeflow.formats.activations import open_activations
-from saeflow.formats.hdf5 import read_array, reading
+from saeflow.formats.hdf5 import read_array, reading, require
 
 
 class _FeatureStats:
@@ -119,6 +119,77 @@ def encode_to_hdf5(acts_path: str | Path, out_path: str | Path,
                           "hooks": json.dumps(list(sae_for_hook)),
                           "position_names": src.attrs["position_names"]})
     return summary
+
+
+def gather_codes(shard_paths: list[str | Path], out_path: str | Path,
+                 config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Rule ``gather_codes``: the codes of one prompt set's shards (``encode_shard``, in order)
+    as one codes file. ``indices`` and ``values`` are virtual datasets over the shards' own
+    (never copied); ``indptr`` is rebuilt with each shard's offset and the feature statistics
+    are pooled from each shard's (counts and sums weighted by its valid rows, max of maxima),
+    equal to one pass over all rows up to float64 rounding."""
+    import os
+
+    from saeflow.formats.codes import read_row_valid
+    from saeflow.formats.hdf5 import open_h5, write_concatenation
+
+    out_path = Path(out_path)
+    names = [os.path.relpath(Path(p).resolve(), out_path.resolve().parent) for p in shard_paths]
+    shards = [open_h5(p) for p in shard_paths]
+    try:
+        hooks = json.loads(shards[0].attrs["hooks"])
+        for shard, path in zip(shards, shard_paths, strict=True):
+            if shard.attrs["hooks"] != shards[0].attrs["hooks"]:
+                raise InputError(path, "attrs/hooks", f"differs from {shard_paths[0]}'s")
+        summary: dict[str, Any] = {}
+        with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as dst:
+            for hook in hooks:
+                key = f"codes/{hook}"
+                groups = [require(s, key, p, "codes group") for s, p in zip(shards, shard_paths)]
+                indptrs, offset = [np.zeros(1, np.int64)], 0
+                for group, path in zip(groups, shard_paths):
+                    part = read_array(group.file, f"{key}/indptr", path).astype(np.int64)
+                    indptrs.append(part[1:] + offset)
+                    offset += int(part[-1])
+                group = dst.create_group(key)
+                group["indptr"] = np.concatenate(indptrs)
+                group["row_valid"] = np.concatenate(
+                    [read_row_valid(s, hook, p) for s, p in zip(shards, shard_paths)])
+                for member in ("indices", "values"):
+                    write_concatenation(dst, f"{key}/{member}", [
+                        (name, g[member]) for name, g in zip(names, groups)])
+                n_prompts = sum(int(g.attrs["n_prompts"]) for g in groups)
+                group.attrs.update({"d_sae": groups[0].attrs["d_sae"], "n_prompts": n_prompts,
+                                    "n_positions": groups[0].attrs["n_positions"]})
+                for name, values in _pooled_stats(shards, shard_paths, hook).items():
+                    dst[f"stats/{hook}/{name}"] = values
+                valid = int(group["row_valid"][()].sum())
+                summary[hook] = {"nnz": offset, "valid_rows": valid,
+                                 "mean_l0": offset / max(valid, 1)}
+            dst.attrs.update({"provenance": provenance_json(config), "hooks": json.dumps(hooks),
+                              "position_names": shards[0].attrs["position_names"],
+                              "shards": json.dumps([str(p) for p in shard_paths])})
+    finally:
+        for s in shards:
+            s.close()
+    return summary
+
+
+def _pooled_stats(shards: list[h5py.File], paths: list[str | Path], hook: str
+                  ) -> dict[str, np.ndarray]:
+    from saeflow.formats.codes import read_feature_stat, read_row_valid
+
+    rows = [int(read_row_valid(s, hook, p).sum()) for s, p in zip(shards, paths)]
+    stat = {name: [read_feature_stat(s, hook, name, p) for s, p in zip(shards, paths)]
+            for name in ("firing_frequency", "mean_activation", "max_activation")}
+    # Each shard's count and sum, back from its frequency and mean (count is an integer,
+    # so rounding recovers it exactly).
+    count = sum(np.rint(f * r) for f, r in zip(stat["firing_frequency"], rows))
+    total = sum(m * r for m, r in zip(stat["mean_activation"], rows))
+    n_rows = max(sum(rows), 1)
+    return {"firing_frequency": count / n_rows, "mean_activation": total / n_rows,
+            "mean_active": np.divide(total, count, out=np.zeros_like(total), where=count > 0),
+            "max_activation": np.maximum.reduce(stat["max_activation"])}
 
 
 def encode_stage(acts_path: str | Path, out_path: str | Path, sae_cfg: dict[str, Any],

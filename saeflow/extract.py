@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from saeflow.core.models import pad_batch, require_hooks
 from saeflow.core.positions import token_index
 from saeflow.core.prompts import answer_token_id, encode_prompts
 from saeflow.core.provenance import provenance_json
+from saeflow.formats.activations import open_activations
+from saeflow.formats.hdf5 import write_concatenation
 
 log = logging.getLogger(__name__)
 CHUNK_BYTES = 1 << 20
@@ -82,11 +85,15 @@ def _metadata_columns(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
 def extract_to_hdf5(model: HookedTransformer, records: list[dict[str, Any]], hooks: Sequence[str],
                     out_path: str | Path, *, positions: str | Sequence[str | int] = "all",
                     dtype: str = "float16", batch_size: int = 64, compression: str | None = "lzf",
-                    source: str = "prompts", config: dict[str, Any] | None = None) -> dict[str, Any]:
+                    source: str = "prompts", config: dict[str, Any] | None = None,
+                    rows: tuple[int, int] | None = None) -> dict[str, Any]:
     """Write ``acts/{hook} [n, P, d]`` plus tokens, positions, metadata and model predictions.
 
     Predictions use only the final position's residual (``ln_final`` + unembed), so no
-    ``[batch, T, d_vocab]`` logits tensor is ever built.
+    ``[batch, T, d_vocab]`` logits tensor is ever built. ``rows`` = (start, stop): write only
+    those records, a shard (see :func:`gather_activations`); every record is still tokenised
+    and checked, so every shard has the whole set's token width, positions and metadata
+    columns, and a bad record anywhere fails every shard alike.
     """
     require_hooks(model, hooks, "extraction.hooks")
     tokenizer = model.tokenizer
@@ -98,7 +105,13 @@ def extract_to_hdf5(model: HookedTransformer, records: list[dict[str, Any]], hoo
     pos, pos_names = token_positions(positions, records, lengths, source)
     has_answers = all("answer" in r for r in records)
     answers = _answer_ids(tokenizer, records, source) if has_answers else None
-    n, n_pos, width = len(records), pos.shape[1], int(lengths.max())
+    metadata = _metadata_columns(records)
+    width = int(lengths.max())
+    lo, hi = rows or (0, len(records))
+    sequences, lengths, pos = sequences[lo:hi], lengths[lo:hi], pos[lo:hi]
+    answers = None if answers is None else answers[lo:hi]
+    metadata = {key: values[lo:hi] for key, values in metadata.items()}
+    n, n_pos = hi - lo, pos.shape[1]
     store_dtype = np.dtype(dtype)
     torch_store_dtype = torch.from_numpy(np.zeros(0, store_dtype)).dtype
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -147,7 +160,7 @@ def extract_to_hdf5(model: HookedTransformer, records: list[dict[str, Any]], hoo
             for name in hooks:
                 act_ds[name][start:stop] = captured[name].to(torch_store_dtype).cpu().numpy()
 
-        for key, values in _metadata_columns(records).items():
+        for key, values in metadata.items():
             f[f"meta/{key}"] = values
         f["meta/predicted_token_id"] = predicted
         if answers is not None:
@@ -160,6 +173,8 @@ def extract_to_hdf5(model: HookedTransformer, records: list[dict[str, Any]], hoo
             "pad_token_id": pad_id, "bos_token_id": tokenizer.bos_token_id,
             "storage_dtype": store_dtype.name,
         })
+        if rows is not None:
+            f.attrs["shard_rows"] = json.dumps([lo, hi])
     summary = {"n_prompts": n, "n_positions": n_pos, "hooks": list(hooks)}
     if answers is not None:
         summary["accuracy"] = float((predicted == answers).mean())
@@ -167,9 +182,11 @@ def extract_to_hdf5(model: HookedTransformer, records: list[dict[str, Any]], hoo
 
 
 def extract_stage(model_cfg: dict[str, Any], model_dir: str | Path | None, prompts: str | Path,
-                  extraction: dict[str, Any], device: str, out_path: str | Path) -> dict[str, Any]:
+                  extraction: dict[str, Any], device: str, out_path: str | Path,
+                  shard: int | None = None) -> dict[str, Any]:
     """Rule ``extract``: the prompt set ``prompts`` (JSONL) through the model into
-    ``out_path`` (activations/{prompt_set}.h5, ``acts/{hook} [n, P, d]``).
+    ``out_path`` (activations/{prompt_set}.h5, ``acts/{hook} [n, P, d]``); rule
+    ``extract_shard``: only records ``shard * shard_size`` up to the next shard's first.
 
     The prompt set is read and checked before the model is loaded, so bad prompts fail without
     touching the hub. ``model_dir``: the toy model, None for a pretrained one; ``extraction``:
@@ -181,14 +198,77 @@ def extract_stage(model_cfg: dict[str, Any], model_dir: str | Path | None, promp
 
     device = resolve_device(device)
     records = load_prompt_set(prompts)
+    rows = None
+    if shard is not None:
+        size = extraction["shard_size"]
+        rows = (shard * size, min((shard + 1) * size, len(records)))
+        if rows[0] >= rows[1]:
+            raise InputError(prompts, "<file>", f"{len(records)} prompts: no shard {shard} of "
+                             f"{size} (the prompt set changed since the DAG was planned?)")
     model = load_model(model_cfg, model_dir, device)
     summary = extract_to_hdf5(
         model, records, extraction["hooks"], out_path, positions=extraction["positions"],
         dtype=extraction["dtype"], batch_size=extraction["batch_size"],
         compression=extraction["compression"], source=str(prompts),
-        config={"extraction": extraction, "model": model_cfg, "prompts": prompts})
+        config={"extraction": extraction, "model": model_cfg, "prompts": prompts}, rows=rows)
     log.info("extracted %s", summary)
     return summary
+
+
+# Written whole, not as virtual datasets: small, and tokens' or metadata's strings would need
+# variable-length virtual sources, which HDF5 does not map.
+_GATHER_COPIED = ("tokens", "lengths", "positions")
+
+
+def gather_activations(shard_paths: Sequence[str | Path], out_path: str | Path,
+                       config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Rule ``gather_activations``: the shards of one prompt set (from ``extract_shard``, in
+    order) as one activations file that every later stage reads as if unsharded. Each
+    ``acts/{hook}`` is a virtual dataset over the shards' own datasets, so activations are
+    not copied; tokens, positions and metadata (small) are concatenated."""
+    out_path = Path(out_path)
+    shards = [open_activations(p) for p in shard_paths]
+    try:
+        first = shards[0]
+        _check_shards_agree(shards, shard_paths)
+        hooks = json.loads(first.attrs["hooks"])
+        with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
+            for key in _GATHER_COPIED:
+                f[key] = np.concatenate([s[key][()] for s in shards])
+            for key in first["meta"]:
+                f[f"meta/{key}"] = np.concatenate([s[f"meta/{key}"][()] for s in shards])
+            names = [os.path.relpath(Path(p).resolve(), out_path.resolve().parent)
+                     for p in shard_paths]
+            for hook in hooks:
+                write_concatenation(f, f"acts/{hook}",
+                                    [(name, s[f"acts/{hook}"]) for name, s in zip(names, shards)])
+            f.attrs.update({k: v for k, v in first.attrs.items() if k != "shard_rows"})
+            f.attrs["provenance"] = provenance_json(config)
+            f.attrs["shards"] = json.dumps([str(p) for p in shard_paths])
+            n = int(f["lengths"].shape[0])
+    finally:
+        for s in shards:
+            s.close()
+    return {"n_prompts": n, "n_shards": len(shard_paths), "hooks": hooks}
+
+
+def _check_shards_agree(shards: list[h5py.File], paths: Sequence[str | Path]) -> None:
+    """Shards of one set: the same hooks, positions and widths, and rows end to end."""
+    first, expected = shards[0], 0
+    for shard, path in zip(shards, paths, strict=True):
+        for attr in ("hooks", "position_names", "storage_dtype"):
+            if shard.attrs.get(attr) != first.attrs.get(attr):
+                raise InputError(path, f"attrs/{attr}", f"differs from {paths[0]}'s: not a "
+                                 "shard of the same extraction")
+        if shard["tokens"].shape[1] != first["tokens"].shape[1] or \
+                set(shard["meta"]) != set(first["meta"]):
+            raise InputError(path, "tokens", f"token width or metadata columns differ from "
+                             f"{paths[0]}'s: not a shard of the same prompt set")
+        lo, hi = json.loads(shard.attrs.get("shard_rows", "[0, 0]"))
+        if lo != expected or hi - lo != shard["lengths"].shape[0]:
+            raise InputError(path, "attrs/shard_rows", f"rows {lo}..{hi}, expected to start at "
+                             f"{expected}: a shard is missing or out of order")
+        expected = hi
 
 
 def _chunk_rows(batch_size: int, limit: int) -> int:

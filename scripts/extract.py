@@ -1,7 +1,9 @@
-"""Rule extract: run the model over one prompt set and store hook activations in HDF5.
+"""Rules extract and extract_shard: run the model over one prompt set (or one shard of it,
+wildcard ``shard``) and store hook activations in HDF5.
 
 Inputs: ``prompts`` (the prompt set, JSONL), toy only: ``model``. Params: ``extraction``,
-``model``, ``device``. Output: ``acts`` (results/{experiment}/activations/{prompt_set}.h5).
+``model``, ``device``. Output: ``acts`` (results/{experiment}/activations/{prompt_set}.h5,
+or .../{prompt_set}.shards/{shard}.h5).
 """
 
 from saeflow.core.runtime import rule_main
@@ -17,6 +19,7 @@ def body(snakemake):
         snakemake.params.extraction,
         snakemake.params.device,
         snakemake.output.acts,
+        shard=int(snakemake.wildcards.shard) if hasattr(snakemake.wildcards, "shard") else None,
     )
 
 

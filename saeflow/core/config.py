@@ -142,6 +142,23 @@ def check_prompt_sets(sets: Any, source: str) -> None:
                              f"prompt file {path!r} does not exist")
 
 
+def check_sharding(extraction: Mapping[str, Any], source: str, schema_path: str | Path) -> None:
+    """Shards of whole batches (so a sharded run computes exactly the batches an unsharded
+    one does), and only of prompt-set files: the toy's sets are made by a job, so their
+    length is unknown when the DAG is planned."""
+    size = extraction.get("shard_size")
+    if not size:
+        return
+    if isinstance(extraction["prompt_sets"], list):
+        raise InputError(source, "extraction.shard_size", "the toy world's prompt sets are "
+                         "made by the DAG and are not sharded; name prompt-set files to shard")
+    # before validation has filled in defaults: the schema's, read from it
+    batch = extraction.get("batch_size") or schema_defaults("extraction", schema_path)["batch_size"]
+    if size % batch:
+        raise InputError(source, "extraction.shard_size", f"{size} is not a multiple of "
+                         f"extraction.batch_size ({batch})")
+
+
 # Keys only the toy world reads: in a study of a pretrained model they would be ignored.
 TOY_ONLY = ("world", "model.n_layers", "model.d_model", "model.n_heads", "model.train",
             "labels.membership_threshold", "patch.truth", "probe.toy_check")
@@ -195,6 +212,7 @@ def check_config(config: Mapping[str, Any], configfiles: Sequence[str | Path], d
         check_toy_only(config, source)
         check_stages(config, source)
         check_prompt_sets(config["extraction"]["prompt_sets"], source)
+        check_sharding(config["extraction"], source, schema_path)
         layers = n_layers(config["model"])
         check_hooks(config["extraction"]["hooks"], layers, source, "extraction.hooks")
         check_hooks(config["sae"]["hooks"], layers, source, "sae.hooks")

@@ -50,3 +50,10 @@ def answer_token_id(tokenizer: Any, answer: str, source: str, line: int) -> int:
     if len(ids) != 1:
         raise InputError(source, f"line {line}.answer", f"{answer!r} is {len(ids)} tokens, not one")
     return ids[0]
+
+
+def count_records(path: str | Path) -> int:
+    """Records in a JSONL prompt set (its non-blank lines), without parsing them: cheap
+    enough for the Snakefile to plan shards at parse time."""
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())

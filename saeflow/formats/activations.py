@@ -10,7 +10,13 @@ import h5py
 import numpy as np
 
 from saeflow.core.errors import InputError
-from saeflow.formats.hdf5 import json_attr, open_h5, read_array, require
+from saeflow.formats.hdf5 import (
+    json_attr,
+    open_h5,
+    read_array,
+    require,
+    require_sources,
+)
 
 REQUIRED = ("tokens", "lengths", "positions")
 
@@ -18,7 +24,8 @@ REQUIRED = ("tokens", "lengths", "positions")
 def open_activations(path: str | Path, hooks: Sequence[str] | None = None) -> h5py.File:
     """Open an activations file and check its shape before any work: the base datasets, the
     ``hooks`` attribute, and an ``acts/{hook}`` dataset ``[n, P, d]`` for every hook listed
-    there (and each of ``hooks``, when given). The caller closes the file."""
+    there (and each of ``hooks``, when given), with every shard file of a sharded set
+    (virtual datasets, :func:`saeflow.extract.gather_activations`). The caller closes it."""
     h5 = open_h5(path)
     try:
         for key in REQUIRED:
@@ -31,6 +38,7 @@ def open_activations(path: str | Path, hooks: Sequence[str] | None = None) -> h5
                              f"(the file stores {stored})")
         for hook in stored:
             ds = require(h5, f"acts/{hook}", path)
+            require_sources(h5, f"acts/{hook}", path)
             if ds.ndim != 3 or ds.shape[:2] != (n, n_pos):
                 raise InputError(path, f"acts/{hook}", f"shape {ds.shape}, expected "
                                  f"[{n}, {n_pos}, d] as tokens and positions say")

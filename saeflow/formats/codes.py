@@ -11,7 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from saeflow.core.errors import InputError
-from saeflow.formats.hdf5 import open_h5, read_array, reading, require
+from saeflow.formats.hdf5 import open_h5, read_array, reading, require, require_sources
 
 
 def read_codes(source: str | Path | h5py.File, hook: str, path: str | Path | None = None
@@ -27,6 +27,9 @@ def read_codes(source: str | Path | h5py.File, hook: str, path: str | Path | Non
     with reading(path, key):
         n_rows = int(group.attrs["n_prompts"]) * int(group.attrs["n_positions"])
         d_sae = int(group.attrs["d_sae"])
+    for member in ("indices", "values"):
+        require(source, f"{key}/{member}", path)
+        require_sources(source, f"{key}/{member}", path)
     indptr = np.asarray(read_array(source, f"{key}/indptr", path), dtype=np.int64)
     indices = np.asarray(read_array(source, f"{key}/indices", path), dtype=np.int64)
     values = np.asarray(read_array(source, f"{key}/values", path), dtype=np.float32)

@@ -68,3 +68,30 @@ def json_attr(h5: h5py.File, key: str, path: str | Path) -> Any:
         return json.loads(raw)
     except (TypeError, ValueError) as err:
         raise InputError(path, f"attrs/{key}", f"not JSON ({err})") from None
+
+
+def write_concatenation(dst: h5py.File, key: str, sources: list[tuple[str, h5py.Dataset]]) -> None:
+    """Dataset ``key`` of ``dst`` as an HDF5 virtual dataset: ``sources`` (file name relative
+    to ``dst``'s folder, open dataset) end to end along axis 0, read in place, never copied.
+    HDF5 resolves a relative source name against the virtual file's own folder, so the pair
+    can be moved together."""
+    first = sources[0][1]
+    rows = sum(ds.shape[0] for _, ds in sources)
+    layout = h5py.VirtualLayout(shape=(rows, *first.shape[1:]), dtype=first.dtype)
+    start = 0
+    for name, ds in sources:
+        layout[start:start + ds.shape[0]] = h5py.VirtualSource(name, ds.name, shape=ds.shape)
+        start += ds.shape[0]
+    dst.create_virtual_dataset(key, layout)
+
+
+def require_sources(h5: h5py.File, key: str, path: str | Path) -> None:
+    """A virtual dataset ``key`` reads every source file it maps: HDF5 would silently return
+    fill values for a shard that was deleted or moved, so a missing one is an InputError."""
+    ds = h5[key]
+    if not ds.is_virtual:
+        return
+    folder = Path(path).parent
+    for source in {s.file_name for s in ds.virtual_sources()}:
+        if not (folder / source).is_file():
+            raise InputError(path, key, f"virtual dataset's shard {folder / source} is missing")

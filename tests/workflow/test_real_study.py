@@ -207,3 +207,48 @@ def test_a_bad_prompt_is_one_line_in_the_log_and_on_the_console_and_leaves_nothi
     log = work / "results" / "bad" / "logs" / "extract" / "extract" / "bad.log"
     assert "inputs/bad.jsonl: line 3.answer: ' dog cat' is" in log.read_text()
     assert not (work / target).exists() and prompts.read_bytes() == before
+
+
+def test_a_sharded_study_reads_as_the_unsharded_one(study):
+    """extraction.shard_size 16 over 48-prompt sets: three extract and encode jobs per set,
+    gathered into virtual datasets that later stages read as the unsharded files."""
+    import h5py
+    import numpy as np
+    import yaml
+
+    from saeflow.formats.codes import read_codes
+    from saeflow.probe.dataset import read_probe_dataset
+
+    work = study["work"]
+    config = yaml.safe_load((work / "study.yaml").read_text())
+    config.update(experiment="sharded", stages=[])
+    config["extraction"]["shard_size"] = 16
+    (work / "sharded.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    targets = ["results/sharded/codes/study_a.h5", "results/sharded/codes/study_b.h5",
+               "results/sharded/activations/study_b.h5",
+               "results/sharded/probe/data/study_a/sae_concept.h5"]
+    args = ["--cores", "2", "--resources", "gpu=1", "--configfile", "sharded.yaml"]
+    dry = run_snakemake(work, "-n", *targets, *args, env=study["env"])
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", dry.stdout, re.M))
+    assert jobs.get("extract_shard") == "6" and jobs.get("encode_shard") == "6", dry.stdout
+    assert jobs.get("gather_activations") == jobs.get("gather_codes") == "2"
+    assert "extract" not in jobs and "encode" not in jobs
+    run_snakemake(work, *targets, *args, env=study["env"])
+
+    ours, theirs = work / "results" / "sharded", work / RESULTS
+    for name in ("study_a", "study_b"):
+        with h5py.File(ours / "activations" / f"{name}.h5") as a, \
+                h5py.File(theirs / "activations" / f"{name}.h5") as b:
+            for hook in json.loads(b.attrs["hooks"]):
+                assert a[f"acts/{hook}"].is_virtual
+                np.testing.assert_array_equal(a[f"acts/{hook}"][()], b[f"acts/{hook}"][()])
+            np.testing.assert_array_equal(a["meta/answer_logprob"][()],
+                                          b["meta/answer_logprob"][()])
+        assert (read_codes(ours / "codes" / f"{name}.h5", local_hub.HOOK) !=
+                read_codes(theirs / "codes" / f"{name}.h5", local_hub.HOOK)).nnz == 0
+    sharded = read_probe_dataset(ours / "probe" / "data" / "study_a" / "sae_concept.h5")
+    whole = read_probe_dataset(theirs / "probe" / "data" / "study_a" / "sae_concept.h5")
+    np.testing.assert_array_equal(sharded.y, whole.y)
+    dense = [np.asarray(x.todense() if hasattr(x, "todense") else x)  # CSR for SAE inputs
+             for x in (sharded.X, whole.X)]
+    np.testing.assert_array_equal(*dense)

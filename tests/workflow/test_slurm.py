@@ -30,8 +30,22 @@ TEST_CLUSTER = {
     "slurm-init-seconds-before-status-checks": 2,
 }
 PARTITION, MAX_MEM_MB = "debug", 1000
-GPU_RULES = {"train_model", "train_sae", "evaluate_saes", "extract", "encode",
-             "ablate_categories", "patch_resid", "patch_atp", "patch_verify"}
+
+
+def gpu_rules() -> set[str]:
+    """Rules whose `resources:` ask `gpu=1` in workflow/rules/*.smk."""
+    found, rule = set(), None
+    for path in sorted((REPO / "workflow" / "rules").glob("*.smk")):
+        for line in path.read_text().splitlines():
+            match = re.match(r"\s*rule (\w+):", line)
+            if match:
+                rule = match.group(1)
+            elif re.fullmatch(r"\s*gpu=1,?", line):
+                found.add(rule)
+    return found
+
+
+GPU_RULES = gpu_rules()
 
 
 def _cannot_run() -> str | None:
@@ -90,7 +104,9 @@ def test_profile_requests_a_gpu_for_every_gpu_rule(tmp_path):
     workdir = sync_workflow(tmp_path)
     profile = yaml.safe_load(PROFILE.read_text())
     rules = set(run_snakemake(workdir, "--list-rules", "--configfile", *TEST_CONFIGS).stdout.split())
-    assert GPU_RULES <= rules
+    assert {"train_model", "train_sae", "evaluate_saes", "extract", "extract_shard", "encode",
+            "encode_shard", "ablate_categories", "patch_resid", "patch_atp",
+            "patch_verify"} <= GPU_RULES <= rules
     assert GPU_RULES <= set(profile["set-resources"])
     local = local_rules()
     assert not GPU_RULES & local, GPU_RULES & local

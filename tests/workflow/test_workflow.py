@@ -142,6 +142,13 @@ def test_shipped_prompt_files_are_the_generators_and_valid(tmp_path):
      "config/config.yaml + bad.yaml: probe.datasets[0] (h).layers: spec '0-5' names layer 5, "
      "beyond the model's 2 layers (0 to 1)"),
     ("seed: 1\nseed: 2\n", "bad.yaml: line 2: key 'seed' given twice in one mapping"),
+    ("extraction:\n  shard_size: 64\n",
+     "config/config.yaml + bad.yaml: extraction.shard_size: the toy world's prompt sets are made "
+     "by the DAG and are not sharded; name prompt-set files to shard"),
+    ("extraction:\n  prompt_sets: {p: config/prompts/ioi.jsonl}\n  batch_size: 16\n"
+     "  shard_size: 40\n",
+     "config/config.yaml + bad.yaml: extraction.shard_size: 40 is not a multiple of "
+     "extraction.batch_size (16)"),
 ])
 def test_bad_config_is_one_line_naming_the_file_and_key(tmp_path, override, line):
     workdir = sync_workflow(tmp_path)

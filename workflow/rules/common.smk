@@ -34,14 +34,39 @@ def _prompt_sets():
 PROMPT_SETS = _prompt_sets()
 
 
+def _shard_counts():
+    """Prompt set -> number of shards, for the sets longer than extraction.shard_size (only
+    files the config names: their length is known before any job runs)."""
+    from saeflow.core.prompts import count_records
+
+    size = config["extraction"]["shard_size"]
+    if not size:
+        return {}
+    counts = {}
+    for name, path in PROMPT_SETS.items():
+        n = count_records(path) if path and os.path.isfile(path) else 0
+        if n > size:
+            counts[name] = -(-n // size)
+    return counts
+
+
+SHARDS = _shard_counts()
+
+
 def _alternatives(names):
-    return "|".join(re.escape(n) for n in names)
+    """A regex matching exactly ``names``; none: a regex that matches nothing."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
+SHARDED = _alternatives(SHARDS)
+UNSHARDED = _alternatives(set(PROMPT_SETS) - set(SHARDS))
 
 
 wildcard_constraints:
     experiment=re.escape(EXP),
     prompt_set=_alternatives(PROMPT_SETS),
     hook=_alternatives(SAE_HOOKS),
+    shard=r"\d{5}",
 
 
 def toy_prompts(*names):
@@ -62,6 +87,26 @@ def get_prompts(wildcards):
 def get_first_prompts(wildcards):
     """The first prompt set, the one the SAEs are evaluated on."""
     return prompt_file(next(iter(PROMPT_SETS)))
+
+
+def get_activation_shards(wildcards):
+    """A sharded prompt set's activation shards, in order."""
+    return expand(
+        rules.extract_shard.output.acts,
+        experiment=wildcards.experiment,
+        prompt_set=wildcards.prompt_set,
+        shard=[f"{i:05d}" for i in range(SHARDS[wildcards.prompt_set])],
+    )
+
+
+def get_code_shards(wildcards):
+    """A sharded prompt set's code shards, in order."""
+    return expand(
+        rules.encode_shard.output.codes,
+        experiment=wildcards.experiment,
+        prompt_set=wildcards.prompt_set,
+        shard=[f"{i:05d}" for i in range(SHARDS[wildcards.prompt_set])],
+    )
 
 
 def get_model(wildcards):

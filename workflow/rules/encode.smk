@@ -1,4 +1,5 @@
-# SAE codes: every SAE hook's sparse codes (CSR) and per-feature statistics.
+# SAE codes: every SAE hook's sparse codes (CSR) and per-feature statistics. A sharded prompt
+# set is encoded shard by shard; gather makes one codes file over the shards' CSR arrays.
 
 
 rule encode:
@@ -11,6 +12,8 @@ rule encode:
         "results/{experiment}/logs/encode/encode/{prompt_set}.log",
     benchmark:
         "results/{experiment}/benchmarks/encode/encode/{prompt_set}.tsv"
+    wildcard_constraints:
+        prompt_set=UNSHARDED,
     conda:
         "../../envs/saeflow.yaml"
     threads: 2
@@ -23,3 +26,47 @@ rule encode:
         device=config["device"],
     script:
         "../../scripts/encode.py"
+
+
+rule encode_shard:
+    input:
+        acts=rules.extract_shard.output.acts,
+        saes=get_sae_dirs,
+    output:
+        codes="results/{experiment}/codes/{prompt_set}.shards/{shard}.h5",
+    log:
+        "results/{experiment}/logs/encode/encode_shard/{prompt_set}/{shard}.log",
+    benchmark:
+        "results/{experiment}/benchmarks/encode/encode_shard/{prompt_set}/{shard}.tsv"
+    wildcard_constraints:
+        prompt_set=SHARDED,
+    conda:
+        "../../envs/saeflow.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        sae=config["sae"],
+        encoding=config["encoding"],
+        hooks=SAE_HOOKS,
+        device=config["device"],
+    script:
+        "../../scripts/encode.py"
+
+
+rule gather_codes:
+    input:
+        shards=get_code_shards,
+    output:
+        codes="results/{experiment}/codes/{prompt_set}.h5",
+    log:
+        "results/{experiment}/logs/encode/gather_codes/{prompt_set}.log",
+    wildcard_constraints:
+        prompt_set=SHARDED,
+    localrule: True
+    conda:
+        "../../envs/saeflow.yaml"
+    params:
+        encoding=config["encoding"],
+    script:
+        "../../scripts/gather_codes.py"
