@@ -1,0 +1,262 @@
+"""Exhaustive exact patching: the exact effect of every SAE latent and every error node of
+every hook, per pair, in both modes: the reference AtP (or any attribution method) is judged
+against, where the model is small enough (the toy world; ``patch.exhaustive``).
+
+Nodes and sign as in :mod:`saeflow.patch.attribution`: a latent node is ``(hook, latent)`` at
+all positions, an error node ``(hook, position)``; the effect is that of patching the node
+from the clean run into the corrupted run on the logit difference. A node whose value is the
+same in both runs of a pair has exact effect 0 without running anything (the patched run *is*
+the corrupted run), so only (pair, node) combinations whose value differs are run: one row of
+a batched forward pass each, ``max_batch`` rows per pass. On the toy that is a few percent of
+all pairs x latents.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from saeflow.patch.attribution import MODES, AtPResult, run_spliced
+from saeflow.patch.resid import PairBatch, logit_diff
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExactResult:
+    """Exact effects of one mode, pairs in :func:`saeflow.patch.attribution.run_atp`'s order:
+    ``latent_effect[hook] [n, d_sae]``, ``error_effect[hook] [n, P]`` (right-aligned, NaN
+    where the pair has no such position; empty without the error term); ``n_run`` rows run."""
+
+    with_error: bool
+    pair_ids: np.ndarray
+    lengths: np.ndarray
+    latent_effect: dict[str, np.ndarray] = field(default_factory=dict)
+    error_effect: dict[str, np.ndarray] = field(default_factory=dict)
+    n_run: int = 0
+
+
+@torch.no_grad()
+def _batch_effects(model: Any, saes: Mapping[str, Any], b: PairBatch, with_error: bool,
+                   max_batch: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
+    """One batch's exact effects: latents ``[n, d_sae]`` and errors ``[n, T]`` per hook."""
+    n, T = len(b), b.length
+    _, clean = run_spliced(model, saes, b.clean, with_error)
+    logits, corr = run_spliced(model, saes, b.corrupted, with_error)
+    base = logit_diff(logits, b.clean_answer, b.corrupted_answer)
+    # (kind, hook, pair, index) of every node whose value differs between the pair's runs
+    rows: list[tuple[str, str, Tensor, Tensor]] = []
+    for h in saes:
+        pairs, latents = torch.nonzero((clean[h].act != corr[h].act).any(1), as_tuple=True)
+        rows.append(("latent", h, pairs, latents))
+        if with_error:
+            pairs, pos = torch.nonzero((clean[h].res != corr[h].res).any(-1), as_tuple=True)
+            rows.append(("error", h, pairs, pos))
+    latent_out = {h: np.zeros((n, saes[h].cfg.d_sae)) for h in saes}
+    error_out = {h: np.zeros((n, T)) for h in saes} if with_error else {}
+    flat = [(kind, h, int(p), int(i)) for kind, h, ps, idx in rows
+            for p, i in zip(ps.tolist(), idx.tolist(), strict=True)]
+    for start in range(0, len(flat), max_batch):
+        chunk = flat[start:start + max_batch]
+        dev = b.corrupted.device
+        pair = torch.tensor([c[2] for c in chunk], device=dev)
+
+        def select(kind: str, name: str, chunk: list = chunk) -> tuple[Tensor, Tensor, Tensor]:
+            js = [r for r, c in enumerate(chunk) if c[0] == kind and c[1] == name]
+            return (torch.tensor(js, device=dev, dtype=torch.long),
+                    torch.tensor([chunk[r][2] for r in js], device=dev, dtype=torch.long),
+                    torch.tensor([chunk[r][3] for r in js], device=dev, dtype=torch.long))
+
+        def edit_latents(name: str, f: Tensor) -> Tensor:
+            r, p, i = select("latent", name)
+            if len(r):
+                f[r, :, i] = clean[name].act[p, :, i]  # [rows, T]: every position of the latent
+            return f
+
+        def edit_error(name: str, e: Tensor) -> Tensor:
+            r, p, pos = select("error", name)
+            if len(r):
+                e[r, pos] = clean[name].res[p, pos]
+            return e
+
+        logits, _ = run_spliced(model, saes, b.corrupted[pair], with_error, edit_latents,
+                                edit_error if with_error else None)
+        effect = (logit_diff(logits, b.clean_answer[pair], b.corrupted_answer[pair])
+                  - base[pair]).double().cpu().numpy()
+        for (kind, h, p, i), value in zip(chunk, effect, strict=True):
+            (latent_out if kind == "latent" else error_out)[h][p, i] = value
+    return latent_out, error_out, len(flat)
+
+
+def exhaustive_patching(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBatch],
+                        with_error: bool, max_batch: int = 256) -> ExactResult:
+    """:func:`_batch_effects` over every batch (chunked to ``max_batch`` pairs, as AtP is)."""
+    from saeflow.patch.resid import align_right
+
+    P = max(b.length for b in batches)
+    chunks = [c.to(model.cfg.device) for b in batches for c in b.chunks(max_batch)]
+    res = ExactResult(with_error, np.concatenate([np.asarray(c.pair_ids) for c in chunks]),
+                      np.concatenate([np.full(len(c), c.length) for c in chunks]))
+    latents: dict[str, list[np.ndarray]] = {h: [] for h in saes}
+    errors: dict[str, list[np.ndarray]] = {h: [] for h in saes}
+    mode = "with" if with_error else "without"
+    for c in tqdm(chunks, desc=f"exact patching, {mode} error", mininterval=2.0):
+        lat, err, n_run = _batch_effects(model, saes, c, with_error, max_batch)
+        res.n_run += n_run
+        for h in saes:
+            latents[h].append(lat[h])
+            if with_error:
+                # never-run columns of a shorter pair are absent (NaN), not zero
+                errors[h].append(align_right(err[h], P))
+    res.latent_effect = {h: np.concatenate(v) for h, v in latents.items()}
+    if with_error:
+        res.error_effect = {h: np.concatenate(v) for h, v in errors.items()}
+    log.info("exact patching %s error: %d (pair, node) rows run", mode, res.n_run)
+    return res
+
+
+def node_means(result: AtPResult | ExactResult) -> tuple[list[tuple[str, str, int]], np.ndarray]:
+    """Every node (latents of every hook, then error nodes) and its mean over pairs, in one
+    order shared by AtP and exact results of the same pairs."""
+    nodes: list[tuple[str, str, int]] = []
+    means: list[np.ndarray] = []
+    for h, eff in result.latent_effect.items():
+        nodes += [("latent", h, i) for i in range(eff.shape[1])]
+        means.append(eff.mean(0))
+    for h, eff in result.error_effect.items():
+        nodes += [("error", h, p) for p in range(eff.shape[1])]
+        means.append(np.nanmean(eff, 0))
+    return nodes, np.concatenate(means)
+
+
+def compare_with_exact(atp: AtPResult, exact: ExactResult, ks: Sequence[int], top_k: int,
+                       threshold: float, sampled: Mapping[str, Any] | None = None
+                       ) -> dict[str, Any]:
+    """AtP judged against exhaustive exact patching, over every node of one mode.
+
+    A node is *real* when ``|mean exact| >= threshold``. Per k: ``precision`` (share of AtP's
+    top k that are real), ``recall`` (share of the real nodes in AtP's top k) and
+    ``overlap_with_exact_top`` (share of AtP's top k in exact's top k). Spearman over every
+    latent and over the latents whose value differs in some pair (the rest are 0 in both, a
+    block of ties that would flatter rho). ``false_negatives``: real latents outside AtP's
+    ``top_k``. With ``sampled`` (patch_verify's output), whether its interval on the miss
+    rate covers the true rate of its pool (latents with a difference, outside the top k).
+    """
+    from scipy.stats import spearmanr
+
+    nodes, atp_mean = node_means(atp)
+    nodes_x, exact_mean = node_means(exact)
+    assert nodes == nodes_x, "AtP and exact results of different nodes"
+    finite = np.isfinite(atp_mean) & np.isfinite(exact_mean)
+    atp_mean, exact_mean = np.where(finite, atp_mean, 0.0), np.where(finite, exact_mean, 0.0)
+    real = np.abs(exact_mean) >= threshold
+    order = np.argsort(-np.abs(atp_mean), kind="stable")
+    exact_order = np.argsort(-np.abs(exact_mean), kind="stable")
+    at_k = []
+    for k in sorted({min(int(k), len(nodes)) for k in ks}):
+        hits = int(real[order[:k]].sum())
+        at_k.append({"k": k, "precision": hits / k,
+                     "recall": hits / int(real.sum()) if real.any() else None,
+                     "overlap_with_exact_top": len(set(order[:k]) & set(exact_order[:k])) / k})
+    is_latent = np.array([n[0] == "latent" for n in nodes])
+    active = np.concatenate([(np.abs(exact.latent_effect[h]).sum(0) > 0) |
+                             (np.abs(atp.latent_effect[h]).sum(0) > 0)
+                             for h in atp.latent_effect])
+    top_latents = [j for j in order if is_latent[j]][:top_k]
+    missed = [j for j in np.flatnonzero(real & is_latent) if j not in set(top_latents)]
+    out: dict[str, Any] = {
+        "n_nodes": len(nodes), "n_latents": int(is_latent.sum()),
+        "n_active_latents": int(active.sum()), "n_real": int(real.sum()),
+        "n_real_latents": int((real & is_latent).sum()), "threshold": threshold,
+        "at_k": at_k,
+        "spearman_all_latents": _rho(spearmanr(atp_mean[is_latent], exact_mean[is_latent])),
+        "spearman_active_latents": _rho(spearmanr(atp_mean[is_latent][active],
+                                                  exact_mean[is_latent][active]))
+        if active.sum() >= 2 else None,
+        "spearman_all_nodes": _rho(spearmanr(atp_mean, exact_mean)),
+        "sign_agreement_real": float((np.sign(atp_mean[real]) == np.sign(exact_mean[real]))
+                                     .mean()) if real.any() else None,
+        "top_k": top_k, "false_negatives": len(missed),
+        "false_negative_latents": [{"hook": nodes[j][1], "latent": nodes[j][2],
+                                    "atp": float(atp_mean[j]), "exact": float(exact_mean[j])}
+                                   for j in sorted(missed, key=lambda j: -abs(exact_mean[j]))[:20]],
+    }
+    if sampled is not None and sampled.get("miss_rate_ci95"):
+        pool = [j for j in np.flatnonzero(is_latent & active) if j not in set(top_latents)]
+        true_rate = len([j for j in pool if real[j]]) / len(pool) if pool else None
+        lo, hi = sampled["miss_rate_ci95"]
+        out["sampled_check"] = {"true_miss_rate": true_rate, "sampled_ci95": [lo, hi],
+                                "covered": None if true_rate is None else lo <= true_rate <= hi}
+    return out
+
+
+def _rho(result: Any) -> float | None:
+    value = float(result.statistic)
+    return value if np.isfinite(value) else None
+
+
+def write_exact(path: str | Path, results: Mapping[str, ExactResult],
+                config: Mapping[str, Any] | None) -> None:
+    """HDF5 (atomic): ``pair_id, lengths [n]``; per mode and hook ``latent_effect [n, d_sae]``
+    and (with_error) ``error_effect [n, P]``; mode attribute ``n_run``. Root attributes
+    ``provenance``, ``hooks``, ``position_offsets``."""
+    import json
+
+    import h5py
+
+    from saeflow.core.io import atomic_path
+    from saeflow.core.provenance import provenance_json
+    from saeflow.patch.resid import position_offsets
+
+    first = next(iter(results.values()))
+    P = int(first.lengths.max())
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["provenance"] = provenance_json(dict(config or {}))
+        f.attrs["hooks"] = json.dumps(list(first.latent_effect))
+        f.attrs["position_offsets"] = json.dumps(position_offsets(P))
+        f["pair_id"], f["lengths"] = first.pair_ids, first.lengths
+        for mode, r in results.items():
+            f.create_group(mode).attrs["n_run"] = r.n_run
+            for kind in ("latent_effect", "error_effect"):
+                for h, arr in getattr(r, kind).items():
+                    f.create_dataset(f"{mode}/{h}/{kind}", data=arr, compression="gzip")
+
+
+def read_exact(path: str | Path) -> dict[str, ExactResult]:
+    """``{mode: ExactResult}`` from :func:`write_exact`, through the checked HDF5 opener."""
+    from saeflow.formats.hdf5 import json_attr, open_h5, read_array
+
+    out = {}
+    with open_h5(path) as f:
+        hooks = json_attr(f, "hooks", path)
+        pair_ids, lengths = read_array(f, "pair_id", path), read_array(f, "lengths", path)
+        for mode, with_error in MODES.items():
+            if mode not in f:
+                continue
+            r = ExactResult(with_error, pair_ids, lengths, n_run=int(f[mode].attrs["n_run"]))
+            for kind in ("latent_effect", "error_effect"):
+                getattr(r, kind).update({h: read_array(f, f"{mode}/{h}/{kind}", path)
+                                         for h in hooks if f"{mode}/{h}/{kind}" in f})
+            out[mode] = r
+    return out
+
+
+def exact_stage(model: Any, saes: Sequence[Any], batches: Sequence[PairBatch], max_batch: int,
+                out_path: str | Path, config: Mapping[str, Any] | None = None) -> None:
+    """Rule ``patch_exact``: exhaustive exact patching in both modes into ``out_path``."""
+    from saeflow.patch.attribution import prepare_saes, to_sae_transformer
+    from saeflow.patch.resid import check_batches
+
+    model = to_sae_transformer(model)
+    spliced = prepare_saes(model, saes)
+    check_batches(model, batches)
+    write_exact(out_path, {mode: exhaustive_patching(model, spliced, batches, we, max_batch)
+                           for mode, we in MODES.items()}, config)

@@ -1,0 +1,88 @@
+"""Exhaustive exact patching: every latent and error node, equal to patching them one by one,
+and AtP judged against it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from saeflow.patch.attribution import exact_latent_effects, prepare_saes, run_atp, run_spliced
+from saeflow.patch.exhaustive import (compare_with_exact, exhaustive_patching, read_exact,
+                                      write_exact)
+from saeflow.patch.resid import logit_diff
+from saeflow.toy.fixtures import random_pair_batch
+from tests.patch.test_attribution import D_SAE, make_model, make_saes
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = make_model(dtype=torch.float64)
+    spliced = prepare_saes(model, make_saes(model))
+    batches = [random_pair_batch(4, 6, [2], seed=3), random_pair_batch(3, 8, [5], seed=4)]
+    return model, spliced, batches
+
+
+@pytest.mark.parametrize("with_error", [True, False])
+def test_every_latent_equals_patching_it_alone(setup, with_error):
+    model, spliced, batches = setup
+    result = exhaustive_patching(model, spliced, batches, with_error, max_batch=5)
+    latents = [(h, i) for h in spliced for i in range(D_SAE)]
+    alone = np.concatenate([exact_latent_effects(model, spliced, b, latents, with_error).numpy()
+                            for b in batches])
+    ours = np.concatenate([result.latent_effect[h] for h in spliced], axis=1)
+    assert np.abs(ours).max() > 1e-2
+    np.testing.assert_allclose(ours, alone, atol=1e-9)
+    # only nodes that differ were run: fewer rows than pairs x latents
+    assert 0 < result.n_run < 7 * (2 * D_SAE + (14 if with_error else 0))
+
+
+def test_every_error_node_equals_patching_it_alone(setup):
+    model, spliced, batches = setup
+    result = exhaustive_patching(model, spliced, batches, True, max_batch=7)
+    b = batches[1]  # pairs 4..6, length 8 = P: columns are token positions
+    _, clean = run_spliced(model, spliced, b.clean, True)
+    logits, _ = run_spliced(model, spliced, b.corrupted, True)
+    args = (b.clean_answer, b.corrupted_answer)
+    base = logit_diff(logits, *args)
+    for hook in spliced:
+        for pos in range(b.length):
+            def edit(name, err, pos=pos, hook=hook):
+                if name == hook:
+                    err = err.clone()
+                    err[:, pos] = clean[hook].res[:, pos]
+                return err
+
+            patched, _ = run_spliced(model, spliced, b.corrupted, True, edit_error=edit)
+            expected = (logit_diff(patched, *args) - base).detach().numpy()
+            np.testing.assert_allclose(result.error_effect[hook][4:, pos], expected, atol=1e-9)
+    # the first batch is 6 tokens long: its two leftmost columns are absent
+    assert np.isnan(result.error_effect[hook][:4, :2]).all()
+    assert not np.isnan(result.error_effect[hook][:4, 2:]).any()
+
+
+def test_round_trip_and_comparison(setup, tmp_path):
+    model, spliced, batches = setup
+    exact = {m: exhaustive_patching(model, spliced, batches, we)
+             for m, we in (("with_error", True), ("without_error", False))}
+    write_exact(tmp_path / "exact.h5", exact, {"patch": {}})
+    back = read_exact(tmp_path / "exact.h5")
+    for mode, r in exact.items():
+        for h in spliced:
+            np.testing.assert_array_equal(back[mode].latent_effect[h], r.latent_effect[h])
+        assert back[mode].n_run == r.n_run
+    atp = run_atp(model, spliced, batches, True)
+    out = compare_with_exact(atp, back["with_error"], ks=[1, 5, 200], top_k=5, threshold=0.01)
+    assert out["n_nodes"] == 2 * D_SAE + 2 * 8 and out["n_latents"] == 2 * D_SAE
+    assert [a["k"] for a in out["at_k"]] == [1, 5, out["n_nodes"]]  # k capped at the nodes
+    assert out["at_k"][-1]["recall"] == 1.0  # every node is in the top of all of them
+    assert out["spearman_all_latents"] > 0.5
+    # the exact results compared with themselves: perfect on every count
+    self_check = compare_with_exact(back["with_error"], back["with_error"], ks=[5], top_k=5,
+                                    threshold=0.01)
+    assert self_check["spearman_all_nodes"] == pytest.approx(1.0)
+    assert self_check["at_k"][0]["overlap_with_exact_top"] == 1.0
+    real = self_check["n_real_latents"]
+    assert self_check["false_negatives"] == max(0, real - 5)
