@@ -85,6 +85,48 @@ def load_sae(sae_cfg: dict[str, Any], hook_name: str, sae_dir: str | Path | None
     raise InputError("config", "sae.source", f"unknown source {sae_cfg['source']!r}")
 
 
+class ExplainedVariance:
+    """Streaming explained variance ``1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2`` over
+    batches ``[B, d]``, accumulated in float64.
+
+    The total variance is merged from each batch's own mean and centred sum of squares (Chan
+    et al.'s parallel update), never formed as ``E[x^2] - E[x]^2``: for a dimension of mean
+    3000 and SD 1, float32 ``x^2 ~ 9e6`` is stored in steps of 1, as large as the variance.
+    sae-lens's ``ExplainedVarianceCalculator`` merges in float64 too but still subtracts
+    ``E[x^2] - E[x]^2`` built from float32 per-batch sums of squares (off by ~2.5e-4 on such
+    a dimension), so it is not used here.
+    """
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean: torch.Tensor | None = None  # [d] float64
+        self.m2: torch.Tensor | None = None  # [d] centred sum of squares, float64
+        self.sq_err = 0.0
+
+    def add(self, x: torch.Tensor, x_hat: torch.Tensor) -> None:
+        """One batch of activations ``x`` and reconstructions ``x_hat`` ``[B, d]``."""
+        x64 = x.detach().to("cpu", torch.float64)
+        b = x64.shape[0]
+        if b == 0:
+            return
+        self.sq_err += float(((x64 - x_hat.detach().to("cpu", torch.float64)) ** 2).sum())
+        mean_b = x64.mean(0)
+        m2_b = ((x64 - mean_b) ** 2).sum(0)
+        if self.mean is None or self.m2 is None:
+            self.n, self.mean, self.m2 = b, mean_b, m2_b
+            return
+        n = self.n + b
+        delta = mean_b - self.mean
+        self.mean = self.mean + delta * (b / n)
+        self.m2 = self.m2 + m2_b + delta ** 2 * (self.n * b / n)
+        self.n = n
+
+    def compute(self) -> float:
+        """The explained variance; NaN before any row or when x has no variance."""
+        total = float(self.m2.sum()) if self.m2 is not None else 0.0
+        return 1.0 - self.sq_err / total if total > 0 else float("nan")
+
+
 @torch.no_grad()
 def sae_metrics(model: HookedTransformer, sae: SAE, tokens: torch.Tensor, lengths: torch.Tensor,
                 answers: torch.Tensor | None = None, batch_size: int = 64) -> dict[str, float]:
@@ -93,9 +135,9 @@ def sae_metrics(model: HookedTransformer, sae: SAE, tokens: torch.Tensor, length
     LM loss over real tokens, plus answer loss/accuracy when ``answers [n]`` are given."""
     hook_name = sae.cfg.metadata.hook_name
     device = model.cfg.device
-    totals = {"l0": 0.0, "sq_err": 0.0, "n_tok": 0, "lm_model": 0.0, "lm_spliced": 0.0, "lm_n": 0,
+    totals = {"l0": 0.0, "n_tok": 0, "lm_model": 0.0, "lm_spliced": 0.0, "lm_n": 0,
               "ans_model": 0.0, "ans_spliced": 0.0, "acc_model": 0, "acc_spliced": 0}
-    act_sum = act_sq = None
+    explained = ExplainedVariance()
 
     def splice(act: torch.Tensor, hook: Any) -> torch.Tensor:
         return sae.decode(sae.encode(act)).to(act.dtype)
@@ -112,9 +154,7 @@ def sae_metrics(model: HookedTransformer, sae: SAE, tokens: torch.Tensor, length
         codes = sae.encode(x)
         totals["l0"] += float((codes > 0).sum())
         totals["n_tok"] += x.shape[0]
-        totals["sq_err"] += float(((x - sae.decode(codes)) ** 2).sum())
-        act_sum = x.sum(0) if act_sum is None else act_sum + x.sum(0)
-        act_sq = (x**2).sum(0) if act_sq is None else act_sq + (x**2).sum(0)
+        explained.add(x, sae.decode(codes))
         spliced = model.run_with_hooks(batch, fwd_hooks=[(hook_name, splice)])
         next_valid = valid[:, 1:]
         targets = batch[:, 1:][next_valid]
@@ -129,10 +169,9 @@ def sae_metrics(model: HookedTransformer, sae: SAE, tokens: torch.Tensor, length
                 totals[f"acc_{name}"] += int((final.argmax(-1) == ans).sum())
         totals["lm_n"] += int(next_valid.sum())
     n_tok, n = totals["n_tok"], len(lengths)
-    total_var = float((act_sq - act_sum**2 / n_tok).sum())
     metrics = {
         "hook_name": hook_name, "d_sae": int(sae.cfg.d_sae), "n_tokens": n_tok,
-        "l0": totals["l0"] / n_tok, "explained_variance": 1.0 - totals["sq_err"] / total_var,
+        "l0": totals["l0"] / n_tok, "explained_variance": explained.compute(),
         "lm_loss_model": totals["lm_model"] / totals["lm_n"],
         "lm_loss_spliced": totals["lm_spliced"] / totals["lm_n"],
     }

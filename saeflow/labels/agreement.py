@@ -3,7 +3,9 @@
 The human labels are the reference: ``tp`` is a feature the model calls related and the human
 too, ``fp`` one the model calls related and the human does not. Proportions carry Wilson 95%
 intervals (sound at small n and near 0 or 1); phi and kappa, which have no simple closed-form
-interval, carry percentile bootstrap intervals over the labelled rows.
+interval, carry percentile bootstrap intervals over the labelled rows. Each interval names its
+method (``<name>_ci95_method``); a bootstrap draw whose phi or kappa is undefined (an empty
+margin in the resample) is dropped, and ``<name>_ci95_n_dropped`` says how many were.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from saeflow.core.errors import InputError
 
 BINARY = {RELATED: 1, NOT_RELATED: 0}
 Z95 = 1.959963984540054
+WILSON = "Wilson score interval"
+BOOTSTRAP = "percentile bootstrap over labelled rows (undefined draws dropped)"
 
 
 def wilson_interval(k: int, n: int, z: float = Z95) -> list[float] | None:
@@ -75,6 +79,7 @@ def agreement_metrics(human: np.ndarray, model: np.ndarray, n_boot: int = 2000,
     for name, k, m in (("accuracy", c["tp"] + c["tn"], n), ("precision", c["tp"], c["tp"] + c["fp"]),
                        ("recall", c["tp"], c["tp"] + c["fn"])):
         out[name], out[f"{name}_ci95"] = _ratio(k, m), wilson_interval(k, m)
+        out[f"{name}_ci95_method"] = WILSON
     out["phi"], out["kappa"] = phi_coefficient(**c), cohen_kappa(**c)
     rng = np.random.default_rng(seed)
     draws: dict[str, list[float]] = {"phi": [], "kappa": []}
@@ -88,6 +93,9 @@ def agreement_metrics(human: np.ndarray, model: np.ndarray, n_boot: int = 2000,
     for name, values in draws.items():
         out[f"{name}_ci95"] = (np.percentile(values, [2.5, 97.5]).tolist()
                                if values and out[name] is not None else None)
+        out[f"{name}_ci95_method"] = BOOTSTRAP
+        # resamples with an empty margin have no phi/kappa: the interval is over the rest
+        out[f"{name}_ci95_n_dropped"] = (n_boot if n else 0) - len(values)
     out["bootstrap"] = {"n": n_boot, "seed": seed}
     return out
 

@@ -183,9 +183,14 @@ def bootstrap(study: Study, method: str, n_boot: int, seed: int) -> np.ndarray:
     return draws
 
 
-def _interval(values: np.ndarray) -> list[float] | None:
-    values = values[np.isfinite(values)]
-    return np.percentile(values, [2.5, 97.5]).tolist() if len(values) else None
+BOOTSTRAP = "percentile bootstrap, system re-solved per draw (degenerate draws dropped)"
+
+
+def _interval(values: np.ndarray) -> tuple[list[float] | None, int]:
+    """95% percentile interval of the finite draws and how many draws were not finite."""
+    finite = values[np.isfinite(values)]
+    ci = np.percentile(finite, [2.5, 97.5]).tolist() if len(finite) else None
+    return ci, int(values.size - finite.size)
 
 
 def _flags(value: float, ci: list[float] | None, method: str) -> list[str]:
@@ -215,22 +220,30 @@ def correct(study: Study, method: str, n_boot: int = 2000, seed: int = 0) -> dic
     measured = study.delta_covariance is not None
     has_ci = method != "naive" or measured
     for j, name in enumerate(names):
-        ci = _interval(draws[:, j]) if has_ci else None
+        ci, dropped = _interval(draws[:, j]) if has_ci else (None, None)
         bucket = study.categories.get(name) or study.other
         categories[name] = {"n_predicted": bucket.n, "delta_loss": float(rhs[j]),
                             "lpf_naive": float(naive[name]), "lpf_corrected": float(lpf[j]),
                             "contamination": contam.get(name), "ci95": ci,
+                            "ci95_method": BOOTSTRAP if has_ci else None,
+                            "ci95_n_dropped": dropped,  # degenerate draws left out
                             "flags": _flags(float(lpf[j]), ci, method)}
     ref = names[0]
     ratios = {}
     for j, name in enumerate(names[1:], 1):
         ok = draws[:, 0] > 0
         reported = bool(lpf[0] > 0)
-        ratio_ci = _interval(draws[ok, j] / draws[ok, 0]) if reported and has_ci else None
+        ratio_ci, dropped = (None, None)
+        if reported and has_ci:
+            ratio_ci, nonfinite = _interval(draws[ok, j] / draws[ok, 0])
+            dropped = n_boot - int(ok.sum()) + nonfinite
         ratios[f"{name}/{ref}"] = {
             "naive": float(naive[name] / naive[ref]) if naive[ref] > 0 else None,
             "corrected": float(lpf[j] / lpf[0]) if reported else None,
             "ci95": ratio_ci,
+            "ci95_method": BOOTSTRAP if reported and has_ci else None,
+            # draws left out: degenerate, or the reference LPF not positive
+            "ci95_n_dropped": dropped,
             "ci_draws": int(ok.sum()),  # draws where the reference LPF was positive
             "note": None if reported else f"not reported: corrected lpf of {ref} is not positive"}
     return {"method": method, "study": study.source, "baseline_loss": study.baseline_loss,

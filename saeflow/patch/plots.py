@@ -37,8 +37,9 @@ def _position_ticks(ax: Any, offsets: list[int], axis: str = "x") -> None:
 
 
 def plot_resid_patching(resid_path: str | Path, out_path: str | Path) -> None:
-    """Heatmap ``[layer, position]`` of the mean normalised effect of patching clean
-    ``resid_pre`` into the corrupted run; the cell of largest mean effect is outlined."""
+    """Heatmap ``[layer, position]`` of the normalised effect (ratio of means over pairs) of
+    patching clean ``resid_pre`` into the corrupted run; the cell of largest mean effect is
+    outlined."""
     from saeflow.patch.resid import position_offsets, read_resid, top_cell
 
     plt = pyplot()

@@ -8,6 +8,8 @@ Conventions shared with :mod:`saeflow.patch.attribution`:
 * Every effect is that of patching an activation **from the clean run into the corrupted run**:
   ``effect = metric(corrupted, patched) - metric(corrupted)``; the normalised effect divides it
   by ``metric(clean) - metric(corrupted)``, so 1 means "restores the clean answer fully".
+  Aggregated over pairs it is a ratio of means, ``mean(effect) / mean(clean - corrupted)``:
+  a mean of per-pair ratios is heavy-tailed, as a pair whose gap is near 0 divides by ~0.
 * Pairs are never padded: one :class:`PairBatch` holds pairs of one token length ``T``. Across
   batches, per-pair arrays are right-aligned to ``P = max T`` (column ``P - 1`` is every prompt's
   final token) and NaN where a shorter prompt has no token; position labels are offsets from the
@@ -248,12 +250,22 @@ def position_offsets(n_positions: int) -> list[int]:
     return list(range(-n_positions, 0))
 
 
-def bootstrap_ci(values: np.ndarray, n_boot: int, ci: float, seed: int
+BOOTSTRAP_METHOD = "percentile bootstrap over pairs"
+NORMALISED_METHOD = ("ratio of means over the pairs present in the cell: mean(patched - "
+                     "corrupted) / mean(clean - corrupted); per-pair ratios in "
+                     "normalised_per_pair")
+
+
+def bootstrap_ci(values: np.ndarray, n_boot: int, ci: float, seed: int,
+                 denominator: np.ndarray | None = None, eps: float = 1e-6
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Nan-aware mean over pairs of ``values [n, ...]`` and its percentile bootstrap interval.
+    """Nan-aware mean over pairs of ``values [n, ...]`` and its percentile bootstrap interval;
+    with ``denominator [n]``, the ratio of means ``mean(values) / mean(denominator)`` over the
+    pairs present in each cell (NaN where that mean denominator is within ``eps`` of 0).
 
     Each resample is a multinomial count vector over pairs, so every resampled mean is one
-    matrix product; NaN cells (absent positions) are left out of both sums and counts.
+    matrix product; NaN cells (absent positions) are left out of both sums and counts, and a
+    ratio resamples its numerator and denominator with the same pairs.
     Returns ``mean, lo, hi``, each ``[...]``.
     """
     n, rest = values.shape[0], values.shape[1:]
@@ -264,6 +276,12 @@ def bootstrap_ci(values: np.ndarray, n_boot: int, ci: float, seed: int
     with np.errstate(divide="ignore", invalid="ignore"):
         mean = filled.sum(0) / present.sum(0)
         boots = (counts @ filled) / (counts @ present)
+        if denominator is not None:
+            den = present * np.asarray(denominator, dtype=np.float64)[:, None]
+            mean_den = den.sum(0) / present.sum(0)
+            mean = np.where(np.abs(mean_den) > eps, mean / mean_den, np.nan)
+            boot_den = (counts @ den) / (counts @ present)
+            boots = np.where(np.abs(boot_den) > eps, boots / boot_den, np.nan)
     tail = 100 * (1 - ci) / 2
     lo, hi = (np.full(flat.shape[1], np.nan) for _ in range(2))
     ok = ~np.all(np.isnan(boots), axis=0)
@@ -276,8 +294,9 @@ def bootstrap_ci(values: np.ndarray, n_boot: int, ci: float, seed: int
 class ResidResult:
     """Residual patching over all pairs, right-aligned to ``P`` positions.
 
-    ``patched``/``effect``/``normalised`` are ``[n, n_layers, P]``; ``clean``/``corrupted`` the
-    per-pair metrics ``[n]``; ``agg`` holds ``{effect,normalised}_{mean,lo,hi}`` ``[n_layers, P]``.
+    ``patched``/``effect``/``normalised`` (per-pair ratios) are ``[n, n_layers, P]``;
+    ``clean``/``corrupted`` the per-pair metrics ``[n]``; ``agg`` holds
+    ``{effect,normalised}_{mean,lo,hi}`` ``[n_layers, P]``, ``normalised_*`` the ratio of means.
     """
 
     pair_ids: np.ndarray
@@ -308,16 +327,19 @@ def run_resid_patching(model: Any, batches: Sequence[PairBatch], cfg: PatchConfi
         clean=np.concatenate([p[1].numpy() for p in parts]).astype(np.float64),
         corrupted=np.concatenate([p[2].numpy() for p in parts]).astype(np.float64),
         patched=np.concatenate([align_right(p[0].numpy(), P) for p in parts]), agg={})
-    for name, values in (("effect", res.effect), ("normalised", res.normalised)):
-        mean, lo, hi = bootstrap_ci(values, cfg.n_bootstrap, cfg.ci, cfg.seed)
+    gap = res.clean - res.corrupted
+    for name, den in (("effect", None), ("normalised", gap)):
+        mean, lo, hi = bootstrap_ci(res.effect, cfg.n_bootstrap, cfg.ci, cfg.seed, den)
         res.agg.update({f"{name}_mean": mean, f"{name}_lo": lo, f"{name}_hi": hi})
     return res
 
 
 def write_resid(path: str | Path, res: ResidResult, config: Mapping[str, Any] | None) -> None:
     """HDF5 (atomic): datasets ``pair_id, lengths, clean_logit_diff, corrupted_logit_diff [n]``,
-    ``patched_logit_diff [n, L, P]``, ``agg/{effect,normalised}_{mean,lo,hi} [L, P]``; root
-    attributes ``provenance``, ``hook`` (``blocks.{l}.hook_resid_pre``), ``position_offsets``."""
+    ``patched_logit_diff``, ``normalised_per_pair [n, L, P]``,
+    ``agg/{effect,normalised}_{mean,lo,hi} [L, P]``; root attributes ``provenance``, ``hook``
+    (``blocks.{l}.hook_resid_pre``), ``position_offsets``, ``normalised_method``,
+    ``interval_method``."""
     import h5py
 
     from saeflow.core.io import atomic_path
@@ -327,9 +349,12 @@ def write_resid(path: str | Path, res: ResidResult, config: Mapping[str, Any] | 
         f.attrs["provenance"] = provenance_json(dict(config or {}))
         f.attrs["hook"] = "blocks.{layer}.hook_resid_pre"
         f.attrs["position_offsets"] = json.dumps(position_offsets(res.patched.shape[-1]))
+        f.attrs["normalised_method"] = NORMALISED_METHOD
+        f.attrs["interval_method"] = BOOTSTRAP_METHOD
         for name, arr in (("pair_id", res.pair_ids), ("lengths", res.lengths),
                           ("clean_logit_diff", res.clean), ("corrupted_logit_diff", res.corrupted),
-                          ("patched_logit_diff", res.patched)):
+                          ("patched_logit_diff", res.patched),
+                          ("normalised_per_pair", res.normalised)):
             f.create_dataset(name, data=arr)
         for name, arr in res.agg.items():
             f.create_dataset(f"agg/{name}", data=arr)

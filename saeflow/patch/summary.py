@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from saeflow.core.errors import InputError
-from saeflow.patch.resid import PatchConfig, ResidResult, position_offsets, read_resid, top_cell
+from saeflow.patch.resid import (BOOTSTRAP_METHOD, NORMALISED_METHOD, PatchConfig, ResidResult,
+                                  position_offsets, read_resid, top_cell)
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,8 @@ def build_summary(resid: ResidResult, atps: Mapping[str, Any],
     layer, col = top_cell(resid.agg["effect_mean"])
     cell = {"layer": layer, "hook": f"blocks.{layer}.hook_resid_pre", "position": offsets[col],
             **{f"{k}_{s}": float(resid.agg[f"{k}_{s}"][layer, col])
-               for k in ("effect", "normalised") for s in ("mean", "lo", "hi")}}
+               for k in ("effect", "normalised") for s in ("mean", "lo", "hi")},
+            "normalised_method": NORMALISED_METHOD, "interval_method": BOOTSTRAP_METHOD}
     summary: dict[str, Any] = {
         "n_pairs": int(len(resid.pair_ids)),
         "logit_diff": ld, "sae_gap": gap, "sae_gap_tolerance": cfg.sae_gap_tolerance,

@@ -1,10 +1,14 @@
-"""Cross-validation folds from prompt ids, and t-intervals of per-fold scores.
+"""Cross-validation folds from prompt ids, t-intervals of per-fold scores, and prompt-level
+permutations of a target.
 
-Both are pure numpy/scipy and know nothing of models: :mod:`saeflow.probe.fit` deals its outer
-folds with :func:`make_folds` and summarises the folds' metrics with :func:`t_interval`.
+All pure numpy/scipy, knowing nothing of models: :mod:`saeflow.probe.fit` deals its outer
+folds with :func:`make_folds`, summarises the folds' metrics with :func:`t_interval` and
+shuffles the baseline's targets with :func:`permute_prompts`.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -41,17 +45,56 @@ def make_folds(sample_index: np.ndarray, y: np.ndarray | None, n_folds: int, see
     return prompt_fold[np.searchsorted(prompts, sample_index)]
 
 
+NAIVE_T = "t over folds, folds treated as independent"
+CORRECTED_T = ("Nadeau-Bengio corrected resampled t over folds: variance of the fold mean "
+               "x (1/k + n_test/n_train) instead of 1/k, as the folds' training sets overlap")
+
+
 def t_interval(values: np.ndarray, level: float = 0.95,
-               bounds: tuple[float, float] = (-np.inf, np.inf)) -> dict[str, float]:
+               bounds: tuple[float, float] = (-np.inf, np.inf),
+               test_train_ratio: float | None = None) -> dict[str, Any]:
     """Mean and two-sided t-interval over folds ``[k]`` (NaN folds dropped), clipped to
-    ``bounds``."""
+    ``bounds``, with the method in ``interval_method``.
+
+    ``test_train_ratio`` (``n_test / n_train`` of a fold) gives the Nadeau-Bengio (2003)
+    corrected interval: fold scores share most of their training rows, so they are
+    positively correlated and ``s^2 / k`` understates the variance of their mean; the
+    correction uses ``s^2 (1/k + n_test/n_train)``. None: the naive interval.
+    """
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
+    method = NAIVE_T if test_train_ratio is None else CORRECTED_T
+    out: dict[str, Any] = {"mean": float("nan"), "ci_low": float("nan"),
+                           "ci_high": float("nan"), "n": int(v.size), "interval_method": method}
     if v.size == 0:
-        return {"mean": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0}
-    mean = float(v.mean())
+        return out
+    out["mean"] = mean = float(v.mean())
     if v.size < 2:
-        return {"mean": mean, "ci_low": float("nan"), "ci_high": float("nan"), "n": int(v.size)}
-    half = float(stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
-    return {"mean": mean, "ci_low": max(mean - half, bounds[0]),
-            "ci_high": min(mean + half, bounds[1]), "n": int(v.size)}
+        return out
+    factor = 1.0 / v.size + (test_train_ratio or 0.0)
+    half = float(stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) * np.sqrt(factor))
+    out.update(ci_low=max(mean - half, bounds[0]), ci_high=min(mean + half, bounds[1]))
+    return out
+
+
+def permute_prompts(y: np.ndarray, sample_index: np.ndarray, row_position: np.ndarray,
+                    rng: np.random.Generator) -> np.ndarray:
+    """``y`` ``[n]`` with whole prompts' targets shuffled among prompts.
+
+    Rows are (prompt ``sample_index``, position ``row_position``); folds keep a prompt's rows
+    together, so the null must too: prompt ``i`` takes over prompt ``pi(i)``'s target at each
+    of its positions, keeping the within-prompt structure a row shuffle would destroy.
+    Prompts swap only with prompts holding the same positions (a prompt missing a position
+    has no target there to give). One row per prompt: a plain permutation of ``y``.
+    """
+    order = np.lexsort((row_position, sample_index))  # rows grouped by prompt, by position
+    _, start, count = np.unique(sample_index[order], return_index=True, return_counts=True)
+    groups: dict[bytes, list[int]] = {}  # a prompt layout (the positions it holds) -> prompts
+    for i, (a, c) in enumerate(zip(start, count, strict=True)):
+        groups.setdefault(row_position[order[a:a + c]].tobytes(), []).append(i)
+    out = np.empty_like(y)
+    for members in map(np.asarray, groups.values()):
+        donors = rng.permutation(members)
+        offsets = np.arange(int(count[members[0]]))
+        out[order[start[members][:, None] + offsets]] = y[order[start[donors][:, None] + offsets]]
+    return out

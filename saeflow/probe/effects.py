@@ -2,8 +2,9 @@
 classes, how sure we are, and where the strongest ones sit.
 
 Per input column (an SAE feature at a layer and position, or a hidden dimension): Cohen's d
-between the positive class and the rest, a two-sided permutation p-value (all permutations
-batched through two matrix products), and Benjamini-Hochberg q-values over the tested
+between the positive class and the rest, a two-sided permutation p-value (exact for sparse and
+two-valued columns, sequential Monte Carlo batched through matrix products for the rest:
+:mod:`saeflow.probe.permutation`), and Benjamini-Hochberg q-values over the tested
 columns. Columns constant within both classes (dead features) have no defined d and are left
 out of testing. The top-k columns by |d| are then tallied by layer, by position and on the
 layer x position grid, each next to the share expected if the k were drawn at random from
@@ -27,14 +28,13 @@ from saeflow.core.errors import InputError
 from saeflow.formats.descriptions import descriptions_by_hook
 from saeflow.core.io import atomic_path, write_json
 from saeflow.probe.dataset import COLUMN_FIELDS, ProbeDataset, check_dataset, read_probe_dataset
+from saeflow.probe.permutation import (P_KINDS, bh_adjust, bh_min_rejections, cohens_d,
+                                       permutation_test)
 from saeflow.core.provenance import provenance_json
 
-log = logging.getLogger(__name__)
+__all__ = ["bh_adjust", "cohens_d", "compute_effects", "permutation_test"]
 
-# |d_perm| >= |d_obs| - TIE counts a tie as "as extreme", keeping p conservative under
-# floating-point noise between algebraically equal statistics
-TIE = 1e-9
-MAX_BATCH_CELLS = 2 ** 24  # permutations x columns per batch (~130 MB of float64 per array)
+log = logging.getLogger(__name__)
 
 
 def binary_target(ds: ProbeDataset, positive_class: str | int | None = None
@@ -71,92 +71,6 @@ def binary_target(ds: ProbeDataset, positive_class: str | int | None = None
     return y, names[index]
 
 
-def _d_from_sums(S1: np.ndarray, Q1: np.ndarray, S: np.ndarray, Q: np.ndarray,
-                 n1: int, n: int) -> np.ndarray:
-    """Cohen's d ``[B, d]`` from class-1 sums ``S1``/``Q1`` ``[B, d]`` of centred X and X²
-    and the totals ``S``/``Q`` ``[d]``; pooled SD with ``n - 2`` degrees of freedom."""
-    n0 = n - n1
-    m1, m0 = S1 / n1, (S - S1) / n0
-    ss = (Q1 - n1 * m1 ** 2) + ((Q - Q1) - n0 * m0 ** 2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        pooled = np.sqrt(np.clip(ss, 0.0, None) / (n - 2))
-        d = (m1 - m0) / pooled
-    d[~(pooled > 1e-12 * (1.0 + np.abs(m1) + np.abs(m0)))] = np.nan
-    return d
-
-
-def cohens_d(X: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Cohen's d per column ``[d]`` of ``X`` ``[n, d]`` between ``y`` ``[n]`` true and false;
-    NaN where the column is constant within both classes."""
-    Xc = X.astype(np.float64) - X.mean(axis=0, dtype=np.float64)  # centring limits cancellation
-    L = y.astype(np.float64)[None, :]
-    return _d_from_sums(L @ Xc, L @ Xc ** 2, Xc.sum(0), (Xc ** 2).sum(0), int(y.sum()), y.size)[0]
-
-
-@dataclass
-class PermutationTest:
-    """Per column ``[d]``: observed d, Monte Carlo p, and the permutation null's mean/SD."""
-
-    d: np.ndarray
-    p: np.ndarray
-    null_mean: np.ndarray
-    null_sd: np.ndarray
-
-    def p_normal(self) -> np.ndarray:
-        """Two-sided p from a normal fitted to each column's permutation null. Resolves
-        p < 1/(N+1), which BH over thousands of columns needs, at the price of assuming a
-        normal tail (optimistic for rarely-firing features, whose null is skewed)."""
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z = np.abs(self.d - self.null_mean) / self.null_sd
-        return np.where(np.isfinite(z), 2 * stats.norm.sf(z), np.nan)
-
-
-def permutation_test(X: np.ndarray, y: np.ndarray, n_permutations: int, seed: int,
-                     batch_size: int = 256) -> PermutationTest:
-    """Cohen's d ``[d]`` and two-sided permutation p-values ``[d]`` (NaN where d is NaN).
-
-    Each batch of permutations is a 0/1 matrix ``L`` ``[B, n]``; ``L @ Xc`` and ``L @ Xc²``
-    give every permuted class mean and variance at once. ``p = (1 + #{|d*| >= |d|}) / (1 + N)``;
-    the draws are one seeded stream, so the batch size does not change the result.
-    """
-    Xc = X.astype(np.float64) - X.mean(axis=0, dtype=np.float64)
-    X2 = Xc ** 2
-    S, Q, n1, n = Xc.sum(0), X2.sum(0), int(y.sum()), y.size
-    yf = y.astype(np.float64)
-    d_obs = _d_from_sums(yf[None] @ Xc, yf[None] @ X2, S, Q, n1, n)[0]
-    threshold = np.abs(d_obs) - TIE
-    exceed = np.zeros(X.shape[1], np.int64)
-    null_n, null_s, null_s2 = (np.zeros(X.shape[1]) for _ in range(3))
-    rng = np.random.default_rng(seed)
-    batch = max(1, min(batch_size, MAX_BATCH_CELLS // max(1, X.shape[1])))
-    done = 0
-    while done < n_permutations:
-        b = min(batch, n_permutations - done)
-        L = yf[np.argsort(rng.random((b, n)), axis=1)]  # [b, n] shuffled labels
-        d_perm = _d_from_sums(L @ Xc, L @ X2, S, Q, n1, n)
-        exceed += np.sum(np.nan_to_num(np.abs(d_perm), nan=-1.0) >= threshold, axis=0)
-        ok = np.isfinite(d_perm)
-        null_n += ok.sum(0)
-        null_s += np.where(ok, d_perm, 0.0).sum(0)
-        null_s2 += np.where(ok, d_perm ** 2, 0.0).sum(0)
-        done += b
-    p = (1.0 + exceed) / (1.0 + n_permutations)
-    p[np.isnan(d_obs)] = np.nan
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mean = null_s / null_n
-        sd = np.sqrt(np.clip(null_s2 / null_n - mean ** 2, 0.0, None) * null_n / (null_n - 1))
-    return PermutationTest(d_obs, p, mean, sd)
-
-
-def bh_adjust(p: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg q-values ``[d]`` over the finite entries of ``p``; NaN stays NaN."""
-    q = np.full(p.shape, np.nan)
-    ok = np.isfinite(p)
-    if ok.any():
-        q[ok] = stats.false_discovery_control(p[ok], method="bh")
-    return q
-
-
 @dataclass
 class EffectsResult:
     """Per-column statistics ``[d]`` plus the top-k summary of one dataset."""
@@ -169,48 +83,76 @@ class EffectsResult:
     settings: dict[str, Any]
     top: list[dict[str, Any]]
     localisation: dict[str, Any]
+    # [d] how each p was found: index into saeflow.probe.permutation.P_KINDS, -1 = normal
+    p_kind: np.ndarray | None = None
+
+
+P_METHODS = ("permutation", "normal")
 
 
 def compute_effects(ds: ProbeDataset, *, positive_class: str | int | None = None,
-                    n_permutations: int = 1000, seed: int = 0, alpha: float = 0.05,
+                    n_permutations: int = 20000, seed: int = 0, alpha: float = 0.05,
                     top_k: int = 20, descriptions: dict[str, dict[int, str]] | None = None,
-                    batch_size: int = 256, p_method: str = "permutation") -> EffectsResult:
+                    batch_size: int = 256, p_method: str = "permutation",
+                    stop_after: int = 20, exact_max_k: int = 10) -> EffectsResult:
     """Cohen's d, p, BH q for every column of ``ds``; top-k (by |d|) and localisation.
 
-    ``p_method``: ``permutation`` (Monte Carlo, floor ``1/(N+1)``) or ``normal`` (normal tail
-    of each column's permutation null, see :meth:`PermutationTest.p_normal`). With the
-    Monte Carlo p, BH can reject nothing unless ``N >= n_tested / alpha``; the record's
-    ``bh_can_reject`` says whether that holds.
+    ``p_method``: ``permutation`` (valid: exact where the column allows, else sequential
+    Monte Carlo with at most ``n_permutations`` draws, stopping a column at its
+    ``stop_after``-th as extreme draw; :func:`saeflow.probe.permutation.permutation_test`)
+    or ``normal`` (approximate, anti-conservative for sparse columns: the normal tail of each
+    column's permutation null). A Monte Carlo p is at least ``1/(N+1)``, so BH rejects such a
+    column only together with ``bh_min_rejections`` others at that floor; the record says so.
+    (The keyword defaults here are for direct calls; the pipeline passes the schema's.)
     """
     check_dataset(ds)
-    if n_permutations < 2 or top_k < 1:
-        raise InputError(ds.name, "effects", "need n_permutations >= 2 and top_k >= 1")
-    if p_method not in ("permutation", "normal"):
-        raise InputError(ds.name, "effects.p_method", f"{p_method!r}: permutation or normal")
+    if n_permutations < 2 or top_k < 1 or stop_after < 1 or exact_max_k < 0:
+        raise InputError(ds.name, "effects", "need n_permutations >= 2, top_k >= 1, "
+                         "stop_after >= 1 and exact_max_k >= 0")
+    if p_method not in P_METHODS:
+        raise InputError(ds.name, "effects.p_method", f"{p_method!r}: one of {list(P_METHODS)}")
     y, positive = binary_target(ds, positive_class)
-    perm = permutation_test(ds.X, y, n_permutations, seed, batch_size)
-    d, p = perm.d, (perm.p if p_method == "permutation" else perm.p_normal())
+    if p_method == "normal":
+        perm = permutation_test(ds.X, y, n_permutations, seed, batch_size, None, 0)
+        p = perm.p_normal()
+        log.warning("%s: p_method normal is approximate and anti-conservative for rarely "
+                    "firing features; use p_method: permutation for valid p-values", ds.name)
+    else:
+        perm = permutation_test(ds.X, y, n_permutations, seed, batch_size, stop_after,
+                                exact_max_k)
+        p = perm.p
+    d = perm.d
     q = bh_adjust(p)
     tested = np.isfinite(d)
+    n_tested = int(tested.sum())
     order = np.flatnonzero(tested)[np.lexsort((p[tested], -np.abs(d[tested])))][:top_k]
-    top = [_describe(ds, int(c), y, d, p, q, alpha, rank, descriptions or {})
+    kinds = perm.kind if p_method == "permutation" else np.where(tested, -1, 0)
+    top = [_describe(ds, int(c), y, d, p, q, alpha, rank, descriptions or {}, kinds)
            for rank, c in enumerate(order, 1)]
     floor = 1.0 / (1 + n_permutations) if p_method == "permutation" else 0.0
+    mc = perm.kind == P_KINDS.index("monte_carlo")
     settings = {"n_permutations": n_permutations, "seed": seed, "alpha": alpha, "top_k": top_k,
-                "p_method": p_method, "min_attainable_p": floor,
-                # BH's smallest threshold is alpha / n_tested
-                "bh_can_reject": bool(floor <= alpha / max(1, int(tested.sum())))}
-    if not settings["bh_can_reject"]:
-        log.warning("%s: %d permutations cannot reach BH significance over %d columns; "
-                    "raise n_permutations to >= %d or use p_method: normal", ds.name,
-                    n_permutations, int(tested.sum()), int(np.ceil(tested.sum() / alpha)))
+                "p_method": p_method, "stop_after": stop_after, "exact_max_k": exact_max_k,
+                "p_kinds": perm.counts() if p_method == "permutation" else {"normal": n_tested},
+                "n_draws_max": int(perm.n_draws.max(initial=0)),
+                "n_draws_mean": float(perm.n_draws[mc].mean()) if mc.any() else 0.0,
+                "min_attainable_p": floor,
+                "bh_min_rejections": bh_min_rejections(floor, n_tested, alpha)}
+    if p_method == "permutation" and mc.any() and settings["bh_min_rejections"] != 1:
+        k = settings["bh_min_rejections"]
+        log.warning("%s: a Monte Carlo p is >= 1/(%d + 1), so BH over %d columns rejects such "
+                    "a column only %s; n_permutations >= %d lets a single column through",
+                    ds.name, n_permutations, n_tested,
+                    f"when at least {k} columns reach that floor" if k else "never",
+                    int(np.ceil(n_tested / alpha)) - 1)
     return EffectsResult(ds, positive, d, p, q, settings, top,
-                         localisation(ds.columns, order, tested, ds.layers, ds.positions))
+                         localisation(ds.columns, order, tested, ds.layers, ds.positions),
+                         kinds.astype(np.int8))
 
 
 def _describe(ds: ProbeDataset, c: int, y: np.ndarray, d: np.ndarray, p: np.ndarray,
-              q: np.ndarray, alpha: float, rank: int, descriptions: dict[str, dict[int, str]]
-              ) -> dict[str, Any]:
+              q: np.ndarray, alpha: float, rank: int, descriptions: dict[str, dict[int, str]],
+              kinds: np.ndarray) -> dict[str, Any]:
     hooks, positions = ds.meta.get("hooks", []), ds.positions
     hook = hooks[ds.columns["hook"][c]] if hooks else ""
     pos = int(ds.columns["position"][c])
@@ -219,6 +161,7 @@ def _describe(ds: ProbeDataset, c: int, y: np.ndarray, d: np.ndarray, p: np.ndar
     return {"rank": rank, "column": c, "hook": hook, "layer": int(ds.columns["layer"][c]),
             "position": positions[pos] if pos >= 0 else None, "unit": unit,
             "d": float(d[c]), "p": float(p[c]), "q": float(q[c]),
+            "p_kind": P_KINDS[kinds[c]] if kinds[c] >= 0 else "normal",
             "significant": bool(q[c] <= alpha),
             "mean_positive": float(col[y].mean()), "mean_rest": float(col[~y].mean()),
             "active_positive": float((col[y] > 0).mean()),
@@ -329,11 +272,16 @@ def effects_record(res: EffectsResult) -> dict[str, Any]:
 def write_effects(res: EffectsResult, json_path: str | Path, h5_path: str | Path,
                   config: dict[str, Any] | None = None,
                   extra: dict[str, Any] | None = None) -> None:
-    """Write full per-column arrays (HDF5 ``d``, ``p``, ``q`` ``[d]``, ``columns/*``) and the
-    JSON record (plus ``extra`` keys, e.g. the toy check); no half-written pair on error."""
+    """Write full per-column arrays (HDF5 ``d``, ``p``, ``q``, ``p_kind`` ``[d]``,
+    ``columns/*``) and the JSON record (plus ``extra`` keys, e.g. the toy check); no
+    half-written pair on error."""
     with atomic_path(h5_path) as tmp, h5py.File(tmp, "w") as h5:
         for key, value in (("d", res.d), ("p", res.p), ("q", res.q)):
             h5.create_dataset(key, data=value)
+        if res.p_kind is not None:
+            h5.create_dataset("p_kind", data=res.p_kind)
+            h5["p_kind"].attrs["names"] = json.dumps({"-1": "normal", **{
+                str(i): name for i, name in enumerate(P_KINDS)}})
         for key, value in res.dataset.columns.items():
             h5.create_dataset(f"columns/{key}", data=value)
         h5.attrs.update(name=res.dataset.name, positive_class=res.positive_class,
@@ -367,9 +315,10 @@ def run_effects(dataset_path: str | Path, json_out: str | Path, h5_out: str | Pa
     """Rule ``probe_effects``: effects of one dataset, plus the toy check when the
     informative positions are known (with the fitted probe's weights if ``fit_h5`` is given).
     ``settings`` keys: ``n_permutations``, ``seed``, ``alpha``, ``top_k``, ``batch_size``,
-    ``p_method``."""
+    ``p_method``, ``stop_after``, ``exact_max_k``."""
     settings = dict(settings or {})
-    allowed = {"n_permutations", "seed", "alpha", "top_k", "batch_size", "p_method"}
+    allowed = {"n_permutations", "seed", "alpha", "top_k", "batch_size", "p_method",
+               "stop_after", "exact_max_k"}
     if set(settings) - allowed:
         raise InputError("config", "probe.effects",
                          f"unknown key(s) {sorted(set(settings) - allowed)}")

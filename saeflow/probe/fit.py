@@ -7,7 +7,10 @@ folds. Inside each training fold a grid search over the regularisation strength 
 CV, and the normaliser (``standardize``, ``minmax``, ``none``) is part of the fitted pipeline,
 so its statistics come from training rows only (of the inner training split during the search,
 of the whole outer training fold for the refit). The permutation baseline reruns the identical
-procedure on shuffled labels over the same outer folds: chance is measured, not assumed.
+procedure on shuffled targets over the same outer folds (whole prompts' targets move together,
+as the folds keep a prompt's rows together): chance is measured, not assumed. Its p-value is
+reported only where ``n_permutations`` lets it reach ``baseline_alpha``. Fold intervals are
+Nadeau-Bengio corrected t-intervals (:func:`saeflow.probe.crossval.t_interval`).
 Writing a fit to files is :mod:`saeflow.probe.fit_files`.
 """
 
@@ -30,7 +33,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, MinMaxScaler, StandardScaler
 from threadpoolctl import threadpool_limits
 
-from saeflow.probe.crossval import make_folds, t_interval
+from saeflow.probe.crossval import make_folds, permute_prompts, t_interval
 from saeflow.core.errors import InputError
 from saeflow.probe.dataset import ProbeDataset, check_dataset
 
@@ -44,7 +47,8 @@ class ProbeConfig:
     """CV settings (``probe.cv``), validated; their defaults and meaning are the schema's
     (workflow/schemas/config.schema.yaml), filled in by :meth:`from_dict`. ``Cs``: logistic
     inverse strengths; ``alphas``: ridge strengths; ``tol``: the logistic solver's stopping
-    tolerance (1e-3 halves the time of wide SAE probes at equal test accuracy on the toy)."""
+    tolerance (1e-3 halves the time of wide SAE probes at equal test accuracy on the toy);
+    ``baseline_alpha``: the baseline p is reported only if ``1/(n_permutations+1)`` reaches it."""
 
     n_folds: int
     inner_folds: int
@@ -55,6 +59,7 @@ class ProbeConfig:
     seed: int
     max_iter: int
     tol: float
+    baseline_alpha: float
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None, source: str = "config") -> ProbeConfig:
@@ -77,9 +82,10 @@ class ProbeConfig:
                              f"{list(NORMALISERS)}")
         if cfg.n_folds < 2 or cfg.inner_folds < 2:
             raise InputError(source, "probe.cv", "n_folds and inner_folds must be >= 2")
-        if cfg.n_permutations < 0 or not cfg.Cs or not cfg.alphas or not cfg.tol > 0:
-            raise InputError(source, "probe.cv", "need n_permutations >= 0, non-empty grids "
-                             "and tol > 0")
+        if cfg.n_permutations < 0 or not cfg.Cs or not cfg.alphas or not cfg.tol > 0 \
+                or not 0 < cfg.baseline_alpha < 1:
+            raise InputError(source, "probe.cv", "need n_permutations >= 0, non-empty grids, "
+                             "tol > 0 and 0 < baseline_alpha < 1")
         return cfg
 
 
@@ -252,13 +258,20 @@ def cross_validate(X: np.ndarray, y: np.ndarray, folds: np.ndarray, kind: str,
     return per_fold, fits, oof
 
 
-def _summarise_folds(per_fold: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
+def _summarise_folds(per_fold: list[dict[str, dict[str, float]]], folds: np.ndarray
+                     ) -> dict[str, Any]:
+    """Per metric: train and test mean with corrected t-intervals over folds (the training
+    scores get the same correction: their folds overlap even more), gap and fold values."""
     names = per_fold[0]["test"].keys()
+    n_test = np.bincount(folds).astype(np.float64)
+    ratio = float(n_test.mean() / (folds.size - n_test).mean())  # n_test / n_train
     out = {}
     for name in names:
         bounds = METRIC_RANGE.get(name, (0.0, 1.0))
-        train = t_interval(np.array([f["train"][name] for f in per_fold]), bounds=bounds)
-        test = t_interval(np.array([f["test"][name] for f in per_fold]), bounds=bounds)
+        train = t_interval(np.array([f["train"][name] for f in per_fold]), bounds=bounds,
+                           test_train_ratio=ratio)
+        test = t_interval(np.array([f["test"][name] for f in per_fold]), bounds=bounds,
+                          test_train_ratio=ratio)
         out[name] = {"train": train, "test": test, "gap": train["mean"] - test["mean"],
                      "folds": [f["test"][name] for f in per_fold]}
     return out
@@ -322,6 +335,25 @@ def _full_width(fit: FoldFit, live: np.ndarray, row: np.ndarray) -> FoldFit:
     return replace(fit, coef=coef, normaliser=normaliser)
 
 
+def baseline_record(null: np.ndarray, observed: float, alpha: float) -> dict[str, Any]:
+    """The permutation baseline of one metric: mean, SD and values ``[N]`` of the null
+    scores, and the p-value ``(1 + #{null >= observed}) / (1 + N)`` where it can be small:
+    its floor ``1/(N+1)`` must reach ``alpha``, else (3 permutations: p >= 0.25) it would be
+    reported though it cannot say anything, so it is None with the reason."""
+    floor = 1.0 / (1 + null.size)
+    out: dict[str, Any] = {"mean": float(null.mean()) if null.size else float("nan"),
+                           "std": float(null.std(ddof=1)) if null.size > 1 else float("nan"),
+                           "values": null.tolist(), "min_attainable_p": floor,
+                           "p_value": None, "p_value_note": None}
+    if floor <= alpha:
+        out["p_value"] = float((1 + np.sum(null >= observed)) / (1 + null.size))
+    else:
+        out["p_value_note"] = (f"not reported: {null.size} permutations give p >= {floor:.3g} > "
+                               f"baseline_alpha {alpha}; n_permutations >= "
+                               f"{int(np.ceil(1 / alpha - 1 - 1e-9))} report one")
+    return out
+
+
 def fit_probe(ds: ProbeDataset, cfg: ProbeConfig, n_jobs: int = 1) -> ProbeResult:
     """Nested-CV probe on ``ds`` plus a label-permutation baseline on the same folds.
 
@@ -342,24 +374,17 @@ def fit_probe(ds: ProbeDataset, cfg: ProbeConfig, n_jobs: int = 1) -> ProbeResul
     primary = "accuracy" if kind == "label" else "r2"
     rng = np.random.default_rng(cfg.seed)
     names = [primary, "roc_auc"] if kind == "label" else [primary]
-    shuffles = [rng.permutation(y) for _ in range(cfg.n_permutations)]
+    shuffles = [permute_prompts(y, ds.sample_index, ds.row_position, rng)
+                for _ in range(cfg.n_permutations)]
     live = ~np.all(ds.X == ds.X[:1], axis=0)  # [d]
     X = ds.X if live.all() else ds.X[:, live]
     (per_fold, fits, oof), null = _run_all(X, y, shuffles, folds, kind, cfg, n_classes,
                                            groups, names, n_jobs)
     if not live.all():
         fits = [_full_width(f, live, ds.X[0]) for f in fits]
-    metrics = _summarise_folds(per_fold)
-    baseline = {}
-    for j, name in enumerate(names):
-        v = null[:, j]
-        observed = metrics[name]["test"]["mean"]
-        baseline[name] = {
-            "mean": float(v.mean()) if v.size else float("nan"),
-            "std": float(v.std(ddof=1)) if v.size > 1 else float("nan"),
-            "values": v.tolist(),
-            # (1 + #null >= observed) / (1 + N): a valid p-value even with few permutations
-            "p_value": float((1 + np.sum(v >= observed)) / (1 + v.size)) if v.size else None}
+    metrics = _summarise_folds(per_fold, folds)
+    baseline = {name: baseline_record(null[:, j], metrics[name]["test"]["mean"],
+                                      cfg.baseline_alpha) for j, name in enumerate(names)}
     notes = [f"{int((~live).sum())} of {live.size} input columns are constant (e.g. dead "
              "features) and left out of the fit (coefficient 0)"] if not live.all() else []
     notes += [f"fold {k}: inner CV impossible, fixed strength {f.regularisation}"

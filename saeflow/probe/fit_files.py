@@ -28,6 +28,9 @@ def probe_record(result: ProbeResult) -> dict[str, Any]:
         "name": ds.name, "strategy": ds.meta.get("strategy"),
         "input_kind": ds.meta.get("input_kind"),
         "target_kind": ds.target_kind, "target": ds.meta.get("target"),
+        # y computed from X itself (hidden-to-feature): R² is not evidence of information
+        "target_function_of_input": bool((ds.meta.get("target") or {}).get(
+            "function_of_input", False)),
         "class_names": ds.class_names, "layers": ds.layers, "positions": ds.positions,
         "group": ds.meta.get("group"), "prompt_set": ds.meta.get("prompt_set"),
         "sources": ds.meta.get("sources"),

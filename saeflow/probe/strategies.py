@@ -11,7 +11,8 @@ Strategies (``STRATEGIES``):
   stored, else ``blocks.0.hook_resid_pre``); y = activation of SAE feature ``target.feature``
   of layer ``target.layer``.
 - ``hidden-to-feature``: X = hidden state at the single layer L; y = feature ``target.feature``
-  of layer L's SAE.
+  of layer L's SAE. That SAE encodes this very hidden state, so y is a deterministic function
+  of X: ``target.function_of_input`` records it (feature strategies), with a warning.
 - ``hidden-to-concept``: X = hidden states of the layers, concatenated; y = ``meta/<target.column>`` (default ``label``; classes sorted unless ``target.classes`` orders them).
 - ``sae-to-concept`` / ``sae-to-failure``: X = SAE codes of the layers x positions,
   concatenated; y = the concept, or 1 where the model answered wrongly (``model_correct`` false).
@@ -180,6 +181,15 @@ def _feature_dataset(ctx: _Ctx, spec: dict[str, Any], pos_cols: list[np.ndarray]
         rowpos.append(np.full(int(keep.sum()), j))
     X = np.concatenate(xs)
     d = X.shape[1]
+    # the SAE encodes its own hook: y = ReLU(W x + b) of the probe's input x, so R² measures
+    # how linear that function is, not what the hidden state "knows"
+    target_meta["function_of_input"] = input_hook == target_hook
+    if target_meta["function_of_input"]:
+        target_meta["function_of_input_note"] = (
+            f"the target is a deterministic function of the input: feature {feature} of the "
+            f"SAE on {target_hook}, the probe's own input hook")
+        log.warning("%s: %s (R² measures how linear the SAE encoder is there)", ctx.name,
+                    target_meta["function_of_input_note"])
     columns = {"hook": np.zeros(d, np.int32), "layer": np.full(d, layers[0] if layers else -1,
                                                               np.int32),
                "position": np.full(d, -1, np.int32), "unit": np.arange(d, dtype=np.int32)}

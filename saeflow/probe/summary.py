@@ -12,8 +12,9 @@ from saeflow.core.io import read_json, write_json
 def probe_summary(fits: list[dict[str, Any]], effects: list[dict[str, Any]] | None = None
                   ) -> dict[str, Any]:
     """The ``probe/summary.json`` body: one entry per ``{prompt_set}/{name}`` with input kind,
-    n_samples, CV test metric (mean, 95% interval), permutation-baseline mean and p, the
-    train/test gap, and, where effects were computed, the localisation shares and toy check.
+    n_samples, CV test metric (mean, 95% interval and its method), permutation-baseline mean
+    and p (null with a note where too few permutations), the train/test gap, whether the
+    target is a function of the input, and, where effects were computed, the localisation shares and toy check.
     """
     out: dict[str, Any] = {}
     for rec in fits:
@@ -27,9 +28,12 @@ def probe_summary(fits: list[dict[str, Any]], effects: list[dict[str, Any]] | No
                  "n_samples": rec["n_samples"], "metric": primary,
                  "test_mean": rec["test"]["mean"],
                  "test_ci": [rec["test"]["ci_low"], rec["test"]["ci_high"]],
+                 "test_ci_method": rec["test"].get("interval_method"),
                  "train_mean": rec["train"]["mean"], "gap": rec["gap"],
                  "baseline_mean": base.get("mean"), "baseline_p": base.get("p_value"),
-                 "n_permutations": len(base.get("values", []))}
+                 "baseline_p_note": base.get("p_value_note"),
+                 "n_permutations": len(base.get("values", [])),
+                 "target_function_of_input": rec.get("target_function_of_input", False)}
         if "roc_auc" in rec["metrics"]:
             auc = rec["metrics"]["roc_auc"]["test"]
             entry["roc_auc_mean"] = auc["mean"]

@@ -38,6 +38,23 @@ def test_phi_and_kappa_agree_with_sklearn():
     assert metrics["phi_ci95"][0] < metrics["phi"] < metrics["phi_ci95"][1]
     assert metrics == agreement_metrics(human, model, n_boot=300, seed=1)  # seeded
     assert phi_coefficient(5, 0, 0, 0) is None and cohen_kappa(5, 0, 0, 0) is None
+    assert metrics["phi_ci95_n_dropped"] == metrics["kappa_ci95_n_dropped"] == 0
+    assert metrics["accuracy_ci95_method"] == "Wilson score interval"
+    assert metrics["phi_ci95_method"].startswith("percentile bootstrap")
+
+
+def test_undefined_bootstrap_draws_are_counted_next_to_their_interval():
+    # one related feature in 10: a resample misses it with probability 0.9^10 = 0.35, and
+    # then the human margin is empty, so phi is undefined (kappa too: both raters agree on 0)
+    human = np.array([1] + [0] * 9)
+    model = np.array([1, 1] + [0] * 8)
+    metrics = agreement_metrics(human, model, n_boot=1000, seed=2)
+    rng, dropped = np.random.default_rng(2), 0
+    for _ in range(1000):
+        pick = rng.integers(0, 10, 10)
+        dropped += int(human[pick].sum() == 0)
+    assert metrics["phi_ci95_n_dropped"] == dropped and 280 < dropped < 420
+    assert 0 < metrics["kappa_ci95_n_dropped"] <= dropped
 
 
 def write(path, data):

@@ -57,6 +57,23 @@ def test_two_bucket_reproduces_the_hand_computed_solution(study_file):
     assert cats["catA"]["flags"] == (["ci_spans_zero"] if cats["catA"]["ci95"][0] <= 0 else [])
 
 
+def test_degenerate_bootstrap_draws_are_counted_next_to_each_interval():
+    # catB's validation holds 2 predicted-related features: a resample with tp + fp = 0 has
+    # no contamination, and that draw is dropped from every interval
+    few = STUDY.replace("{tp: 55, fp: 8,  tn: 210, fn: 27}", "{tp: 1, fp: 1, tn: 230, fn: 20}")
+    result = correct(parse_study(yaml.safe_load(few), "s.yaml"), "two-bucket", 500, seed=0)
+    failed = result["bootstrap"]["n_failed"]
+    assert 30 < failed < 110  # P(tp + fp = 0) = (250/252)^252 = 0.135: ~68 of 500
+    for cat in result["categories"].values():
+        assert cat["ci95_n_dropped"] == failed and cat["ci95_method"].startswith("percentile")
+    # a ratio also drops the draws whose reference LPF is not positive
+    ratio = correct(parse_study(yaml.safe_load(STUDY), "s.yaml"), "two-bucket", 500,
+                    seed=0)["ratios"]["catB/catA"]
+    assert ratio["ci95_n_dropped"] == 500 - ratio["ci_draws"] > 0
+    naive = correct(parse_study(yaml.safe_load(few), "s.yaml"), "naive", 50)
+    assert naive["categories"]["catA"]["ci95_n_dropped"] is None  # no interval at all
+
+
 def test_bootstrap_is_seeded_and_naive_has_no_label_uncertainty(study_file):
     study = load_study(study_file)
     assert correct(study, "two-bucket", 100, seed=3) == correct(study, "two-bucket", 100, seed=3)

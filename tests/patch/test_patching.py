@@ -100,6 +100,20 @@ def test_bootstrap_ci_is_nan_aware_and_reproducible() -> None:
     assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip((mean, lo, hi), again))
 
 
+def test_normalised_aggregate_is_a_ratio_of_means() -> None:
+    # 99 pairs recover half of a gap of 2; one pair's gap is 0.001, its per-pair ratio 1000
+    gap = np.r_[np.full(99, 2.0), 1e-3]
+    effect = np.r_[np.full(99, 1.0), 1.0][:, None]
+    effect = np.concatenate([effect, effect], axis=1)
+    effect[:10, 1] = np.nan  # absent for some pairs: their gaps leave the denominator too
+    mean, lo, hi = bootstrap_ci(effect, n_boot=400, ci=0.95, seed=0, denominator=gap)
+    assert mean[0] == pytest.approx(100 / (198 + 1e-3))
+    assert mean[1] == pytest.approx(90 / (178 + 1e-3))
+    per_pair = np.mean(effect[:, 0] / gap)  # ~10.5: one near-tied pair dominates
+    assert per_pair > 10 and lo[0] <= mean[0] <= hi[0] < 0.6
+    assert np.isnan(bootstrap_ci(effect, 50, 0.95, 0, denominator=np.zeros(100))[0]).all()
+
+
 def test_run_resid_patching_aligns_lengths_and_round_trips(model: HookedTransformer,
                                                             tmp_path) -> None:
     short, long = random_pair_batch(2, 5, [1], seed=3), random_pair_batch(3, 7, [2, 5], seed=4)
@@ -110,6 +124,9 @@ def test_run_resid_patching_aligns_lengths_and_round_trips(model: HookedTransfor
     alone = resid_patching(model, short)[0].numpy()
     assert np.allclose(res.patched[:2, :, 2:], alone, atol=1e-5)  # final tokens line up
     assert np.allclose(res.agg["effect_mean"][:, :2], np.nanmean(res.effect[2:, :, :2], 0))
+    gap = res.clean - res.corrupted
+    assert np.allclose(res.agg["normalised_mean"][:, :2],  # ratio of means over present pairs
+                       res.effect[2:, :, :2].sum(0) / gap[2:].sum())
     path = tmp_path / "resid.h5"
     write_resid(path, res, {"patch": {"n_bootstrap": 50}})
     back = read_resid(path)
@@ -118,6 +135,9 @@ def test_run_resid_patching_aligns_lengths_and_round_trips(model: HookedTransfor
     with h5py.File(path) as f:
         assert json.loads(f.attrs["provenance"])["config"] == {"patch": {"n_bootstrap": 50}}
         assert json.loads(f.attrs["position_offsets"])[-1] == -1
+        assert f.attrs["normalised_method"].startswith("ratio of means")
+        assert f.attrs["interval_method"] == "percentile bootstrap over pairs"
+        np.testing.assert_allclose(f["normalised_per_pair"][()], res.normalised, equal_nan=True)
 
 
 def test_position_check_finds_where_the_effect_sits() -> None:

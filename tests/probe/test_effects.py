@@ -38,9 +38,11 @@ def test_permutation_p_finds_planted_signal_and_is_batch_invariant():
     y = np.arange(60) % 2 == 0
     X = rng.normal(size=(60, 40))
     X[:, 0] += 1.5 * y
-    res = permutation_test(X, y, 499, seed=5, batch_size=64)
+    # every column for all N draws (the sequential stop is tests/probe/test_permutation.py's)
+    res = permutation_test(X, y, 499, seed=5, batch_size=64, stop_after=None)
     d, p = res.d, res.p
-    np.testing.assert_array_equal(p, permutation_test(X, y, 499, seed=5, batch_size=500).p)
+    np.testing.assert_array_equal(p, permutation_test(X, y, 499, seed=5, batch_size=500,
+                                                      stop_after=None).p)
     assert p[0] == pytest.approx(1 / 500)  # the floor: (1 + 0) / (1 + N)
     assert np.median(p[1:]) > 0.2  # null columns are not small
     assert np.all((p >= 1 / 500) & (p <= 1))
@@ -118,11 +120,14 @@ def test_failure_target_and_bad_contrasts(tmp_path):
     assert name == "wrong" and y.sum() == fail.y.sum()
     res = compute_effects(fail, n_permutations=100, top_k=1)
     assert res.top[0]["unit"] == 5  # the toy model fails when dim 5 (feature 5) is high
-    # 12 columns: p >= 1/101 cannot pass BH's first threshold 0.05/12, and the record says so
-    assert not res.settings["bh_can_reject"] and not res.top[0]["significant"]
+    # 8 tested columns: one p at the floor 1/101 fails BH (0.0099 > 0.05/8); two would pass
+    assert res.settings["bh_min_rejections"] == 2 and res.top[0]["p_kind"] == "monte_carlo"
+    assert res.top[0]["p"] == pytest.approx(1 / 101) and not res.top[0]["significant"]
+    enough = compute_effects(fail, n_permutations=2000, top_k=1)
+    assert enough.settings["bh_min_rejections"] == 1 and enough.top[0]["significant"]
     normal = compute_effects(fail, n_permutations=100, top_k=1, p_method="normal")
-    assert normal.settings["bh_can_reject"] and normal.top[0]["significant"]
-    assert normal.top[0]["unit"] == 5
+    assert normal.settings["bh_min_rejections"] == 1 and normal.top[0]["significant"]
+    assert normal.top[0]["unit"] == 5 and normal.top[0]["p_kind"] == "normal"
     concept = build_probe_dataset({"name": "sc", "strategy": "sae-to-concept", "layers": "1"},
                                   act, codes)
     with pytest.raises(InputError, match=r"^sc: effects.positive_class: 3 classes"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import h5py
@@ -132,10 +133,22 @@ def test_default_position_is_final_only(toy):
         "blocks.0.hook_resid_post", "blocks.2.hook_resid_post"]
 
 
-def test_hidden_to_feature_target_is_that_feature(toy):
+def test_hidden_to_feature_target_is_that_feature(toy, caplog):
     act, codes = toy
-    ds = build_probe_dataset({"name": "hf", "strategy": "hidden-to-feature", "layers": "1",
-                              "positions": ["first", "mid"], "target": {"feature": 3}}, act, codes)
+    with caplog.at_level(logging.WARNING):
+        ds = build_probe_dataset({"name": "hf", "strategy": "hidden-to-feature", "layers": "1",
+                                  "positions": ["first", "mid"], "target": {"feature": 3}},
+                                 act, codes)
+    # the SAE encodes the probe's own input: the record and the log say so
+    assert ds.meta["target"]["function_of_input"] is True
+    assert "deterministic function of the input" in ds.meta["target"]["function_of_input_note"]
+    assert "deterministic function of the input" in caplog.text
+    from test_probing import FAST
+
+    from saeflow.probe.fit import fit_probe
+    from saeflow.probe.fit_files import probe_record
+
+    assert probe_record(fit_probe(ds, FAST))["target_function_of_input"] is True
     # one row per valid (prompt, position): 59 at 'first', 60 at 'mid'
     assert ds.X.shape == (119, D_MODEL) and ds.target_kind == "continuous"
     a = _acts(act, "blocks.1.hook_resid_post")
@@ -156,6 +169,7 @@ def test_embedding_to_feature_reads_the_embedding(tmp_path, embed_hooks):
         expect = _acts(act, "blocks.0.hook_resid_pre")[:, 2]
     np.testing.assert_allclose(ds.X, expect, rtol=1e-6)
     assert ds.meta["target"]["layer"] == 2 and ds.meta["input_kind"] == "embedding"
+    assert ds.meta["target"]["function_of_input"] is False
 
 
 def test_failure_target_is_wrong_answers(toy):

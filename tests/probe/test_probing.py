@@ -11,12 +11,12 @@ from scipy import stats
 
 from saeflow.core.config import schema_defaults
 from saeflow.core.errors import InputError
-from saeflow.probe.crossval import make_folds, t_interval
+from saeflow.probe.crossval import CORRECTED_T, NAIVE_T, make_folds, permute_prompts, t_interval
 from saeflow.probe.dataset import ProbeDataset, write_probe_dataset
 from saeflow.probe.fit_files import run_probe_fit, write_probe_fit
 from saeflow.probe.strategies import build_probe_dataset
 from saeflow.probe.summary import probe_summary
-from saeflow.probe.fit import ProbeConfig, fit_fold, fit_probe
+from saeflow.probe.fit import ProbeConfig, baseline_record, fit_fold, fit_probe
 
 
 
@@ -94,7 +94,10 @@ def test_separable_labels_beat_the_measured_baseline():
     assert acc["gap"] == pytest.approx(acc["train"]["mean"] - acc["test"]["mean"])
     assert len(res.baseline["accuracy"]["values"]) == 3
     assert res.baseline["accuracy"]["mean"] < 0.75  # shuffled labels carry no signal
-    assert res.baseline["accuracy"]["p_value"] == pytest.approx(1 / 4)
+    # 3 permutations: p >= 1/4 can never reach baseline_alpha 0.05, so none is reported
+    assert res.baseline["accuracy"]["p_value"] is None
+    assert res.baseline["accuracy"]["min_attainable_p"] == pytest.approx(1 / 4)
+    assert "n_permutations >= 19" in res.baseline["accuracy"]["p_value_note"]
     assert res.metrics["roc_auc"]["test"]["mean"] > 0.9
     # the shuffles are drawn before any worker starts: parallel runs give the same null
     assert fit_probe(_dataset(X, y), FAST, n_jobs=2).baseline == res.baseline
@@ -140,6 +143,66 @@ def test_t_interval_matches_scipy():
     lo, hi = stats.t.interval(0.95, 4, loc=v.mean(), scale=stats.sem(v))
     out = t_interval(v)
     assert out["ci_low"] == pytest.approx(lo) and out["ci_high"] == pytest.approx(hi)
+    assert out["interval_method"] == NAIVE_T
+
+
+def test_fold_intervals_are_nadeau_bengio_corrected():
+    v = np.array([0.7, 0.8, 0.75, 0.9, 0.85])
+    out = t_interval(v, test_train_ratio=1 / 4)  # 5 folds: n_test / n_train = 1/4
+    half = stats.t.ppf(0.975, 4) * v.std(ddof=1) * np.sqrt(1 / 5 + 1 / 4)
+    assert out["ci_high"] - out["mean"] == pytest.approx(half)
+    assert out["interval_method"] == CORRECTED_T
+    # fit_probe's intervals: sqrt((1/k + 1/(k-1)) / (1/k)) = sqrt(7/3) wider than naive at k=4
+    X, y = _separable()
+    res = fit_probe(_dataset(X, y), FAST)
+    test = res.metrics["accuracy"]["test"]
+    naive = t_interval(np.array(res.metrics["accuracy"]["folds"]))
+    assert test["interval_method"] == CORRECTED_T
+    assert test["mean"] - test["ci_low"] == pytest.approx(  # the upper end is clipped at 1
+        np.sqrt(7 / 3) * (naive["mean"] - naive["ci_low"]))
+
+
+def test_baseline_p_is_reported_only_where_it_can_reach_alpha():
+    few = baseline_record(np.array([0.5, 0.55, 0.45]), 0.9, alpha=0.05)
+    assert few["p_value"] is None and few["min_attainable_p"] == 0.25
+    assert "3 permutations give p >= 0.25 > baseline_alpha 0.05" in few["p_value_note"]
+    enough = baseline_record(np.linspace(0.4, 0.6, 19), 0.9, alpha=0.05)
+    assert enough["p_value"] == pytest.approx(1 / 20) and enough["p_value_note"] is None
+
+
+def test_prompt_level_permutation_moves_whole_prompts():
+    # prompts 0-5 hold positions 0, 1, 2; prompts 6-8 only 0 and 2; rows in scrambled order
+    rows = [(i, j) for i in range(6) for j in range(3)] + [(i, j) for i in range(6, 9)
+                                                         for j in (0, 2)]
+    rng = np.random.default_rng(0)
+    rows = [rows[k] for k in rng.permutation(len(rows))]
+    idx, pos = (np.array(v) for v in zip(*rows, strict=True))
+    y = 10.0 * idx + pos  # a prompt's targets, recognisable by the tens digit
+    out = permute_prompts(y, idx, pos, np.random.default_rng(1))
+    donor = {}
+    for i in np.unique(idx):
+        mine = np.argsort(pos[idx == i])
+        got = out[idx == i][mine]
+        donor[i] = int(got[0] // 10)
+        np.testing.assert_array_equal(got, 10.0 * donor[i] + pos[idx == i][mine])
+        assert (donor[i] < 6) == (i < 6)  # only prompts holding the same positions swap
+    assert sorted(donor.values()) == list(range(9)) and np.sort(out).tolist() == np.sort(y).tolist()
+    assert any(donor[i] != i for i in donor)
+
+
+def test_continuous_baseline_shuffles_prompts_not_rows():
+    # the target depends on the position only, which the inputs encode: moving whole prompts
+    # leaves it unchanged, so the null scores what the observed run scores; a row shuffle
+    # would destroy it (R^2 near 0)
+    rng = np.random.default_rng(4)
+    idx, pos = np.repeat(np.arange(40), 3), np.tile(np.arange(3), 40)
+    X = np.eye(3)[pos] + 0.01 * rng.normal(size=(120, 3))
+    y = np.array([0.0, 1.0, -2.0])[pos]
+    ds = _dataset(X, y, kind="continuous", sample_index=idx)
+    ds.row_position[:] = pos
+    res = fit_probe(ds, FAST)
+    assert res.metrics["r2"]["test"]["mean"] > 0.99
+    np.testing.assert_allclose(res.baseline["r2"]["values"], res.metrics["r2"]["test"]["mean"])
 
 
 def test_same_folds_for_every_input_kind(tmp_path):
