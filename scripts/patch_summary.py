@@ -1,6 +1,7 @@
 """Rule patch_summary: the patching stage's headline numbers in summary.json.
 
-Inputs: ``resid``, ``atp``, ``verify``, ``faithfulness``, ``truth`` (optional). Params:
+Inputs: ``resid``, ``atp``, ``verify``, ``faithfulness``, ``truth`` and ``exact``
+(optional). Params:
 ``patch``. Output: ``summary`` (results/{experiment}/patch/summary.json).
 """
 
@@ -18,6 +19,7 @@ def body(snakemake):
         snakemake.input.faithfulness,
         snakemake.input.truth,
         snakemake.output.summary,
+        exact=snakemake.input.exact,
     )
 
 

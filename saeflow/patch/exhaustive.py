@@ -137,7 +137,7 @@ def node_means(result: AtPResult | ExactResult) -> tuple[list[tuple[str, str, in
     return nodes, np.concatenate(means)
 
 
-def compare_with_exact(atp: AtPResult, exact: ExactResult, ks: Sequence[int], top_k: int,
+def compare_with_exact(atp: AtPResult | ExactResult, exact: ExactResult, ks: Sequence[int], top_k: int,
                        threshold: float, sampled: Mapping[str, Any] | None = None
                        ) -> dict[str, Any]:
     """AtP judged against exhaustive exact patching, over every node of one mode.
@@ -145,8 +145,8 @@ def compare_with_exact(atp: AtPResult, exact: ExactResult, ks: Sequence[int], to
     A node is *real* when ``|mean exact| >= threshold``. Per k: ``precision`` (share of AtP's
     top k that are real), ``recall`` (share of the real nodes in AtP's top k) and
     ``overlap_with_exact_top`` (share of AtP's top k in exact's top k). Spearman over every
-    latent and over the latents whose value differs in some pair (the rest are 0 in both, a
-    block of ties that would flatter rho). ``false_negatives``: real latents outside AtP's
+    latent and over the latents whose value differs in some pair (the rest are exactly 0 in
+    both, a block of ties that would flatter rho). ``false_negatives``: real latents outside AtP's
     ``top_k``. With ``sampled`` (patch_verify's output), whether its interval on the miss
     rate covers the true rate of its pool (latents with a difference, outside the top k).
     """
@@ -167,9 +167,11 @@ def compare_with_exact(atp: AtPResult, exact: ExactResult, ks: Sequence[int], to
                      "recall": hits / int(real.sum()) if real.any() else None,
                      "overlap_with_exact_top": len(set(order[:k]) & set(exact_order[:k])) / k})
     is_latent = np.array([n[0] == "latent" for n in nodes])
-    active = np.concatenate([(np.abs(exact.latent_effect[h]).sum(0) > 0) |
-                             (np.abs(atp.latent_effect[h]).sum(0) > 0)
-                             for h in atp.latent_effect])
+    # latents whose value differs in some pair: patch_verify's sampling pool (latents come
+    # first in node order, so a latent's index is its node index)
+    delta = getattr(atp, "latent_delta", None) or {  # another method's result: where it
+        h: np.abs(e) + np.abs(exact.latent_effect[h]) for h, e in atp.latent_effect.items()}
+    active = np.concatenate([delta[h].sum(0) > 0 for h in atp.latent_effect])
     top_latents = [j for j in order if is_latent[j]][:top_k]
     missed = [j for j in np.flatnonzero(real & is_latent) if j not in set(top_latents)]
     out: dict[str, Any] = {
@@ -190,7 +192,7 @@ def compare_with_exact(atp: AtPResult, exact: ExactResult, ks: Sequence[int], to
                                    for j in sorted(missed, key=lambda j: -abs(exact_mean[j]))[:20]],
     }
     if sampled is not None and sampled.get("miss_rate_ci95"):
-        pool = [j for j in np.flatnonzero(is_latent & active) if j not in set(top_latents)]
+        pool = [j for j in np.flatnonzero(active) if j not in set(top_latents)]
         true_rate = len([j for j in pool if real[j]]) / len(pool) if pool else None
         lo, hi = sampled["miss_rate_ci95"]
         out["sampled_check"] = {"true_miss_rate": true_rate, "sampled_ci95": [lo, hi],

@@ -48,6 +48,8 @@ class PatchConfig:
     top_k: int  # latents verified by exact patching
     n_random: int  # latents outside the top-k patched exactly to find false negatives
     false_negative_threshold: float  # |exact| / |mean(clean - corrupted)| counted as real
+    exhaustive: bool  # exact patching of every node (patch_exact), the reference for AtP
+    exhaustive_k: tuple[int, ...]  # k of precision/recall@k against the exhaustive reference
     faithfulness_n: tuple[int, ...]
     sae_gap_tolerance: float  # |SAE-spliced - model| / |clean - corrupted| flagged above
     device: str
@@ -66,6 +68,7 @@ class PatchConfig:
                 raise InputError("config", f"patch.{key}", "missing (the schema gives its default "
                                  "once the config is validated)")
         raw["faithfulness_n"] = tuple(int(n) for n in raw["faithfulness_n"])
+        raw["exhaustive_k"] = tuple(int(n) for n in raw["exhaustive_k"])
         return cls(**raw)
 
 

@@ -84,6 +84,20 @@ def patch_atp_stage(patch: Mapping[str, Any], model_cfg: Mapping[str, Any],
               {"patch": dict(patch), "model": dict(model_cfg), "sae": dict(sae_cfg)})
 
 
+def patch_exact_stage(patch: Mapping[str, Any], model_cfg: Mapping[str, Any],
+                      model_dir: str | Path | None, sae_cfg: Mapping[str, Any],
+                      hooks: Sequence[str], sae_dirs: Sequence[str | Path], pairs: str | Path,
+                      out: str | Path) -> None:
+    """Rule ``patch_exact``: every latent and error node patched exactly, both modes, into
+    ``out`` (exact.h5). ``sae_dirs`` in ``hooks`` order, empty for pretrained SAEs."""
+    from saeflow.patch.exhaustive import exact_stage
+
+    cfg, model, saes, batches = _model_saes_pairs(patch, model_cfg, model_dir, sae_cfg, hooks,
+                                                  sae_dirs, pairs)
+    exact_stage(model, saes, batches, cfg.max_batch, out,
+                {"patch": dict(patch), "model": dict(model_cfg), "sae": dict(sae_cfg)})
+
+
 def patch_verify_stage(patch: Mapping[str, Any], model_cfg: Mapping[str, Any],
                        model_dir: str | Path | None, sae_cfg: Mapping[str, Any],
                        hooks: Sequence[str], sae_dirs: Sequence[str | Path], pairs: str | Path,
@@ -106,10 +120,13 @@ def patch_verify_stage(patch: Mapping[str, Any], model_cfg: Mapping[str, Any],
 
 def patch_summary_stage(patch: Mapping[str, Any], resid: str | Path, atp: str | Path,
                         verify: str | Path, faithfulness: str | Path,
-                        truth: str | Sequence[str], out: str | Path) -> None:
+                        truth: str | Sequence[str], out: str | Path,
+                        exact: str | Sequence[str] = ()) -> None:
     """Rule ``patch_summary``: the stage's headline numbers in ``out`` (summary.json).
-    ``truth``: the toy world's truth.json, or ``[]``/``""`` when there is none."""
+    ``truth``: the toy world's truth.json, ``exact``: the exhaustive reference (exact.h5);
+    each ``[]``/``""`` when there is none."""
     from saeflow.patch.summary import summary_stage
 
     summary_stage(resid, atp, verify, faithfulness, optional_input(truth),
-                  PatchConfig.from_dict(patch), out, {"patch": patch})
+                  PatchConfig.from_dict(patch), out, {"patch": patch},
+                  exact_path=optional_input(exact))

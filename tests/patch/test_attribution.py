@@ -225,8 +225,12 @@ def test_stage_outputs_end_to_end(model: HookedSAETransformer, tmp_path) -> None
                                            if b.clean[j, i] != b.corrupted[j, i]]}
                        for b in batches for j, pid in enumerate(b.pair_ids)]}
     p["truth.json"].write_text(json.dumps(truth))
+    from saeflow.patch.exhaustive import exact_stage
+
+    exact_stage(model, saes, batches, cfg.max_batch, tmp_path / "exact.h5", {"patch": {}})
     summary_stage(p["resid.h5"], p["atp.h5"], p["verify.json"], p["faithfulness.json"],
-                  p["truth.json"], cfg, p["summary.json"], {"patch": {}})
+                  p["truth.json"], cfg, p["summary.json"], {"patch": {}},
+                  exact_path=tmp_path / "exact.h5")
     s = json.loads(p["summary.json"].read_text())
     ld = s["logit_diff"]
     assert ld["model"]["clean"] == pytest.approx(ld["sae_with_error"]["clean"], abs=1e-4)
@@ -235,9 +239,18 @@ def test_stage_outputs_end_to_end(model: HookedSAETransformer, tmp_path) -> None
     assert s["resid_top_cell"]["position"] < 0 and "provenance" in s
     assert [f["n"] for f in s["faithfulness"]["with_error"]] == [1, 3, 10]
     assert s["atp_vs_exact"]["with_error"]["top_k"] == 4
-    # Layer 0 resid_pre is the embedding: its effect sits on the differing tokens exactly.
-    assert s["toy_check"]["resid"][0]["share_argmax_at_diff"] == 1.0
-    assert s["toy_check"]["resid_points_to_diff"] is True
+    # Layer 0 resid_pre is the embedding: patching the one differing token is the clean run,
+    # patching any other changes nothing.
+    identity = s["toy_check"]["embedding_identity"]
+    assert identity["holds"] and identity["n_single_token_pairs"] == 3  # batches[0]
+    assert identity["max_error_at_diff"] < 1e-4 and identity["max_effect_elsewhere"] < 1e-4
+    assert s["toy_check"]["resid"][0]["chance_share"] < 0.5
+    for mode in ("with_error", "without_error"):
+        vs = s["atp_vs_exhaustive"][mode]
+        assert vs["n_latents"] == 2 * D_SAE and vs["n_run"] > 0
+        assert vs["n_nodes"] == 2 * D_SAE + (2 * 7 if mode == "with_error" else 0)
+        assert vs["threshold"] == s["atp_vs_exact"][mode]["threshold"]
+        assert set(vs["sampled_check"]) == {"true_miss_rate", "sampled_ci95", "covered"}
 
     for fn, src, name in ((plot_resid_patching, "resid.h5", "resid.png"),
                           (plot_top_latents, "verify.json", "top.png"),

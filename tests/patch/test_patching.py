@@ -141,16 +141,20 @@ def test_run_resid_patching_aligns_lengths_and_round_trips(model: HookedTransfor
 
 
 def test_position_check_finds_where_the_effect_sits() -> None:
-    lengths = np.array([4, 5])
-    diffs = [[1], [3]]  # in each pair's own token indices
-    effect = align_right(np.zeros((2, 2, 5)), 5)
-    effect[0, 0, 5 - 4 + 1], effect[1, 0, 3] = 2.0, -3.0  # layer 0: at the differences
+    lengths = np.array([4, 5] * 4)
+    diffs = [[1], [3]] * 4  # in each pair's own token indices
+    effect = align_right(np.zeros((8, 2, 5)), 5)
+    effect[0::2, 0, 5 - 4 + 1], effect[1::2, 0, 3] = 2.0, -3.0  # layer 0: at the differences
     effect[:, 1, -1] = 1.0  # layer 1: moved to the final token
     effect[0, 0, 0] = np.nan  # absent position
     check = position_check(effect, lengths, diffs)
+    assert check[0]["chance_share"] == pytest.approx((1 / 4 + 1 / 5) / 2)
     assert check[0]["share_argmax_at_diff"] == 1.0 and check[0]["points_to_diff"]
+    assert check[0]["p_vs_chance"] == pytest.approx(check[0]["chance_share"] ** 8)
     assert check[0]["mass_at_diff"] == pytest.approx(1.0)
     assert check[1]["share_argmax_at_final"] == 1.0 and not check[1]["points_to_diff"]
+    # two pairs on target are no evidence: chance alone puts both there 5% of the time
+    assert not position_check(effect[:2], lengths[:2], diffs[:2])[0]["points_to_diff"]
 
 
 def test_diff_positions_for_checks_lengths() -> None:

@@ -288,6 +288,11 @@ def get_patch_truth(wildcards):
     return PATCH["truth"] or []
 
 
+def get_patch_exact(wildcards):
+    """The exhaustive exact-patching reference, when patch.exhaustive asks for it."""
+    return rules.patch_exact.output.exact if PATCH["exhaustive"] else []
+
+
 # Probing stage (workflow/rules/probe.smk; the schema gives every config a probe section).
 PROBE = config["probe"]
 PROBE_DATASETS = {d["name"]: d for d in expand_per_layer(PROBE["datasets"])}

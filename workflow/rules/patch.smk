@@ -78,6 +78,30 @@ rule patch_verify:
         "../../scripts/patch_verify.py"
 
 
+rule patch_exact:
+    input:
+        unpack(get_model),
+        pairs=get_patch_pairs,
+        saes=get_sae_dirs,
+    output:
+        exact="results/{experiment}/patch/exact.h5",
+    log:
+        "results/{experiment}/logs/patch/patch_exact/{experiment}.log",
+    benchmark:
+        "results/{experiment}/benchmarks/patch/patch_exact/{experiment}.tsv"
+    conda:
+        "../../envs/saeflow.yaml"
+    resources:
+        gpu=1,
+    params:
+        patch=PATCH,
+        model=config["model"],
+        sae=config["sae"],
+        hooks=SAE_HOOKS,
+    script:
+        "../../scripts/patch_exact.py"
+
+
 rule patch_summary:
     input:
         resid=rules.patch_resid.output.resid,
@@ -85,6 +109,7 @@ rule patch_summary:
         verify=rules.patch_verify.output.verify,
         faithfulness=rules.patch_verify.output.faithfulness,
         truth=get_patch_truth,
+        exact=get_patch_exact,
     output:
         summary="results/{experiment}/patch/summary.json",
     log:
