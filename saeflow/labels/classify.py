@@ -246,7 +246,10 @@ def classify(descriptions: Sequence[Mapping[str, Any]], category: str,
     ``backend_config`` has ``backend`` (keyword / llm / file) and its options: ``patterns``;
     ``question`` plus an ``llm`` mapping (:class:`LLMConfig`); or ``path``.
     """
-    backend = backend_config.get("backend", "keyword")
+    from saeflow.core.config import schema_defaults
+
+    backend = backend_config.get("backend") or \
+        schema_defaults("labels.categories.<name>")["backend"]
     if backend == "keyword":
         records = keyword_classify(descriptions, backend_config.get("patterns") or [], source,
                                    f"{category}.patterns")

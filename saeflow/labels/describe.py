@@ -152,12 +152,13 @@ def describe_stage(cfg: Mapping[str, Any], out: str | Path, hook_name: str | Non
     optional ``model_id``, ``explanation_model``), written to ``out`` as ``{source, n_features,
     records}``. ``manifest``: rule fetch_neuronpedia's manifest, whose ``folder`` is read when
     no ``folder`` is given."""
+    from saeflow.core.config import schema_defaults
     from saeflow.core.io import read_json, write_json
 
     if manifest is not None:
         folder = read_json(manifest)["folder"]
 
-    backend = cfg.get("backend", "activations")
+    backend = cfg.get("backend") or schema_defaults("labels.describe")["backend"]
     if backend == "neuronpedia":
         records, stats = import_neuronpedia(folder, cfg.get("source"), cfg.get("model_id"),
                                             cfg.get("explanation_model"))
