@@ -13,6 +13,8 @@ def body(snakemake):
         list(snakemake.input.effects),
         snakemake.output[0],
         config=snakemake.params.config,
+        readout=snakemake.params.readout,
+        activations=dict(snakemake.input.items()),
     )
 
 

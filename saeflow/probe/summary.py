@@ -6,6 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from saeflow.core.errors import InputError
 from saeflow.core.io import read_json, write_json
 
 
@@ -54,10 +57,49 @@ def probe_summary(fits: list[dict[str, Any]], effects: list[dict[str, Any]] | No
     return {"datasets": out}
 
 
+def readout_check(entry: dict[str, Any], model_correct: np.ndarray) -> dict[str, Any]:
+    """A truth a probe must reproduce: the model itself reads its answer from the last
+    layer's final-position residual through ``W_U @ LayerNorm(x)``, a linear classifier of
+    ``x`` up to LayerNorm's per-prompt scale. So when the answer is the probe's class (the
+    toy's error type), a linear probe of that vector reaches about the model's accuracy;
+    one that does not (misaligned rows, the wrong position or layer, a broken fit) fails.
+    Passes when the probe's interval reaches the lower end of the model accuracy's exact
+    (Clopper-Pearson) 95% interval."""
+    from scipy.stats import binomtest
+
+    n, k = len(model_correct), int(np.sum(model_correct))
+    ci = binomtest(k, n).proportion_ci(0.95, "exact")
+    probe_hi = entry["test_ci"][1]
+    out = {"model_accuracy": k / n, "model_accuracy_ci95": [ci.low, ci.high],
+           "model_ci_method": "Clopper-Pearson exact binomial",
+           "probe_accuracy": entry["test_mean"], "probe_ci95": entry["test_ci"],
+           "chance": entry.get("baseline_mean")}
+    if entry.get("metric") != "accuracy":
+        return {**out, "holds": None, "note": f"metric {entry.get('metric')!r}, not accuracy"}
+    return {**out, "holds": bool(probe_hi is not None and probe_hi >= ci.low)}
+
+
 def write_probe_summary(fit_paths: list[str], effect_paths: list[str], out: str | Path,
-                        config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Rule ``probe_summary``: gather fit and effects JSON records into ``summary.json``."""
+                        config: dict[str, Any] | None = None,
+                        readout: dict[str, list[str]] | None = None,
+                        activations: dict[str, str] | None = None) -> dict[str, Any]:
+    """Rule ``probe_summary``: gather fit and effects JSON records into ``summary.json``;
+    ``readout`` (toy: dataset names per prompt set) adds :func:`readout_check` against the
+    model's answers in ``activations[prompt_set]`` (``meta/model_correct``)."""
+    from saeflow.formats.activations import open_activations
+    from saeflow.formats.hdf5 import read_array
+
     summary = probe_summary([read_json(p) for p in fit_paths],
                             [read_json(p) for p in effect_paths])
+    for prompt_set, names in (readout or {}).items():
+        path = (activations or {})[prompt_set]
+        with open_activations(path) as h5:
+            correct = np.asarray(read_array(h5, "meta/model_correct", path), dtype=bool)
+        for name in names:
+            entry = summary["datasets"].get(f"{prompt_set}/{name}")
+            if entry is None:
+                raise InputError("config", "probe.toy_check.readout_datasets",
+                                 f"{name!r} is not a dataset fitted on {prompt_set}")
+            entry["readout_check"] = readout_check(entry, correct)
     write_json(out, summary, config)
     return summary

@@ -271,3 +271,29 @@ def test_failed_fit_writes_nothing(tmp_path):
     with pytest.raises(InputError, match=r"probe.cv: missing key\(s\) \['inner_folds'"):
         run_probe_fit(tmp_path / "d.h5", tmp_path / "f.json", tmp_path / "f.h5", {"n_folds": 3})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.h5"]
+
+
+def test_readout_check_passes_a_probe_of_the_readout_and_fails_a_misaligned_one(tmp_path):
+    """The 'model' answers by a linear readout of x (argmax W x, 90% of prompts right): a probe
+    of x reaches its accuracy; the same probe fitted on rows misaligned with their labels
+    (a broken dataset builder) does not."""
+    from saeflow.probe.summary import readout_check
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 8))
+    answer = (X @ rng.normal(size=(8, 3))).argmax(1)
+    correct = rng.random(300) < 0.9  # the model's own accuracy on the answer
+    rec_ok = probe_summary([_record(fit_probe(_dataset(X, answer), FAST), tmp_path, "ok")])
+    rec_bad = probe_summary([_record(fit_probe(_dataset(X[rng.permutation(300)], answer), FAST),
+                                     tmp_path, "bad")])
+    ok = readout_check(rec_ok["datasets"]["None/ok"], correct)
+    bad = readout_check(rec_bad["datasets"]["None/bad"], correct)
+    assert ok["holds"] and ok["probe_accuracy"] > 0.85
+    assert not bad["holds"] and bad["probe_accuracy"] < 0.6
+    assert ok["model_accuracy_ci95"][0] < ok["model_accuracy"] < ok["model_accuracy_ci95"][1]
+
+
+def _record(res, tmp_path, name):
+    res.dataset.name = name
+    write_probe_fit(res, tmp_path / f"{name}.json", tmp_path / f"{name}.h5", {})
+    return json.loads((tmp_path / f"{name}.json").read_text())

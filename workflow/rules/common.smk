@@ -366,5 +366,21 @@ def get_probe_effects(wildcards):
     return probe_files(rules.probe_effects.output.json, PROBE_EFFECTS)
 
 
+# toy: prompt set -> datasets checked against the model's own readout (probe_summary)
+PROBE_READOUT = {
+    ps: [n for n in PROBE["toy_check"]["readout_datasets"] if (ps, n) in PROBE_RUNS]
+    for ps in dict.fromkeys(ps for ps, _ in PROBE_RUNS)
+}
+PROBE_READOUT = {ps: names for ps, names in PROBE_READOUT.items() if names}
+
+
+def get_probe_readout_activations(wildcards):
+    """Activations of each prompt set with a readout check, keyed by prompt set."""
+    return {
+        ps: expand(rules.extract.output.acts, experiment=EXP, prompt_set=ps)[0]
+        for ps in PROBE_READOUT
+    }
+
+
 def get_probe_effect_arrays(wildcards):
     return probe_files(rules.probe_effects.output.arrays, PROBE_EFFECTS)

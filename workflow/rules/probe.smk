@@ -81,6 +81,7 @@ rule probe_effects:
 
 rule probe_summary:
     input:
+        unpack(get_probe_readout_activations),
         fits=get_probe_fits,
         effects=get_probe_effects,
     output:
@@ -92,6 +93,7 @@ rule probe_summary:
         "../../envs/saeflow.yaml"
     params:
         config=PROBE,
+        readout=PROBE_READOUT,
     script:
         "../../scripts/probe_summary.py"
 
