@@ -268,13 +268,19 @@ def exact_effects_all(model: Any, saes: Mapping[str, Any], batches: Sequence[Pai
                            .numpy() for b in batches for c in b.chunks(max_batch)])
 
 
-def rank_nodes(atp: AtPResult) -> list[tuple[Node, float]]:
-    """Every node with its mean-over-pairs AtP effect, by decreasing ``|effect|``."""
+def rank_nodes(atp: AtPResult, rows: np.ndarray | None = None) -> list[tuple[Node, float]]:
+    """Every node with its mean AtP effect over the pairs ``rows`` (a bool mask; all pairs by
+    default), by decreasing ``|effect|``. Latent and error nodes are averaged alike, over
+    every pair, a position a pair lacks counting 0 (a latent's effect is already a sum over
+    the pair's own positions)."""
+    rows = np.ones(len(atp.pair_ids), dtype=bool) if rows is None else np.asarray(rows, bool)
+    n = max(int(rows.sum()), 1)
     nodes: list[tuple[Node, float]] = []
     for h, eff in atp.latent_effect.items():
-        nodes += [(("latent", h, i), float(v)) for i, v in enumerate(eff.mean(0))]
-    for h, eff in atp.error_effect.items():  # [n, P]: every column has some pair (P = max T)
-        nodes += [(("error", h, p), float(v)) for p, v in enumerate(np.nanmean(eff, 0))]
+        nodes += [(("latent", h, i), float(v)) for i, v in enumerate(eff[rows].sum(0) / n)]
+    for h, eff in atp.error_effect.items():  # [n, P], NaN where a pair has no such position
+        nodes += [(("error", h, p), float(v))
+                  for p, v in enumerate(np.nansum(eff[rows], 0) / n)]
     return sorted(nodes, key=lambda nv: -abs(nv[1]))
 
 

@@ -4,9 +4,12 @@ with the AtP-vs-exact check of :func:`saeflow.patch.attribution.verify_atp`.
 
 ``F(C)`` is the mean clean-prompt logit difference when the nodes in ``C`` run freely and every
 other node is replaced by its mean over the clean and corrupted prompts at the same (right-
-aligned) position. ``faithfulness(n) = (F(top n) - F(none)) / (F(all) - F(none))`` and
-``completeness(n)`` is the same ratio for ``F(all but top n)`` (near 0 = nothing left outside).
-Nodes are ranked by ``|mean AtP|`` (:func:`saeflow.patch.attribution.rank_nodes`).
+aligned) position. ``faithfulness(n) = (F(top n) - F(none)) / (F(M) - F(none))`` with ``F(M)``
+the model itself (as in Sparse Feature Circuits, Marks et al. 2024), and ``completeness(n)``
+the same ratio for ``F(all but top n)`` (near 0 = nothing left outside). Nodes are ranked by
+``|mean AtP|`` (:func:`saeflow.patch.attribution.rank_nodes`) on one share of the pairs and
+evaluated on the others; random node orders give the baseline curve; intervals are a
+percentile bootstrap over the evaluation pairs.
 """
 
 from __future__ import annotations
@@ -53,28 +56,42 @@ def node_means(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBatch]
 @torch.no_grad()
 def faithfulness_curve(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBatch],
                        ranking: Sequence[Node], ns: Sequence[int], means: Mapping[str, SparseAct],
-                       with_error: bool, max_batch: int = 256) -> dict[str, Any]:
-    """Faithfulness and completeness of the top-``n`` nodes of ``ranking`` for each ``n``.
+                       with_error: bool, max_batch: int = 256,
+                       random_rankings: Sequence[Sequence[Node]] = (), n_boot: int = 0,
+                       ci: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    """Faithfulness and completeness of the top-``n`` nodes of ``ranking`` for each ``n``, as in
+    Sparse Feature Circuits: ``(F(C) - F(none)) / (F(M) - F(none))`` with ``F(M)`` the model
+    itself (no SAE), in both modes, so an error-free splice that is a different model shows
+    as faithfulness below 1 with every node kept. ``random_rankings``: the same curve for
+    random node orders (the baseline a ranking must beat). With ``n_boot``, percentile
+    bootstrap intervals over pairs (numerator and denominator resampled together).
 
-    Every variant (all nodes, none, top n, all but top n) is a keep-mask over nodes; the
-    variants run as stacked copies of the clean batch, ``max_batch`` rows per forward pass.
+    Every variant (all nodes, none, top n, all but top n, random top n) is a keep-mask over
+    nodes; the variants run as stacked copies of the clean batch, ``max_batch`` rows per pass.
     """
     P, dev, N = max(b.length for b in batches), model.cfg.device, len(ranking)
     ns = sorted({min(int(n), N) for n in ns})
-    # Rank of every node; a variant keeps the nodes with rank < cut (or >= cut if inverted).
-    rank_lat = {h: torch.full((means[h].act.shape[-1],), N, device=dev) for h in saes}
-    rank_err = {h: torch.full((P,), N, device=dev) for h in saes}
-    for r, (kind, h, i) in enumerate(ranking):
-        (rank_lat if kind == "latent" else rank_err)[h][i] = r
-    variants = [(N, False), (0, False)] + [(n, False) for n in ns] + [(n, True) for n in ns]
-    cuts = torch.tensor([v[0] for v in variants], device=dev)[:, None]
-    inv = torch.tensor([v[1] for v in variants], device=dev)[:, None]
-    keep_lat = {h: (r[None] < cuts) ^ inv for h, r in rank_lat.items()}  # [V, d_sae]
-    keep_err = {h: (r[None] < cuts) ^ inv for h, r in rank_err.items()}  # [V, P]
-    totals, n_pairs = torch.zeros(len(variants), dtype=torch.float64), 0
+    orders = [list(ranking), *map(list, random_rankings)]
+    # per ordering, the rank of every node; a variant keeps ranks < cut (or >= cut, inverted)
+    rank_lat = [{h: torch.full((means[h].act.shape[-1],), N, device=dev) for h in saes}
+                for _ in orders]
+    rank_err = [{h: torch.full((P,), N, device=dev) for h in saes} for _ in orders]
+    for o, order in enumerate(orders):
+        for r, (kind, h, i) in enumerate(order):
+            (rank_lat[o] if kind == "latent" else rank_err[o])[h][i] = r
+    variants = ([(0, N, False), (0, 0, False)] + [(0, n, False) for n in ns]
+                + [(0, n, True) for n in ns]
+                + [(o, n, False) for o in range(1, len(orders)) for n in ns])
+    keep_lat = {h: torch.stack([(rank_lat[o][h] < cut) ^ inv for o, cut, inv in variants])
+                for h in saes}  # [V, d_sae]
+    keep_err = {h: torch.stack([(rank_err[o][h] < cut) ^ inv for o, cut, inv in variants])
+                for h in saes}  # [V, P]
+    per_pair, model_ld = [], []
     for c in (c.to(dev) for b in batches for c in b.chunks(max_batch)):
         n, T = len(c), c.length
-        per_pass = max(1, max_batch // n)
+        model_ld.append(logit_diff(model(c.clean), c.clean_answer, c.corrupted_answer)
+                        .double().cpu())
+        per_pass, rows = max(1, max_batch // n), []
         for s in range(0, len(variants), per_pass):
             vs = slice(s, s + per_pass)
             v = len(variants[vs])
@@ -90,19 +107,53 @@ def faithfulness_curve(model: Any, saes: Mapping[str, Any], batches: Sequence[Pa
             logits, _ = run_spliced(model, saes, c.clean.repeat(v, 1), with_error,
                                     edit_lat, edit_err if with_error else None)
             ld = logit_diff(logits, c.clean_answer.repeat(v), c.corrupted_answer.repeat(v))
-            totals[vs] += ld.view(v, n).double().sum(1).cpu()
-        n_pairs += n
-    F = (totals / n_pairs).tolist()
-    f_all, f_none, span = F[0], F[1], F[0] - F[1]
+            rows.append(ld.view(v, n).double().cpu())
+        per_pair.append(torch.cat(rows))
+    F_pairs = torch.cat(per_pair, 1).numpy()  # [V, n_pairs]
+    M_pairs = torch.cat(model_ld).numpy()  # [n_pairs]
+    ratios = _ratios(F_pairs, M_pairs, np.ones((1, F_pairs.shape[1])))[0]
+    boots = (_ratios(F_pairs, M_pairs, np.random.default_rng(seed).multinomial(
+        F_pairs.shape[1], np.full(F_pairs.shape[1], 1 / F_pairs.shape[1]), size=n_boot))
+        if n_boot else None)
+    F = F_pairs.mean(1)
+    k, tail = len(ns), 100 * (1 - ci) / 2
 
-    def ratio(x: float) -> float | None:
-        return (x - f_none) / span if abs(span) > 1e-9 else None
+    def interval(j: int) -> list[float | None] | None:
+        if boots is None:
+            return None
+        ok = boots[:, j][np.isfinite(boots[:, j])]
+        return nan_to_none(np.percentile(ok, [tail, 100 - tail])) if len(ok) else [None, None]
 
-    k = len(ns)
-    return {"F_model": f_all, "F_empty": f_none, "n_nodes": N,
-            "curve": [{"n": n, "F_circuit": F[2 + j], "faithfulness": ratio(F[2 + j]),
-                       "F_complement": F[2 + k + j], "completeness": ratio(F[2 + k + j])}
-                      for j, n in enumerate(ns)]}
+    curve = []
+    for j, n in enumerate(ns):
+        point = {"n": n, "F_circuit": float(F[2 + j]), "faithfulness": nan_to_none(ratios[2 + j]),
+                 "faithfulness_ci95": interval(2 + j), "F_complement": float(F[2 + k + j]),
+                 "completeness": nan_to_none(ratios[2 + k + j]),
+                 "completeness_ci95": interval(2 + k + j)}
+        if len(orders) > 1:
+            rand = ratios[[2 + 2 * k + o * k + j for o in range(len(orders) - 1)]]
+            point["random_faithfulness_mean"] = nan_to_none(np.nanmean(rand))
+            point["random_faithfulness_range"] = nan_to_none([np.nanmin(rand), np.nanmax(rand)])
+        curve.append(point)
+    return {"F_model": float(M_pairs.mean()), "F_all_nodes": float(F[0]), "F_empty": float(F[1]),
+            "faithfulness_all_nodes": nan_to_none(ratios[0]), "n_nodes": N,
+            "n_pairs": int(F_pairs.shape[1]), "n_random_rankings": len(orders) - 1,
+            "normalisation": "(F(C) - F(none)) / (F(model) - F(none)); F = mean clean logit "
+                             "difference, F(model) the model without SAEs, none = every node "
+                             "mean-ablated",
+            "interval_method": f"percentile bootstrap over pairs ({n_boot} draws)" if n_boot
+                               else None,
+            "curve": curve}
+
+
+def _ratios(F_pairs: np.ndarray, M_pairs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``[B, V]`` normalised F of every variant under pair weights ``[B, n]`` (a bootstrap
+    resample's counts, or ones): ratio of means, NaN where F(model) = F(none)."""
+    F = weights @ F_pairs.T / weights.sum(1, keepdims=True)  # [B, V]
+    M = weights @ M_pairs / weights.sum(1)  # [B]
+    span = M - F[:, 1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(np.abs(span)[:, None] > 1e-9, (F - F[:, 1:2]) / span[:, None], np.nan)
 
 
 @torch.no_grad()
@@ -143,6 +194,19 @@ def top_latents_record(verified: Mapping[str, Any], acts: Mapping[str, np.ndarra
             "latents": latents}
 
 
+def split_pairs(pair_ids: np.ndarray, rank_share: float, seed: int
+                ) -> tuple[np.ndarray, bool]:
+    """A bool mask over ``pair_ids``: the pairs nodes are ranked on (a seeded random share);
+    the rest evaluate the ranking. Fewer than 4 pairs: all rank and evaluate (not held out)."""
+    n = len(pair_ids)
+    if n < 4:
+        return np.ones(n, dtype=bool), False
+    k = min(max(1, round(rank_share * n)), n - 1)
+    mask = np.zeros(n, dtype=bool)
+    mask[np.random.default_rng(seed).permutation(n)[:k]] = True
+    return mask, True
+
+
 def verify_stage(model: Any, saes: Sequence[Any], batches: Sequence[PairBatch],
                  atp_path: str | Path, cfg: PatchConfig,
                  descriptions: Mapping[str, Mapping[int, str]], out_verify: str | Path,
@@ -165,12 +229,26 @@ def verify_stage(model: Any, saes: Sequence[Any], batches: Sequence[PairBatch],
             raise InputError(atp_path, "hooks", f"{sorted(atp.latent_effect)} != SAE hooks "
                              f"{sorted(spliced)}: rerun patch_atp")
     verify, faith = {}, {}
+    rank_rows, held_out = split_pairs(order, cfg.faithfulness_rank_share, cfg.seed)
+    eval_batches = [b for b in (b.select(~np.isin(b.pair_ids, order[rank_rows]))
+                                for b in batches) if len(b)] if held_out else list(batches)
     for mode, atp in atps.items():
         verify[mode] = verify_atp(model, spliced, batches, atp, cfg)
-        ranked = rank_nodes(atp)
-        means = node_means(model, spliced, batches, MODES[mode], cfg.max_batch)
-        faith[mode] = faithfulness_curve(model, spliced, batches, [n for n, _ in ranked],
-                                         cfg.faithfulness_n, means, MODES[mode], cfg.max_batch)
+        ranked = rank_nodes(atp, rank_rows)
+        nodes = [n for n, _ in ranked]
+        rng = np.random.default_rng(cfg.seed)
+        shuffles = [[nodes[j] for j in rng.permutation(len(nodes))]
+                    for _ in range(cfg.faithfulness_random)]
+        means = node_means(model, spliced, eval_batches, MODES[mode], cfg.max_batch)
+        faith[mode] = faithfulness_curve(model, spliced, eval_batches, nodes, cfg.faithfulness_n,
+                                         means, MODES[mode], cfg.max_batch, shuffles,
+                                         cfg.n_bootstrap, cfg.ci, cfg.seed)
+        faith[mode]["split"] = {
+            "held_out": held_out, "rank_pairs": order[rank_rows].tolist(),
+            "eval_pairs": [i for b in eval_batches for i in b.pair_ids],
+            "method": f"seeded random split, {cfg.faithfulness_rank_share:g} of the pairs rank "
+                      "the nodes (mean AtP), the rest are ablated" if held_out else
+                      "too few pairs to split: ranked and evaluated on the same pairs"}
         faith[mode]["ranking"] = [{"type": t, "hook": h, "index": i, "atp": v}
                                   for (t, h, i), v in ranked[:max(cfg.faithfulness_n, default=0)]]
     main = "with_error" if "with_error" in atps else next(iter(atps))

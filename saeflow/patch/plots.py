@@ -99,13 +99,21 @@ def plot_faithfulness(faithfulness_path: str | Path, out_path: str | Path) -> No
         ticks.update(ns)
         for key, style in (("faithfulness", "-o"), ("completeness", "--s")):
             vals = [np.nan if p[key] is None else p[key] for p in v["curve"]]
-            ax.plot(ns, vals, style, label=f"{key} ({mode})")
+            (line,) = ax.plot(ns, vals, style, label=f"{key} ({mode})")
+            band = [p.get(f"{key}_ci95") or [None, None] for p in v["curve"]]
+            lo = [np.nan if b[0] is None else b[0] for b in band]
+            hi = [np.nan if b[1] is None else b[1] for b in band]
+            ax.fill_between(ns, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
+        if any("random_faithfulness_mean" in p for p in v["curve"]):
+            rand = [np.nan if p.get("random_faithfulness_mean") is None
+                    else p["random_faithfulness_mean"] for p in v["curve"]]
+            ax.plot(ns, rand, ":", color="grey", label=f"random nodes ({mode})")
     ax.set_xscale("symlog", linthresh=1)
     ax.set_xticks(sorted(ticks))
     ax.set_xticklabels([str(t) for t in sorted(ticks)])
     ax.axhline(1, color="grey", lw=0.5)
     ax.axhline(0, color="grey", lw=0.5)
-    ax.set_xlabel("nodes kept (top n by |AtP|; the rest mean-ablated)")
+    ax.set_xlabel("nodes kept (top n by |AtP| on the ranking pairs; the rest mean-ablated)")
     ax.set_ylabel("(F(C) - F(none)) / (F(model) - F(none))")
     ax.legend(fontsize=8)
     save_figure(fig, out_path)

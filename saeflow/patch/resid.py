@@ -51,6 +51,8 @@ class PatchConfig:
     exhaustive: bool  # exact patching of every node (patch_exact), the reference for AtP
     exhaustive_k: tuple[int, ...]  # k of precision/recall@k against the exhaustive reference
     faithfulness_n: tuple[int, ...]
+    faithfulness_rank_share: float  # share of pairs nodes are ranked on; the rest evaluate
+    faithfulness_random: int  # random node orders drawn as the faithfulness baseline
     sae_gap_tolerance: float  # |SAE-spliced - model| / |clean - corrupted| flagged above
     device: str
 
@@ -111,6 +113,12 @@ class PairBatch:
         return PairBatch(self.clean.to(device), self.corrupted.to(device),
                          self.clean_answer.to(device), self.corrupted_answer.to(device),
                          self.pair_ids)
+
+    def select(self, keep: Sequence[bool]) -> PairBatch:
+        """The pairs where ``keep`` (one flag per pair) is true."""
+        idx = torch.as_tensor(np.flatnonzero(np.asarray(keep, dtype=bool)), dtype=torch.long)
+        return PairBatch(self.clean[idx], self.corrupted[idx], self.clean_answer[idx],
+                         self.corrupted_answer[idx], tuple(self.pair_ids[i] for i in idx.tolist()))
 
     def chunks(self, size: int) -> Iterator[PairBatch]:
         for s in range(0, len(self), max(1, size)):

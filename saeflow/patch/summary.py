@@ -133,8 +133,10 @@ def build_summary(resid: ResidResult, atps: Mapping[str, Any],
             "top_k", "spearman", "spearman_p", "spearman_all", "false_negatives", "threshold",
             "miss_rate", "miss_rate_ci95", "missed_latents_upper95")}
             | {"n_random": len(verify[m]["random"])} for m in atps},
-        "faithfulness": {m: [{k: p[k] for k in ("n", "faithfulness", "completeness")}
-                             for p in faith[m]["curve"]] for m in atps},
+        "faithfulness": {m: [{k: p.get(k) for k in (
+            "n", "faithfulness", "faithfulness_ci95", "completeness", "completeness_ci95",
+            "random_faithfulness_mean")} for p in faith[m]["curve"]] for m in atps},
+        "faithfulness_all_nodes": {m: faith[m].get("faithfulness_all_nodes") for m in atps},
         "toy_check": None}
     if diff_positions is not None:
         check: dict[str, Any] = {"resid": position_check(resid.effect, resid.lengths,

@@ -171,6 +171,27 @@ def test_faithfulness_endpoints(model: HookedSAETransformer) -> None:
     assert out["curve"][-1]["faithfulness"] == pytest.approx(1.0)
     assert out["curve"][-1]["completeness"] == pytest.approx(0.0, abs=1e-6)
 
+    # m(M) is the model itself in both modes: without the error term keeping every node is
+    # the SAE-reconstructed model, so faithfulness at all nodes is not 1 by construction.
+    means_no_err = node_means(model, spliced, [batch], False)
+    atp_no_err = run_atp(model, spliced, [batch], False)
+    order = [node for node, _ in rank_nodes(atp_no_err)]
+    rng = np.random.default_rng(0)
+    shuffles = [[order[j] for j in rng.permutation(len(order))] for _ in range(3)]
+    no_err = faithfulness_curve(model, spliced, [batch], order, [1, 5, 10**6], means_no_err,
+                                False, 5, shuffles, n_boot=200, seed=0)
+    assert no_err["F_model"] == pytest.approx(out["F_model"])
+    assert no_err["faithfulness_all_nodes"] == pytest.approx(
+        (no_err["F_all_nodes"] - no_err["F_empty"]) / (no_err["F_model"] - no_err["F_empty"]))
+    assert abs(no_err["faithfulness_all_nodes"] - 1) > 1e-3
+    for point in no_err["curve"]:
+        lo, hi = point["faithfulness_ci95"]
+        assert lo <= point["faithfulness"] <= hi
+        assert "random_faithfulness_mean" in point
+    # every random order keeps the same node set at n = all: the same F as the ranking
+    assert no_err["curve"][-1]["random_faithfulness_range"] == pytest.approx(
+        [no_err["curve"][-1]["faithfulness"]] * 2)
+
 
 @pytest.mark.parametrize("hook, match", [
     ("blocks.5.hook_resid_post", r"sae: blocks\.5\.hook_resid_post: the model has no such hook"),
@@ -245,6 +266,12 @@ def test_stage_outputs_end_to_end(model: HookedSAETransformer, tmp_path) -> None
     assert identity["holds"] and identity["n_single_token_pairs"] == 3  # batches[0]
     assert identity["max_error_at_diff"] < 1e-4 and identity["max_effect_elsewhere"] < 1e-4
     assert s["toy_check"]["resid"][0]["chance_share"] < 0.5
+    faith = json.loads(p["faithfulness.json"].read_text())
+    for mode in ("with_error", "without_error"):
+        split = faith[mode]["split"]
+        assert split["held_out"] and not set(split["rank_pairs"]) & set(split["eval_pairs"])
+        assert len(split["rank_pairs"]) + len(split["eval_pairs"]) == 6
+        assert faith[mode]["n_random_rankings"] == 5
     for mode in ("with_error", "without_error"):
         vs = s["atp_vs_exhaustive"][mode]
         assert vs["n_latents"] == 2 * D_SAE and vs["n_run"] > 0
