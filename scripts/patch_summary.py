@@ -1,7 +1,7 @@
 """Rule patch_summary: the patching stage's headline numbers in summary.json.
 
-Inputs: ``resid``, ``atp``, ``verify``, ``faithfulness``, ``truth`` and ``exact``
-(optional). Params:
+Inputs: ``resid``, ``atp``, ``verify``, ``faithfulness``, ``circuit``, ``truth`` and
+``exact`` (optional). Params:
 ``patch``. Output: ``summary`` (results/{experiment}/patch/summary.json).
 """
 
@@ -20,6 +20,7 @@ def body(snakemake):
         snakemake.input.truth,
         snakemake.output.summary,
         exact=snakemake.input.exact,
+        circuit=snakemake.input.circuit,
     )
 
 

@@ -96,20 +96,23 @@ def prepare_saes(model: Any, saes: Sequence[Any]) -> dict[str, Any]:
 
 
 def run_spliced(model: Any, saes: Mapping[str, Any], tokens: Tensor, with_error: bool,
-                edit_latents: Edit | None = None, edit_error: Edit | None = None
-                ) -> tuple[Tensor, dict[str, SparseAct]]:
+                edit_latents: Edit | None = None, edit_error: Edit | None = None,
+                outputs: dict[str, Tensor] | None = None) -> tuple[Tensor, dict[str, SparseAct]]:
     """Run ``tokens [B, T]`` with every SAE spliced in; return ``logits [B, T, d_vocab]`` and
-    each hook's nodes (the tensors that flowed forward, after the optional edits)."""
+    each hook's nodes (the tensors that flowed forward, after the optional edits). With
+    ``outputs``, each hook's spliced output (``decode(latents) + error``) is stored there."""
     nodes: dict[str, SparseAct] = {}
     hooks = [h for name, sae in saes.items()
-             for h in _splice_hooks(name, sae, with_error, nodes, edit_latents, edit_error)]
+             for h in _splice_hooks(name, sae, with_error, nodes, edit_latents, edit_error,
+                                    outputs)]
     with model.saes(saes=list(saes.values()), use_error_term=False):
         logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
     return logits, nodes
 
 
 def _splice_hooks(name: str, sae: Any, with_error: bool, nodes: dict[str, SparseAct],
-                  edit_latents: Edit | None, edit_error: Edit | None) -> list[tuple[str, Any]]:
+                  edit_latents: Edit | None, edit_error: Edit | None,
+                  outputs: dict[str, Tensor] | None = None) -> list[tuple[str, Any]]:
     state: dict[str, Tensor] = {}
 
     def on_input(x: Tensor, hook: Any) -> Tensor:
@@ -126,14 +129,16 @@ def _splice_hooks(name: str, sae: Any, with_error: bool, nodes: dict[str, Sparse
         return node
 
     def on_output(out: Tensor, hook: Any) -> Tensor:
-        if not with_error:
-            return out
-        err = state["x"].reshape(out.shape) - sae.decode(state["f"])
-        if torch.is_grad_enabled() and not err.requires_grad:
-            err.requires_grad_()
-        err = edit_error(name, err) if edit_error is not None else err
-        nodes[name].res = err
-        return out + err
+        if with_error:
+            err = state["x"].reshape(out.shape) - sae.decode(state["f"])
+            if torch.is_grad_enabled() and not err.requires_grad:
+                err.requires_grad_()
+            err = edit_error(name, err) if edit_error is not None else err
+            nodes[name].res = err
+            out = out + err
+        if outputs is not None:
+            outputs[name] = out
+        return out
 
     return [(f"{name}.hook_sae_input", on_input), (f"{name}.hook_sae_acts_post", on_latents),
             (f"{name}.hook_sae_output", on_output)]

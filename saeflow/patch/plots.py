@@ -5,6 +5,7 @@ one PNG (matplotlib Agg, written atomically).
 * :func:`plot_top_latents` -- ``verify.json``: AtP and exact effect of the top latents.
 * :func:`plot_faithfulness` -- ``faithfulness.json``: faithfulness/completeness vs circuit size.
 * :func:`plot_latent_activations` -- ``top_latents.json``: mean activation over positions.
+* :func:`plot_circuit` -- ``circuit.json``: the sparse feature circuit.
 """
 
 from __future__ import annotations
@@ -16,10 +17,6 @@ from typing import Any
 import numpy as np
 
 from saeflow.core.figures import pyplot, save_figure
-
-
-
-
 
 
 def latent_label(hook: str, latent: int) -> str:
@@ -139,4 +136,53 @@ def plot_latent_activations(top_latents_path: str | Path, out_path: str | Path) 
         ax.set_title(f"{role} prompts ({rec['mode']})")
         ax.set_xlabel("position (offset from final token)")
         fig.colorbar(im, ax=ax, label="mean activation")
+    save_figure(fig, out_path)
+
+
+def plot_circuit(circuit_path: str | Path, out_path: str | Path) -> None:
+    """The circuit: SAE sites top to bottom, positions left to right, latents as circles and
+    error nodes as triangles (size by |score|), edges by |effect| (blue +, red -), the metric
+    below the last site."""
+    from saeflow.core.io import read_json
+
+    plt = pyplot()
+    circuit = read_json(circuit_path)
+    sites = circuit["sites"]
+    nodes = {n["id"]: n for n in circuit["nodes"]}
+    by_cell: dict[tuple[int, int], list[str]] = {}
+    for n in circuit["nodes"]:
+        by_cell.setdefault((n["site_index"], n["position"]), []).append(n["id"])
+    xy: dict[str, tuple[float, float]] = {}
+    for (site, pos), ids in by_cell.items():  # nodes sharing a cell side by side
+        for k, nid in enumerate(ids):
+            xy[nid] = (pos + (k - (len(ids) - 1) / 2) * 0.8 / max(len(ids), 1), -site)
+    positions = sorted({n["position"] for n in circuit["nodes"]} | {-1})
+    xy["metric"] = (-1, -len(sites))
+    top = max([abs(e["score"]) for e in circuit["edges"]] or [1.0])
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(positions) + 3), 1.6 * len(sites) + 2))
+    for e in circuit["edges"]:
+        (x0, y0), (x1, y1) = xy[e["source"]], xy[e["target"]]
+        ax.plot([x0, x1], [y0, y1], color="tab:blue" if e["score"] > 0 else "tab:red",
+                lw=0.5 + 4 * abs(e["score"]) / top, alpha=0.6, zorder=1)
+    biggest = max([abs(n["score"]) for n in nodes.values()] or [1.0])
+    for nid, n in nodes.items():
+        x, y = xy[nid]
+        ax.scatter([x], [y], s=40 + 400 * abs(n["score"]) / biggest, zorder=2,
+                   marker="o" if n["kind"] == "latent" else "^",
+                   color="tab:orange" if n["kind"] == "latent" else "tab:gray", edgecolor="k")
+        label = str(n["latent"]) if n["kind"] == "latent" else "err"
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(0, 9), ha="center",
+                    fontsize=7)
+    ax.scatter(*xy["metric"], marker="s", s=120, color="k", zorder=2)
+    ax.annotate("metric", xy["metric"], textcoords="offset points", xytext=(0, -14),
+                ha="center", fontsize=8)
+    ax.set_yticks([-i for i in range(len(sites))] + [-len(sites)])
+    ax.set_yticklabels(sites + ["logit diff"], fontsize=8)
+    ax.set_xticks(positions)
+    ax.set_xticklabels(["final" if p == -1 else str(p) for p in positions], fontsize=8)
+    ax.set_xlabel("position (offset from the final token)")
+    ax.set_title(f"circuit: {len(nodes)} nodes, {len(circuit['edges'])} edges "
+                 f"(node >= {circuit['node_threshold']:.3g}, edge >= "
+                 f"{circuit['edge_threshold']:.3g})", fontsize=9)
+    ax.margins(x=0.08, y=0.12)
     save_figure(fig, out_path)

@@ -53,6 +53,7 @@ class PatchConfig:
     faithfulness_n: tuple[int, ...]
     faithfulness_rank_share: float  # share of pairs nodes are ranked on; the rest evaluate
     faithfulness_random: int  # random node orders drawn as the faithfulness baseline
+    circuit: Mapping[str, Any]  # node/edge thresholds and checks of patch_circuit
     sae_gap_tolerance: float  # |SAE-spliced - model| / |clean - corrupted| flagged above
     device: str
 

@@ -118,10 +118,27 @@ def patch_verify_stage(patch: Mapping[str, Any], model_cfg: Mapping[str, Any],
                  {"patch": dict(patch), "model": dict(model_cfg), "sae": dict(sae_cfg)})
 
 
+def patch_circuit_stage(patch: Mapping[str, Any], model_cfg: Mapping[str, Any],
+                        model_dir: str | Path | None, sae_cfg: Mapping[str, Any],
+                        hooks: Sequence[str], sae_dirs: Sequence[str | Path], pairs: str | Path,
+                        atp: str | Path, descriptions: str | Sequence[str], out: str | Path
+                        ) -> None:
+    """Rule ``patch_circuit``: nodes, edges and checks of the sparse feature circuit into
+    ``out`` (circuit.json). ``descriptions``: the descriptions file, or ``[]``/``""``."""
+    from saeflow.formats.descriptions import descriptions_by_hook
+    from saeflow.patch.circuit import circuit_stage
+
+    cfg, model, saes, batches = _model_saes_pairs(patch, model_cfg, model_dir, sae_cfg, hooks,
+                                                  sae_dirs, pairs)
+    circuit_stage(model, saes, batches, atp, cfg,
+                  descriptions_by_hook(optional_input(descriptions)), out,
+                  {"patch": dict(patch), "model": dict(model_cfg), "sae": dict(sae_cfg)})
+
+
 def patch_summary_stage(patch: Mapping[str, Any], resid: str | Path, atp: str | Path,
                         verify: str | Path, faithfulness: str | Path,
                         truth: str | Sequence[str], out: str | Path,
-                        exact: str | Sequence[str] = ()) -> None:
+                        exact: str | Sequence[str] = (), circuit: str | None = None) -> None:
     """Rule ``patch_summary``: the stage's headline numbers in ``out`` (summary.json).
     ``truth``: the toy world's truth.json, ``exact``: the exhaustive reference (exact.h5);
     each ``[]``/``""`` when there is none."""
@@ -129,4 +146,4 @@ def patch_summary_stage(patch: Mapping[str, Any], resid: str | Path, atp: str | 
 
     summary_stage(resid, atp, verify, faithfulness, optional_input(truth),
                   PatchConfig.from_dict(patch), out, {"patch": patch},
-                  exact_path=optional_input(exact))
+                  exact_path=optional_input(exact), circuit_path=circuit)

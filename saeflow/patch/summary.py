@@ -177,7 +177,8 @@ def exhaustive_comparison(atps: Mapping[str, Any], exact: Mapping[str, Any],
 def summary_stage(resid_path: str | Path, atp_path: str | Path, verify_path: str | Path,
                   faithfulness_path: str | Path, truth_path: str | Path | None, cfg: PatchConfig,
                   out_path: str | Path, config: Mapping[str, Any] | None = None,
-                  exact_path: str | Path | None = None) -> None:
+                  exact_path: str | Path | None = None,
+                  circuit_path: str | Path | None = None) -> None:
     """Rule ``patch_summary``: read the stage's outputs, write ``summary.json``; with
     ``exact_path`` (exact.h5) AtP is judged against every node's exact effect."""
     from saeflow.core.io import read_json, write_json
@@ -196,6 +197,12 @@ def summary_stage(resid_path: str | Path, atp_path: str | Path, verify_path: str
     verify = read_json(verify_path)
     summary = build_summary(resid, atps, model_ld, verify, read_json(faithfulness_path), cfg,
                             diffs)
+    if circuit_path is not None:
+        circuit = read_json(circuit_path)
+        summary["circuit"] = {"n_nodes": len(circuit["nodes"]), "n_edges": len(circuit["edges"]),
+                              "edge_check": {k: v for k, v in circuit["edge_check"].items()
+                                             if k != "edges"},
+                              "faithfulness": circuit["faithfulness"]}
     if exact_path is not None:
         summary["atp_vs_exhaustive"] = exhaustive_comparison(atps, read_exact(exact_path),
                                                              verify, cfg, exact_path)

@@ -249,9 +249,24 @@ def test_stage_outputs_end_to_end(model: HookedSAETransformer, tmp_path) -> None
     from saeflow.patch.exhaustive import exact_stage
 
     exact_stage(model, saes, batches, cfg.max_batch, tmp_path / "exact.h5", {"patch": {}})
+    from saeflow.patch.circuit import circuit_stage
+    from saeflow.patch.plots import plot_circuit
+
+    circuit_stage(model, saes, batches, p["atp.h5"], cfg, {}, tmp_path / "circuit.json",
+                  {"patch": {}})
+    circuit = json.loads((tmp_path / "circuit.json").read_text())
+    ids = {n["id"] for n in circuit["nodes"]}
+    assert ids and all(e["source"] in ids and (e["target"] in ids or e["target"] == "metric")
+                       for e in circuit["edges"])
+    assert all(abs(n["score"]) >= circuit["node_threshold"] for n in circuit["nodes"])
+    assert all(abs(e["score"]) >= circuit["edge_threshold"] for e in circuit["edges"])
+    assert circuit["edge_check"]["n_checked"] == min(
+        cfg.circuit["n_check_edges"], sum(e["target"] != "metric" for e in circuit["edges"]))
+    plot_circuit(tmp_path / "circuit.json", tmp_path / "circuit.png")
+    assert (tmp_path / "circuit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary_stage(p["resid.h5"], p["atp.h5"], p["verify.json"], p["faithfulness.json"],
                   p["truth.json"], cfg, p["summary.json"], {"patch": {}},
-                  exact_path=tmp_path / "exact.h5")
+                  exact_path=tmp_path / "exact.h5", circuit_path=tmp_path / "circuit.json")
     s = json.loads(p["summary.json"].read_text())
     ld = s["logit_diff"]
     assert ld["model"]["clean"] == pytest.approx(ld["sae_with_error"]["clean"], abs=1e-4)
@@ -266,6 +281,7 @@ def test_stage_outputs_end_to_end(model: HookedSAETransformer, tmp_path) -> None
     assert identity["holds"] and identity["n_single_token_pairs"] == 3  # batches[0]
     assert identity["max_error_at_diff"] < 1e-4 and identity["max_effect_elsewhere"] < 1e-4
     assert s["toy_check"]["resid"][0]["chance_share"] < 0.5
+    assert s["circuit"]["n_nodes"] == len(circuit["nodes"])
     faith = json.loads(p["faithfulness.json"].read_text())
     for mode in ("with_error", "without_error"):
         split = faith[mode]["split"]

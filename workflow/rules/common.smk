@@ -151,6 +151,7 @@ def get_final_output():
             rules.plot_top_latents,
             rules.plot_faithfulness,
             rules.plot_latent_activations,
+            rules.plot_circuit,
         ):
             targets += expand(plot.output.png, experiment=EXP)
     if "probe" in stages:

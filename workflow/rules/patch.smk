@@ -102,6 +102,32 @@ rule patch_exact:
         "../../scripts/patch_exact.py"
 
 
+rule patch_circuit:
+    input:
+        unpack(get_model),
+        pairs=get_patch_pairs,
+        saes=get_sae_dirs,
+        atp=rules.patch_atp.output.atp,
+        descriptions=get_patch_descriptions,
+    output:
+        circuit="results/{experiment}/patch/circuit.json",
+    log:
+        "results/{experiment}/logs/patch/patch_circuit/{experiment}.log",
+    benchmark:
+        "results/{experiment}/benchmarks/patch/patch_circuit/{experiment}.tsv"
+    conda:
+        "../../envs/saeflow.yaml"
+    resources:
+        gpu=1,
+    params:
+        patch=PATCH,
+        model=config["model"],
+        sae=config["sae"],
+        hooks=SAE_HOOKS,
+    script:
+        "../../scripts/patch_circuit.py"
+
+
 rule patch_summary:
     input:
         resid=rules.patch_resid.output.resid,
@@ -110,6 +136,7 @@ rule patch_summary:
         faithfulness=rules.patch_verify.output.faithfulness,
         truth=get_patch_truth,
         exact=get_patch_exact,
+        circuit=rules.patch_circuit.output.circuit,
     output:
         summary="results/{experiment}/patch/summary.json",
     log:
@@ -197,3 +224,22 @@ rule plot_latent_activations:
         "../../envs/saeflow.yaml"
     script:
         "../../scripts/plot_latent_activations.py"
+
+
+rule plot_circuit:
+    input:
+        circuit=rules.patch_circuit.output.circuit,
+    output:
+        png=report(
+            "results/{experiment}/figures/circuit.png",
+            category="Patching",
+            caption="../report/circuit.rst",
+            labels={"figure": "circuit"},
+        ),
+    log:
+        "results/{experiment}/logs/patch/plot_circuit/{experiment}.log",
+    localrule: True
+    conda:
+        "../../envs/saeflow.yaml"
+    script:
+        "../../scripts/plot_circuit.py"

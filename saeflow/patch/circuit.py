@@ -1,0 +1,105 @@
+"""Rule ``patch_circuit``: the sparse feature circuit of the pairs (with the SAE error term):
+nodes above the node threshold, edges above the edge threshold between them
+(:mod:`saeflow.patch.edges`), the exact check of the strongest edges, and the faithfulness and
+completeness of the circuit's node set. Thresholds are shares of ``|mean(clean - corrupted)|``
+(``patch.circuit``), so one setting reads the same on any model and metric scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from saeflow.patch.attribution import AtPResult, Node, nan_to_none, rank_nodes
+from saeflow.patch.edges import (METRIC, edge_attribution, exact_edge, node_positions,
+                                 select_nodes, site_order)
+from saeflow.patch.resid import PairBatch, PatchConfig, position_offsets
+
+
+def node_id(node: Node | str) -> str:
+    return node if isinstance(node, str) else f"{node[1]}/{node[0]}/{node[2]}"
+
+
+def build_circuit(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBatch],
+                  atp: AtPResult, cfg: PatchConfig,
+                  descriptions: Mapping[str, Mapping[int, str]]) -> dict[str, Any]:
+    """The circuit record (docs/outputs.md, ``circuit.json``); ``atp`` with the error term."""
+    from scipy.stats import spearmanr
+
+    from saeflow.patch.faithfulness import faithfulness_curve, node_means
+
+    opts = cfg.circuit
+    sites = site_order(list(saes))
+    total = abs(float(np.mean(atp.clean - atp.corrupted)))
+    node_thr, edge_thr = opts["node_threshold"] * total, opts["edge_threshold"] * total
+    selected = select_nodes(atp, sites, node_thr, opts["max_nodes_per_site"])
+    scores = dict(rank_nodes(atp))
+    edges = edge_attribution(model, saes, batches, sites, selected, cfg.max_batch)
+    kept = {e: v for e, v in edges.items() if abs(v) >= edge_thr}
+    P = max(b.length for b in batches)
+    offsets = position_offsets(P)
+    chosen = [n for h in sites for n in selected[h]]
+    where = node_positions(model, saes, batches, [n for n in chosen if n[0] == "latent"],
+                           cfg.max_batch)
+    nodes = [{"id": node_id(n), "site": n[1], "site_index": sites.index(n[1]), "kind": n[0],
+              "latent": n[2] if n[0] == "latent" else None,
+              "position": offsets[where[n] if n[0] == "latent" else n[2]],
+              "description": descriptions.get(n[1], {}).get(n[2]) if n[0] == "latent" else None,
+              "score": scores[n]} for n in chosen]
+    check_edges = sorted((e for e in kept if e[1] != METRIC), key=lambda e: -abs(kept[e]))
+    check_edges = check_edges[:opts["n_check_edges"]]
+    exact = [exact_edge(model, saes, batches, a, b, cfg.max_batch) for a, b in check_edges]
+    estimate = [kept[e] for e in check_edges]
+    check: dict[str, Any] = {
+        "n_checked": len(check_edges),
+        "edges": [{"source": node_id(a), "target": node_id(b), "estimate": v, "exact": x}
+                  for (a, b), v, x in zip(check_edges, estimate, exact, strict=True)]}
+    if len(check_edges) >= 2:
+        check["spearman"] = nan_to_none(spearmanr(estimate, exact).statistic)
+        check["sign_agreement"] = float(np.mean(np.sign(estimate) == np.sign(exact)))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.abs(np.subtract(estimate, exact)) / np.abs(exact)
+        check["median_relative_error"] = nan_to_none(np.nanmedian(rel)) \
+            if np.isfinite(rel).any() else None
+    ranking = chosen + [n for n, _ in rank_nodes(atp) if n not in set(chosen)]
+    means = node_means(model, saes, batches, True, cfg.max_batch)
+    faith = faithfulness_curve(model, saes, batches, ranking, [max(len(chosen), 1)], means, True,
+                               cfg.max_batch, n_boot=cfg.n_bootstrap, ci=cfg.ci, seed=cfg.seed)
+    point = faith["curve"][0]
+    return {"mode": "with_error", "sites": sites, "total_effect": total,
+            "node_threshold": node_thr, "edge_threshold": edge_thr,
+            "thresholds_method": "shares of |mean(clean - corrupted)| (patch.circuit)",
+            "nodes": nodes,
+            "edges": [{"source": node_id(a), "target": node_id(b), "score": v}
+                      for (a, b), v in sorted(kept.items(), key=lambda kv: -abs(kv[1]))],
+            "n_edges_computed": len(edges), "edge_check": check,
+            "faithfulness": {k: point[k] for k in ("faithfulness", "faithfulness_ci95",
+                                                   "completeness", "completeness_ci95")}
+            | {"pruning": "nodes outside the circuit mean-ablated (edges are not pruned "
+                          "separately)", "normalisation": faith["normalisation"]}}
+
+
+def circuit_stage(model: Any, saes: Sequence[Any], batches: Sequence[PairBatch],
+                  atp_path: str | Path, cfg: PatchConfig,
+                  descriptions: Mapping[str, Mapping[int, str]], out_path: str | Path,
+                  config: Mapping[str, Any] | None = None) -> None:
+    """Rule ``patch_circuit``: read ``atp_path`` (atp.h5), write ``out_path`` (circuit.json)."""
+    from saeflow.core.errors import InputError
+    from saeflow.core.io import write_json
+    from saeflow.patch.attribution import prepare_saes, read_atp, to_sae_transformer
+    from saeflow.patch.resid import check_batches
+
+    model = to_sae_transformer(model)
+    spliced = prepare_saes(model, saes)
+    check_batches(model, batches)
+    atps, _ = read_atp(atp_path)
+    atp = atps.get("with_error")
+    order = np.concatenate([np.asarray(b.pair_ids) for b in batches])
+    if atp is None or not np.array_equal(atp.pair_ids, order):
+        raise InputError(atp_path, "with_error/pair_id", "no AtP with the error term for "
+                         "these pairs: rerun patch_atp")
+    write_json(out_path, build_circuit(model, spliced, batches, atp, cfg, descriptions),
+               dict(config or {}))
