@@ -1,4 +1,6 @@
-"""Train the toy HookedTransformer on the error-type task: loss on the answer token only."""
+"""Train the toy HookedTransformer on the error-type task: the answer token's loss plus the
+next-token loss over the prompt (``model.train.next_token_weight``), so the model predicts
+text and next-token ablation losses mean something."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from tqdm import tqdm
 from transformer_lens import HookedTransformer
 
 from saeflow.core.errors import InputError
-from saeflow.core.models import answer_logits, tokenize_prompt_set, toy_model_config
+from saeflow.core.models import tokenize_prompt_set, toy_model_config
 
 log = logging.getLogger(__name__)
 
@@ -33,23 +35,47 @@ def encode_set(tokenizer, records: list[dict[str, Any]], source: str = "prompts"
     return EncodedSet(tokens, lengths, answers)
 
 
+def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor,
+                    reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of each prompt token from the one before it (``logits [b, T, V]``),
+    over real tokens only (``lengths``; the answer after the final token is not included)."""
+    targets = tokens[:, 1:].to(logits.device)
+    real = torch.arange(1, tokens.shape[1], device=logits.device)[None] < \
+        lengths.to(logits.device)[:, None]
+    losses = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), targets,
+                                               reduction="none")[real]
+    return losses.mean() if reduction == "mean" else losses.sum()
+
+
 @torch.no_grad()
 def evaluate(model: HookedTransformer, data: EncodedSet, batch_size: int = 256) -> dict[str, float]:
-    """Answer accuracy and mean answer-token loss over a prompt set."""
+    """Answer accuracy, mean answer-token loss and mean next-token loss over a prompt set (the
+    next-token loss of a uniform guess, ``log d_vocab``, beside it for scale)."""
+    import math
+
     correct, loss, n = 0, 0.0, len(data.lengths)
+    text_loss, n_tokens = 0.0, 0
     for start in range(0, n, batch_size):
         sl = slice(start, start + batch_size)
         width = int(data.lengths[sl].max())
-        logits = answer_logits(model, data.tokens[sl, :width], data.lengths[sl]).cpu()
+        tokens, lengths = data.tokens[sl, :width], data.lengths[sl]
+        full = model(tokens.to(model.cfg.device))
+        logits = full[torch.arange(len(lengths)), lengths.to(full.device) - 1].cpu()
         correct += int((logits.argmax(-1) == data.answers[sl]).sum())
         loss += float(torch.nn.functional.cross_entropy(logits, data.answers[sl], reduction="sum"))
-    return {"accuracy": correct / n, "answer_loss": loss / n, "n": n}
+        text_loss += float(next_token_loss(full, tokens, lengths, reduction="sum"))
+        n_tokens += int((lengths - 1).sum())
+    return {"accuracy": correct / n, "answer_loss": loss / n,
+            "next_token_loss": text_loss / max(n_tokens, 1),
+            "uniform_next_token_loss": math.log(model.cfg.d_vocab), "n": n}
 
 
 def train_toy_model(tokenizer, train: EncodedSet, model_cfg: dict[str, Any], train_cfg: dict[str, Any],
                     seed: int, device: str = "cpu") -> tuple[HookedTransformer, list[float]]:
-    """AdamW on the answer-token cross-entropy; returns the model and the per-step losses."""
+    """AdamW on the answer-token cross-entropy plus ``next_token_weight`` x the next-token
+    cross-entropy over the prompt; returns the model and the per-step losses."""
     torch.manual_seed(seed)
+    weight = float(train_cfg["next_token_weight"])
     model = HookedTransformer(toy_model_config(model_cfg, len(tokenizer), seed), tokenizer=tokenizer,
                               default_padding_side="right").to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=train_cfg["lr"],
@@ -60,8 +86,12 @@ def train_toy_model(tokenizer, train: EncodedSet, model_cfg: dict[str, Any], tra
     for _ in tqdm(range(train_cfg["steps"]), desc="train toy model", mininterval=2.0):
         idx = torch.randint(len(train.lengths), (train_cfg["batch_size"],), generator=generator)
         width = int(train.lengths[idx].max())
-        logits = answer_logits(model, train.tokens[idx, :width], train.lengths[idx])
+        tokens, lengths = train.tokens[idx, :width], train.lengths[idx]
+        full = model(tokens.to(device))
+        logits = full[torch.arange(len(idx)), lengths.to(full.device) - 1]
         loss = torch.nn.functional.cross_entropy(logits, train.answers[idx].to(logits.device))
+        if weight:
+            loss = loss + weight * next_token_loss(full, tokens, lengths)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()

@@ -18,6 +18,9 @@ def test_toy_dag_produces_every_stage(toy_run):
     metrics = json.loads((results / "model" / "metrics.json").read_text())
     assert metrics["heldout_seen"]["n"] == 200
     assert metrics["provenance"]["config"]["model"]["train"]["steps"] == 150
+    # trained on the prompt's next tokens too: it predicts text better than a uniform guess
+    seen = metrics["heldout_seen"]
+    assert seen["next_token_loss"] < 0.5 * seen["uniform_next_token_loss"], seen
     saes = json.loads((results / "sae" / "metrics.json").read_text())["saes"]
     assert set(saes) == {"blocks.0.hook_resid_post", "blocks.1.hook_resid_post"}
     for m in saes.values():
@@ -29,6 +32,15 @@ def test_toy_dag_produces_every_stage(toy_run):
             assert f["codes/blocks.1.hook_resid_post/indptr"][-1] > 0
         assert (results / "logs" / "extract" / "extract" / f"{prompt_set}.log").stat().st_size > 0
     assert (results / "sae" / "blocks.0.hook_resid_post" / "cfg.json").exists()
+    patch = json.loads((results / "patch" / "summary.json").read_text())
+    for mode in ("with_error", "without_error"):  # AtP judged against every node's exact effect
+        vs = patch["atp_vs_exhaustive"][mode]
+        assert vs["n_latents"] == 2 * 512 and vs["n_run"] > 0 and vs["at_k"]
+        assert patch["faithfulness"][mode][0]["faithfulness_ci95"] is not None
+    assert patch["toy_check"]["embedding_identity"]["holds"], patch["toy_check"]
+    assert patch["circuit"]["n_nodes"] > 0
+    probe = json.loads((results / "probe" / "summary.json").read_text())["datasets"]
+    assert probe["heldout_seen/hid_concept_L1"]["readout_check"]["holds"] is not None
 
 
 def test_every_rule_logs_what_it_did(toy_run):
