@@ -9,6 +9,9 @@ out of testing. The top-k columns by |d| are then tallied by layer, by position 
 layer x position grid, each next to the share expected if the k were drawn at random from
 the tested columns. :func:`toy_check` asks whether that tally (and a probe's weight) favours
 known informative positions; it reports, and nothing is tuned on its answer.
+
+CSR inputs (SAE codes) are never densified: the class sums are sparse products, and only the
+``[permutations, d]`` sums are dense, as they are for dense inputs.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ from typing import Any
 
 import h5py
 import numpy as np
+import scipy.sparse as sp
 from scipy import stats
 
 from saeflow.core.errors import InputError
 from saeflow.formats.descriptions import descriptions_by_hook
 from saeflow.core.io import atomic_path, write_json
-from saeflow.probe.dataset import COLUMN_FIELDS, ProbeDataset, check_dataset, read_probe_dataset
+from saeflow.probe.dataset import (COLUMN_FIELDS, ProbeDataset, check_dataset, constant_columns,
+                                   dense_column, read_probe_dataset)
 from saeflow.core.provenance import provenance_json
 
 log = logging.getLogger(__name__)
@@ -85,12 +90,37 @@ def _d_from_sums(S1: np.ndarray, Q1: np.ndarray, S: np.ndarray, Q: np.ndarray,
     return d
 
 
-def cohens_d(X: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Cohen's d per column ``[d]`` of ``X`` ``[n, d]`` between ``y`` ``[n]`` true and false;
-    NaN where the column is constant within both classes."""
-    Xc = X.astype(np.float64) - X.mean(axis=0, dtype=np.float64)  # centring limits cancellation
-    L = y.astype(np.float64)[None, :]
-    return _d_from_sums(L @ Xc, L @ Xc ** 2, Xc.sum(0), (Xc ** 2).sum(0), int(y.sum()), y.size)[0]
+def _moments(X: np.ndarray | sp.spmatrix) -> tuple[Any, Any, np.ndarray, np.ndarray, np.ndarray]:
+    """X and X² in float64 (centred when dense, CSR when X is), their column sums ``[d]`` and
+    the constant columns ``[d]``: what the d of every class split is computed from."""
+    if sp.issparse(X):
+        # Centring would make the codes dense. d is shift-invariant and codes are O(1) values,
+        # mostly 0, so uncentred float64 sums lose ~1e-16 x (mean / SD)² of d: nothing.
+        Xf = sp.csr_matrix(X, dtype=np.float64)
+        X2 = Xf.multiply(Xf).tocsr()
+    else:
+        Xf = X.astype(np.float64) - X.mean(axis=0, dtype=np.float64)  # limits cancellation
+        X2 = Xf ** 2
+    return Xf, X2, np.asarray(Xf.sum(0)).ravel(), np.asarray(X2.sum(0)).ravel(), \
+        constant_columns(X)
+
+
+def _split_d(moments: tuple[Any, ...], L: np.ndarray, n1: int) -> np.ndarray:
+    """Cohen's d ``[B, d]`` of the splits ``L`` ``[B, n]`` (0/1 rows with ``n1`` ones)."""
+    Xf, X2, S, Q, constant = moments
+    if sp.issparse(Xf):  # (Xᵀ Lᵀ)ᵀ: sparse times dense, a dense [B, d] out
+        S1, Q1 = np.asarray((Xf.T @ L.T).T), np.asarray((X2.T @ L.T).T)
+    else:
+        S1, Q1 = L @ Xf, L @ X2
+    d = _d_from_sums(S1, Q1, S, Q, n1, L.shape[1])
+    d[:, constant] = np.nan
+    return d
+
+
+def cohens_d(X: np.ndarray | sp.spmatrix, y: np.ndarray) -> np.ndarray:
+    """Cohen's d per column ``[d]`` of ``X`` ``[n, d]`` (dense or CSR) between ``y`` ``[n]``
+    true and false; NaN where the column is constant within both classes."""
+    return _split_d(_moments(X), y.astype(np.float64)[None, :], int(y.sum()))[0]
 
 
 @dataclass
@@ -111,19 +141,19 @@ class PermutationTest:
         return np.where(np.isfinite(z), 2 * stats.norm.sf(z), np.nan)
 
 
-def permutation_test(X: np.ndarray, y: np.ndarray, n_permutations: int, seed: int,
-                     batch_size: int = 256) -> PermutationTest:
-    """Cohen's d ``[d]`` and two-sided permutation p-values ``[d]`` (NaN where d is NaN).
+def permutation_test(X: np.ndarray | sp.spmatrix, y: np.ndarray, n_permutations: int,
+                     seed: int, batch_size: int = 256) -> PermutationTest:
+    """Cohen's d ``[d]`` and two-sided permutation p-values ``[d]`` (NaN where d is NaN);
+    ``X`` ``[n, d]`` dense or CSR.
 
-    Each batch of permutations is a 0/1 matrix ``L`` ``[B, n]``; ``L @ Xc`` and ``L @ Xc²``
+    Each batch of permutations is a 0/1 matrix ``L`` ``[B, n]``; ``L @ X`` and ``L @ X²``
     give every permuted class mean and variance at once. ``p = (1 + #{|d*| >= |d|}) / (1 + N)``;
     the draws are one seeded stream, so the batch size does not change the result.
     """
-    Xc = X.astype(np.float64) - X.mean(axis=0, dtype=np.float64)
-    X2 = Xc ** 2
-    S, Q, n1, n = Xc.sum(0), X2.sum(0), int(y.sum()), y.size
+    moments = _moments(X)
+    n1, n = int(y.sum()), y.size
     yf = y.astype(np.float64)
-    d_obs = _d_from_sums(yf[None] @ Xc, yf[None] @ X2, S, Q, n1, n)[0]
+    d_obs = _split_d(moments, yf[None], n1)[0]
     threshold = np.abs(d_obs) - TIE
     exceed = np.zeros(X.shape[1], np.int64)
     null_n, null_s, null_s2 = (np.zeros(X.shape[1]) for _ in range(3))
@@ -133,7 +163,7 @@ def permutation_test(X: np.ndarray, y: np.ndarray, n_permutations: int, seed: in
     while done < n_permutations:
         b = min(batch, n_permutations - done)
         L = yf[np.argsort(rng.random((b, n)), axis=1)]  # [b, n] shuffled labels
-        d_perm = _d_from_sums(L @ Xc, L @ X2, S, Q, n1, n)
+        d_perm = _split_d(moments, L, n1)
         exceed += np.sum(np.nan_to_num(np.abs(d_perm), nan=-1.0) >= threshold, axis=0)
         ok = np.isfinite(d_perm)
         null_n += ok.sum(0)
@@ -215,7 +245,7 @@ def _describe(ds: ProbeDataset, c: int, y: np.ndarray, d: np.ndarray, p: np.ndar
     hook = hooks[ds.columns["hook"][c]] if hooks else ""
     pos = int(ds.columns["position"][c])
     unit = int(ds.columns["unit"][c])
-    col = ds.X[:, c]
+    col = dense_column(ds.X, c)
     return {"rank": rank, "column": c, "hook": hook, "layer": int(ds.columns["layer"][c]),
             "position": positions[pos] if pos >= 0 else None, "unit": unit,
             "d": float(d[c]), "p": float(p[c]), "q": float(q[c]),
