@@ -5,4 +5,5 @@
 """
 
 # Run order: cheap first; module name = benchmark name = JSON file name.
-BENCHMARKS = ("extraction", "storage", "encoding", "attribution", "patching", "workflow", "memory")
+BENCHMARKS = ("extraction", "storage", "encoding", "attribution", "patching", "workflow", "memory",
+              "scale")

@@ -110,6 +110,28 @@ def rounded(values: Sequence[float], digits: int = 4) -> list[float]:
     return [round(float(v), digits) for v in values]
 
 
+# --- memory -------------------------------------------------------------------------------
+
+def rss_kib() -> dict[str, int]:
+    """``VmRSS`` (now) and ``VmHWM`` (peak) of this process, in KiB."""
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+def reset_peak_rss() -> bool:
+    """Reset ``VmHWM`` to the current RSS (``/proc/self/clear_refs``), where the kernel allows
+    it; False where it does not (then ``VmHWM`` is the process's lifetime peak)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 # --- machine and output -------------------------------------------------------------------
 
 def machine() -> dict[str, Any]:

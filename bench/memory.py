@@ -24,24 +24,6 @@ TARGET = 1.2
 SCALE = 8
 
 
-def _status() -> dict[str, int]:
-    """``VmRSS`` and ``VmHWM`` of this process, in KiB."""
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            out[key] = int(value.split()[0])
-    return out
-
-
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 def child(size: str, n_prompts: int, threads: int, out_dir: str) -> dict[str, Any]:
     """Run in the subprocess: extract ``n_prompts`` prompts with the ``size`` model."""
     import torch
@@ -49,10 +31,10 @@ def child(size: str, n_prompts: int, threads: int, out_dir: str) -> dict[str, An
     torch.set_num_threads(threads)
     model = common.model(size)
     records = common.prompts(n_prompts)
-    before = _status()
-    reset = _reset_peak()
+    before = common.rss_kib()
+    reset = common.reset_peak_rss()
     common.extract(model, records, common.HOOKS[size], Path(out_dir) / "acts.h5")
-    after = _status()
+    after = common.rss_kib()
     return {"size": size, "n_prompts": n_prompts, "rss_before_kib": before["VmRSS"],
             "peak_kib": after["VmHWM"], "peak_reset": reset,
             "extraction_increment_kib": after["VmHWM"] - before["VmRSS"]}

@@ -89,7 +89,7 @@ def extract_to_hdf5(model: HookedTransformer, records: list[dict[str, Any]], hoo
                     rows: tuple[int, int] | None = None) -> dict[str, Any]:
     """Write ``acts/{hook} [n, P, d]`` plus tokens, positions, metadata and model predictions.
 
-    Predictions use only the final position's residual (``ln_final`` + unembed), so no
+    Predictions use only the final position's residual (``ln_final`` + :func:`final_logits`), so no
     ``[batch, T, d_vocab]`` logits tensor is ever built. ``rows`` = (start, stop): write only
     those records, a shard (see :func:`gather_activations`); every record is still tokenised
     and checked, so every shard has the whole set's token width, positions and metadata
@@ -150,7 +150,7 @@ def extract_to_hdf5(model: HookedTransformer, records: list[dict[str, Any]], hoo
 
             model.run_with_hooks(batch, return_type=None, fwd_hooks=[
                 *[(name, capture) for name in hooks], ("ln_final.hook_normalized", capture_final)])
-            logits = model.unembed(final_resid["x"][:, None, :])[:, 0].float()
+            logits = final_logits(model, final_resid["x"]).float()
             predicted[start:stop] = logits.argmax(-1).cpu().numpy()
             if answers is not None:
                 logprobs = logits.log_softmax(-1)
@@ -179,6 +179,19 @@ def extract_to_hdf5(model: HookedTransformer, records: list[dict[str, Any]], hoo
     if answers is not None:
         summary["accuracy"] = float((predicted == answers).mean())
     return summary
+
+
+def final_logits(model: HookedTransformer, resid: torch.Tensor) -> torch.Tensor:
+    """Logits ``[b, d_vocab]`` from ``ln_final``'s output ``resid [b, d_model]``, as
+    ``model(tokens)`` has them at those positions: unembedding, then the logit soft cap of
+    models that set one (gemma-2: 30 tanh(x / 30), which log-probabilities depend on).
+
+    ``resid @ W_U`` rather than TransformerLens's ``Unembed``, which copies the transposed
+    ``W_U`` on every call: 2.4 GB, several seconds on a CPU, at gemma's d_vocab 256,000.
+    """
+    from transformer_lens.utilities.activation_functions import apply_softcap
+
+    return apply_softcap(resid @ model.W_U + model.b_U, model.cfg.output_logits_soft_cap)
 
 
 def extract_stage(model_cfg: dict[str, Any], model_dir: str | Path | None, prompts: str | Path,

@@ -37,12 +37,25 @@ def read_codes(source: str | Path | h5py.File, hook: str, path: str | Path | Non
         raise InputError(path, f"{key}/indptr", f"length {indptr.shape[0]}, expected {n_rows + 1} "
                          f"for {group.attrs['n_prompts']} prompts x {group.attrs['n_positions']} "
                          "positions")
+    return checked_csr(indptr, indices, values, (n_rows, d_sae), path, key, "feature")
+
+
+def checked_csr(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray,
+                shape: tuple[int, int], path: str | Path, key: str, column: str = "column"
+                ) -> sp.csr_matrix:
+    """A ``shape`` CSR matrix (float32 values) from stored arrays, or an InputError naming
+    ``path`` and ``key`` when they do not form one (the code file's and the probe dataset's
+    CSR groups both come through here); ``column`` names a column in the message."""
+    indptr = np.asarray(indptr, dtype=np.int64)
+    if indptr.shape != (shape[0] + 1,) or indptr[0] != 0:
+        raise InputError(path, f"{key}/indptr", f"length {indptr.shape[0]}, expected "
+                         f"{shape[0] + 1} (one more than the rows), starting at 0")
     if indices.shape != values.shape or indptr[-1] != len(values) or np.any(np.diff(indptr) < 0):
         raise InputError(path, key, f"inconsistent CSR arrays (indptr ends at {indptr[-1]}, "
                          f"{len(indices)} indices, {len(values)} values)")
-    if len(indices) and (indices.min() < 0 or indices.max() >= d_sae):
-        raise InputError(path, f"{key}/indices", f"feature index outside 0..{d_sae - 1}")
-    return sp.csr_matrix((values, indices, indptr), shape=(n_rows, d_sae))
+    if len(indices) and (indices.min() < 0 or indices.max() >= shape[1]):
+        raise InputError(path, f"{key}/indices", f"{column} index outside 0..{shape[1] - 1}")
+    return sp.csr_matrix((np.asarray(values, dtype=np.float32), indices, indptr), shape=shape)
 
 
 def read_row_valid(h5: h5py.File, hook: str, path: str | Path) -> np.ndarray:

@@ -10,6 +10,9 @@ out of testing. The top-k columns by |d| are then tallied by layer, by position 
 layer x position grid, each next to the share expected if the k were drawn at random from
 the tested columns. :func:`toy_check` asks whether that tally (and a probe's weight) favours
 known informative positions; it reports, and nothing is tuned on its answer.
+
+CSR inputs (SAE codes) are never densified: the class sums are sparse products, and only the
+``[permutations, d]`` sums are dense, as they are for dense inputs.
 """
 
 from __future__ import annotations
@@ -22,14 +25,16 @@ from typing import Any
 
 import h5py
 import numpy as np
+import scipy.sparse as sp
 from scipy import stats
 
 from saeflow.core.errors import InputError
 from saeflow.formats.descriptions import descriptions_by_hook
 from saeflow.core.io import atomic_path, write_json
-from saeflow.probe.dataset import COLUMN_FIELDS, ProbeDataset, check_dataset, read_probe_dataset
+from saeflow.probe.dataset import (COLUMN_FIELDS, ProbeDataset, check_dataset, dense_column,
+                                   read_probe_dataset)
 from saeflow.probe.permutation import (P_KINDS, bh_adjust, bh_min_rejections, cohens_d,
-                                       permutation_test)
+                                       permutation_test, permutation_test_columns)
 from saeflow.core.provenance import provenance_json
 
 __all__ = ["bh_adjust", "cohens_d", "compute_effects", "permutation_test"]
@@ -113,13 +118,13 @@ def compute_effects(ds: ProbeDataset, *, positive_class: str | int | None = None
         raise InputError(ds.name, "effects.p_method", f"{p_method!r}: one of {list(P_METHODS)}")
     y, positive = binary_target(ds, positive_class)
     if p_method == "normal":
-        perm = permutation_test(ds.X, y, n_permutations, seed, batch_size, None, 0)
+        perm = permutation_test_columns(ds.X, y, n_permutations, seed, batch_size, None, 0)
         p = perm.p_normal()
         log.warning("%s: p_method normal is approximate and anti-conservative for rarely "
                     "firing features; use p_method: permutation for valid p-values", ds.name)
     else:
-        perm = permutation_test(ds.X, y, n_permutations, seed, batch_size, stop_after,
-                                exact_max_k)
+        perm = permutation_test_columns(ds.X, y, n_permutations, seed, batch_size, stop_after,
+                                        exact_max_k)
         p = perm.p
     d = perm.d
     q = bh_adjust(p)
@@ -157,7 +162,7 @@ def _describe(ds: ProbeDataset, c: int, y: np.ndarray, d: np.ndarray, p: np.ndar
     hook = hooks[ds.columns["hook"][c]] if hooks else ""
     pos = int(ds.columns["position"][c])
     unit = int(ds.columns["unit"][c])
-    col = ds.X[:, c]
+    col = dense_column(ds.X, c)
     return {"rank": rank, "column": c, "hook": hook, "layer": int(ds.columns["layer"][c]),
             "position": positions[pos] if pos >= 0 else None, "unit": unit,
             "d": float(d[c]), "p": float(p[c]), "q": float(q[c]),

@@ -6,7 +6,9 @@ from X, so every input kind built from the same prompts and target is scored on 
 folds. Inside each training fold a grid search over the regularisation strength runs its own
 CV, and the normaliser (``standardize``, ``minmax``, ``none``) is part of the fitted pipeline,
 so its statistics come from training rows only (of the inner training split during the search,
-of the whole outer training fold for the refit). The permutation baseline reruns the identical
+of the whole outer training fold for the refit). SAE-code inputs (CSR, or ``input_kind:
+sae``) are scaled but never centred (:data:`SCALE_ONLY`), stored sparse or not, so a CSR
+dataset and its dense copy get the same fit. The permutation baseline reruns the identical
 procedure on shuffled targets over the same outer folds (whole prompts' targets move together,
 as the folds keep a prompt's rows together): chance is measured, not assumed. Its p-value is
 reported only where ``n_permutations`` lets it reach ``baseline_alpha``. Fold intervals are
@@ -30,16 +32,21 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, log_loss,
                              roc_auc_score)
 from sklearn.model_selection import GroupKFold, StratifiedKFold
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import FunctionTransformer, MinMaxScaler, StandardScaler
+from sklearn.preprocessing import FunctionTransformer, MaxAbsScaler, MinMaxScaler, StandardScaler
 from threadpoolctl import threadpool_limits
 
 from saeflow.probe.crossval import make_folds, permute_prompts, t_interval
 from saeflow.core.errors import InputError
-from saeflow.probe.dataset import ProbeDataset, check_dataset
+from saeflow.probe.dataset import ProbeDataset, check_dataset, constant_columns, dense_row
 
 log = logging.getLogger(__name__)
 
 NORMALISERS = ("standardize", "minmax", "none")
+# What each normaliser becomes for SAE codes: centring would turn every zero into a non-zero
+# (a CSR X into a dense one), and it changes no fit, since the unpenalised intercept absorbs
+# any shift. ``scale``: divide by the column SD; ``maxabs``: by the column's largest |value|,
+# which is min-max scaling for a column whose minimum is 0 (almost every SAE feature).
+SCALE_ONLY = {"standardize": "scale", "minmax": "maxabs", "none": "none"}
 
 
 @dataclass(frozen=True)
@@ -93,19 +100,30 @@ class ProbeConfig:
 
 
 def make_normaliser(kind: str) -> Any:
-    """A fresh sklearn transformer for ``kind`` (identity for ``none``)."""
+    """A fresh sklearn transformer for ``kind`` (a :data:`NORMALISERS` entry, or ``scale`` /
+    ``maxabs`` of :data:`SCALE_ONLY`, which take CSR input and keep it sparse)."""
     if kind == "none":
-        return FunctionTransformer()
-    return {"standardize": StandardScaler, "minmax": MinMaxScaler}[kind]()
+        return FunctionTransformer(accept_sparse=True)
+    if kind == "scale":
+        return StandardScaler(with_mean=False)
+    return {"standardize": StandardScaler, "minmax": MinMaxScaler, "maxabs": MaxAbsScaler}[kind]()
 
 
 def normaliser_params(step: Any) -> dict[str, np.ndarray]:
     """Fitted statistics ``[d]`` of a normaliser: ``x_norm = (x - shift) * factor``."""
     if isinstance(step, StandardScaler):
-        return {"shift": step.mean_, "factor": 1.0 / step.scale_}
+        shift = step.mean_ if step.with_mean else np.zeros_like(step.scale_)
+        return {"shift": shift, "factor": 1.0 / step.scale_}
     if isinstance(step, MinMaxScaler):
         return {"shift": step.data_min_, "factor": step.scale_}
+    if isinstance(step, MaxAbsScaler):
+        return {"shift": np.zeros_like(step.scale_), "factor": 1.0 / step.scale_}
     return {}
+
+
+def scales_only(ds: ProbeDataset) -> bool:
+    """Whether ``ds``'s inputs are normalised by :data:`SCALE_ONLY`: SAE codes, or CSR."""
+    return ds.sparse or ds.meta.get("input_kind") == "sae"
 
 
 @dataclass
@@ -290,6 +308,7 @@ class ProbeResult:
     baseline: dict[str, Any]
     oof: np.ndarray
     notes: list[str] = field(default_factory=list)
+    normalise: str = ""  # the normaliser applied: config.normalise, or its SCALE_ONLY form
 
     @property
     def primary_metric(self) -> str:
@@ -376,21 +395,29 @@ def fit_probe(ds: ProbeDataset, cfg: ProbeConfig, n_jobs: int = 1) -> ProbeResul
     names = [primary, "roc_auc"] if kind == "label" else [primary]
     shuffles = [permute_prompts(y, ds.sample_index, ds.row_position, rng)
                 for _ in range(cfg.n_permutations)]
-    live = ~np.all(ds.X == ds.X[:1], axis=0)  # [d]
+    live = ~constant_columns(ds.X)  # [d]
     X = ds.X if live.all() else ds.X[:, live]
-    (per_fold, fits, oof), null = _run_all(X, y, shuffles, folds, kind, cfg, n_classes,
+    run_cfg = replace(cfg, normalise=SCALE_ONLY[cfg.normalise]) if scales_only(ds) else cfg
+    (per_fold, fits, oof), null = _run_all(X, y, shuffles, folds, kind, run_cfg, n_classes,
                                            groups, names, n_jobs)
     if not live.all():
-        fits = [_full_width(f, live, ds.X[0]) for f in fits]
+        # a constant column's fitted shift would be its value, when the normaliser centres
+        row = np.zeros(live.size) if scales_only(ds) else dense_row(ds.X, 0)
+        fits = [_full_width(f, live, row) for f in fits]
     metrics = _summarise_folds(per_fold, folds)
     baseline = {name: baseline_record(null[:, j], metrics[name]["test"]["mean"],
                                       cfg.baseline_alpha) for j, name in enumerate(names)}
     notes = [f"{int((~live).sum())} of {live.size} input columns are constant (e.g. dead "
              "features) and left out of the fit (coefficient 0)"] if not live.all() else []
+    if run_cfg.normalise != cfg.normalise:
+        notes.append(f"SAE-code inputs: normalise {cfg.normalise} applied as "
+                     f"{run_cfg.normalise} (scaled, not centred: saeflow.probe.fit.SCALE_ONLY)")
     notes += [f"fold {k}: inner CV impossible, fixed strength {f.regularisation}"
              for k, f in enumerate(fits) if f.inner_folds == 0]
     notes += [f"fold {k}: solver hit max_iter={cfg.max_iter}" for k, f in enumerate(fits)
               if not f.converged]
     for note in notes:
-        (log.info if "constant" in note else log.warning)("%s: %s", ds.name, note)
-    return ProbeResult(ds, cfg, folds, fits, metrics, baseline, oof, notes)
+        expected = "constant" in note or note.startswith("SAE-code")
+        (log.info if expected else log.warning)("%s: %s", ds.name, note)
+    return ProbeResult(ds, cfg, folds, fits, metrics, baseline, oof, notes,
+                       normalise=run_cfg.normalise)

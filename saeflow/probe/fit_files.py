@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 
 from saeflow.core.io import atomic_path, write_json
-from saeflow.probe.dataset import COLUMN_FIELDS, read_probe_dataset
+from saeflow.probe.dataset import COLUMN_FIELDS, constant_columns, read_probe_dataset
 from saeflow.probe.fit import ProbeConfig, ProbeResult, fit_probe
 from saeflow.core.provenance import provenance_json
 
@@ -36,7 +36,7 @@ def probe_record(result: ProbeResult) -> dict[str, Any]:
         "sources": ds.meta.get("sources"),
         "n_samples": int(ds.X.shape[0]), "n_prompts": int(np.unique(ds.sample_index).size),
         "n_inputs": int(ds.X.shape[1]),
-        "n_constant_inputs": int(np.all(ds.X == ds.X[:1], axis=0).sum()),
+        "n_constant_inputs": int(constant_columns(ds.X).sum()),
         "class_counts": np.bincount(ds.y.astype(np.int64)).tolist()
         if ds.target_kind == "label" else None,
         "primary_metric": primary,
@@ -52,7 +52,8 @@ def write_probe_fit(result: ProbeResult, json_path: str | Path, h5_path: str | P
                     config: dict[str, Any] | None = None) -> None:
     """Write the metrics JSON and the fitted probes (HDF5: ``folds`` ``[n]``, ``oof`` and per
     fold ``fold_{k}/{coef,intercept,normaliser/shift,normaliser/factor}`` with attribute
-    ``regularisation``; ``columns/*`` copied from the dataset). Both atomically."""
+    ``regularisation`` and ``normalise``, the normaliser applied, which for SAE codes is the
+    configured one's scale-only form; ``columns/*`` copied from the dataset). Both atomically."""
     ds = result.dataset
     with atomic_path(h5_path) as tmp, h5py.File(tmp, "w") as h5:
         h5.create_dataset("folds", data=result.folds)
@@ -67,7 +68,7 @@ def write_probe_fit(result: ProbeResult, json_path: str | Path, h5_path: str | P
             for key, value in fit.normaliser.items():
                 g.create_dataset(f"normaliser/{key}", data=value)
             g.attrs.update(regularisation=fit.regularisation, inner_folds=fit.inner_folds,
-                           normalise=result.config.normalise)
+                           normalise=result.normalise or result.config.normalise)
         h5.attrs.update(name=ds.name, target_kind=ds.target_kind,
                         provenance=provenance_json(config))
     try:

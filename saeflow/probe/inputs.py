@@ -11,6 +11,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import scipy.sparse as sp
 
 from saeflow.core.errors import InputError
 from saeflow.core.positions import token_index
@@ -155,12 +156,15 @@ class CodeReader:
         ok = cols >= 0
         return np.arange(self.n) * self.P + np.where(ok, cols, 0), ok
 
-    def block(self, cols: int | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Dense codes at column(s) ``cols`` (one for all prompts, or ``[n]`` with -1 =
-        absent): ``[n, d_sae]`` float32 and row validity ``[n]``."""
+    def block(self, cols: int | np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
+        """Codes at column(s) ``cols`` (one for all prompts, or ``[n]`` with -1 = absent):
+        ``[n, d_sae]`` CSR float32 (absent rows empty) and row validity ``[n]``. Stays sparse:
+        a dense block is ``n x d_sae`` floats, 256 KiB per prompt at d_sae 65,536."""
         rows, ok = self._rows(cols)
-        x = self.matrix[rows].toarray()
-        x[~ok] = 0.0
+        x = self.matrix[rows]
+        if not ok.all():
+            x = sp.csr_matrix(sp.diags(ok.astype(np.float32)) @ x)
+            x.eliminate_zeros()
         return x, self.row_valid[rows] & ok
 
     def feature(self, cols: int | np.ndarray, f: int, field_name: str

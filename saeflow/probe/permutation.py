@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import Any
+
 import numpy as np
 from scipy import special, stats
 
@@ -51,12 +53,28 @@ def _d_from_sums(S1: np.ndarray, Q1: np.ndarray, S: np.ndarray, Q: np.ndarray,
     return d
 
 
-def cohens_d(X: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Cohen's d per column ``[d]`` of ``X`` ``[n, d]`` between ``y`` ``[n]`` true and false;
-    NaN where the column is constant within both classes."""
-    Xc = X.astype(np.float64) - X.mean(axis=0, dtype=np.float64)  # centring limits cancellation
+def cohens_d(X: Any, y: np.ndarray) -> np.ndarray:
+    """Cohen's d per column ``[d]`` of ``X`` ``[n, d]`` (dense or CSR) between ``y`` ``[n]``
+    true and false; NaN where the column is constant."""
+    import scipy.sparse as sp
+
+    from saeflow.probe.dataset import constant_columns
+
     L = y.astype(np.float64)[None, :]
-    return _d_from_sums(L @ Xc, L @ Xc ** 2, Xc.sum(0), (Xc ** 2).sum(0), int(y.sum()), y.size)[0]
+    if sp.issparse(X):
+        # Centring would make the codes dense. d is shift-invariant and codes are O(1) values,
+        # mostly 0, so uncentred float64 sums lose ~1e-16 x (mean / SD)^2 of d: nothing.
+        Xf = sp.csr_matrix(X, dtype=np.float64)
+        X2 = Xf.multiply(Xf).tocsr()
+        d = _d_from_sums(np.asarray((Xf.T @ L.T).T), np.asarray((X2.T @ L.T).T),
+                         np.asarray(Xf.sum(0)).ravel(), np.asarray(X2.sum(0)).ravel(),
+                         int(y.sum()), y.size)[0]
+    else:
+        Xc = X.astype(np.float64) - X.mean(axis=0, dtype=np.float64)  # limits cancellation
+        d = _d_from_sums(L @ Xc, L @ Xc ** 2, Xc.sum(0), (Xc ** 2).sum(0), int(y.sum()),
+                         y.size)[0]
+    d[constant_columns(X)] = np.nan  # a stored constant's rounding must not give it a d
+    return d
 
 
 def _as_extreme(d: np.ndarray, threshold: np.ndarray) -> np.ndarray:
@@ -234,6 +252,35 @@ def permutation_test(X: np.ndarray, y: np.ndarray, n_permutations: int, seed: in
         p[cols], used[cols], mean[cols], sd[cols] = monte_carlo_p(
             X[:, cols], y, n_permutations, seed, batch_size, stop_after)
     return PermutationTest(d, p, kind, used, mean, sd)
+
+
+def permutation_test_columns(X: Any, y: np.ndarray, n_permutations: int, seed: int,
+                             batch_size: int = 256, stop_after: int | None = 20,
+                             exact_max_k: int = 10, max_cells: int = 1 << 25) -> PermutationTest:
+    """:func:`permutation_test` of a dense or CSR ``X``: a CSR matrix (SAE codes, mostly
+    columns that never fire) is tested a block of its non-constant columns at a time, each
+    block made dense (at most ``max_cells`` values), so memory stays bounded. Every block
+    sees the same seeded permutation stream, so the result equals one dense call's."""
+    import scipy.sparse as sp
+
+    if not sp.issparse(X):
+        return permutation_test(X, y, n_permutations, seed, batch_size, stop_after, exact_max_k)
+    X = sp.csc_matrix(X)
+    n, c = X.shape
+    nnz = np.diff(X.indptr)
+    # a column is constant when it never fires or fires (one value) on every row
+    live = np.flatnonzero((nnz > 0) & ~((nnz == n) & (X.max(0).toarray().ravel() ==
+                                                      X.min(0).toarray().ravel())))
+    out = PermutationTest(np.full(c, np.nan), np.full(c, np.nan), np.zeros(c, np.int8),
+                          np.zeros(c, np.int64), np.full(c, np.nan), np.full(c, np.nan))
+    step = max(1, max_cells // max(n, 1))
+    for start in range(0, live.size, step):
+        cols = live[start:start + step]
+        part = permutation_test(X[:, cols].toarray(), y, n_permutations, seed, batch_size,
+                                stop_after, exact_max_k)
+        for name in ("d", "p", "kind", "n_draws", "null_mean", "null_sd"):
+            getattr(out, name)[cols] = getattr(part, name)
+    return out
 
 
 def _chunks(cols: np.ndarray, cells_per_column: int) -> list[np.ndarray]:

@@ -15,7 +15,8 @@ Strategies (``STRATEGIES``):
   of X: ``target.function_of_input`` records it (feature strategies), with a warning.
 - ``hidden-to-concept``: X = hidden states of the layers, concatenated; y = ``meta/<target.column>`` (default ``label``; classes sorted unless ``target.classes`` orders them).
 - ``sae-to-concept`` / ``sae-to-failure``: X = SAE codes of the layers x positions,
-  concatenated; y = the concept, or 1 where the model answered wrongly (``model_correct`` false).
+  concatenated, as a CSR matrix (built from the CSR codes, never densified); y = the concept,
+  or 1 where the model answered wrongly (``model_correct`` false).
 
 Positions (default ``["final"]`` only, so no partial fragment leaks in) are names from the
 file's ``position_names`` (one stored column for every prompt) or, for files extracted with
@@ -43,6 +44,7 @@ from typing import Any
 
 import h5py
 import numpy as np
+import scipy.sparse as sp
 
 from saeflow.core.errors import InputError
 from saeflow.probe.layerspec import format_layer_spec, parse_layer_spec
@@ -229,7 +231,9 @@ def _label_dataset(ctx: _Ctx, spec: dict[str, Any], pos_cols: list[np.ndarray],
             cols["unit"].append(np.arange(d, dtype=np.int32))
     y, class_names, class_values, target_meta = _label_target(ctx, target, model_correct)
     rows = np.flatnonzero(keep & (y >= 0))  # y = -1: a class not listed in target.classes
-    X = np.concatenate([b[rows] for b in blocks], axis=1)
+    # SAE codes stay CSR: dense, X would be prompts x d_sae x positions x layers floats
+    X = sp.hstack([b[rows] for b in blocks], format="csr") if use_codes else \
+        np.concatenate([b[rows] for b in blocks], axis=1)
     meta = {"input_kind": "sae" if use_codes else "hidden", "target_kind": "label",
             "target": target_meta, "class_names": class_names, "class_values": class_values,
             "layers": layers, "layer_spec": format_layer_spec(layers), "hooks": hooks,

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import h5py
@@ -96,3 +97,27 @@ def test_extract_stage_checks_prompts_before_loading_the_model(tmp_path, monkeyp
         extract_stage({"source": "pretrained", "name": "gpt2"}, None, prompts,
                       {"hooks": HOOKS}, "cpu", tmp_path / "acts.h5")
     assert not (tmp_path / "acts.h5").exists()
+
+
+def test_predictions_and_answer_logprobs_are_the_models_own_with_a_logit_soft_cap(
+        tiny_model, small_world, tmp_path):
+    """A gemma-2-style logit soft cap changes log-probabilities: extraction applies it as
+    ``model(tokens)`` does."""
+    from transformer_lens import HookedTransformer
+
+    # a cap of 0.5: small enough to change every log-probability
+    cfg = dataclasses.replace(tiny_model.cfg, output_logits_soft_cap=0.5)
+    capped = HookedTransformer(cfg, tokenizer=tiny_model.tokenizer, default_padding_side="right")
+    capped.load_state_dict(tiny_model.state_dict())
+    records = small_world.prompt_sets["pairs"][:6]
+    out = tmp_path / "capped.h5"
+    extract_to_hdf5(capped, records, HOOKS[1:], out, positions="final", batch_size=4)
+    with h5py.File(out) as f:
+        for i, record in enumerate(records):
+            ids = encode_prompt(capped.tokenizer, record["text"])
+            with torch.no_grad():
+                logprobs = capped(torch.tensor([ids]))[0, -1].log_softmax(-1)
+            answer = f["meta/answer_token_id"][i]
+            assert f["meta/predicted_token_id"][i] == int(logprobs.argmax())
+            np.testing.assert_allclose(f["meta/answer_logprob"][i], float(logprobs[answer]),
+                                       rtol=1e-5, atol=1e-6)

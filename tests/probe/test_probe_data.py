@@ -190,7 +190,8 @@ def test_roundtrip_keeps_data_and_metadata(toy, tmp_path):
     ds = make_probe_dataset_file({"name": "sc", "strategy": "sae-to-concept", "layers": "0-2",
                                   "positions": ["mid", "final"]}, *toy, out, n_folds=5)
     back = read_probe_dataset(out)
-    np.testing.assert_array_equal(back.X, ds.X)
+    assert ds.sparse and back.sparse  # SAE codes are written and read back as CSR
+    np.testing.assert_array_equal(back.X.toarray(), ds.X.toarray())
     np.testing.assert_array_equal(back.sample_index, ds.sample_index)
     assert back.meta["layers"] == [0, 1, 2] and back.positions == ["mid", "final"]
     assert back.meta["input_dims"]["blocks.1.hook_resid_post@mid"] == D_SAE
@@ -356,7 +357,8 @@ def test_per_prompt_positions_read_code_rows_i_times_p_plus_col(tmp_path):
     for j, token in enumerate([truth["snippet_end"], truth["lengths"] - 1]):
         expect = np.zeros((i.size, D_SAE), np.float32)
         expect[:, :D_MODEL] = np.abs(a[i, token[i]]) + 0.01
-        np.testing.assert_allclose(ds.X[:, ds.columns["position"] == j], expect, rtol=1e-6)
+        np.testing.assert_allclose(ds.X[:, ds.columns["position"] == j].toarray(), expect,
+                                   rtol=1e-6)
     assert ds.meta["n_dropped"] == 2 and ds.class_names == ["correct", "wrong"]
 
 

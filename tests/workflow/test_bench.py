@@ -74,3 +74,26 @@ def test_figures_and_table():
     assert hit.met is True and miss.met is False and Figure("h", "toy", 7.0, unit="x").met is None
     text = table([{"benchmark": "b", "figures": [f.record() for f in (hit, miss)]}])
     assert "| b " in text and ">= 0.8" in text and "2.50 B" in text and "NO" in text
+
+
+def test_scale_smoke_measures_every_stage_and_the_sparse_probe(tmp_path):
+    """``python -m bench scale --smoke``: a ratio and per-prompt times for every stage, and a
+    CSR probe dataset that is smaller than its dense copy and fits and scores like it."""
+    proc = subprocess.run([sys.executable, "-m", "bench", "scale", "--smoke", "--out",
+                           str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-6000:]
+    record = json.loads((tmp_path / "scale.json").read_text())
+    figures = {f["name"]: f for f in record["figures"]}
+    for stage in ("extraction", "encoding", "probe dataset", "probe fit", "effect sizes",
+                  "category ablation", "AtP"):
+        timed = [f for name, f in figures.items() if name.startswith(stage)]
+        assert len(timed) == 1 and timed[0]["value"] > 0, stage
+        assert all(v > 0 for v in timed[0]["detail"]["s_per_prompt"].values())
+        assert set(timed[0]["detail"]["peak_rss_increment_mib"]) == set(
+            timed[0]["detail"]["times_s"])
+    x = figures["probe X bytes, dense / CSR"]["detail"]
+    d_sae = record["params"]["dims"]["d_sae"]
+    assert x["shape"][1] == d_sae * len(record["params"]["probe_positions"]) * 2  # 2 layers
+    assert x["csr_x_mib"] < x["dense_x_mib"]
+    assert figures["probe fit time, CSR / dense copy"]["detail"]["max_abs_difference"] < 1e-3
+    assert figures["effect sizes time, CSR / dense copy"]["detail"]["max_abs_difference"] < 1e-9
