@@ -3,15 +3,18 @@ linear, complete per site, ig.h5's round trip, and the summary's estimator compa
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
-from saeflow.patch.attribution import prepare_saes, run_atp, run_spliced
+from saeflow.patch.attribution import prepare_saes, read_atp, run_atp, run_spliced
 from saeflow.patch.exhaustive import exhaustive_patching
-from saeflow.patch.ig import ig_alphas, run_ig
+from saeflow.patch.ig import ig_alphas, ig_stage, run_ig
 from saeflow.patch.resid import logit_diff
-from saeflow.toy.fixtures import random_pair_batch
+from saeflow.patch.summary import estimator_comparison
+from saeflow.toy.fixtures import patch_config, random_pair_batch
 from tests.patch.test_attribution import make_model, make_saes
 
 torch.set_num_threads(1)
@@ -133,3 +136,81 @@ def test_ig_beats_atp_where_downstream_latents_switch_on():
 
     assert max(np.abs(e).max() for e in exact.latent_effect.values()) > 0.1
     assert error(ig) < 0.5 * error(atp), (error(ig), error(atp))
+
+
+def test_ig_h5_round_trip(setup, tmp_path):
+    model, spliced, batches = setup
+    cfg = patch_config(ig_steps=4, max_batch=8)
+    ig_stage(model, list(spliced.values()), batches, cfg, tmp_path / "ig.h5", {"patch": {}})
+    back, (model_clean, _) = read_atp(tmp_path / "ig.h5")
+    assert set(back) == {"with_error", "without_error"}
+    np.testing.assert_allclose(back["with_error"].clean, model_clean, atol=1e-6)
+    for mode, with_error in (("with_error", True), ("without_error", False)):
+        ref = run_ig(model, spliced, batches, with_error, 4, max_batch=8)
+        np.testing.assert_array_equal(back[mode].pair_ids, ref.pair_ids)
+        for kind in KINDS:
+            assert set(getattr(back[mode], kind)) == set(getattr(ref, kind))
+            for h, arr in getattr(ref, kind).items():  # stored as float32
+                np.testing.assert_allclose(getattr(back[mode], kind)[h], arr, rtol=1e-5,
+                                           atol=1e-6)
+    import h5py
+
+    with h5py.File(tmp_path / "ig.h5") as f:
+        provenance = json.loads(f.attrs["provenance"])
+    assert provenance["config"]["estimator"]["name"] == "ig"
+    assert provenance["config"]["estimator"]["steps"] == 4
+
+
+def test_estimator_table_names_the_winner_of_each_column():
+    def vs(recall, rho, fn, err):
+        return {"m": {"at_k": [{"k": 5, "recall": recall}], "spearman_active_latents": rho,
+                      "false_negatives": fn, "relative_l1_error": err}}
+
+    table = estimator_comparison({"atp": vs(0.5, 0.9, 3, 0.2), "ig": vs(0.7, None, 3, 0.1)})
+    rows = table["m"]["rows"]
+    assert [r["estimator"] for r in rows] == ["atp", "ig"] and rows[1]["recall@5"] == 0.7
+    assert table["m"]["best"] == {"recall@5": ["ig"], "spearman_active_latents": ["atp"],
+                                  "false_negatives": ["atp", "ig"], "relative_l1_error": ["ig"]}
+
+
+def test_summary_judges_both_estimators(setup, tmp_path):
+    from saeflow.patch.exhaustive import exact_stage
+    from saeflow.patch.faithfulness import verify_stage
+    from saeflow.patch.attribution import atp_stage
+    from saeflow.patch.resid import run_resid_patching, write_resid
+    from saeflow.patch.summary import summary_stage
+
+    model, spliced, batches = setup
+    saes = list(spliced.values())
+    cfg = patch_config(n_bootstrap=20, top_k=4, n_random=3, faithfulness_n=(1, 3),
+                       faithfulness_random=1, ig_steps=4, estimators=("atp", "ig"))
+    p = {n: tmp_path / n for n in ("resid.h5", "atp.h5", "ig.h5", "exact.h5", "verify.json",
+                                   "faithfulness.json", "top.json", "summary.json",
+                                   "summary_no_exact.json")}
+    write_resid(p["resid.h5"], run_resid_patching(model, batches, cfg), {"patch": {}})
+    atp_stage(model, saes, batches, cfg, p["atp.h5"], {"patch": {}})
+    ig_stage(model, saes, batches, cfg, p["ig.h5"], {"patch": {}})
+    exact_stage(model, saes, batches, cfg.max_batch, p["exact.h5"], {"patch": {}})
+    verify_stage(model, saes, batches, p["atp.h5"], cfg, {}, p["verify.json"],
+                 p["faithfulness.json"], p["top.json"])
+    args = (p["resid.h5"], p["atp.h5"], p["verify.json"], p["faithfulness.json"], None, cfg)
+    summary_stage(*args, p["summary.json"], {"patch": {}}, exact_path=p["exact.h5"],
+                  ig_path=p["ig.h5"])
+    s = json.loads(p["summary.json"].read_text())
+    assert s["estimators"] == ["atp", "ig"]
+    for mode in ("with_error", "without_error"):
+        ig, atp = s["ig_vs_exhaustive"][mode], s["atp_vs_exhaustive"][mode]
+        assert ig["n_nodes"] == atp["n_nodes"] and ig["threshold"] == atp["threshold"]
+        assert "sampled_check" in atp and "sampled_check" not in ig  # verify sampled AtP only
+        assert 0 <= ig["relative_l1_error"] < 1
+        table = s["estimator_comparison"][mode]
+        assert [r["estimator"] for r in table["rows"]] == ["atp", "ig"]
+        assert table["rows"][1]["false_negatives"] == ig["false_negatives"]
+        assert set(table["best"]) >= {"spearman_active_latents", "false_negatives",
+                                      "relative_l1_error", f"recall@{cfg.exhaustive_k[0]}"}
+        assert all(set(names) <= {"atp", "ig"} for names in table["best"].values())
+    # without the exhaustive reference IG is compared with AtP
+    summary_stage(*args, p["summary_no_exact.json"], {"patch": {}}, ig_path=p["ig.h5"])
+    s = json.loads(p["summary_no_exact.json"].read_text())
+    assert "estimator_comparison" not in s and "ig_vs_exhaustive" not in s
+    assert s["ig_vs_atp"]["with_error"]["spearman_active_latents"] > 0.5
