@@ -1,8 +1,8 @@
 """Rule patch_summary: the patching stage's headline numbers in summary.json.
 
-Inputs: ``resid``, ``atp``, ``verify``, ``faithfulness``, ``circuit``, ``truth`` and
-``exact`` (optional). Params:
-``patch``. Output: ``summary`` (results/{experiment}/patch/summary.json).
+Inputs: ``resid``, ``atp``, ``verify``, ``faithfulness``, ``circuit``; ``truth``, ``exact``
+and ``ig`` (optional). Params: ``patch``. Output: ``summary``
+(results/{experiment}/patch/summary.json).
 """
 
 from saeflow.core.runtime import rule_main
@@ -20,6 +20,7 @@ def body(snakemake):
         snakemake.input.truth,
         snakemake.output.summary,
         exact=snakemake.input.exact,
+        ig=snakemake.input.ig,
         circuit=snakemake.input.circuit,
     )
 

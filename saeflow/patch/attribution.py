@@ -196,8 +196,11 @@ def attribution_patching(model: Any, saes: Mapping[str, Any], batch: PairBatch, 
 
 
 def run_atp(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBatch], with_error: bool,
-            max_batch: int = 256) -> AtPResult:
-    """:func:`attribution_patching` over every batch (chunked to ``max_batch`` pairs)."""
+            max_batch: int = 256, estimate: Callable[..., Any] | None = None) -> AtPResult:
+    """``estimate`` (:func:`attribution_patching` by default, or another estimator with its
+    arguments and return, e.g. :func:`saeflow.patch.ig.integrated_gradients`) over every batch
+    (chunked to ``max_batch`` pairs)."""
+    estimate = estimate or attribution_patching
     P = max(b.length for b in batches)
     chunks = [c for b in batches for c in b.chunks(max_batch)]
     res = AtPResult(with_error, np.concatenate([np.asarray(c.pair_ids) for c in chunks]),
@@ -206,7 +209,7 @@ def run_atp(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBatch], w
     parts: dict[str, list[list[np.ndarray]]] = {h: [[], [], [], []] for h in saes}
     cleans, corrs = [], []
     for chunk in chunks:
-        effects, deltas, clean, corr = attribution_patching(model, saes, chunk, with_error)
+        effects, deltas, clean, corr = estimate(model, saes, chunk, with_error)
         cleans.append(clean.double().cpu().numpy())
         corrs.append(corr.double().cpu().numpy())
         for h, eff in effects.items():

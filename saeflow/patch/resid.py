@@ -50,6 +50,8 @@ class PatchConfig:
     false_negative_threshold: float  # |exact| / |mean(clean - corrupted)| counted as real
     exhaustive: bool  # exact patching of every node (patch_exact), the reference for AtP
     exhaustive_k: tuple[int, ...]  # k of precision/recall@k against the exhaustive reference
+    estimators: tuple[str, ...]  # node-attribution estimators run: "atp" (always), "ig"
+    ig_steps: int  # points on integrated gradients' path (saeflow.patch.ig)
     faithfulness_n: tuple[int, ...]
     faithfulness_rank_share: float  # share of pairs nodes are ranked on; the rest evaluate
     faithfulness_random: int  # random node orders drawn as the faithfulness baseline
@@ -72,6 +74,7 @@ class PatchConfig:
                                  "once the config is validated)")
         raw["faithfulness_n"] = tuple(int(n) for n in raw["faithfulness_n"])
         raw["exhaustive_k"] = tuple(int(n) for n in raw["exhaustive_k"])
+        raw["estimators"] = tuple(str(e) for e in raw["estimators"])
         return cls(**raw)
 
 

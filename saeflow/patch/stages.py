@@ -84,6 +84,21 @@ def patch_atp_stage(patch: Mapping[str, Any], model_cfg: Mapping[str, Any],
               {"patch": dict(patch), "model": dict(model_cfg), "sae": dict(sae_cfg)})
 
 
+def patch_ig_stage(patch: Mapping[str, Any], model_cfg: Mapping[str, Any],
+                   model_dir: str | Path | None, sae_cfg: Mapping[str, Any],
+                   hooks: Sequence[str], sae_dirs: Sequence[str | Path], pairs: str | Path,
+                   out: str | Path) -> None:
+    """Rule ``patch_ig``: integrated gradients (``patch.ig_steps`` points) with and without the
+    error term into ``out`` (ig.h5, atp.h5's layout). ``sae_dirs`` in ``hooks`` order, empty
+    for pretrained SAEs."""
+    from saeflow.patch.ig import ig_stage
+
+    cfg, model, saes, batches = _model_saes_pairs(patch, model_cfg, model_dir, sae_cfg, hooks,
+                                                  sae_dirs, pairs)
+    ig_stage(model, saes, batches, cfg, out,
+             {"patch": dict(patch), "model": dict(model_cfg), "sae": dict(sae_cfg)})
+
+
 def patch_exact_stage(patch: Mapping[str, Any], model_cfg: Mapping[str, Any],
                       model_dir: str | Path | None, sae_cfg: Mapping[str, Any],
                       hooks: Sequence[str], sae_dirs: Sequence[str | Path], pairs: str | Path,
@@ -138,12 +153,14 @@ def patch_circuit_stage(patch: Mapping[str, Any], model_cfg: Mapping[str, Any],
 def patch_summary_stage(patch: Mapping[str, Any], resid: str | Path, atp: str | Path,
                         verify: str | Path, faithfulness: str | Path,
                         truth: str | Sequence[str], out: str | Path,
-                        exact: str | Sequence[str] = (), circuit: str | None = None) -> None:
+                        exact: str | Sequence[str] = (), ig: str | Sequence[str] = (),
+                        circuit: str | None = None) -> None:
     """Rule ``patch_summary``: the stage's headline numbers in ``out`` (summary.json).
-    ``truth``: the toy world's truth.json, ``exact``: the exhaustive reference (exact.h5);
-    each ``[]``/``""`` when there is none."""
+    ``truth``: the toy world's truth.json, ``exact``: the exhaustive reference (exact.h5),
+    ``ig``: integrated gradients (ig.h5); each ``[]``/``""`` when there is none."""
     from saeflow.patch.summary import summary_stage
 
     summary_stage(resid, atp, verify, faithfulness, optional_input(truth),
                   PatchConfig.from_dict(patch), out, {"patch": patch},
-                  exact_path=optional_input(exact), circuit_path=circuit)
+                  exact_path=optional_input(exact), ig_path=optional_input(ig),
+                  circuit_path=circuit)

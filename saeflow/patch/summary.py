@@ -156,40 +156,109 @@ def build_summary(resid: ResidResult, atps: Mapping[str, Any],
     return summary
 
 
-def exhaustive_comparison(atps: Mapping[str, Any], exact: Mapping[str, Any],
-                          verify: Mapping[str, Any], cfg: PatchConfig, source: str | Path
-                          ) -> dict[str, Any]:
-    """Per mode, AtP against the exhaustive reference (:func:`saeflow.patch.exhaustive.
-    compare_with_exact`), real nodes judged by patch_verify's threshold."""
-    from saeflow.patch.exhaustive import compare_with_exact
+def exhaustive_comparison(results: Mapping[str, Any], exact: Mapping[str, Any],
+                          verify: Mapping[str, Any], cfg: PatchConfig, source: str | Path,
+                          sampled: bool = True) -> dict[str, Any]:
+    """Per mode, one estimator's results (AtP or IG, :class:`~saeflow.patch.attribution.
+    AtPResult`) against the exhaustive reference (:func:`saeflow.patch.exhaustive.
+    compare_with_exact`), real nodes judged by patch_verify's threshold; ``sampled``: check
+    patch_verify's miss-rate interval too (it sampled around AtP's top k, so AtP only).
+    ``relative_l1_error``: ``sum |estimate - exact| / sum |exact|`` over the nodes' means."""
+    from saeflow.patch.exhaustive import compare_with_exact, node_means
+
+    out = {}
+    for mode, r in results.items():
+        if mode not in exact or not np.array_equal(exact[mode].pair_ids, r.pair_ids):
+            raise InputError(source, mode, "no exact effects for this mode's pairs (the exact "
+                             "and the estimator's file come from different runs)")
+        out[mode] = compare_with_exact(r, exact[mode], cfg.exhaustive_k, cfg.top_k,
+                                       float(verify[mode]["threshold"]),
+                                       verify[mode] if sampled else None)
+        out[mode]["n_run"] = exact[mode].n_run
+        est, ref = node_means(r)[1], node_means(exact[mode])[1]
+        keep = np.isfinite(est) & np.isfinite(ref)
+        total = float(np.abs(ref[keep]).sum())
+        out[mode]["relative_l1_error"] = (float(np.abs(est[keep] - ref[keep]).sum()) / total
+                                          if total > 0 else None)
+    return out
+
+
+# The columns of the estimator table, each with whether higher is better.
+COMPARISON_COLUMNS = {"spearman_active_latents": True, "false_negatives": False,
+                      "relative_l1_error": False}
+
+
+def estimator_comparison(vs_exhaustive: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Per mode, the estimators (``{name: exhaustive_comparison output}``) side by side:
+    ``recall@k`` for each k, Spearman over the active latents, false negatives and the relative
+    L1 error of the node means, one row per estimator; ``best`` names, per column, the
+    estimators at the best value (more than one on a tie, none where no value exists)."""
+    modes = next(iter(vs_exhaustive.values()))
+    out: dict[str, Any] = {}
+    for mode in modes:
+        rows = {name: {**{f"recall@{a['k']}": a["recall"] for a in vs[mode]["at_k"]},
+                       **{c: vs[mode][c] for c in COMPARISON_COLUMNS}}
+                for name, vs in vs_exhaustive.items()}
+        best = {}
+        for col in next(iter(rows.values())):
+            values = {name: row[col] for name, row in rows.items() if row[col] is not None}
+            if not values:
+                best[col] = []
+                continue
+            top = (max if COMPARISON_COLUMNS.get(col, True) else min)(values.values())
+            best[col] = [name for name, v in values.items() if v == top]
+        out[mode] = {"rows": [{"estimator": name, **row} for name, row in rows.items()],
+                     "best": best}
+    return out
+
+
+def estimator_agreement(atps: Mapping[str, Any], igs: Mapping[str, Any]) -> dict[str, Any]:
+    """Without the exhaustive reference: per mode, Spearman between AtP's and IG's node means
+    (over every node, and over the latents whose value differs in some pair)."""
+    from saeflow.patch.exhaustive import node_means
 
     out = {}
     for mode, atp in atps.items():
-        if mode not in exact or not np.array_equal(exact[mode].pair_ids, atp.pair_ids):
-            raise InputError(source, mode, "no exact effects for this mode's pairs (exact.h5 "
-                             "and atp.h5 come from different runs)")
-        out[mode] = compare_with_exact(atp, exact[mode], cfg.exhaustive_k, cfg.top_k,
-                                       float(verify[mode]["threshold"]), verify[mode])
-        out[mode]["n_run"] = exact[mode].n_run
+        a, b = node_means(atp)[1], node_means(igs[mode])[1]
+        finite = np.isfinite(a) & np.isfinite(b)
+        # latents come first in node order; error nodes are never "active latents"
+        active = np.concatenate([d.sum(0) > 0 for d in atp.latent_delta.values()])
+        active = np.concatenate([active, np.zeros(len(a) - len(active), bool)])
+        out[mode] = {"spearman_all_nodes": _rho(a[finite], b[finite]),
+                     "spearman_active_latents": _rho(a[active], b[active])}
     return out
+
+
+def _rho(a: np.ndarray, b: np.ndarray) -> float | None:
+    from scipy.stats import spearmanr
+
+    if len(a) < 2:
+        return None
+    value = float(spearmanr(a, b).statistic)
+    return value if np.isfinite(value) else None
 
 
 def summary_stage(resid_path: str | Path, atp_path: str | Path, verify_path: str | Path,
                   faithfulness_path: str | Path, truth_path: str | Path | None, cfg: PatchConfig,
                   out_path: str | Path, config: Mapping[str, Any] | None = None,
-                  exact_path: str | Path | None = None,
+                  exact_path: str | Path | None = None, ig_path: str | Path | None = None,
                   circuit_path: str | Path | None = None) -> None:
     """Rule ``patch_summary``: read the stage's outputs, write ``summary.json``; with
-    ``exact_path`` (exact.h5) AtP is judged against every node's exact effect."""
+    ``exact_path`` (exact.h5) AtP, and IG with ``ig_path`` (ig.h5), are judged against every
+    node's exact effect and compared; IG without the reference is compared with AtP."""
     from saeflow.core.io import read_json, write_json
     from saeflow.patch.attribution import read_atp
     from saeflow.patch.exhaustive import read_exact
 
     resid = read_resid(resid_path)
     atps, model_ld = read_atp(atp_path)
-    for mode, a in atps.items():
-        if not np.array_equal(a.pair_ids, resid.pair_ids):
-            raise InputError(atp_path, f"{mode}/pair_id", f"pairs differ from {resid_path}")
+    igs = read_atp(ig_path)[0] if ig_path is not None else {}
+    for path, results in ((atp_path, atps), (ig_path, igs)):
+        for mode, a in results.items():
+            if not np.array_equal(a.pair_ids, resid.pair_ids):
+                raise InputError(path, f"{mode}/pair_id", f"pairs differ from {resid_path}")
+    if igs and set(igs) != set(atps):
+        raise InputError(ig_path, "<modes>", f"{sorted(igs)}, but atp.h5 has {sorted(atps)}")
     diffs = None
     if truth_path is not None:
         diffs = diff_positions_for(read_json(truth_path), resid.pair_ids, resid.lengths,
@@ -197,6 +266,7 @@ def summary_stage(resid_path: str | Path, atp_path: str | Path, verify_path: str
     verify = read_json(verify_path)
     summary = build_summary(resid, atps, model_ld, verify, read_json(faithfulness_path), cfg,
                             diffs)
+    summary["estimators"] = ["atp"] + (["ig"] if igs else [])
     if circuit_path is not None:
         circuit = read_json(circuit_path)
         summary["circuit"] = {"n_nodes": len(circuit["nodes"]), "n_edges": len(circuit["edges"]),
@@ -204,8 +274,14 @@ def summary_stage(resid_path: str | Path, atp_path: str | Path, verify_path: str
                                              if k != "edges"},
                               "faithfulness": circuit["faithfulness"]}
     if exact_path is not None:
-        summary["atp_vs_exhaustive"] = exhaustive_comparison(atps, read_exact(exact_path),
-                                                             verify, cfg, exact_path)
+        exact = read_exact(exact_path)
+        vs = {"atp": exhaustive_comparison(atps, exact, verify, cfg, exact_path)}
+        if igs:
+            vs["ig"] = exhaustive_comparison(igs, exact, verify, cfg, exact_path, sampled=False)
+        summary.update({f"{name}_vs_exhaustive": v for name, v in vs.items()})
+        summary["estimator_comparison"] = estimator_comparison(vs)
+    elif igs:
+        summary["ig_vs_atp"] = estimator_agreement(atps, igs)
     if summary["sae_gap_flag"]:
         log.warning("SAE splice gap %s exceeds tolerance: latent effects describe a different "
                     "model than the one patched", summary["sae_gap"])

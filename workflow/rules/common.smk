@@ -294,6 +294,11 @@ def get_patch_exact(wildcards):
     return rules.patch_exact.output.exact if PATCH["exhaustive"] else []
 
 
+def get_patch_ig(wildcards):
+    """Integrated gradients, when patch.estimators lists it (atp always runs)."""
+    return rules.patch_ig.output.ig if "ig" in PATCH["estimators"] else []
+
+
 # Probing stage (workflow/rules/probe.smk; the schema gives every config a probe section).
 PROBE = config["probe"]
 PROBE_DATASETS = {d["name"]: d for d in expand_per_layer(PROBE["datasets"])}

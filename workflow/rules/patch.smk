@@ -1,6 +1,7 @@
 # Patching: which layers, positions and SAE latents carry the clean/corrupted difference?
-# Library: saeflow/patch/ (resid: residual patching; attribution: AtP; faithfulness: exact
-# check and faithfulness; summary: summary.json and the toy-world check; plots: figures).
+# Library: saeflow/patch/ (resid: residual patching; attribution: AtP; ig: integrated
+# gradients; exhaustive: every node patched exactly; faithfulness: exact check and
+# faithfulness; summary: summary.json and the toy-world check; plots: figures).
 # Config: config["patch"] (keys and defaults: workflow/schemas/config.schema.yaml, described in
 # config/README.md; pairs, truth and descriptions are paths), config["model"], config["sae"].
 
@@ -48,6 +49,30 @@ rule patch_atp:
         hooks=SAE_HOOKS,
     script:
         "../../scripts/patch_atp.py"
+
+
+rule patch_ig:
+    input:
+        unpack(get_model),
+        pairs=get_patch_pairs,
+        saes=get_sae_dirs,
+    output:
+        ig="results/{experiment}/patch/ig.h5",
+    log:
+        "results/{experiment}/logs/patch/patch_ig/{experiment}.log",
+    benchmark:
+        "results/{experiment}/benchmarks/patch/patch_ig/{experiment}.tsv"
+    conda:
+        "../../envs/saeflow.yaml"
+    resources:
+        gpu=1,
+    params:
+        patch=PATCH,
+        model=config["model"],
+        sae=config["sae"],
+        hooks=SAE_HOOKS,
+    script:
+        "../../scripts/patch_ig.py"
 
 
 rule patch_verify:
@@ -136,6 +161,7 @@ rule patch_summary:
         faithfulness=rules.patch_verify.output.faithfulness,
         truth=get_patch_truth,
         exact=get_patch_exact,
+        ig=get_patch_ig,
         circuit=rules.patch_circuit.output.circuit,
     output:
         summary="results/{experiment}/patch/summary.json",
