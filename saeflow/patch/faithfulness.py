@@ -31,10 +31,12 @@ from saeflow.patch.resid import (PairBatch, PatchConfig, align_right, check_batc
 
 @torch.no_grad()
 def node_means(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBatch],
-               with_error: bool, max_batch: int = 256) -> dict[str, SparseAct]:
+               with_error: bool, max_batch: int = 256, n_positions: int | None = None
+               ) -> dict[str, SparseAct]:
     """Each node's mean over clean + corrupted prompts at each right-aligned position:
-    ``act [P, d_sae]``, ``res [P, d_model]`` (``None`` without the error term)."""
-    P, dev = max(b.length for b in batches), model.cfg.device
+    ``act [P, d_sae]``, ``res [P, d_model]`` (``None`` without the error term); ``P`` is
+    ``n_positions`` (the alignment of a ranking made on more pairs) or the longest pair."""
+    P, dev = n_positions or max(b.length for b in batches), model.cfg.device
     sums: dict[str, SparseAct] = {}
     counts = torch.zeros(P, 1, device=dev)
     for c in (c for b in batches for c in b.chunks(max_batch)):
@@ -49,6 +51,7 @@ def node_means(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBatch]
                 if nd.res is not None and s.res is not None:
                     s.res[P - T:] += nd.res.sum(0)
         counts[P - T:] += 2 * len(c)
+    counts = counts.clamp(min=1)  # columns no pair reaches: never read
     return {h: SparseAct(s.act / counts, None if s.res is None else s.res / counts)
             for h, s in sums.items()}
 
@@ -58,7 +61,8 @@ def faithfulness_curve(model: Any, saes: Mapping[str, Any], batches: Sequence[Pa
                        ranking: Sequence[Node], ns: Sequence[int], means: Mapping[str, SparseAct],
                        with_error: bool, max_batch: int = 256,
                        random_rankings: Sequence[Sequence[Node]] = (), n_boot: int = 0,
-                       ci: float = 0.95, seed: int = 0) -> dict[str, Any]:
+                       ci: float = 0.95, seed: int = 0, n_positions: int | None = None
+                       ) -> dict[str, Any]:
     """Faithfulness and completeness of the top-``n`` nodes of ``ranking`` for each ``n``, as in
     Sparse Feature Circuits: ``(F(C) - F(none)) / (F(M) - F(none))`` with ``F(M)`` the model
     itself (no SAE), in both modes, so an error-free splice that is a different model shows
@@ -68,8 +72,10 @@ def faithfulness_curve(model: Any, saes: Mapping[str, Any], batches: Sequence[Pa
 
     Every variant (all nodes, none, top n, all but top n, random top n) is a keep-mask over
     nodes; the variants run as stacked copies of the clean batch, ``max_batch`` rows per pass.
+    Error nodes' columns are right-aligned to ``n_positions`` (default: the longest pair),
+    which ``means`` must share.
     """
-    P, dev, N = max(b.length for b in batches), model.cfg.device, len(ranking)
+    P, dev, N = n_positions or max(b.length for b in batches), model.cfg.device, len(ranking)
     ns = sorted({min(int(n), N) for n in ns})
     orders = [list(ranking), *map(list, random_rankings)]
     # per ordering, the rank of every node; a variant keeps ranks < cut (or >= cut, inverted)
@@ -239,10 +245,11 @@ def verify_stage(model: Any, saes: Sequence[Any], batches: Sequence[PairBatch],
         rng = np.random.default_rng(cfg.seed)
         shuffles = [[nodes[j] for j in rng.permutation(len(nodes))]
                     for _ in range(cfg.faithfulness_random)]
-        means = node_means(model, spliced, eval_batches, MODES[mode], cfg.max_batch)
+        width = max(b.length for b in batches)  # the ranking's alignment (every pair)
+        means = node_means(model, spliced, eval_batches, MODES[mode], cfg.max_batch, width)
         faith[mode] = faithfulness_curve(model, spliced, eval_batches, nodes, cfg.faithfulness_n,
                                          means, MODES[mode], cfg.max_batch, shuffles,
-                                         cfg.n_bootstrap, cfg.ci, cfg.seed)
+                                         cfg.n_bootstrap, cfg.ci, cfg.seed, width)
         faith[mode]["split"] = {
             "held_out": held_out, "rank_pairs": order[rank_rows].tolist(),
             "eval_pairs": [i for b in eval_batches for i in b.pair_ids],

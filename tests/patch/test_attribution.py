@@ -282,6 +282,20 @@ def test_stage_outputs_end_to_end(model: HookedSAETransformer, tmp_path) -> None
     assert identity["max_error_at_diff"] < 1e-4 and identity["max_effect_elsewhere"] < 1e-4
     assert s["toy_check"]["resid"][0]["chance_share"] < 0.5
     assert s["circuit"]["n_nodes"] == len(circuit["nodes"])
+    # the held-out pairs may all be shorter than the longest: error nodes keep the ranking's
+    # alignment (a regression: the curve once indexed them by the eval pairs' own width)
+    from saeflow.patch.attribution import rank_nodes as ranked_nodes
+    from saeflow.patch.faithfulness import node_means as means_of
+
+    from saeflow.patch.attribution import to_sae_transformer
+
+    short, sae_model = [batches[0]], to_sae_transformer(model)
+    spliced = prepare_saes(sae_model, saes)
+    order = [n for n, _ in ranked_nodes(atps["with_error"])]
+    width = max(b.length for b in batches)
+    curve = faithfulness_curve(sae_model, spliced, short, order, [1, 3], means_of(
+        sae_model, spliced, short, True, 256, width), True, 256, n_positions=width)
+    assert curve["n_pairs"] == 3
     faith = json.loads(p["faithfulness.json"].read_text())
     for mode in ("with_error", "without_error"):
         split = faith[mode]["split"]
