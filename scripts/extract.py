@@ -1,4 +1,4 @@
-"""Rules extract and extract_shard: run the model over one prompt set (or one shard of it,
+"""Rule extract (and extract_shard): run the model over one prompt set (or one shard of it,
 wildcard ``shard``) and store hook activations in HDF5.
 
 Inputs: ``prompts`` (the prompt set, JSONL), toy only: ``model``. Params: ``extraction``,
