@@ -29,22 +29,23 @@ from typing import Any
 import numpy as np
 
 from saeflow.core.errors import InputError
-from saeflow.labels.ablation import (
-    EvalSet, ablation_losses, category_feature_sets, pool_draws,
-)
+from saeflow.labels.ablation import EvalSet, ablation_losses, category_feature_sets, pool_draws
 from saeflow.labels.study import OTHER
 
 log = logging.getLogger(__name__)
 
 SOURCES = ("category", "other")
 MEMBERS = "members:"  # prefix of the set of a bucket's true members
+# Random draws whose mean stands for the true LPF of features in no category: a set of a few
+# features from a pool of very unequal ones (most all but dead) is a noisy stand-in.
+TRUE_OTHER_DRAWS = 8
 # What each method takes a bucket to be made of; a condition outside it is marked violated.
 ASSUMES = {
     "naive": "a bucket holds only its own category (no contamination)",
     "two-bucket": "exactly two categories, and each bucket's contaminants are members of the "
                   "other category",
     "general": "the validation sample is a uniform draw of the features, so its compositions "
-               "stand for the buckets'",
+               "stand for the buckets'; every LPF is >= 0 (non-negative least squares)",
 }
 # Not planted, so no condition marks it: the validation measures how much it costs.
 SHARED_ASSUMPTION = ("ablation effects add up over features, and the members of a category in a "
@@ -67,9 +68,8 @@ class Condition:
 
 def conditions(levels: Sequence[float], sources: Sequence[str]) -> list[Condition]:
     """Level 0 once (nothing planted, so no source), every other level once per source."""
-    unknown = sorted(set(sources) - set(SOURCES))
-    if unknown:
-        raise InputError("config", "labels.validation.sources", f"unknown sources {unknown}")
+    if set(sources) - set(SOURCES):
+        raise InputError("config", "labels.validation.sources", f"unknown sources in {list(sources)}")
     out = [Condition(0.0, "none")] if any(level == 0 for level in levels) else []
     return out + [Condition(float(level), s) for level in sorted(levels) if level > 0 for s in sources]
 
@@ -145,11 +145,14 @@ def oracle_validation(buckets: Mapping[str, Sequence[int]], truth: Mapping[str, 
 
 @dataclass
 class Replicate:
+    """One planted classifier: its buckets, `other` draws (other@i), kept members (members:<c>)
+    and the realised share of each bucket that is not its category."""
+
     condition: Condition
     index: int
     seed: int
-    sets: dict[str, list[int]]  # each category's bucket, the `other` draws (other@i), members:<c>
-    realised: dict[str, float]  # true share of each bucket that is not its category
+    sets: dict[str, list[int]]
+    realised: dict[str, float]
 
 
 def plan(truth: Mapping[str, Sequence[int]], features: Sequence[int], cfg: Mapping[str, Any],
@@ -188,9 +191,9 @@ def _select(result: Mapping[str, Any], cov: np.ndarray, index: Mapping[str, int]
 def measure(model: Any, sae: Any, eval_set: EvalSet, replicates: Sequence[Replicate],
             truth: Mapping[str, Sequence[int]], batch_size: int, sets_per_pass: int
             ) -> tuple[dict[str, Any], dict[str, str], list[dict[str, str]]]:
-    """One batched :func:`ablation_losses` over every distinct set, the true members of each
-    category among them; returns it, each category -> its true set's name, and per replicate
-    its set names -> the measured set's name (a set planted twice is measured once)."""
+    """One batched :func:`ablation_losses` over every distinct set, the true sets ``truth``
+    among them; returns it, the true sets' names -> the measured set's name, and the same per
+    replicate (a set planted twice is measured once)."""
     unique: dict[tuple[int, ...], str] = {}
 
     def name_of(features: Sequence[int]) -> str:
@@ -206,15 +209,19 @@ def measure(model: Any, sae: Any, eval_set: EvalSet, replicates: Sequence[Replic
     return result, truth_names, names
 
 
-def true_lpf(result: Mapping[str, Any], truth_names: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    """Each category's measured truth: ``delta / n`` of its true members ablated together."""
+def true_lpf(result: Mapping[str, Any], cov: np.ndarray, index: Mapping[str, int],
+             truth_names: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Each category's measured truth, ``delta / n`` of its true members ablated together, and
+    that of features in no category (draws ``other@i`` pooled; not scored, but a negative one
+    breaks general's non-negativity)."""
+    measured = pool_draws(_select(result, cov, index, truth_names), OTHER)["sets"]
     out = {}
-    for name, key in truth_names.items():
-        entry = result["sets"][key]
+    for name, entry in measured.items():
         n = entry["n_features"]
         out[name] = {"lpf": entry["delta"] / n, "lpf_se": entry["delta_se"] / n,
                      "delta": entry["delta"], "n_members": n, "how": TRUTH_NOTE}
-    return out
+    return out, {**out.pop(OTHER), "n_draws": measured[OTHER]["draws"]["n"], "how": "the mean "
+                 "of random draws of features in no category, each ablated alone; delta / n"}
 
 
 def solve_replicate(result: Mapping[str, Any], cov: np.ndarray, index: Mapping[str, int],
@@ -239,8 +246,9 @@ def solve_replicate(result: Mapping[str, Any], cov: np.ndarray, index: Mapping[s
         except InputError as err:  # a singular system: counted as a failure of the method
             estimates[method] = {"error": str(err)}
             continue
-        estimates[method] = {c: {"estimate": solved["categories"][c]["lpf_corrected"],
-                                 "ci95": solved["categories"][c]["ci95"]} for c in truth}
+        estimates[method] = {n: {"estimate": c["lpf_corrected"], "ci95": c["ci95"],
+                                 **({"flags": c["flags"]} if c["flags"] else {})}
+                             for n, c in solved["categories"].items()}
     members = {c: ablation["sets"][f"{MEMBERS}{c}"] for c in truth}
     return {"condition": rep.condition.key, "replicate": rep.index, "seed": rep.seed,
             "n_predicted": {c: len(rep.sets[c]) for c in truth},
@@ -270,13 +278,13 @@ def score(estimates: Sequence[float], intervals: Sequence[Sequence[float] | None
     ci = cover["coverage_ci95"]
     bias = float(err.mean()) if n else None
     inside = np.asarray(in_bucket, dtype=float)
+    widths = [c[1] - c[0] for c in intervals if c is not None]
     return {"n": n, "bias": bias,
             "bias_se": float(err.std(ddof=1) / math.sqrt(n)) if n > 1 else None,
             "rel_bias": bias / true if bias is not None and true else None,
             "rmse": float(np.sqrt((err**2).mean())) if n else None, **cover,
             "nominal_in_coverage_ci95": None if ci is None else bool(ci[0] <= 0.95 <= ci[1]),
-            "mean_ci_width": float(np.mean([c[1] - c[0] for c in intervals if c is not None]))
-            if cover["n_intervals"] else None,
+            "mean_ci_width": float(np.mean(widths)) if widths else None,
             "in_bucket": {**_coverage(intervals, inside),
                           "bias": float((np.asarray(estimates) - inside).mean()) if n else None,
                           "spread_around_true": float(np.sqrt(((inside - true) ** 2).mean())) if n else None}}
@@ -302,12 +310,34 @@ def summarise(solved: Sequence[Mapping[str, Any]], truth: Mapping[str, Mapping[s
             entry["methods"][method] = {
                 "assumption": ASSUMES[method], "assumption_violated": why is not None,
                 "violation": why, "n_solved": len(ok), "n_failed": len(reps) - len(ok),
+                # replicates where NNLS held some LPF at 0: a negative truth shows as 0 there
+                "n_at_nnls_bound": sum(any("at_nnls_bound" in e.get("flags", ())
+                                           for e in r["estimates"][method].values()) for r in ok),
                 "failures": errors[:5],
                 "categories": {c: {"true_lpf": t["lpf"], **score(
                     [r["estimates"][method][c]["estimate"] for r in ok],
                     [r["estimates"][method][c]["ci95"] for r in ok], t["lpf"],
                     [r["lpf_in_bucket"][c] for r in ok])} for c, t in truth.items()}}
         out.append(entry)
+    return out
+
+
+def verdict(summary: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> dict[str, Any]:
+    """Per method: the conditions that hold or break its assumption, and the (condition,
+    category) cells where it holds yet the coverage's Wilson interval lies below 95%: there
+    the method fails on what no condition plants (:data:`SHARED_ASSUMPTION`), or its
+    intervals are too narrow."""
+    out = {}
+    for method in methods:
+        rows = [(c["key"], c["methods"][method]) for c in summary]
+        holds = [key for key, row in rows if not row["assumption_violated"]]
+        under = [f"{key}:{cat}" for key, row in rows if not row["assumption_violated"]
+                 for cat, cell in row["categories"].items()
+                 if cell["coverage_ci95"] is not None and cell["coverage_ci95"][1] < 0.95]
+        out[method] = {"assumption_holds_in": holds,
+                       "assumption_violated_in": [key for key, row in rows if row["assumption_violated"]],
+                       "undercovers_where_assumption_holds": under,
+                       "covers_nominally_where_assumption_holds": not under}
     return out
 
 
@@ -320,19 +350,21 @@ def validate(model: Any, sae: Any, eval_set: EvalSet, truth: Mapping[str, Sequen
     truth = {c: sorted(set(map(int, m))) for c, m in truth.items()}
     features = [int(r["feature_index"]) for r in records]
     replicates = plan(truth, features, cfg, other_size)
-    result, truth_names, names = measure(model, sae, eval_set, replicates, truth, batch_size,
+    truth_sets = category_feature_sets(truth, features, cfg["seed"], None, other_size, TRUE_OTHER_DRAWS)
+    result, truth_names, names = measure(model, sae, eval_set, replicates, truth_sets, batch_size,
                                          cfg["sets_per_pass"])
     cov = np.asarray(result["delta_covariance"]["matrix"], dtype=float)
     index = {n: i for i, n in enumerate(result["delta_covariance"]["names"])}
-    truth_lpf = true_lpf(result, truth_names)
+    truth_lpf, truth_other = true_lpf(result, cov, index, truth_names)
     start = time.perf_counter()
     solved = [solve_replicate(result, cov, index, n, rep, truth, records, sample_n, methods,
                               cfg["n_boot"]) for rep, n in zip(replicates, names)]
     log.info("solved %d replicates x %d methods in %.1f s", len(solved), len(methods),
              time.perf_counter() - start)
-    conds = conditions(cfg["contamination"], cfg["sources"])
-    return {"true_lpf": truth_lpf, "shared_assumption": SHARED_ASSUMPTION,
-            "conditions": summarise(solved, truth_lpf, conds, methods),
+    summary = summarise(solved, truth_lpf, conditions(cfg["contamination"], cfg["sources"]), methods)
+    return {"true_lpf": truth_lpf, "true_lpf_other": truth_other,
+            "shared_assumption": SHARED_ASSUMPTION,
+            "verdict": verdict(summary, methods), "conditions": summary,
             "design": {"n_features": len(features), "n_members": {c: len(m) for c, m in truth.items()},
                        "sample_n": min(sample_n, len(records)), "other_size": other_size,
                        **{k: cfg[k] for k in ("contamination", "sources", "false_negative_rate",

@@ -105,6 +105,10 @@ def test_methods_against_planted_noise_in_an_additive_world(monkeypatch):
     assert conds["other@0.3"]["methods"]["naive"]["assumption_violated"]
     assert conds["other@0.3"]["realised_contamination"]["a"] == pytest.approx(0.3, abs=0.02)
     assert len(result["replicates"]) == 3 * CFG["replicates"]
+    verdict = result["verdict"]
+    assert verdict["general"]["covers_nominally_where_assumption_holds"]
+    assert verdict["two-bucket"]["assumption_violated_in"] == ["other@0.3"]
+    assert verdict["naive"]["assumption_holds_in"] == ["none@0"]
 
 
 def test_unequal_members_are_what_the_intervals_leave_out(monkeypatch):
@@ -144,7 +148,7 @@ def test_real_measurements_on_a_tiny_model(random_model_and_sae):
     result = V.validate(model, sae, eval_set, truth, records, cfg, METHODS, sample_n=40)
     own = ablation_losses(model, sae, eval_set, {"a": truth["a"]})["sets"]["a"]
     assert result["true_lpf"]["a"]["lpf"] == pytest.approx(own["delta"] / 10, rel=1e-5)
-    assert "measured" in result["true_lpf"]["a"]["how"]
+    assert "measured" in result["true_lpf"]["a"]["how"] and result["true_lpf_other"]["n_draws"] == 8
     for cond in result["conditions"]:
         for method in METHODS:
             row = cond["methods"][method]
@@ -152,4 +156,4 @@ def test_real_measurements_on_a_tiny_model(random_model_and_sae):
             for c in truth:
                 assert {"bias", "rmse", "coverage", "coverage_ci95", "true_lpf"} <= set(row["categories"][c])
     # measured once: each replicate's kept members are its level-0 buckets in every condition
-    assert result["measurement"]["n_ablations"] == 2 + 3 * (2 + 4) + 2 * 3 * (2 + 4)
+    assert result["measurement"]["n_ablations"] == 2 + V.TRUE_OTHER_DRAWS + 3 * (2 + 4) + 2 * 3 * (2 + 4)
