@@ -4,7 +4,8 @@ Inputs: ``model`` (model.pt), ``sae`` (sae/{hook}/cfg.json), ``activations`` (ev
 ``descriptions``, ``classified`` (one per category, in config order), toy only:
 ``membership`` (the true members of each category). Params: ``model``, ``sae``, ``hook``,
 ``categories`` (names, in the order of ``classified``), ``ablation`` ({eval, batch_size,
-seed, device, other_size}). Output: ``ablation`` (results/{experiment}/labels/ablation.json).
+seed, device, other_size, other_draws}). Output: ``ablation``
+(results/{experiment}/labels/ablation.json).
 """
 
 from saeflow.core.runtime import rule_main

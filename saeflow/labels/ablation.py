@@ -9,6 +9,7 @@ ablated features alone, not to the SAE's reconstruction error. Works with any SA
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,19 +73,46 @@ def hook_name_of(sae: Any, hook_name: str | None = None) -> str:
     return name
 
 
-def splice_hook(sae: Any, keep: torch.Tensor | None):
-    """A hook replacing ``x [..., d_in]`` by ``decode(encode(x) * keep) + error``.
+# A residual-stream hook's activation is the model's whole state there, so a forward can start
+# from it: blocks.L.hook_resid_pre feeds block L, blocks.L.hook_resid_post block L + 1.
+_RESID_HOOK = re.compile(r"blocks\.(\d+)\.hook_resid_(pre|post)")
 
-    keep: ``[d_sae]`` 0/1 mask (None = keep every feature, i.e. the identity up to rounding).
+
+def start_layer(model: Any, hook: str) -> int | None:
+    """The block a forward from ``hook``'s activation starts at, or None where it cannot: a
+    hook off the residual stream, shortformer position embeddings (added in every block) or
+    a left-padding tokenizer (TransformerLens rebuilds that attention mask only from tokens)."""
+    match = _RESID_HOOK.fullmatch(hook)
+    cfg = getattr(model, "cfg", None)
+    if match is None or cfg is None or getattr(cfg, "positional_embedding_type", None) == "shortformer":
+        return None
+    if getattr(getattr(model, "tokenizer", None), "padding_side", "right") == "left":
+        return None
+    return int(match[1]) + (match[2] == "post")
+
+
+def spliced(sae: Any, codes: torch.Tensor, error: torch.Tensor, keep: torch.Tensor,
+            dtype: torch.dtype) -> torch.Tensor:
+    """``decode(codes * keep) + error`` for m masks at once: ``[m * b, T, d_in]``, mask-major.
+
+    codes: ``[b, T, d_sae]``; error: ``[b, T, d_in]`` (``x - decode(codes)``); keep: ``[m, d_sae]``.
     """
-    def hook(x: torch.Tensor, hook: Any) -> torch.Tensor:
-        codes = sae.encode(x)
-        recon = sae.decode(codes)
-        kept = recon if keep is None else sae.decode(codes * keep.to(codes.dtype))
-        # The sum is formed in the SAE's precision and cast back, so a bf16 model with a
-        # float32 SAE still gets x back (to rounding) when nothing is ablated.
-        return (kept + (x - recon)).to(x.dtype)
-    return hook
+    m = keep.shape[0]
+    kept = sae.decode((codes[None] * keep.to(codes.dtype)[:, None, None, :]).flatten(0, 1))
+    # The sum is formed in the SAE's precision and cast back, so a bf16 model with a
+    # float32 SAE still gets x back (to rounding) when nothing is ablated.
+    return (kept + error.repeat(m, *([1] * (error.ndim - 1)))).to(dtype)
+
+
+def _downstream(model: Any, hook: str, start: int | None, tokens: torch.Tensor,
+                acts: torch.Tensor) -> torch.Tensor:
+    """Logits ``[m * b, T, V]`` with ``acts`` (``[m * b, T, d]``) in place of ``hook``'s
+    activation: from the hook's layer on where :func:`start_layer` allows, else a full
+    forward of the repeated ``tokens`` (``[b, T]``) whose hook returns ``acts``."""
+    if start is not None:
+        return model(acts, start_at_layer=start, return_type="logits")
+    rows = tokens.repeat(acts.shape[0] // tokens.shape[0], 1)
+    return model.run_with_hooks(rows, fwd_hooks=[(hook, lambda x, hook: acts)], return_type="logits")
 
 
 def _row_loss_sums(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -115,11 +143,14 @@ def delta_covariance(row_deltas: np.ndarray, row_counts: np.ndarray) -> np.ndarr
 @torch.inference_mode()
 def ablation_losses(model: Any, sae: Any, eval_set: EvalSet,
                     feature_sets: Mapping[str, Sequence[int]], hook_name: str | None = None,
-                    batch_size: int = 32) -> dict[str, Any]:
+                    batch_size: int = 32, sets_per_pass: int = 1) -> dict[str, Any]:
     """Mean loss over counted positions: the model alone, with the SAE + error term spliced in
     (``baseline_loss``), and with each named feature set zero-ablated.
 
-    Returns ``{model_loss, baseline_loss, n_targets, n_prompts, hook_name, sets: {name:
+    Each prompt batch runs the model once up to the hook and encodes there once; the
+    ablations then run from the hook on, ``sets_per_pass`` masks stacked per forward (many
+    sets cost ``len(sets) / sets_per_pass`` downstream passes of ``sets_per_pass * batch_size``
+    rows). Returns ``{model_loss, baseline_loss, n_targets, n_prompts, hook_name, sets: {name:
     {n_features, loss, delta, delta_se}}, delta_covariance: {names, matrix}}`` where ``delta =
     loss - baseline_loss`` and its standard error and covariance treat prompts as the
     sampling unit (:func:`delta_covariance`).
@@ -129,34 +160,46 @@ def ablation_losses(model: Any, sae: Any, eval_set: EvalSet,
         raise InputError("eval set", "targets", "no position counts towards the loss")
     d_sae = int(sae.cfg.d_sae) if hasattr(sae, "cfg") else int(sae.W_dec.shape[0])
     device = next(model.parameters()).device
-    masks: dict[str, torch.Tensor | None] = {"__model__": None, "__baseline__": None}
-    for name, features in feature_sets.items():
-        idx = torch.as_tensor(list(features), dtype=torch.long)
+    names = list(feature_sets)
+    keep = torch.ones(len(names) + 1, d_sae, device=device)  # row 0: the baseline, nothing ablated
+    for j, name in enumerate(names, 1):
+        idx = torch.as_tensor(list(feature_sets[name]), dtype=torch.long)
         if len(idx) and (idx.min() < 0 or idx.max() >= d_sae):
             raise InputError("feature sets", name, f"feature index out of range [0, {d_sae})")
-        keep = torch.ones(d_sae, device=device)
-        keep[idx.to(device)] = 0.0
-        masks[name] = keep
-    rows: dict[str, list[np.ndarray]] = {name: [] for name in masks}
-    for start in range(0, len(eval_set.tokens), batch_size):
-        tokens = eval_set.tokens[start:start + batch_size].to(device)
-        targets = eval_set.targets[start:start + batch_size].to(device)
-        for name, keep in masks.items():
-            hooks = [] if name == "__model__" else [(hook, splice_hook(sae, keep))]
-            logits = model.run_with_hooks(tokens, fwd_hooks=hooks, return_type="logits")
-            rows[name].append(_row_loss_sums(logits, targets).double().cpu().numpy())
-    row_loss = {name: np.concatenate(parts) for name, parts in rows.items()}
+        keep[j, idx.to(device)] = 0.0
+    start = start_layer(model, hook)
+    # The model is causal, so positions after a row's last counted one change nothing: batches
+    # of prompts of similar length (sorted) are cut there, which saves the padding's compute.
+    counted_at = eval_set.targets != IGNORE
+    ends = (counted_at * torch.arange(1, counted_at.shape[1] + 1)).max(dim=1).values
+    order = torch.argsort(ends, stable=True)
+    row_model = np.zeros(len(order))
+    row_sets = np.zeros((len(keep), len(order)))  # baseline, then each set; prompts in order
+    for first in range(0, len(order), batch_size):
+        rows = order[first:first + batch_size]
+        width = max(1, int(ends[rows].max()))
+        tokens = eval_set.tokens[rows, :width].to(device)
+        targets = eval_set.targets[rows, :width].to(device)
+        logits, cache = model.run_with_cache(tokens, names_filter=hook, return_type="logits")
+        row_model[rows.numpy()] = _row_loss_sums(logits, targets).double().cpu().numpy()
+        x = cache[hook]
+        codes = sae.encode(x)
+        error = x - sae.decode(codes)
+        for j in range(0, len(keep), max(1, sets_per_pass)):
+            masks = keep[j:j + max(1, sets_per_pass)]
+            logits = _downstream(model, hook, start, tokens, spliced(sae, codes, error, masks, x.dtype))
+            losses = _row_loss_sums(logits, targets.repeat(len(masks), 1)).view(len(masks), -1)
+            row_sets[j:j + len(masks), rows.numpy()] = losses.double().cpu().numpy()
     row_counts = (eval_set.targets != IGNORE).sum(dim=1).double().numpy()
     counted = row_counts > 0
-    losses = {name: float(loss.sum()) / eval_set.n_targets for name, loss in row_loss.items()}
-    baseline = losses["__baseline__"]
-    names = list(feature_sets)
-    row_deltas = np.stack([row_loss[name] - row_loss["__baseline__"] for name in names], axis=1)
+    losses = row_sets.sum(axis=1) / eval_set.n_targets
+    baseline = float(losses[0])
+    row_deltas = (row_sets[1:] - row_sets[0]).T
     cov = delta_covariance(row_deltas[counted], row_counts[counted])
-    return {"model_loss": losses["__model__"], "baseline_loss": baseline,
+    return {"model_loss": float(row_model.sum()) / eval_set.n_targets, "baseline_loss": baseline,
             "n_targets": eval_set.n_targets, "n_prompts": int(counted.sum()), "hook_name": hook,
-            "sets": {name: {"n_features": len(set(feature_sets[name])), "loss": losses[name],
-                            "delta": losses[name] - baseline,
+            "sets": {name: {"n_features": len(set(feature_sets[name])), "loss": float(losses[j + 1]),
+                            "delta": float(losses[j + 1]) - baseline,
                             "delta_se": float(np.sqrt(max(cov[j, j], 0.0)))}
                      for j, name in enumerate(names)},
             "delta_covariance": {"names": names, "matrix": cov.tolist()}}
@@ -169,41 +212,88 @@ def random_matched_set(pool: Sequence[int], size: int, seed: int) -> list[int]:
     return sorted(pool[i] for i in picked)
 
 
+def draw_name(name: str, i: int) -> str:
+    """The key of draw ``i`` of a random set measured several times (:func:`pool_draws`)."""
+    return f"{name}@{i}"
+
+
 def category_feature_sets(predicted: Mapping[str, Sequence[int]], all_features: Sequence[int],
                           seed: int, truth: Mapping[str, Sequence[int]] | None = None,
-                          other_size: int | None = None) -> dict[str, list[int]]:
+                          other_size: int | None = None, other_draws: int = 1) -> dict[str, list[int]]:
     """The sets to ablate: each category as predicted, ``other`` (a random set, matched in
     size to the mean category, of features predicted in no category) and, in the toy world,
     ``truth:<category>`` and ``truth:other`` from ground-truth membership.
+
+    ``other_draws`` > 1: each random set is drawn that many times (seeds ``seed + i``, keys
+    ``other@i``), for :func:`pool_draws` to average; one draw of a few features from a pool of
+    very unequal features (many all but dead, a few strong) is a noisy stand-in for the pool.
     """
     sets = {name: sorted(set(map(int, feats))) for name, feats in predicted.items()}
     size = other_size if other_size is not None else round(np.mean([len(s) for s in sets.values()]))
+
+    def draws(name: str, pool: list[int]) -> dict[str, list[int]]:
+        if other_draws <= 1:
+            return {name: random_matched_set(pool, size, seed)}
+        return {draw_name(name, i): random_matched_set(pool, size, seed + i) for i in range(other_draws)}
+
     in_any = set().union(*sets.values()) if sets else set()
-    sets["other"] = random_matched_set([f for f in all_features if f not in in_any], size, seed)
+    sets.update(draws("other", [f for f in all_features if f not in in_any]))
     if truth is not None:
         true_any = set().union(*(set(map(int, t)) for t in truth.values()))
         for name, feats in truth.items():
             sets[f"truth:{name}"] = sorted(set(map(int, feats)))
-        sets["truth:other"] = random_matched_set(
-            [f for f in all_features if f not in true_any], size, seed)
+        sets.update(draws("truth:other", [f for f in all_features if f not in true_any]))
     return sets
+
+
+def pool_draws(result: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """:func:`ablation_losses` output with the draws ``name@0..`` of one random set (same
+    pool, same size) replaced by ``name``: their mean increase, and a variance that adds the
+    spread between draws (which features were drawn) to the prompts' sampling noise.
+
+    The covariance of the mean with every other set is the mean of the draws' covariances;
+    the spread between draws also holds part of their measurement noise, counted twice, so
+    the pooled variance errs on the wide side. No draws of ``name``: ``result`` unchanged.
+    """
+    names = list(result["delta_covariance"]["names"])
+    drawn = [n for n in names if n.startswith(f"{name}@")]
+    if not drawn:
+        return dict(result)
+    kept = [n for n in names if n not in drawn]
+    combine = np.zeros((len(kept) + 1, len(names)))  # rows: kept sets, then the pooled mean
+    for i, n in enumerate(kept):
+        combine[i, names.index(n)] = 1.0
+    combine[-1, [names.index(n) for n in drawn]] = 1.0 / len(drawn)
+    cov = combine @ np.asarray(result["delta_covariance"]["matrix"], dtype=float) @ combine.T
+    deltas = np.array([result["sets"][n]["delta"] for n in drawn])
+    between = float(deltas.var(ddof=1)) / len(deltas) if len(deltas) > 1 else 0.0
+    cov[-1, -1] += between
+    sets = {n: result["sets"][n] for n in kept}
+    delta = float(deltas.mean())
+    sets[name] = {"n_features": round(np.mean([result["sets"][n]["n_features"] for n in drawn])),
+                  "loss": result["baseline_loss"] + delta, "delta": delta,
+                  "delta_se": float(np.sqrt(max(cov[-1, -1], 0.0))),
+                  "draws": {"n": len(drawn), "deltas": deltas.tolist(),
+                            "between_se": float(np.sqrt(between))}}
+    return {**result, "sets": sets, "delta_covariance": {"names": [*kept, name], "matrix": cov.tolist()}}
 
 
 def ablate_categories(model: Any, sae: Any, eval_set: EvalSet, classified: Mapping[str, str | Path],
                       descriptions: str | Path, seed: int = 0, batch_size: int = 32,
                       truth: Mapping[str, Sequence[int]] | None = None,
-                      other_size: int | None = None) -> dict[str, Any]:
+                      other_size: int | None = None, other_draws: int = 1) -> dict[str, Any]:
     """The stage: ablate each category as classified (files from :func:`saeflow.labels.classify.classify`),
-    a random matched ``other`` set and, given toy ``truth``, the true sets; returns
-    :func:`ablation_losses` plus the ``feature_sets`` used."""
+    a random matched ``other`` set (``other_draws`` draws, pooled) and, given toy ``truth``, the
+    true sets; returns :func:`ablation_losses` plus the ``feature_sets`` used."""
     from saeflow.labels.classify import related_features
     from saeflow.formats.descriptions import read_descriptions
 
     predicted = {name: related_features(path) for name, path in classified.items()}
     features = [r["feature_index"] for r in read_descriptions(descriptions)]
-    sets = category_feature_sets(predicted, features, seed, truth, other_size)
-    return {**ablation_losses(model, sae, eval_set, sets, batch_size=batch_size),
-            "feature_sets": sets, "seed": seed}
+    sets = category_feature_sets(predicted, features, seed, truth, other_size, other_draws)
+    result = ablation_losses(model, sae, eval_set, sets, batch_size=batch_size)
+    result = pool_draws(pool_draws(result, "other"), "truth:other")
+    return {**result, "feature_sets": sets, "seed": seed}
 
 
 def eval_set_from_h5(path: str | Path, mode: str = "answer") -> EvalSet:
@@ -240,7 +330,7 @@ def ablation_stage(model_cfg: Mapping[str, Any], model_dir: str | Path | None,
     :func:`ablate_categories` over the eval set of ``activations`` to ``out`` (ablation.json).
 
     ``classified``: category -> classified/{category}.json, in config order; ``ablation``:
-    ``config["labels"]["ablation"]`` ({eval, batch_size, seed, device, other_size});
+    ``config["labels"]["ablation"]`` ({eval, batch_size, seed, device, other_size, other_draws});
     ``membership``: the toy world's truth_membership.json (its true sets are ablated too), or
     None. ``model_dir``/``sae_dir``: None for pretrained ones.
     """
@@ -257,5 +347,5 @@ def ablation_stage(model_cfg: Mapping[str, Any], model_dir: str | Path | None,
     eval_set = eval_set_from_h5(activations, ablation["eval"])
     result = ablate_categories(model, sae, eval_set, dict(classified), descriptions,
                                ablation["seed"], ablation["batch_size"], truth,
-                               ablation["other_size"])
+                               ablation["other_size"], ablation["other_draws"])
     write_json(out, result, {"ablation": ablation, "hook": hook_name})

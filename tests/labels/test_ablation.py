@@ -10,9 +10,10 @@ from sae_lens import StandardSAE, StandardSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from saeflow.labels import ablation as ablation_module
 from saeflow.labels.ablation import (
     IGNORE, ablate_categories, ablation_losses, category_feature_sets, delta_covariance,
-    eval_set_from_h5, next_token_eval, random_matched_set, target_eval,
+    eval_set_from_h5, next_token_eval, pool_draws, random_matched_set, start_layer, target_eval,
 )
 from saeflow.core.errors import InputError
 
@@ -151,3 +152,41 @@ def test_stage_ablates_classified_categories(tmp_path, model_and_sae, eval_set):
     assert out["feature_sets"]["a"] == [1, 2, 3] and out["feature_sets"]["b"] == [10, 11]
     assert set(out["sets"]) == {"a", "b", "other", "truth:a", "truth:other"}
     assert out["sets"]["b"]["loss"] != out["baseline_loss"]
+
+
+def test_stacked_masks_and_the_forward_from_the_hook_change_no_loss(model_and_sae, eval_set,
+                                                                    monkeypatch):
+    """Masks stacked per pass, prompts sorted and cut after their last counted position, and
+    the forward started at the hook's layer give the losses of one full hooked forward per set."""
+    model, sae = model_and_sae
+    sets = {f"s{i}": list(range(i, 64, 7)) for i in range(5)}
+    fast = ablation_losses(model, sae, eval_set, sets, batch_size=4, sets_per_pass=3)
+    assert start_layer(model, HOOK) == 1 and start_layer(model, "blocks.1.hook_resid_pre") == 1
+    assert start_layer(model, "blocks.0.hook_mlp_out") is None
+    monkeypatch.setattr(ablation_module, "start_layer", lambda model, hook: None)
+    slow = ablation_losses(model, sae, eval_set, sets, batch_size=2, sets_per_pass=1)
+    assert fast["baseline_loss"] == pytest.approx(slow["baseline_loss"], abs=1e-6)
+    for name in sets:
+        assert fast["sets"][name]["delta"] == pytest.approx(slow["sets"][name]["delta"], abs=1e-6)
+    assert np.allclose(fast["delta_covariance"]["matrix"], slow["delta_covariance"]["matrix"],
+                       atol=1e-10)
+
+
+def test_several_other_draws_are_pooled_with_their_spread():
+    sets = category_feature_sets({"a": [1, 2, 3, 4]}, list(range(40)), seed=5, other_draws=3)
+    assert [n for n in sets if n.startswith("other")] == ["other@0", "other@1", "other@2"]
+    assert sets["other@0"] == category_feature_sets({"a": [1, 2, 3, 4]}, list(range(40)), 5)["other"]
+    names = ["a", "other@0", "other@1", "other@2"]
+    cov = np.diag([1.0, 2.0, 2.0, 2.0]) * 1e-4
+    cov[0, 1:] = cov[1:, 0] = 0.5e-4
+    result = {"baseline_loss": 1.0, "delta_covariance": {"names": names, "matrix": cov.tolist()},
+              "sets": {n: {"n_features": 4, "delta": d, "loss": 1 + d, "delta_se": 0.0}
+                       for n, d in zip(names, [0.5, 0.1, 0.2, 0.3])}}
+    pooled = pool_draws(result, "other")
+    assert pooled["delta_covariance"]["names"] == ["a", "other"]
+    other = pooled["sets"]["other"]
+    assert other["delta"] == pytest.approx(0.2) and other["loss"] == pytest.approx(1.2)
+    between = np.var([0.1, 0.2, 0.3], ddof=1) / 3
+    assert other["delta_se"] ** 2 == pytest.approx(2e-4 / 3 + between)
+    assert pooled["delta_covariance"]["matrix"][0][1] == pytest.approx(0.5e-4)
+    assert other["draws"]["n"] == 3 and pool_draws(pooled, "other") == pooled

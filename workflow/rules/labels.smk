@@ -4,8 +4,9 @@
 # Library: saeflow/labels/ (describe, classify, labelling, agreement, ablation, study,
 # correction, plots). Config: config["labels"] (keys and defaults:
 # workflow/schemas/config.schema.yaml, described in config/README.md), config["model"],
-# config["sae"]. Toy-only rules (truth_membership, label_oracle, correction_summary) need the
-# toy world's truth.json. LABELS, LABEL_CATS, LPF_METHODS, IS_ORACLE and get_*: common.smk.
+# config["sae"]. Toy-only rules (truth_membership, label_oracle, correction_summary,
+# validate_correction) need the toy world's truth.json. LABELS, LABEL_CATS, LPF_METHODS,
+# IS_ORACLE and get_*: common.smk.
 
 
 rule fetch_neuronpedia:
@@ -225,6 +226,36 @@ if IS_ORACLE:
             methods=LPF_METHODS,
         script:
             "../../scripts/correction_summary.py"
+
+    # Not in `all` (minutes of ablations): the named target `validation` runs it.
+    rule validate_correction:
+        input:
+            unpack(get_model),
+            unpack(get_labels_sae),
+            activations=get_labels_activations,
+            descriptions=rules.describe.output.descriptions,
+            membership=rules.truth_membership.output.membership,
+        output:
+            validation="results/{experiment}/correction/validation.json",
+        log:
+            "results/{experiment}/logs/labels/validate_correction/{experiment}.log",
+        benchmark:
+            "results/{experiment}/benchmarks/labels/validate_correction/{experiment}.tsv"
+        conda:
+            "../../envs/saeflow.yaml"
+        threads: 2
+        resources:
+            gpu=1,
+        params:
+            model=config["model"],
+            sae=config["sae"],
+            hook=LABELS["hook"],
+            ablation=LABELS["ablation"],
+            sample=LABELS["sample"],
+            validation=LABELS["validation"],
+            methods=LPF_METHODS,
+        script:
+            "../../scripts/validate_correction.py"
 
 
 rule plot_confusion:

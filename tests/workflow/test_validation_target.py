@@ -1,0 +1,50 @@
+"""Target `validation` on the toy DAG (config/test.yaml): the corrections against planted label
+noise, measured on the trained toy model. The world is small and its LPFs are carried by a few
+features, so only what holds whatever the luck is asserted: the planted buckets are the ones
+measured, the flags follow the planted conditions, and naive's contamination error (against
+the members its bucket held) is far above general's when contaminants come from `other`."""
+
+import json
+
+import pytest
+
+from saeflow.toy.workspace import TEST_CONFIGS, e2e_config, run_snakemake
+
+pytestmark = pytest.mark.slow
+
+
+def check_validation(result, cfg):
+    """The assertions, on a validation.json already read (also run by hand on a checkout's)."""
+    methods = cfg["labels"]["correction"]["methods"]
+    conds = {c["key"]: c for c in result["conditions"]}
+    assert set(conds) == {"none@0"} | {f"{s}@{level:g}" for s in ("category", "other")
+                                       for level in (0.1, 0.2, 0.3, 0.5)}
+    for name, truth in result["true_lpf"].items():
+        assert truth["lpf"] == pytest.approx(truth["delta"] / truth["n_members"])
+        assert truth["how"].startswith("measured, not assumed")
+    for key, cond in conds.items():
+        assert cond["n_replicates"] == 20
+        for method in methods:
+            row = cond["methods"][method]
+            assert row["n_solved"] + row["n_failed"] == 20
+            assert row["assumption_violated"] == (
+                (method == "naive" and key != "none@0")
+                or (method == "two-bucket" and key.startswith("other@")))
+            for cell in row["categories"].values():
+                lo, hi = cell["coverage_ci95"]
+                assert lo - 1e-9 <= cell["coverage"] <= hi + 1e-9 and cell["n_intervals"] == 20
+    for method in ("naive", "two-bucket"):  # nothing planted: the estimate is the bucket's LPF
+        for cell in conds["none@0"]["methods"][method]["categories"].values():
+            assert abs(cell["in_bucket"]["bias"]) < 1e-12 and cell["in_bucket"]["coverage"] == 1.0
+    for level in ("0.2", "0.3"):
+        cells = {m: conds[f"other@{level}"]["methods"][m]["categories"]["digits"] for m in methods}
+        assert abs(cells["general"]["in_bucket"]["bias"]) < 0.5 * abs(cells["naive"]["in_bucket"]["bias"])
+        assert cells["naive"]["in_bucket"]["bias"] < 0  # diluted by contaminants
+    assert "other@0.3" in result["verdict"]["two-bucket"]["assumption_violated_in"]
+
+
+def test_validation_target_writes_the_contract(toy_run):
+    run_snakemake(toy_run, "validation", "--cores", "2", "--resources", "gpu=1",
+                  "--configfile", *TEST_CONFIGS)
+    path = toy_run / "results" / "toy" / "correction" / "validation.json"
+    check_validation(json.loads(path.read_text()), e2e_config())
