@@ -43,8 +43,13 @@ def check_validation(result, cfg):
     assert "other@0.3" in result["verdict"]["two-bucket"]["assumption_violated_in"]
 
 
-def test_validation_target_writes_the_contract(toy_run):
-    run_snakemake(toy_run, "validation", "--cores", "2", "--resources", "gpu=1",
+def test_validation_target_writes_the_contract(toy_run, tmp_path):
+    import shutil
+
+    # on a copy: the shared run's results tree is compared file for file by other tests
+    work = tmp_path / "work"
+    shutil.copytree(toy_run, work, symlinks=True)
+    run_snakemake(work, "validation", "--cores", "2", "--resources", "gpu=1",
                   "--configfile", *TEST_CONFIGS)
-    path = toy_run / "results" / "toy" / "correction" / "validation.json"
+    path = work / "results" / "toy" / "correction" / "validation.json"
     check_validation(json.loads(path.read_text()), e2e_config())
