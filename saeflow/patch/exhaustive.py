@@ -7,8 +7,8 @@ all positions, an error node ``(hook, position)``; the effect is that of patchin
 from the clean run into the corrupted run on the logit difference. A node whose value is the
 same in both runs of a pair has exact effect 0 without running anything (the patched run *is*
 the corrupted run), so only (pair, node) combinations whose value differs are run: one row of
-a batched forward pass each, ``max_batch`` rows per pass. On the toy that is a few percent of
-all pairs x latents.
+a batched forward pass each, ``max_batch`` rows per pass. Nodes of the last block's
+``hook_resid_post`` need no forward pass at all (:func:`_last_site`).
 """
 
 from __future__ import annotations
@@ -50,18 +50,23 @@ def _batch_effects(model: Any, saes: Mapping[str, Any], b: PairBatch, with_error
     """One batch's exact effects: latents ``[n, d_sae]`` and errors ``[n, T]`` per hook."""
     n, T = len(b), b.length
     _, clean = run_spliced(model, saes, b.clean, with_error)
-    logits, corr = run_spliced(model, saes, b.corrupted, with_error)
+    outs: dict[str, Tensor] = {}
+    logits, corr = run_spliced(model, saes, b.corrupted, with_error, outputs=outs)
     base = logit_diff(logits, b.clean_answer, b.corrupted_answer)
-    # (kind, hook, pair, index) of every node whose value differs between the pair's runs
+    latent_out = {h: np.zeros((n, saes[h].cfg.d_sae)) for h in saes}
+    error_out = {h: np.zeros((n, T)) for h in saes} if with_error else {}
+    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    if last in saes:
+        _last_site(model, saes[last], clean[last], corr[last], outs[last][:, -1], b, base,
+                   latent_out[last], error_out.get(last), max_batch)
+    # (kind, hook, pair, index) of every other node whose value differs between the runs
     rows: list[tuple[str, str, Tensor, Tensor]] = []
-    for h in saes:
+    for h in (h for h in saes if h != last):
         pairs, latents = torch.nonzero((clean[h].act != corr[h].act).any(1), as_tuple=True)
         rows.append(("latent", h, pairs, latents))
         if with_error:
             pairs, pos = torch.nonzero((clean[h].res != corr[h].res).any(-1), as_tuple=True)
             rows.append(("error", h, pairs, pos))
-    latent_out = {h: np.zeros((n, saes[h].cfg.d_sae)) for h in saes}
-    error_out = {h: np.zeros((n, T)) for h in saes} if with_error else {}
     flat = [(kind, h, int(p), int(i)) for kind, h, ps, idx in rows
             for p, i in zip(ps.tolist(), idx.tolist(), strict=True)]
     for start in range(0, len(flat), max_batch):
@@ -94,6 +99,42 @@ def _batch_effects(model: Any, saes: Mapping[str, Any], b: PairBatch, with_error
         for (kind, h, p, i), value in zip(chunk, effect, strict=True):
             (latent_out if kind == "latent" else error_out)[h][p, i] = value
     return latent_out, error_out, len(flat)
+
+
+def _last_site(model: Any, sae: Any, clean: Any, corr: Any, x_final: Tensor, b: PairBatch,
+               base: Tensor, latent_out: np.ndarray, error_out: np.ndarray | None,
+               max_batch: int) -> None:
+    """The last block's ``hook_resid_post`` in closed form, still exact: only the final
+    token's residual reaches the metric from there (``ln_final`` and the unembedding, which
+    ``start_at_layer=n_layers`` runs, soft cap included), and a node changes it by its decoder
+    row times its change (the error term: by its own change). So each node costs one
+    unembedding of one vector, not a forward pass; nodes equal at the final token have effect
+    exactly 0, error nodes at other positions too."""
+    from saeflow.patch.edges import decoder_rows
+
+    n_layers, n = model.cfg.n_layers, len(b)
+    delta = (clean.act[:, -1] - corr.act[:, -1])  # [n, d_sae]
+    moved = torch.nonzero(delta.abs().amax(0) > 0, as_tuple=True)[0]
+    per_pass = max(1, max_batch // n)
+    for start in range(0, len(moved), per_pass):
+        idx = moved[start:start + per_pass]
+        rows = decoder_rows(sae, idx.tolist()).to(x_final.dtype)  # [K, d_model]
+        x = x_final[:, None, :] + delta[:, idx, None] * rows[None]  # [n, K, d_model]
+        latent_out[:, idx.cpu().numpy()] = _metric_shift(model, x, b, base, n_layers)
+    if error_out is not None:
+        x = (x_final + clean.res[:, -1] - corr.res[:, -1])[:, None, :]
+        error_out[:, -1] = _metric_shift(model, x, b, base, n_layers)[:, 0]
+
+
+def _metric_shift(model: Any, x: Tensor, b: PairBatch, base: Tensor, n_layers: int
+                  ) -> np.ndarray:
+    """``[n, K]``: the metric with the final residual replaced by each of ``x [n, K, d]``,
+    minus ``base [n]``."""
+    n, k = x.shape[:2]
+    logits = model(x.reshape(n * k, 1, -1), start_at_layer=n_layers)  # [n K, 1, vocab]
+    ld = logit_diff(logits, b.clean_answer.repeat_interleave(k),
+                    b.corrupted_answer.repeat_interleave(k)).view(n, k)
+    return (ld - base[:, None]).double().cpu().numpy()
 
 
 def exhaustive_patching(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBatch],
