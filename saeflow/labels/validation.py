@@ -314,12 +314,23 @@ def summarise(solved: Sequence[Mapping[str, Any]], truth: Mapping[str, Mapping[s
                 "n_at_nnls_bound": sum(any("at_nnls_bound" in e.get("flags", ())
                                            for e in r["estimates"][method].values()) for r in ok),
                 "failures": errors[:5],
-                "categories": {c: {"true_lpf": t["lpf"], **score(
+                "categories": {c: {"true_lpf": t["lpf"],
+                                   "outside_valid_range": _outside_range(method, t["lpf"]),
+                                   **score(
                     [r["estimates"][method][c]["estimate"] for r in ok],
                     [r["estimates"][method][c]["ci95"] for r in ok], t["lpf"],
                     [r["lpf_in_bucket"][c] for r in ok])} for c, t in truth.items()}}
         out.append(entry)
     return out
+
+
+def _outside_range(method: str, true_lpf: float) -> str | None:
+    """Why a category's truth is outside what ``method`` can estimate, or None: general
+    solves by non-negative least squares, so a negative LPF (ablating the category lowers
+    the loss) can only come out as 0."""
+    if method == "general" and true_lpf < 0:
+        return "the measured true LPF is negative; general fits LPF >= 0 (NNLS)"
+    return None
 
 
 def verdict(summary: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> dict[str, Any]:
@@ -333,8 +344,11 @@ def verdict(summary: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> dic
         holds = [key for key, row in rows if not row["assumption_violated"]]
         under = [f"{key}:{cat}" for key, row in rows if not row["assumption_violated"]
                  for cat, cell in row["categories"].items()
-                 if cell["coverage_ci95"] is not None and cell["coverage_ci95"][1] < 0.95]
-        out[method] = {"assumption_holds_in": holds,
+                 if cell["coverage_ci95"] is not None and cell["coverage_ci95"][1] < 0.95
+                 and not cell["outside_valid_range"]]
+        outside = sorted({cat for _, row in rows for cat, cell in row["categories"].items()
+                          if cell["outside_valid_range"]})
+        out[method] = {"assumption_holds_in": holds, "outside_valid_range_for": outside,
                        "assumption_violated_in": [key for key, row in rows if row["assumption_violated"]],
                        "undercovers_where_assumption_holds": under,
                        "covers_nominally_where_assumption_holds": not under}
