@@ -35,8 +35,9 @@ def build_circuit(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBat
     sites = site_order(list(saes))
     total = abs(float(np.mean(atp.clean - atp.corrupted)))
     node_thr, edge_thr = opts["node_threshold"] * total, opts["edge_threshold"] * total
-    selected = select_nodes(atp, sites, node_thr, opts["max_nodes_per_site"])
-    scores = dict(rank_nodes(atp))
+    ranked = rank_nodes(atp)
+    selected = select_nodes(atp, sites, node_thr, opts["max_nodes_per_site"], ranked)
+    scores = dict(ranked)
     edges = edge_attribution(model, saes, batches, sites, selected, cfg.max_batch)
     kept = {e: v for e, v in edges.items() if abs(v) >= edge_thr}
     P = max(b.length for b in batches)
@@ -64,7 +65,8 @@ def build_circuit(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBat
             rel = np.abs(np.subtract(estimate, exact)) / np.abs(exact)
         check["median_relative_error"] = nan_to_none(np.nanmedian(rel)) \
             if np.isfinite(rel).any() else None
-    ranking = chosen + [n for n, _ in rank_nodes(atp) if n not in set(chosen)]
+    in_circuit = set(chosen)
+    ranking = chosen + [n for n, _ in ranked if n not in in_circuit]
     means = node_means(model, saes, batches, True, cfg.max_batch)
     faith = faithfulness_curve(model, saes, batches, ranking, [max(len(chosen), 1)], means, True,
                                cfg.max_batch, n_boot=cfg.n_bootstrap, ci=cfg.ci, seed=cfg.seed)

@@ -43,12 +43,12 @@ def site_order(hooks: Sequence[str]) -> list[str]:
     return sorted(hooks, key=layer)
 
 
-def select_nodes(atp: AtPResult, sites: Sequence[str], threshold: float, max_per_site: int
-                 ) -> dict[str, list[Node]]:
+def select_nodes(atp: AtPResult, sites: Sequence[str], threshold: float, max_per_site: int,
+                 ranked: Sequence[tuple[Node, float]] | None = None) -> dict[str, list[Node]]:
     """Per site, the nodes whose ``|mean AtP|`` reaches ``threshold``, the largest
-    ``max_per_site`` of them."""
+    ``max_per_site`` of them (``ranked``: :func:`rank_nodes` of ``atp``, if already made)."""
     out: dict[str, list[Node]] = {h: [] for h in sites}
-    for node, value in rank_nodes(atp):
+    for node, value in ranked if ranked is not None else rank_nodes(atp):
         if abs(value) >= threshold and len(out[node[1]]) < max_per_site:
             out[node[1]].append(node)
     return out

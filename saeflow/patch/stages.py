@@ -35,6 +35,12 @@ def load_model_and_saes(model_cfg: Mapping[str, Any], model_dir: str | Path | No
     return model, saes
 
 
+def _provenance(patch: Mapping[str, Any], model_cfg: Mapping[str, Any],
+                sae_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The config sections a model-and-SAE patch output records."""
+    return {"patch": dict(patch), "model": dict(model_cfg), "sae": dict(sae_cfg)}
+
+
 def _setup(patch: Mapping[str, Any]) -> tuple[PatchConfig, str]:
     """The stage's config, seeded, and its device."""
     from saeflow.core.runtime import resolve_device, seed_everything
@@ -81,7 +87,7 @@ def patch_atp_stage(patch: Mapping[str, Any], model_cfg: Mapping[str, Any],
     cfg, model, saes, batches = _model_saes_pairs(patch, model_cfg, model_dir, sae_cfg, hooks,
                                                   sae_dirs, pairs)
     atp_stage(model, saes, batches, cfg, out,
-              {"patch": dict(patch), "model": dict(model_cfg), "sae": dict(sae_cfg)})
+              _provenance(patch, model_cfg, sae_cfg))
 
 
 def patch_ig_stage(patch: Mapping[str, Any], model_cfg: Mapping[str, Any],
@@ -96,7 +102,7 @@ def patch_ig_stage(patch: Mapping[str, Any], model_cfg: Mapping[str, Any],
     cfg, model, saes, batches = _model_saes_pairs(patch, model_cfg, model_dir, sae_cfg, hooks,
                                                   sae_dirs, pairs)
     ig_stage(model, saes, batches, cfg, out,
-             {"patch": dict(patch), "model": dict(model_cfg), "sae": dict(sae_cfg)})
+             _provenance(patch, model_cfg, sae_cfg))
 
 
 def patch_exact_stage(patch: Mapping[str, Any], model_cfg: Mapping[str, Any],
@@ -110,7 +116,7 @@ def patch_exact_stage(patch: Mapping[str, Any], model_cfg: Mapping[str, Any],
     cfg, model, saes, batches = _model_saes_pairs(patch, model_cfg, model_dir, sae_cfg, hooks,
                                                   sae_dirs, pairs)
     exact_stage(model, saes, batches, cfg.max_batch, out,
-                {"patch": dict(patch), "model": dict(model_cfg), "sae": dict(sae_cfg)})
+                _provenance(patch, model_cfg, sae_cfg))
 
 
 def patch_verify_stage(patch: Mapping[str, Any], model_cfg: Mapping[str, Any],
@@ -130,7 +136,7 @@ def patch_verify_stage(patch: Mapping[str, Any], model_cfg: Mapping[str, Any],
     verify_stage(model, saes, batches, atp, cfg,
                  descriptions_by_hook(optional_input(descriptions)), out_verify,
                  out_faithfulness, out_top_latents,
-                 {"patch": dict(patch), "model": dict(model_cfg), "sae": dict(sae_cfg)})
+                 _provenance(patch, model_cfg, sae_cfg))
 
 
 def patch_circuit_stage(patch: Mapping[str, Any], model_cfg: Mapping[str, Any],
@@ -147,7 +153,7 @@ def patch_circuit_stage(patch: Mapping[str, Any], model_cfg: Mapping[str, Any],
                                                   sae_dirs, pairs)
     circuit_stage(model, saes, batches, atp, cfg,
                   descriptions_by_hook(optional_input(descriptions)), out,
-                  {"patch": dict(patch), "model": dict(model_cfg), "sae": dict(sae_cfg)})
+                  _provenance(patch, model_cfg, sae_cfg))
 
 
 def patch_summary_stage(patch: Mapping[str, Any], resid: str | Path, atp: str | Path,
