@@ -3,11 +3,15 @@ VENV  ?= .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.saeflow-installed
 CORES ?= all
+# GPU jobs at once: one per CUDA device. Without one the "gpu" steps run on the CPU cores, and
+# a gpu=1 cap would only queue CPU work behind itself, so the cores alone limit them.
+GPUS  ?= $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+GPU_LIMIT := $(if $(filter-out 0,$(GPUS)),--resources gpu=$(GPUS),)
 
 .PHONY: run test test-fast lint bench clean
 
 run: $(STAMP)
-	$(VENV)/bin/snakemake --cores $(CORES) --resources gpu=1
+	$(VENV)/bin/snakemake --cores $(CORES) $(GPU_LIMIT)
 
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=12

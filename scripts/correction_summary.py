@@ -1,7 +1,8 @@
 """Rule correction_summary (toy only): naive and corrected LPF against the true LPF.
 
 Inputs: ``results`` (correction/{method}.json, in ``methods`` order), ``ablation`` (holds the
-truth:<category> ablations). Params: ``methods``. Output: ``summary`` (correction/summary.json).
+truth:<category> ablations), ``study`` (correction/study.yaml, re-drawn for intervals given the
+prompts). Params: ``methods``, ``correction`` (labels.correction). Output: ``summary`` (correction/summary.json).
 """
 
 from saeflow.core.runtime import rule_main
@@ -13,6 +14,8 @@ def body(snakemake):
     correction_summary_stage(
         dict(zip(snakemake.params.methods, snakemake.input.results)),
         snakemake.input.ablation,
+        snakemake.input.study,
+        snakemake.params.correction,
         snakemake.output.summary,
     )
 

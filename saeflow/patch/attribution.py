@@ -97,16 +97,19 @@ def prepare_saes(model: Any, saes: Sequence[Any]) -> dict[str, Any]:
 
 def run_spliced(model: Any, saes: Mapping[str, Any], tokens: Tensor, with_error: bool,
                 edit_latents: Edit | None = None, edit_error: Edit | None = None,
-                outputs: dict[str, Tensor] | None = None) -> tuple[Tensor, dict[str, SparseAct]]:
+                outputs: dict[str, Tensor] | None = None, start_at_layer: int | None = None
+                ) -> tuple[Tensor, dict[str, SparseAct]]:
     """Run ``tokens [B, T]`` with every SAE spliced in; return ``logits [B, T, d_vocab]`` and
     each hook's nodes (the tensors that flowed forward, after the optional edits). With
-    ``outputs``, each hook's spliced output (``decode(latents) + error``) is stored there."""
+    ``outputs``, each hook's spliced output (``decode(latents) + error``) is stored there.
+    With ``start_at_layer``, ``tokens`` is the residual ``[B, T, d_model]`` entering that block
+    (TransformerLens's ``start_at_layer``); only SAEs at or above it should be given."""
     nodes: dict[str, SparseAct] = {}
     hooks = [h for name, sae in saes.items()
              for h in _splice_hooks(name, sae, with_error, nodes, edit_latents, edit_error,
                                     outputs)]
     with model.saes(saes=list(saes.values()), use_error_term=False):
-        logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
+        logits = model.run_with_hooks(tokens, fwd_hooks=hooks, start_at_layer=start_at_layer)
     return logits, nodes
 
 
@@ -130,12 +133,14 @@ def _splice_hooks(name: str, sae: Any, with_error: bool, nodes: dict[str, Sparse
 
     def on_output(out: Tensor, hook: Any) -> Tensor:
         if with_error:
-            err = state["x"].reshape(out.shape) - sae.decode(state["f"])
+            # flat [B, T, d_in] like the SAE's input, whatever the hook's shape (hook_z's
+            # [B, T, heads, d_head]), so every site's error node is one vector per position
+            err = state["x"] - sae.decode(state["f"]).reshape(state["x"].shape)
             if torch.is_grad_enabled() and not err.requires_grad:
                 err.requires_grad_()
             err = edit_error(name, err) if edit_error is not None else err
             nodes[name].res = err
-            out = out + err
+            out = out + err.reshape(out.shape)
         if outputs is not None:
             outputs[name] = out
         return out
@@ -237,33 +242,49 @@ def exact_latent_effects(model: Any, saes: Mapping[str, Any], batch: PairBatch,
     ``corrupted + alpha * (clean - corrupted)``; effect / alpha -> AtP as alpha -> 0).
 
     ``K`` latents are patched in stacked copies of the corrupted batch, ``max_batch`` rows per
-    forward pass.
+    forward pass, one site per pass; residual sites start the pass at their own layer
+    (:mod:`saeflow.patch.resume`).
     """
+    from saeflow.patch.edges import decoder_rows
+    from saeflow.patch.resume import can_resume, run_from_site
+
     b = batch.to(model.cfg.device)
     n = len(b)
     _, clean = run_spliced(model, saes, b.clean, with_error)
-    logits, corr = run_spliced(model, saes, b.corrupted, with_error)
+    outs: dict[str, Tensor] = {}
+    logits, corr = run_spliced(model, saes, b.corrupted, with_error, outputs=outs)
     base = logit_diff(logits, b.clean_answer, b.corrupted_answer)
-    per_pass, out = max(1, max_batch // n), []
-    for start in range(0, len(latents), per_pass):
-        chunk = list(latents[start:start + per_pass])
-        k = len(chunk)
+    per_pass = max(1, max_batch // n)
+    out = torch.zeros(n, len(latents), dtype=torch.float64)
+    by_site: dict[str, list[int]] = {}
+    for j, (h, _) in enumerate(latents):
+        by_site.setdefault(h, []).append(j)
+    # one site per pass, so residual sites start their runs at their own layer
+    for h, columns in by_site.items():
+        for start in range(0, len(columns), per_pass):
+            cols = columns[start:start + per_pass]
+            k = len(cols)
+            lat = torch.tensor([latents[j][1] for j in cols], device=b.corrupted.device)
+            c, r = clean[h].act[:, :, lat], corr[h].act[:, :, lat]  # [n, T, k]
+            if can_resume(h, saes):
+                rows = decoder_rows(saes[h], lat.tolist()).to(outs[h].dtype)  # [k, d_model]
+                shift = alpha * (c - r).permute(2, 0, 1)[..., None] * rows[:, None, None, :]
+                x = (outs[h][None] + shift).reshape(k * n, *outs[h].shape[1:])
+                logits = run_from_site(model, saes, h, x, with_error)
+            else:
+                def edit(name: str, f: Tensor, h: str = h, lat: Tensor = lat, c: Tensor = c,
+                         r: Tensor = r, k: int = k) -> Tensor:
+                    if name != h:
+                        return f
+                    f = f.view(k, n, *f.shape[1:])
+                    for j in range(k):  # copy j: its latent at every position
+                        f[j, :, :, lat[j]] = r[:, :, j] + alpha * (c[:, :, j] - r[:, :, j])
+                    return f.view(k * n, *f.shape[2:])
 
-        def edit(name: str, f: Tensor, chunk: list[tuple[str, int]] = chunk) -> Tensor:
-            js = [j for j, (h, _) in enumerate(chunk) if h == name]
-            if not js:
-                return f
-            dev = f.device
-            rows = torch.cat([torch.arange(j * n, (j + 1) * n, device=dev) for j in js])
-            lat = torch.tensor([chunk[j][1] for j in js], device=dev).repeat_interleave(n)
-            c, r = clean[name].act[rows % n, :, lat], corr[name].act[rows % n, :, lat]
-            f[rows, :, lat] = r + alpha * (c - r)  # [rows, T]: copy j's latent, all positions
-            return f
-
-        logits, _ = run_spliced(model, saes, b.corrupted.repeat(k, 1), with_error, edit)
-        ld = logit_diff(logits, b.clean_answer.repeat(k), b.corrupted_answer.repeat(k))
-        out.append((ld - base.repeat(k)).view(k, n).T)
-    return torch.cat(out, 1).double().cpu()
+                logits, _ = run_spliced(model, saes, b.corrupted.repeat(k, 1), with_error, edit)
+            ld = logit_diff(logits, b.clean_answer.repeat(k), b.corrupted_answer.repeat(k))
+            out[:, cols] = (ld - base.repeat(k)).view(k, n).T.double().cpu()
+    return out
 
 
 def exact_effects_all(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBatch],

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from saeflow.patch.attribution import MODES, AtPResult, run_spliced
 from saeflow.patch.resid import PairBatch, logit_diff
+from saeflow.patch.resume import can_resume, run_from_site
 
 log = logging.getLogger(__name__)
 
@@ -67,38 +68,81 @@ def _batch_effects(model: Any, saes: Mapping[str, Any], b: PairBatch, with_error
         if with_error:
             pairs, pos = torch.nonzero((clean[h].res != corr[h].res).any(-1), as_tuple=True)
             rows.append(("error", h, pairs, pos))
-    flat = [(kind, h, int(p), int(i)) for kind, h, ps, idx in rows
-            for p, i in zip(ps.tolist(), idx.tolist(), strict=True)]
-    for start in range(0, len(flat), max_batch):
-        chunk = flat[start:start + max_batch]
+    per_site: dict[str, list[tuple[str, str, int, int]]] = {}
+    for kind, h, ps, idx in rows:
+        per_site.setdefault(h, []).extend(
+            (kind, h, int(p), int(i)) for p, i in zip(ps.tolist(), idx.tolist(), strict=True))
+    # chunks of one site each, so each resumes from its site's layer
+    chunks = [site[i:i + max_batch] for site in per_site.values()
+              for i in range(0, len(site), max_batch)]
+    for chunk in chunks:
         dev = b.corrupted.device
         pair = torch.tensor([c[2] for c in chunk], device=dev)
-
-        def select(kind: str, name: str, chunk: list = chunk) -> tuple[Tensor, Tensor, Tensor]:
-            js = [r for r, c in enumerate(chunk) if c[0] == kind and c[1] == name]
-            return (torch.tensor(js, device=dev, dtype=torch.long),
-                    torch.tensor([chunk[r][2] for r in js], device=dev, dtype=torch.long),
-                    torch.tensor([chunk[r][3] for r in js], device=dev, dtype=torch.long))
-
-        def edit_latents(name: str, f: Tensor) -> Tensor:
-            r, p, i = select("latent", name)
-            if len(r):
-                f[r, :, i] = clean[name].act[p, :, i]  # [rows, T]: every position of the latent
-            return f
-
-        def edit_error(name: str, e: Tensor) -> Tensor:
-            r, p, pos = select("error", name)
-            if len(r):
-                e[r, pos] = clean[name].res[p, pos]
-            return e
-
-        logits, _ = run_spliced(model, saes, b.corrupted[pair], with_error, edit_latents,
-                                edit_error if with_error else None)
+        logits = _resumed_run(model, saes, chunk, clean, corr, outs, pair, with_error)
+        if logits is None:
+            logits = _full_run(model, saes, chunk, clean, b.corrupted[pair], with_error)
         effect = (logit_diff(logits, b.clean_answer[pair], b.corrupted_answer[pair])
                   - base[pair]).double().cpu().numpy()
         for (kind, h, p, i), value in zip(chunk, effect, strict=True):
             (latent_out if kind == "latent" else error_out)[h][p, i] = value
-    return latent_out, error_out, len(flat)
+    return latent_out, error_out, sum(map(len, chunks))
+
+
+def _resumed_run(model: Any, saes: Mapping[str, Any], chunk: list, clean: Mapping[str, Any],
+                 corr: Mapping[str, Any], outs: Mapping[str, Tensor], pair: Tensor,
+                 with_error: bool) -> Tensor | None:
+    """Logits of the chunk's patched runs, started at the site's layer
+    (:mod:`saeflow.patch.resume`): the site's spliced corrupted output plus the node's change (a
+    latent's change times its decoder row, the decode being affine; an error node's own
+    change). None where the site cannot be resumed from."""
+    from saeflow.patch.edges import decoder_rows
+
+    hook = chunk[0][1]
+    if not can_resume(hook, saes):
+        return None
+    x = outs[hook][pair].clone()  # [rows, T, d_model]
+    lat = [r for r, c in enumerate(chunk) if c[0] == "latent"]
+    if lat:
+        p = pair[lat]
+        idx = torch.tensor([chunk[r][3] for r in lat], device=x.device)
+        delta = clean[hook].act[p, :, idx] - corr[hook].act[p, :, idx]  # [r, T]
+        rows = decoder_rows(saes[hook], idx.tolist()).to(x.dtype)  # [r, d_model]
+        x[lat] += delta[:, :, None] * rows[:, None, :]
+    err = [r for r, c in enumerate(chunk) if c[0] == "error"]
+    if err:
+        p = pair[err]
+        pos = torch.tensor([chunk[r][3] for r in err], device=x.device)
+        x[err, pos] += clean[hook].res[p, pos] - corr[hook].res[p, pos]
+    return run_from_site(model, saes, hook, x, with_error)
+
+
+def _full_run(model: Any, saes: Mapping[str, Any], chunk: list, clean: Mapping[str, Any],
+              tokens: Tensor, with_error: bool) -> Tensor:
+    """Logits of the chunk's patched runs from the tokens up, each row's node set to its
+    clean value by the splice's edit hooks."""
+    dev = tokens.device
+
+    def select(kind: str, name: str) -> tuple[Tensor, Tensor, Tensor]:
+        js = [r for r, c in enumerate(chunk) if c[0] == kind and c[1] == name]
+        return (torch.tensor(js, device=dev, dtype=torch.long),
+                torch.tensor([chunk[r][2] for r in js], device=dev, dtype=torch.long),
+                torch.tensor([chunk[r][3] for r in js], device=dev, dtype=torch.long))
+
+    def edit_latents(name: str, f: Tensor) -> Tensor:
+        r, p, i = select("latent", name)
+        if len(r):
+            f[r, :, i] = clean[name].act[p, :, i]  # [rows, T]: every position of the latent
+        return f
+
+    def edit_error(name: str, e: Tensor) -> Tensor:
+        r, p, pos = select("error", name)
+        if len(r):
+            e[r, pos] = clean[name].res[p, pos]
+        return e
+
+    logits, _ = run_spliced(model, saes, tokens, with_error, edit_latents,
+                            edit_error if with_error else None)
+    return logits
 
 
 def _last_site(model: Any, sae: Any, clean: Any, corr: Any, x_final: Tensor, b: PairBatch,

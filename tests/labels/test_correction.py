@@ -295,3 +295,27 @@ def test_study_stage_builds_a_study_the_cli_accepts(tmp_path):
     for method in ("naive", "two-bucket", "general"):
         assert main(["correct", str(tmp_path / "study.yaml"), "--method", method,
                      "--json", str(tmp_path / f"{method}.json"), "--n-boot", "20"]) == 0
+
+
+def test_truth_comparison_judges_coverage_given_the_prompts():
+    """The toy truth shares the eval prompts: prompt noise cancels in the error, so the interval
+    the summary judges coverage by resamples the labels only, and is narrower than the full one
+    whenever the loss increases were measured with noise."""
+    truth = {"a": 3e-4, "b": 1e-4, "other": 2e-5}
+    rows = [(["a"], ["a"], 30), (["a"], ["b"], 6), (["a"], [], 4), (["b"], ["b"], 25),
+            (["b"], ["a"], 5), ([], [], 150), ([], ["a"], 5), ([], ["b"], 3)]
+    raw = general_study(truth, [500, 400, 600], rows)
+    raw["delta_covariance"] = {"names": ["a", "b", "other"],
+                               "matrix": (np.eye(3) * 0.02 ** 2).tolist()}
+    study = parse_study(raw, "g.yaml")
+    results = {m: correct(study, m, n_boot=300) for m in ("naive", "general")}
+    summary = compare_with_truth(results, truth, study, n_boot=300)
+    for name in ("a", "b"):
+        general = summary["methods"]["general"]["categories"][name]["corrected"]
+        full, given = general["ci95"], general["ci95_given_prompts"]
+        assert given[1] - given[0] < 0.5 * (full[1] - full[0])
+        assert general["covers_truth_given_prompts"] == (given[0] <= truth[name] <= given[1])
+        # naive uses no labels: no interval given the prompts to judge it by
+        assert summary["methods"]["naive"]["categories"][name]["corrected"]["ci95_given_prompts"] is None
+    assert "validation" in summary["planted_noise"] and "labels only" in summary["intervals"]["ci95_given_prompts"]
+    assert summary["methods"]["general"]["categories"]["a"]["contamination"] == pytest.approx(10 / 40)

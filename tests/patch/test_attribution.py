@@ -40,6 +40,7 @@ def make_saes(model: HookedSAETransformer, hooks: list[str] | None = None) -> li
     for layer, hook in enumerate(hooks or [f"blocks.{i}.hook_resid_post" for i in range(2)]):
         torch.manual_seed(100 + layer)
         cfg = StandardSAEConfig(d_in=32, d_sae=D_SAE, dtype=str(model.cfg.dtype).split(".")[-1],
+                                reshape_activations="hook_z" if hook.endswith("hook_z") else "none",
                                 metadata=SAEMetadata(hook_name=hook))
         saes.append(StandardSAE(cfg))
     return saes
@@ -100,13 +101,21 @@ def test_atp_is_exact_where_the_model_is_linear() -> None:
     assert np.allclose(atps[True].error_effect[last][:, -1], exact_err, atol=1e-4)
 
 
+# SAE sites beyond the residual stream: attention output (hook_z, as Gemma Scope's attention
+# SAEs are trained: heads x d_head flattened) and MLP output, mixed with a residual site.
+SITE_SETS = {"resid": None,
+             "attn-mlp-resid": ["blocks.0.attn.hook_z", "blocks.0.hook_mlp_out",
+                                "blocks.1.attn.hook_z", "blocks.1.hook_resid_post"]}
+
+
+@pytest.mark.parametrize("sites", list(SITE_SETS))
 @pytest.mark.parametrize("with_error", [True, False])
-def test_atp_is_the_small_patch_limit_of_exact_patching(with_error: bool) -> None:
+def test_atp_is_the_small_patch_limit_of_exact_patching(with_error: bool, sites: str) -> None:
     # d(exact effect)/d(alpha) at alpha = 0 is AtP. For layer-0 latents this holds only if the
     # gradient passes the downstream SAE exactly as the patched forward pass does (identity
     # with the error term, the SAE itself without), which is what this test pins down.
     model = make_model(dtype=torch.float64)
-    spliced = prepare_saes(model, make_saes(model))
+    spliced = prepare_saes(model, make_saes(model, SITE_SETS[sites]))
     batch = random_pair_batch(3, 6, [2], seed=2)
     latents = [(h, i) for h in spliced for i in range(D_SAE)]
     atp = run_atp(model, spliced, [batch], with_error)

@@ -12,7 +12,7 @@ from saeflow.patch.exhaustive import (compare_with_exact, exhaustive_patching, r
                                       write_exact)
 from saeflow.patch.resid import logit_diff
 from saeflow.toy.fixtures import random_pair_batch
-from tests.patch.test_attribution import D_SAE, make_model, make_saes
+from tests.patch.test_attribution import D_SAE, SITE_SETS, make_model, make_saes
 
 torch.set_num_threads(1)
 
@@ -37,6 +37,66 @@ def test_every_latent_equals_patching_it_alone(setup, with_error):
     np.testing.assert_allclose(ours, alone, atol=1e-9)
     # only nodes that differ were run: fewer rows than pairs x latents
     assert 0 < result.n_run < 7 * (2 * D_SAE + (14 if with_error else 0))
+
+
+@pytest.mark.parametrize("hooks", [["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"],
+                                   ["blocks.0.hook_resid_post", "blocks.1.hook_resid_pre"]])
+def test_runs_resumed_at_the_site_equal_full_runs(setup, hooks, monkeypatch):
+    """Residual sites start their patched runs at their own layer; the result is the full run's
+    (every node patched alone, from the tokens up), and no full run is needed."""
+    import saeflow.patch.exhaustive as exhaustive
+
+    model, _, batches = setup
+    spliced = prepare_saes(model, make_saes(model, hooks))
+
+    def no_full_run(*args, **kwargs):
+        raise AssertionError("a residual site fell back to a full forward pass")
+
+    monkeypatch.setattr(exhaustive, "_full_run", no_full_run)
+    for with_error in (True, False):
+        result = exhaustive_patching(model, spliced, batches, with_error, max_batch=5)
+        latents = [(h, i) for h in spliced for i in range(D_SAE)]
+        alone = np.concatenate([exact_latent_effects(model, spliced, b, latents, with_error).numpy()
+                                for b in batches])
+        ours = np.concatenate([result.latent_effect[h] for h in spliced], axis=1)
+        assert np.abs(ours).max() > 1e-2
+        np.testing.assert_allclose(ours, alone, atol=1e-9)
+    from saeflow.patch.resume import resume_layer
+
+    assert resume_layer("blocks.3.hook_resid_post") == 4
+    assert resume_layer("blocks.3.hook_resid_pre") == 3
+    assert resume_layer("blocks.3.attn.hook_z") is None
+
+
+@pytest.mark.parametrize("with_error", [True, False])
+def test_attention_and_mlp_sites_equal_patching_each_node_alone(setup, with_error):
+    """hook_z (heads flattened) and MLP-output SAEs: patched from the tokens up, each latent
+    and each error node equals patching it alone."""
+    model, _, batches = setup
+    spliced = prepare_saes(model, make_saes(model, SITE_SETS["attn-mlp-resid"]))
+    b = batches[0]
+    result = exhaustive_patching(model, spliced, [b], with_error, max_batch=16)
+    latents = [(h, i) for h in spliced for i in range(D_SAE)]
+    alone = exact_latent_effects(model, spliced, b, latents, with_error).numpy()
+    ours = np.concatenate([result.latent_effect[h] for h in spliced], axis=1)
+    assert all(np.abs(result.latent_effect[h]).max() > 1e-3 for h in spliced)
+    np.testing.assert_allclose(ours, alone, atol=1e-9)
+    if with_error:
+        _, clean = run_spliced(model, spliced, b.clean, True)
+        logits, _ = run_spliced(model, spliced, b.corrupted, True)
+        args = (b.clean_answer, b.corrupted_answer)
+        hook, pos = "blocks.0.attn.hook_z", b.length - 1
+
+        def edit(name, err):
+            if name == hook:
+                err = err.clone()
+                err[:, pos] = clean[hook].res[:, pos]  # one vector: all heads at the position
+            return err
+
+        patched, _ = run_spliced(model, spliced, b.corrupted, True, edit_error=edit)
+        expected = (logit_diff(patched, *args) - logit_diff(logits, *args)).detach().numpy()
+        assert clean[hook].res.shape[-1] == 32 and np.abs(expected).max() > 1e-3
+        np.testing.assert_allclose(result.error_effect[hook][:, -1], expected, atol=1e-9)
 
 
 def test_every_error_node_equals_patching_it_alone(setup):

@@ -215,6 +215,7 @@ if IS_ORACLE:
                 rules.correct.output.result, method=LPF_METHODS, allow_missing=True
             ),
             ablation=rules.ablate_categories.output.ablation,
+            study=rules.correction_study.output.study,
         output:
             summary="results/{experiment}/correction/summary.json",
         log:
@@ -224,6 +225,7 @@ if IS_ORACLE:
             "../../envs/saeflow.yaml"
         params:
             methods=LPF_METHODS,
+            correction=LABELS["correction"],
         script:
             "../../scripts/correction_summary.py"
 
