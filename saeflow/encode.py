@@ -78,6 +78,8 @@ def encode_to_hdf5(acts_path: str | Path, out_path: str | Path,
         valid = (read_array(src, "positions", acts_path) >= 0).reshape(-1)
         for hook in sae_for_hook:
             sae = sae_for_hook[hook]()
+            if getattr(sae, "hook_z_reshaping_mode", False):
+                sae.turn_off_forward_pass_hook_z_reshaping()  # the file holds hook_z flat
             acts = src[f"acts/{hook}"]
             n, n_pos, d_model = acts.shape
             if sae.cfg.d_in != d_model:

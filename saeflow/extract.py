@@ -124,7 +124,7 @@ def extract_to_hdf5(model: HookedTransformer, records: list[dict[str, Any]], hoo
         tokens_ds = f.create_dataset("tokens", (n, width), dtype=np.int32, fillvalue=pad_id)
         f["lengths"], f["positions"] = lengths, pos
         act_ds = {}
-        for name, d in _hook_widths(model, hooks).items():
+        for name, d in hook_widths(model, hooks).items():
             row_bytes = max(1, n_pos * d * store_dtype.itemsize)
             rows = _chunk_rows(batch_size, min(n, CHUNK_BYTES // row_bytes))
             act_ds[name] = f.create_dataset(f"acts/{name}", (n, n_pos, d), dtype=store_dtype,
@@ -143,6 +143,7 @@ def extract_to_hdf5(model: HookedTransformer, records: list[dict[str, Any]], hoo
                 # Absent positions (-1) read token 0 and are set to +0.0 after the gather
                 # (multiplying by a mask would leave -0.0, whose bits defeat compression).
                 picked = act[rows_idx, gather.clamp(min=0, max=act.shape[1] - 1)]
+                picked = picked.flatten(2)  # hook_z: heads x d_head as one vector, as SAEs read it
                 captured[hook.name] = picked.masked_fill_((gather < 0)[..., None], 0.0)
 
             def capture_final(act: torch.Tensor, hook: Any) -> None:
@@ -302,8 +303,10 @@ def _answer_ids(tokenizer: Any, records: list[dict[str, Any]], source: str) -> n
     return np.array([ids[r["answer"]] for r in records])
 
 
-def _hook_widths(model: HookedTransformer, hooks: Sequence[str]) -> dict[str, int]:
-    """Each hook's activation width, found by one tiny forward pass; only ``[b, T, d]`` hooks."""
+def hook_widths(model: HookedTransformer, hooks: Sequence[str]) -> dict[str, int]:
+    """Each hook's activation width, found by one tiny forward pass: ``[b, T, d]`` hooks, and
+    per-head hooks ``[b, T, heads, d_head]`` (``attn.hook_z``) stored flat, ``heads * d_head``
+    wide, the layout sae-lens's attention SAEs are trained and applied on."""
     shapes: dict[str, tuple[int, ...]] = {}
 
     def record(act: torch.Tensor, hook: Any) -> None:
@@ -312,7 +315,7 @@ def _hook_widths(model: HookedTransformer, hooks: Sequence[str]) -> dict[str, in
     model.run_with_hooks(torch.zeros(1, 1, dtype=torch.long, device=model.cfg.device),
                          return_type=None, fwd_hooks=[(name, record) for name in hooks])
     for name, shape in shapes.items():
-        if len(shape) != 3:
-            raise InputError("config", "extraction.hooks",
-                             f"hook {name!r} has shape {shape}; only [batch, pos, d] hooks are stored")
-    return {name: shapes[name][-1] for name in hooks}
+        if len(shape) not in (3, 4):
+            raise InputError("config", "extraction.hooks", f"hook {name!r} has shape {shape}; "
+                             "only [batch, pos, d] and [batch, pos, heads, d_head] hooks are stored")
+    return {name: int(np.prod(shapes[name][2:])) for name in hooks}

@@ -1,7 +1,7 @@
 """Rule patch_summary: the patching stage's headline numbers in summary.json.
 
 Inputs: ``resid``, ``atp``, ``verify``, ``faithfulness``, ``circuit``; ``truth``, ``exact``
-and ``ig`` (optional). Params: ``patch``. Output: ``summary``
+``ig`` and ``graddrop`` (optional). Params: ``patch``. Output: ``summary``
 (results/{experiment}/patch/summary.json).
 """
 
@@ -22,6 +22,7 @@ def body(snakemake):
         exact=snakemake.input.exact,
         ig=snakemake.input.ig,
         circuit=snakemake.input.circuit,
+        graddrop=snakemake.input.graddrop,
     )
 
 

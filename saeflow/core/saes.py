@@ -31,6 +31,7 @@ def train_sae(model: HookedTransformer, hook_name: str, sequences: torch.Tensor,
     """
     require_hooks(model, [hook_name], "sae.hooks")
     os.environ["WANDB_MODE"] = "disabled"
+    from saeflow.extract import hook_widths
     from datasets import Dataset
     from sae_lens import (LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner,
                           LoggingConfig, StandardTrainingSAEConfig)
@@ -38,7 +39,9 @@ def train_sae(model: HookedTransformer, hook_name: str, sequences: torch.Tensor,
     dataset = Dataset.from_dict({"input_ids": sequences.tolist()})
     runner_cfg = LanguageModelSAERunnerConfig(
         sae=StandardTrainingSAEConfig(
-            d_in=model.cfg.d_model, d_sae=sae_cfg["d_sae"],
+            d_in=hook_widths(model, [hook_name])[hook_name], d_sae=sae_cfg["d_sae"],
+            # hook_z SAEs read heads x d_head flat and give it back per head, as Gemma Scope's
+            reshape_activations="hook_z" if hook_name.endswith("hook_z") else "none",
             l1_coefficient=sae_cfg["l1_coefficient"], l1_warm_up_steps=sae_cfg["l1_warm_up_steps"],
             apply_b_dec_to_input=False, normalize_activations=sae_cfg["normalize_activations"],
         ),

@@ -4,8 +4,9 @@ patching to verify it, and faithfulness of the top nodes under mean ablation.
 Nodes. The SAEs are spliced into a sae-lens ``HookedSAETransformer`` (``model.saes``), one per
 hook (``sae.cfg.metadata.hook_name``). A hook's activation ``x`` is rebuilt as
 ``decode(f) + e``: latents ``f = encode(x)`` ``[B, T, d_sae]`` and the error
-``e = x - decode(encode(x))`` ``[B, T, d_model]``. A *latent node* is ``(hook, latent)`` at all
-positions at once; an *error node* is ``(hook, position)``, positions right-aligned as in
+``e = x - decode(encode(x))`` ``[B, T, d_in]`` (flat whatever the hook's shape: attention
+``hook_z`` SAEs read heads x d_head as one vector). A *latent node* is ``(hook, latent)`` at
+all positions at once; an *error node* is ``(hook, position)``, positions right-aligned as in
 :mod:`saeflow.patch.resid` (column ``P - 1`` = final token).
 
 Sign convention (the same as residual patching): every effect is that of patching the node
@@ -26,7 +27,7 @@ SAE-reconstructed model; AtP, exact patching and faithfulness then all run in it
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,25 +98,31 @@ def prepare_saes(model: Any, saes: Sequence[Any]) -> dict[str, Any]:
 
 def run_spliced(model: Any, saes: Mapping[str, Any], tokens: Tensor, with_error: bool,
                 edit_latents: Edit | None = None, edit_error: Edit | None = None,
-                outputs: dict[str, Tensor] | None = None, start_at_layer: int | None = None
+                outputs: dict[str, Tensor] | None = None, start_at_layer: int | None = None,
+                frozen: Collection[str] = (), stop_at_layer: int | None = None
                 ) -> tuple[Tensor, dict[str, SparseAct]]:
     """Run ``tokens [B, T]`` with every SAE spliced in; return ``logits [B, T, d_vocab]`` and
     each hook's nodes (the tensors that flowed forward, after the optional edits). With
     ``outputs``, each hook's spliced output (``decode(latents) + error``) is stored there.
     With ``start_at_layer``, ``tokens`` is the residual ``[B, T, d_model]`` entering that block
-    (TransformerLens's ``start_at_layer``); only SAEs at or above it should be given."""
+    (TransformerLens's ``start_at_layer``); only SAEs at or above it should be given; with
+    ``stop_at_layer`` the residual entering that block is returned instead of logits. Sites in
+    ``frozen`` pass their output on detached: no gradient flows back through them (the stop
+    gradients of direct edges, :mod:`saeflow.patch.edges`)."""
     nodes: dict[str, SparseAct] = {}
     hooks = [h for name, sae in saes.items()
              for h in _splice_hooks(name, sae, with_error, nodes, edit_latents, edit_error,
-                                    outputs)]
+                                    outputs, name in frozen)]
     with model.saes(saes=list(saes.values()), use_error_term=False):
-        logits = model.run_with_hooks(tokens, fwd_hooks=hooks, start_at_layer=start_at_layer)
+        logits = model.run_with_hooks(tokens, fwd_hooks=hooks, start_at_layer=start_at_layer,
+                                      stop_at_layer=stop_at_layer)
     return logits, nodes
 
 
 def _splice_hooks(name: str, sae: Any, with_error: bool, nodes: dict[str, SparseAct],
                   edit_latents: Edit | None, edit_error: Edit | None,
-                  outputs: dict[str, Tensor] | None = None) -> list[tuple[str, Any]]:
+                  outputs: dict[str, Tensor] | None = None, frozen: bool = False
+                  ) -> list[tuple[str, Any]]:
     state: dict[str, Tensor] = {}
 
     def on_input(x: Tensor, hook: Any) -> Tensor:
@@ -143,7 +150,7 @@ def _splice_hooks(name: str, sae: Any, with_error: bool, nodes: dict[str, Sparse
             out = out + err.reshape(out.shape)
         if outputs is not None:
             outputs[name] = out
-        return out
+        return out.detach() if frozen else out
 
     return [(f"{name}.hook_sae_input", on_input), (f"{name}.hook_sae_acts_post", on_latents),
             (f"{name}.hook_sae_output", on_output)]

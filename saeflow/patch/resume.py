@@ -40,11 +40,15 @@ def can_resume(hook: str, saes: Mapping[str, Any]) -> bool:
 
 def run_from_site(model: Any, saes: Mapping[str, Any], hook: str, x: Tensor, with_error: bool
                   ) -> Tensor:
-    """Logits of runs whose output at ``hook`` is ``x [B, T, d_model]``, started at the site's
-    layer with the SAEs above it spliced in (those below are already in ``x``)."""
+    """Final-position logits ``[B, 1, d_vocab]`` of runs whose output at ``hook`` is
+    ``x [B, T, d_model]``, started at the site's layer with the SAEs above it spliced in (those
+    below are already in ``x``); what :func:`saeflow.patch.resid.logit_diff` reads."""
     from saeflow.patch.attribution import run_spliced
 
-    start = resume_layer(hook)
+    start, n_layers = resume_layer(hook), model.cfg.n_layers
     downstream = {h: s for h, s in saes.items() if h != hook and block_of(h) >= start}
-    logits, _ = run_spliced(model, downstream, x, with_error, start_at_layer=start)
-    return logits
+    if start < n_layers:
+        x, _ = run_spliced(model, downstream, x, with_error, start_at_layer=start,
+                           stop_at_layer=n_layers)
+    # the metric reads the final token: unembed it alone (ln_final is per position)
+    return model(x[:, -1:], start_at_layer=n_layers)

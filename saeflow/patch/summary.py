@@ -212,6 +212,27 @@ def estimator_comparison(vs_exhaustive: Mapping[str, Mapping[str, Any]]) -> dict
     return out
 
 
+MAGNITUDE_VIEW = ("every per-pair effect replaced by its magnitude, node means of |exact| as "
+                  "the reference: GradDrop estimates magnitudes, so AtP is judged as |AtP| too")
+
+
+def magnitude_comparison(atps: Mapping[str, Any], drops: Mapping[str, Any],
+                         exact: Mapping[str, Any], verify: Mapping[str, Any], cfg: PatchConfig,
+                         source: str | Path) -> dict[str, Any]:
+    """GradDrop and ``|AtP|`` against the mean ``|exact|`` of every node (:data:`MAGNITUDE_VIEW`),
+    each as :func:`exhaustive_comparison` reports, and the two side by side."""
+    from saeflow.patch.graddrop import magnitudes
+
+    abs_exact = {mode: magnitudes(x) for mode, x in exact.items()}
+    vs = {"atp": exhaustive_comparison({m: magnitudes(a) for m, a in atps.items()}, abs_exact,
+                                       verify, cfg, source, sampled=False),
+          "graddrop": exhaustive_comparison(drops, abs_exact, verify, cfg, source, sampled=False)}
+    for result in vs["graddrop"].values():
+        # 1 / (L - 1) scales GradDrop past the effect's own size: only its ranks compare
+        result["relative_l1_error"] = None
+    return {"view": MAGNITUDE_VIEW, **vs, "estimator_comparison": estimator_comparison(vs)}
+
+
 def estimator_agreement(atps: Mapping[str, Any], igs: Mapping[str, Any]) -> dict[str, Any]:
     """Without the exhaustive reference: per mode, Spearman between AtP's and IG's node means
     (over every node, and over the latents whose value differs in some pair)."""
@@ -242,10 +263,13 @@ def summary_stage(resid_path: str | Path, atp_path: str | Path, verify_path: str
                   faithfulness_path: str | Path, truth_path: str | Path | None, cfg: PatchConfig,
                   out_path: str | Path, config: Mapping[str, Any] | None = None,
                   exact_path: str | Path | None = None, ig_path: str | Path | None = None,
-                  circuit_path: str | Path | None = None) -> None:
+                  circuit_path: str | Path | None = None,
+                  graddrop_path: str | Path | None = None) -> None:
     """Rule ``patch_summary``: read the stage's outputs, write ``summary.json``; with
     ``exact_path`` (exact.h5) AtP, and IG with ``ig_path`` (ig.h5), are judged against every
-    node's exact effect and compared; IG without the reference is compared with AtP."""
+    node's exact effect and compared; IG without the reference is compared with AtP. GradDrop
+    (``graddrop_path``, graddrop.h5) gives magnitudes: it and AtP's ``|AtP|`` are judged against
+    the mean ``|exact|`` per node (``magnitude_vs_exhaustive``)."""
     from saeflow.core.io import read_json, write_json
     from saeflow.patch.attribution import read_atp
     from saeflow.patch.exhaustive import read_exact
@@ -253,7 +277,8 @@ def summary_stage(resid_path: str | Path, atp_path: str | Path, verify_path: str
     resid = read_resid(resid_path)
     atps, model_ld = read_atp(atp_path)
     igs = read_atp(ig_path)[0] if ig_path is not None else {}
-    for path, results in ((atp_path, atps), (ig_path, igs)):
+    drops = read_atp(graddrop_path)[0] if graddrop_path is not None else {}
+    for path, results in ((atp_path, atps), (ig_path, igs), (graddrop_path, drops)):
         for mode, a in results.items():
             if not np.array_equal(a.pair_ids, resid.pair_ids):
                 raise InputError(path, f"{mode}/pair_id", f"pairs differ from {resid_path}")
@@ -266,7 +291,7 @@ def summary_stage(resid_path: str | Path, atp_path: str | Path, verify_path: str
     verify = read_json(verify_path)
     summary = build_summary(resid, atps, model_ld, verify, read_json(faithfulness_path), cfg,
                             diffs)
-    summary["estimators"] = ["atp"] + (["ig"] if igs else [])
+    summary["estimators"] = ["atp"] + (["ig"] if igs else []) + (["graddrop"] if drops else [])
     if circuit_path is not None:
         circuit = read_json(circuit_path)
         summary["circuit"] = {"n_nodes": len(circuit["nodes"]), "n_edges": len(circuit["edges"]),
@@ -280,6 +305,9 @@ def summary_stage(resid_path: str | Path, atp_path: str | Path, verify_path: str
             vs["ig"] = exhaustive_comparison(igs, exact, verify, cfg, exact_path, sampled=False)
         summary.update({f"{name}_vs_exhaustive": v for name, v in vs.items()})
         summary["estimator_comparison"] = estimator_comparison(vs)
+        if drops:
+            summary["magnitude_vs_exhaustive"] = magnitude_comparison(atps, drops, exact, verify,
+                                                                      cfg, exact_path)
     elif igs:
         summary["ig_vs_atp"] = estimator_agreement(atps, igs)
     if summary["sae_gap_flag"]:

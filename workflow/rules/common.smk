@@ -299,6 +299,11 @@ def get_patch_ig(wildcards):
     return rules.patch_ig.output.ig if "ig" in PATCH["estimators"] else []
 
 
+def get_patch_graddrop(wildcards):
+    """AtP* GradDrop, when patch.estimators lists it."""
+    return rules.patch_graddrop.output.graddrop if "graddrop" in PATCH["estimators"] else []
+
+
 # Probing stage (workflow/rules/probe.smk; the schema gives every config a probe section).
 PROBE = config["probe"]
 PROBE_DATASETS = {d["name"]: d for d in expand_per_layer(PROBE["datasets"])}

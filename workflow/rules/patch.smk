@@ -75,6 +75,30 @@ rule patch_ig:
         "../../scripts/patch_ig.py"
 
 
+rule patch_graddrop:
+    input:
+        unpack(get_model),
+        pairs=get_patch_pairs,
+        saes=get_sae_dirs,
+    output:
+        graddrop="results/{experiment}/patch/graddrop.h5",
+    log:
+        "results/{experiment}/logs/patch/patch_graddrop/{experiment}.log",
+    benchmark:
+        "results/{experiment}/benchmarks/patch/patch_graddrop/{experiment}.tsv"
+    conda:
+        "../../envs/saeflow.yaml"
+    resources:
+        gpu=1,
+    params:
+        patch=PATCH,
+        model=config["model"],
+        sae=config["sae"],
+        hooks=SAE_HOOKS,
+    script:
+        "../../scripts/patch_graddrop.py"
+
+
 rule patch_verify:
     input:
         unpack(get_model),
@@ -162,6 +186,7 @@ rule patch_summary:
         truth=get_patch_truth,
         exact=get_patch_exact,
         ig=get_patch_ig,
+        graddrop=get_patch_graddrop,
         circuit=rules.patch_circuit.output.circuit,
     output:
         summary="results/{experiment}/patch/summary.json",

@@ -56,7 +56,7 @@ rule train_sae:
         "results/{experiment}/benchmarks/toy/train_sae/{hook}.tsv"
     conda:
         "../../envs/saeflow.yaml"
-    threads: 2
+    threads: 1  # one per SAE: the toy's small matrices gain little from a second thread
     resources:
         gpu=1,
     params:
