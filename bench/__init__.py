@@ -5,5 +5,5 @@
 """
 
 # Run order: cheap first; module name = benchmark name = JSON file name.
-BENCHMARKS = ("extraction", "storage", "encoding", "attribution", "patching", "workflow", "memory",
-              "scale")
+BENCHMARKS = ("extraction", "storage", "encoding", "attribution", "edges", "patching", "workflow",
+              "memory", "scale")

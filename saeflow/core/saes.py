@@ -83,8 +83,13 @@ def load_sae(sae_cfg: dict[str, Any], hook_name: str, sae_dir: str | Path | None
         sae_id = sae_cfg["ids"].get(hook_name)
         if sae_id is None:
             raise InputError("config", f"sae.ids.{hook_name}", "no pretrained SAE id for this hook")
-        with hub_access(f"{sae_cfg['release']}/{sae_id}", f"sae.ids.{hook_name}"):
-            return SAE.from_pretrained(sae_cfg["release"], sae_id, device=device).eval()
+        # Gemma Scope ships residual, attention and MLP SAEs as separate releases
+        release = (sae_cfg.get("releases") or {}).get(hook_name) or sae_cfg.get("release")
+        if release is None:
+            raise InputError("config", f"sae.releases.{hook_name}",
+                             "no sae-lens release for this hook (sae.release or sae.releases)")
+        with hub_access(f"{release}/{sae_id}", f"sae.ids.{hook_name}"):
+            return SAE.from_pretrained(release, sae_id, device=device).eval()
     raise InputError("config", "sae.source", f"unknown source {sae_cfg['source']!r}")
 
 

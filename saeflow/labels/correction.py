@@ -319,7 +319,11 @@ def compare_with_truth(results: Mapping[str, Mapping[str, Any]], truth: Mapping[
                 ci_given, dropped = ((None, None) if given is None
                                      else _interval(given[:, given_names.index(name)]))
                 corrected |= {"ci95_given_prompts": ci_given, "ci95_given_prompts_n_dropped": dropped,
-                              "covers_truth_given_prompts": covers(ci_given, true)}
+                              "covers_truth_given_prompts": covers(ci_given, true),
+                              # no classifier error in the sample: nothing to resample, so
+                              # the bucket's missed or extra members show as uncovered error
+                              "given_prompts_degenerate": (None if ci_given is None
+                                                           else bool(ci_given[1] - ci_given[0] <= 0))}
             rows[name] = {"true": true, "contamination": cat.get("contamination"),
                           "naive": errors(cat["lpf_naive"], true), "corrected": corrected,
                           # how far the correction moved the estimate, in units of the truth

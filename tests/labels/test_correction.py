@@ -315,6 +315,7 @@ def test_truth_comparison_judges_coverage_given_the_prompts():
         full, given = general["ci95"], general["ci95_given_prompts"]
         assert given[1] - given[0] < 0.5 * (full[1] - full[0])
         assert general["covers_truth_given_prompts"] == (given[0] <= truth[name] <= given[1])
+        assert general["given_prompts_degenerate"] is False
         # naive uses no labels: no interval given the prompts to judge it by
         assert summary["methods"]["naive"]["categories"][name]["corrected"]["ci95_given_prompts"] is None
     assert "validation" in summary["planted_noise"] and "labels only" in summary["intervals"]["ci95_given_prompts"]

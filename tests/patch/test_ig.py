@@ -214,3 +214,28 @@ def test_summary_judges_both_estimators(setup, tmp_path):
     s = json.loads(p["summary_no_exact.json"].read_text())
     assert "estimator_comparison" not in s and "ig_vs_exhaustive" not in s
     assert s["ig_vs_atp"]["with_error"]["spearman_active_latents"] > 0.5
+
+
+def test_attention_and_mlp_sites_are_complete_too():
+    """hook_z (heads flattened) and MLP-output sites: each site's IG sums, as steps grow, to
+    the effect of patching that whole site (latents and errors) clean into corrupted, which
+    for a site inside a block is not the whole clean-corrupted gap."""
+    from tests.patch.test_attribution import SITE_SETS
+
+    model = make_model(dtype=torch.float64)
+    spliced = prepare_saes(model, make_saes(model, SITE_SETS["attn-mlp-resid"]))
+    b = random_pair_batch(4, 6, [2], seed=3)
+    args = (b.clean_answer, b.corrupted_answer)
+    _, clean = run_spliced(model, spliced, b.clean, True)
+    logits, _ = run_spliced(model, spliced, b.corrupted, True)
+    base = logit_diff(logits, *args)
+    fine = run_ig(model, spliced, [b], True, 200, max_batch=512)
+    for h in spliced:
+        def whole_site(name, x, h=h, kind="act"):
+            return getattr(clean[h], kind).clone() if name == h else x
+
+        patched, _ = run_spliced(model, spliced, b.corrupted, True, whole_site,
+                                 lambda n, x, h=h: whole_site(n, x, h, "res"))
+        site = (logit_diff(patched, *args) - base).detach().numpy()
+        assert np.abs(site).max() > 1e-3, h
+        assert np.abs(site_total(fine, h) - site).max() < 0.01 * np.abs(site).max(), h
