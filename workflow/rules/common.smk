@@ -301,7 +301,11 @@ def get_patch_ig(wildcards):
 
 def get_patch_graddrop(wildcards):
     """AtP* GradDrop, when patch.estimators lists it."""
-    return rules.patch_graddrop.output.graddrop if "graddrop" in PATCH["estimators"] else []
+    return (
+        rules.patch_graddrop.output.graddrop
+        if "graddrop" in PATCH["estimators"]
+        else []
+    )
 
 
 # Probing stage (workflow/rules/probe.smk; the schema gives every config a probe section).
