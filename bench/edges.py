@@ -9,6 +9,9 @@ with the same nodes selected, next to AtP's at the same two widths.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,42 @@ def _peak_increment_mib(fn: Any) -> float | None:
     return (common.rss_kib()["VmHWM"] - before) / 1024.0
 
 
+def child(size: str, d_sae: int, n_pairs: int) -> dict[str, Any]:
+    """In a fresh process (no freed memory to reuse, no earlier high-water mark): the peak RSS
+    increments of AtP and of the edges, each measured in its own child."""
+    from saeflow.patch.attribution import run_atp
+    from saeflow.patch.edges import edge_attribution, select_nodes, site_order
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model, spliced, batches = _setup(size, d_sae, n_pairs, Path(tmp))
+        sites = site_order(list(spliced))
+        if os.environ.get("SAEFLOW_BENCH_EDGES_PART") == "atp":
+            return {"atp_mib": _peak_increment_mib(
+                lambda: run_atp(model, spliced, batches, True, MAX_BATCH))}
+        import torch
+
+        with torch.no_grad():  # the node ranking, without keeping its graph
+            atp = run_atp(model, spliced, batches, True, MAX_BATCH)
+        selected = select_nodes(atp, sites, 0.0, MAX_PER_SITE)
+        del atp
+        return {"edges_mib": _peak_increment_mib(
+            lambda: edge_attribution(model, spliced, batches, sites, selected, MAX_BATCH))}
+
+
+def _spawn(size: str, d_sae: int, n_pairs: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for part in ("atp", "edges"):
+        proc = subprocess.run([sys.executable, "-m", "bench.edges", size, str(d_sae), str(n_pairs)],
+                              cwd=common.REPO, capture_output=True, text=True, timeout=1200,
+                              env={**os.environ, "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore",
+                                   "SAEFLOW_BENCH_EDGES_PART": part})
+        if proc.returncode != 0:
+            raise RuntimeError(f"edges memory child {size} d_sae {d_sae} failed:\n"
+                               f"{proc.stderr[-3000:]}")
+        out.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return out
+
+
 def measure(size: str, n_pairs: int, repeats: int, workdir: Path) -> list[Figure]:
     from saeflow.patch.attribution import run_atp
     from saeflow.patch.edges import (METRIC, edge_attribution, exact_edge, select_nodes,
@@ -67,15 +106,7 @@ def measure(size: str, n_pairs: int, repeats: int, workdir: Path) -> list[Figure
     }, repeats)
     per_edge = [t / max(len(sample), 1) for t in times["exact_sample"]]
     exact_all = [t * len(edges) for t in per_edge]
-    memory = {}
-    for width in (d_sae, WIDTH_SCALE * d_sae):
-        m, s, b = (model, spliced, batches) if width == d_sae else _setup(size, width, n_pairs, workdir)
-        a = run_atp(m, s, b, True, MAX_BATCH)
-        sel = select_nodes(a, sites, 0.0, MAX_PER_SITE)
-        memory[width] = {
-            "atp_mib": _peak_increment_mib(lambda m=m, s=s, b=b: run_atp(m, s, b, True, MAX_BATCH)),
-            "edges_mib": _peak_increment_mib(
-                lambda m=m, s=s, b=b, sel=sel: edge_attribution(m, s, b, sites, sel, MAX_BATCH))}
+    memory = {w: _spawn(size, w, n_pairs) for w in (d_sae, WIDTH_SCALE * d_sae)}
     small, large = memory[d_sae], memory[WIDTH_SCALE * d_sae]
     shared = {"n_pairs": sum(len(b) for b in batches), "sites": sites,
               "nodes_per_site": MAX_PER_SITE, "n_edges": len(edges), "d_sae": d_sae,
@@ -111,7 +142,14 @@ def run(smoke: bool = False) -> Result:
                           "width_scale": WIDTH_SCALE},
                   notes=["Exact time per edge = exact mediated patching of the strongest "
                          f"{N_EXACT} edges / {N_EXACT}, times the edges estimated.",
-                         "Memory: peak RSS during the call above the RSS before it, in this "
-                         "process (VmHWM reset first). The forward pass holds every site's "
+                         "Memory: peak RSS during the call above the RSS before it, each call in "
+                         "a fresh process (VmHWM reset first). The forward pass holds every site's "
                          "dense latents [n, T, d_sae] (AtP's too); the edges' own gradients "
                          "are [n, T, d_in], independent of d_sae."])
+
+
+if __name__ == "__main__":
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    print(json.dumps(child(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))))
