@@ -21,7 +21,7 @@ from transformer_lens import HookedTransformer
 
 from saeflow.core.errors import InputError
 from saeflow.core.io import atomic_path, line_of
-from saeflow.core.models import pad_batch, require_hooks
+from saeflow.core.models import hook_widths, pad_batch, require_hooks
 from saeflow.core.positions import token_index
 from saeflow.core.prompts import answer_token_id, encode_prompts
 from saeflow.core.provenance import provenance_json
@@ -301,21 +301,3 @@ def _answer_ids(tokenizer: Any, records: list[dict[str, Any]], source: str) -> n
         if r["answer"] not in ids:
             ids[r["answer"]] = answer_token_id(tokenizer, r["answer"], source, line_of(records, i))
     return np.array([ids[r["answer"]] for r in records])
-
-
-def hook_widths(model: HookedTransformer, hooks: Sequence[str]) -> dict[str, int]:
-    """Each hook's activation width, found by one tiny forward pass: ``[b, T, d]`` hooks, and
-    per-head hooks ``[b, T, heads, d_head]`` (``attn.hook_z``) stored flat, ``heads * d_head``
-    wide, the layout sae-lens's attention SAEs are trained and applied on."""
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def record(act: torch.Tensor, hook: Any) -> None:
-        shapes[hook.name] = tuple(act.shape)
-
-    model.run_with_hooks(torch.zeros(1, 1, dtype=torch.long, device=model.cfg.device),
-                         return_type=None, fwd_hooks=[(name, record) for name in hooks])
-    for name, shape in shapes.items():
-        if len(shape) not in (3, 4):
-            raise InputError("config", "extraction.hooks", f"hook {name!r} has shape {shape}; "
-                             "only [batch, pos, d] and [batch, pos, heads, d_head] hooks are stored")
-    return {name: int(np.prod(shapes[name][2:])) for name in hooks}

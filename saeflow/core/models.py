@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
@@ -124,3 +125,21 @@ def answer_logits(model: HookedTransformer, tokens: torch.Tensor,
     """Logits at each prompt's final real token: ``[b, d_vocab]`` from ``tokens [b, T]``."""
     logits = model(tokens.to(model.cfg.device))
     return logits[torch.arange(tokens.shape[0]), lengths.to(logits.device) - 1]
+
+
+def hook_widths(model: HookedTransformer, hooks: Sequence[str]) -> dict[str, int]:
+    """Each hook's activation width, found by one tiny forward pass: ``[b, T, d]`` hooks, and
+    per-head hooks ``[b, T, heads, d_head]`` (``attn.hook_z``) stored flat, ``heads * d_head``
+    wide, the layout sae-lens's attention SAEs are trained and applied on."""
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def record(act: torch.Tensor, hook: Any) -> None:
+        shapes[hook.name] = tuple(act.shape)
+
+    model.run_with_hooks(torch.zeros(1, 1, dtype=torch.long, device=model.cfg.device),
+                         return_type=None, fwd_hooks=[(name, record) for name in hooks])
+    for name, shape in shapes.items():
+        if len(shape) not in (3, 4):
+            raise InputError("config", "extraction.hooks", f"hook {name!r} has shape {shape}; "
+                             "only [batch, pos, d] and [batch, pos, heads, d_head] hooks are stored")
+    return {name: int(np.prod(shapes[name][2:])) for name in hooks}

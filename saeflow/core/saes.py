@@ -16,7 +16,7 @@ from sae_lens import SAE
 from transformer_lens import HookedTransformer
 
 from saeflow.core.errors import InputError
-from saeflow.core.models import require_hooks
+from saeflow.core.models import hook_widths, require_hooks
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,6 @@ def train_sae(model: HookedTransformer, hook_name: str, sequences: torch.Tensor,
     """
     require_hooks(model, [hook_name], "sae.hooks")
     os.environ["WANDB_MODE"] = "disabled"
-    from saeflow.extract import hook_widths
     from datasets import Dataset
     from sae_lens import (LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner,
                           LoggingConfig, StandardTrainingSAEConfig)

@@ -69,7 +69,8 @@ def graddrop_patching(model: Any, saes: Mapping[str, Any], batch: PairBatch, wit
     latent = {h: torch.zeros_like(e.act[:, :1]) for h, e in plain.items()}
     error = {h: None if e.res is None else torch.zeros_like(e.res) for h, e in plain.items()}
     for layer in range(n_layers):
-        upstream = [h for h in saes if (block_of(h) if block_of(h) is not None else -1) < layer]
+        # a hook outside the blocks (the embedding) sits before every block
+        upstream = [h for h in saes if (block_of(h) is None or block_of(h) < layer)]
         dropped = plain
         if upstream:
             with skip_only(model, layer):

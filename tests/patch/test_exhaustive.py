@@ -25,16 +25,22 @@ def setup():
     return model, spliced, batches
 
 
-@pytest.mark.parametrize("with_error", [True, False])
-def test_every_latent_equals_patching_it_alone(setup, with_error):
-    model, spliced, batches = setup
-    result = exhaustive_patching(model, spliced, batches, with_error, max_batch=5)
+def assert_every_latent_is_patching_it_alone(model, spliced, batches, with_error, max_batch=5):
+    """Exhaustive latent effects equal patching each latent alone, from the tokens up."""
+    result = exhaustive_patching(model, spliced, batches, with_error, max_batch=max_batch)
     latents = [(h, i) for h in spliced for i in range(D_SAE)]
     alone = np.concatenate([exact_latent_effects(model, spliced, b, latents, with_error).numpy()
                             for b in batches])
     ours = np.concatenate([result.latent_effect[h] for h in spliced], axis=1)
     assert np.abs(ours).max() > 1e-2
     np.testing.assert_allclose(ours, alone, atol=1e-9)
+    return result
+
+
+@pytest.mark.parametrize("with_error", [True, False])
+def test_every_latent_equals_patching_it_alone(setup, with_error):
+    model, spliced, batches = setup
+    result = assert_every_latent_is_patching_it_alone(model, spliced, batches, with_error)
     # only nodes that differ were run: fewer rows than pairs x latents
     assert 0 < result.n_run < 7 * (2 * D_SAE + (14 if with_error else 0))
 
@@ -54,13 +60,7 @@ def test_runs_resumed_at_the_site_equal_full_runs(setup, hooks, monkeypatch):
 
     monkeypatch.setattr(exhaustive, "_full_run", no_full_run)
     for with_error in (True, False):
-        result = exhaustive_patching(model, spliced, batches, with_error, max_batch=5)
-        latents = [(h, i) for h in spliced for i in range(D_SAE)]
-        alone = np.concatenate([exact_latent_effects(model, spliced, b, latents, with_error).numpy()
-                                for b in batches])
-        ours = np.concatenate([result.latent_effect[h] for h in spliced], axis=1)
-        assert np.abs(ours).max() > 1e-2
-        np.testing.assert_allclose(ours, alone, atol=1e-9)
+        assert_every_latent_is_patching_it_alone(model, spliced, batches, with_error)
     from saeflow.patch.resume import resume_layer
 
     assert resume_layer("blocks.3.hook_resid_post") == 4

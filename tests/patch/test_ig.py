@@ -22,6 +22,16 @@ torch.set_num_threads(1)
 KINDS = ("latent_effect", "latent_delta", "latent_mass", "error_effect")
 
 
+def whole_site_effect(model, spliced, b, clean, base, h, with_error):
+    """``[n]``: the effect of patching site ``h`` whole (latents and errors) clean into corrupted."""
+    def whole_site(name, x, kind="act"):
+        return getattr(clean[h], kind).clone() if name == h else x
+
+    patched, _ = run_spliced(model, spliced, b.corrupted, with_error, whole_site,
+                             lambda n, x: whole_site(n, x, "res"))
+    return (logit_diff(patched, b.clean_answer, b.corrupted_answer) - base).detach().numpy()
+
+
 @pytest.fixture(scope="module")
 def setup():
     model = make_model(dtype=torch.float64)
@@ -96,12 +106,7 @@ def test_each_site_is_complete(setup, with_error):
     atp = run_atp(model, spliced, [b], with_error)
     coarse, fine = (run_ig(model, spliced, [b], with_error, s, max_batch=512) for s in (20, 200))
     for h in spliced:
-        def whole_site(name, x, h=h, kind="act"):
-            return getattr(clean[h], kind).clone() if name == h else x
-
-        patched, _ = run_spliced(model, spliced, b.corrupted, with_error, whole_site,
-                                 lambda n, x, h=h: whole_site(n, x, h, "res"))
-        site = (logit_diff(patched, *args) - base).detach().numpy()
+        site = whole_site_effect(model, spliced, b, clean, base, h, with_error)
         if with_error:
             np.testing.assert_allclose(site, atp.clean - atp.corrupted, atol=1e-9)
         err_fine = np.abs(site_total(fine, h) - site).max()
@@ -231,11 +236,6 @@ def test_attention_and_mlp_sites_are_complete_too():
     base = logit_diff(logits, *args)
     fine = run_ig(model, spliced, [b], True, 200, max_batch=512)
     for h in spliced:
-        def whole_site(name, x, h=h, kind="act"):
-            return getattr(clean[h], kind).clone() if name == h else x
-
-        patched, _ = run_spliced(model, spliced, b.corrupted, True, whole_site,
-                                 lambda n, x, h=h: whole_site(n, x, h, "res"))
-        site = (logit_diff(patched, *args) - base).detach().numpy()
+        site = whole_site_effect(model, spliced, b, clean, base, h, True)
         assert np.abs(site).max() > 1e-3, h
         assert np.abs(site_total(fine, h) - site).max() < 0.01 * np.abs(site).max(), h
