@@ -122,6 +122,18 @@ def rss_kib() -> dict[str, int]:
     return out
 
 
+def trim_heap() -> None:
+    """Hand freed heap pages back to the kernel (glibc ``malloc_trim``), so that RSS counts
+    live memory only; a no-op where the C library has no ``malloc_trim``."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def reset_peak_rss() -> bool:
     """Reset ``VmHWM`` to the current RSS (``/proc/self/clear_refs``), where the kernel allows
     it; False where it does not (then ``VmHWM`` is the process's lifetime peak)."""
