@@ -56,8 +56,10 @@ fi
 rm -rf "$STATE/spool" "$STATE/log"
 mkdir -p "$STATE"/{munge,spool/ctld,spool/d,log,dev}
 chmod 755 "$STATE" "$STATE/munge"   # munged rejects group/other-writable dirs
-# Fake GPU for scheduling only: gres/gpu needs File= pointing at a device.
+# Two fake GPUs, for scheduling only (gres/gpu needs File= pointing at a device): one per core
+# of the CI machine, so the toy's GPU steps run two at a time, as they do locally.
 ln -sf /dev/null "$STATE/dev/nvidia0"
+ln -sf /dev/null "$STATE/dev/nvidia1"
 
 mem_mb=$(awk '/MemTotal/ {print int($2 / 1024)}' /proc/meminfo)
 real_mem=$(( mem_mb * 3 / 4 ))   # slurmd drains the node if RealMemory exceeds what it sees
@@ -89,13 +91,13 @@ DefMemPerCPU=1000
 MinJobAge=600
 ReturnToService=2
 GresTypes=gpu
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=$real_mem Gres=gpu:1 State=UNKNOWN
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=$real_mem Gres=gpu:2 State=UNKNOWN
 PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 EOF
 
 cat >"$STATE/gres.conf" <<EOF
 AutoDetect=off
-NodeName=$NODE Name=gpu File=$STATE/dev/nvidia0
+NodeName=$NODE Name=gpu File=$STATE/dev/nvidia[0-1]
 EOF
 
 if [[ ! -s "$STATE/munge/munge.key" ]]; then
