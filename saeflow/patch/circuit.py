@@ -1,7 +1,8 @@
 """Rule ``patch_circuit``: the sparse feature circuit of the pairs (with the SAE error term):
 nodes above the node threshold, edges above the edge threshold between them
 (:mod:`saeflow.patch.edges`), the exact check of the strongest edges, and the faithfulness and
-completeness of the circuit's node set. Thresholds are shares of ``|mean(clean - corrupted)|``
+completeness of the circuit, pruned by its nodes and by its edges
+(:mod:`saeflow.patch.edge_pruning`). Thresholds are shares of ``|mean(clean - corrupted)|``
 (``patch.circuit``), so one setting reads the same on any model and metric scale.
 """
 
@@ -14,8 +15,19 @@ from typing import Any
 import numpy as np
 
 from saeflow.patch.attribution import AtPResult, Node, nan_to_none, rank_nodes
-from saeflow.patch.edges import (METRIC, edge_attribution, exact_edge, node_positions,
-                                 select_nodes, site_order)
+from saeflow.patch.edge_pruning import (
+    edge_pruned_F,
+    edge_pruned_record,
+    model_and_empty_F,
+)
+from saeflow.patch.edges import (
+    METRIC,
+    edge_attribution,
+    exact_edge,
+    node_positions,
+    select_nodes,
+    site_order,
+)
 from saeflow.patch.resid import PairBatch, PatchConfig, position_offsets
 
 
@@ -71,6 +83,12 @@ def build_circuit(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBat
     faith = faithfulness_curve(model, saes, batches, ranking, [max(len(chosen), 1)], means, True,
                                cfg.max_batch, n_boot=cfg.n_bootstrap, ci=cfg.ci, seed=cfg.seed)
     point = faith["curve"][0]
+    F_model, F_empty = model_and_empty_F(model, saes, batches, sites, means, cfg.max_batch)
+    pruned = {complement: edge_pruned_F(model, saes, batches, sites, chosen, kept, means,
+                                        complement, cfg.max_batch)
+              for complement in (False, True)}
+    by_edges = edge_pruned_record(pruned[False], pruned[True], F_model, F_empty, cfg.n_bootstrap,
+                                  cfg.ci, cfg.seed)
     return {"mode": "with_error", "sites": sites, "total_effect": total,
             "node_threshold": node_thr, "edge_threshold": edge_thr,
             "thresholds_method": "shares of |mean(clean - corrupted)| (patch.circuit)",
@@ -80,8 +98,14 @@ def build_circuit(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBat
             "n_edges_computed": len(edges), "edge_check": check,
             "faithfulness": {k: point[k] for k in ("faithfulness", "faithfulness_ci95",
                                                    "completeness", "completeness_ci95")}
-            | {"pruning": "nodes outside the circuit mean-ablated (edges are not pruned "
-                          "separately)", "normalisation": faith["normalisation"]}}
+            | {"pruning": "nodes outside the circuit mean-ablated; every circuit node sees "
+                          "every other", "normalisation": faith["normalisation"]},
+            "edge_pruned": by_edges | {
+                "pruning": "faithfulness: nodes outside the circuit at their means and each "
+                           "circuit node (and the metric) computed without the circuit nodes "
+                           "it keeps no edge from; completeness: every node kept, the "
+                           "circuit's kept edges cut (saeflow.patch.edge_pruning)",
+                "n_edges_kept": len(kept), "normalisation": faith["normalisation"]}}
 
 
 def circuit_stage(model: Any, saes: Sequence[Any], batches: Sequence[PairBatch],

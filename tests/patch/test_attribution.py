@@ -271,6 +271,11 @@ def test_stage_outputs_end_to_end(model: HookedSAETransformer, tmp_path) -> None
     assert all(abs(e["score"]) >= circuit["edge_threshold"] for e in circuit["edges"])
     assert circuit["edge_check"]["n_checked"] == min(
         cfg.circuit["n_check_edges"], sum(e["target"] != "metric" for e in circuit["edges"]))
+    by_edges = circuit["edge_pruned"]
+    assert by_edges["n_edges_kept"] == len(circuit["edges"])
+    for name in ("faithfulness", "completeness"):
+        lo, hi = by_edges[f"{name}_ci95"]
+        assert lo <= by_edges[name] <= hi
     plot_circuit(tmp_path / "circuit.json", tmp_path / "circuit.png")
     assert (tmp_path / "circuit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary_stage(p["resid.h5"], p["atp.h5"], p["verify.json"], p["faithfulness.json"],

@@ -93,6 +93,8 @@ def cluster_profile(dest: Path) -> Path:
     assert profile["executor"] == "slurm"
     profile["default-resources"] = fit(profile["default-resources"])
     profile["set-resources"] = {rule: fit(res) for rule, res in profile["set-resources"].items()}
+    cores = os.cpu_count() or 1  # a job asking more CPUs than the node has would never start
+    profile["set-threads"] = {rule: min(n, cores) for rule, n in profile["set-threads"].items()}
     profile.update(TEST_CLUSTER)
     dest.mkdir(parents=True)
     (dest / "config.yaml").write_text(yaml.safe_dump(profile))

@@ -68,4 +68,8 @@ def test_the_circuit_joins_sites_of_every_kind_and_its_edges_are_exact(circuit_r
     check = circuit["edge_check"]
     assert check["n_checked"] >= 10
     assert check["sign_agreement"] >= 0.9 and check["spearman"] > 0.6
+    # cutting the edges left out keeps less of the behaviour than cutting nodes alone
+    by_edges, by_nodes = circuit["edge_pruned"], circuit["faithfulness"]
+    assert by_edges["faithfulness"] is not None and by_edges["completeness"] is not None
+    assert by_edges["faithfulness"] != by_nodes["faithfulness"]
     assert (circuit_run / "figures" / "circuit.png").read_bytes()[:4] == b"\x89PNG"

@@ -16,7 +16,7 @@ rule encode:
         prompt_set=UNSHARDED,
     conda:
         "../../envs/saeflow.yaml"
-    threads: 2
+    threads: 1  # the prompt sets side by side; a step's results do not depend on it
     resources:
         gpu=1,
     params:

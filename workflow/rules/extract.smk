@@ -17,7 +17,7 @@ rule extract:
         prompt_set=UNSHARDED,
     conda:
         "../../envs/saeflow.yaml"
-    threads: 2
+    threads: 1  # the prompt sets side by side; a step's results do not depend on it
     resources:
         gpu=1,
     params:

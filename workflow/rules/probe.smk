@@ -45,7 +45,9 @@ rule probe_fit:
         dataset=PROBE_NAMES,
     conda:
         "../../envs/saeflow.yaml"
-    threads: 2  # permutation-baseline runs in parallel
+    # the datasets side by side; permutation runs use the threads a profile gives (--set-threads),
+    # and the fit does not depend on how many (the shuffles are drawn up front)
+    threads: 1
     params:
         cv=PROBE["cv"],
         config=PROBE,

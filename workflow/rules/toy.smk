@@ -80,7 +80,7 @@ rule evaluate_saes:
         "results/{experiment}/benchmarks/toy/evaluate_saes/{experiment}.tsv"
     conda:
         "../../envs/saeflow.yaml"
-    threads: 2
+    threads: 1  # beside the other jobs of the stage; its numbers do not depend on it
     resources:
         gpu=1,
     params:
