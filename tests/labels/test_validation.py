@@ -109,6 +109,17 @@ def test_methods_against_planted_noise_in_an_additive_world(monkeypatch):
     assert verdict["general"]["covers_nominally_where_assumption_holds"]
     assert verdict["two-bucket"]["assumption_violated_in"] == ["other@0.3"]
     assert verdict["naive"]["assumption_holds_in"] == ["none@0"]
+    # the docs' table is this result, row for row
+    from saeflow.labels.validation_table import markdown_table, truth_line
+
+    rows = markdown_table(result).splitlines()
+    assert rows[0] == "| condition | method | " + " | ".join(TRUTH) + " |"
+    assert len(rows) == 2 + len(conds) * len(METHODS)
+    naive_a = conds["other@0.3"]["methods"]["naive"]["categories"]["a"]
+    row = next(r for r in rows if r.startswith("| other@0.3 | naive (violated) |"))
+    assert row.split(" | ")[2].startswith(f"{naive_a['bias']:+.1e} / {naive_a['rmse']:.1e} / "
+                                          f"{naive_a['coverage']:.2f} [")
+    assert truth_line(result).startswith("True LPF: a ")
 
 
 def test_unequal_members_are_what_the_intervals_leave_out(monkeypatch):

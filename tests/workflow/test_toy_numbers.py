@@ -1,0 +1,39 @@
+"""docs/validation.md quotes `python -m saeflow.toy.numbers`: the program runs on a finished toy
+run, and the page's block has the rows the program writes (a stale block fails)."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from saeflow.toy.numbers import report
+from saeflow.toy.workspace import REPO
+
+pytestmark = pytest.mark.slow
+
+BEGIN, END = "<!-- saeflow.toy.numbers: begin -->", "<!-- saeflow.toy.numbers: end -->"
+
+
+def _shape(text: str) -> list[str]:
+    """Each line's label: a table row's first cell, a bullet's words up to its first number."""
+    out = []
+    for line in text.strip().splitlines():
+        if line.startswith("|"):
+            out.append(line.split("|")[1].strip())
+        elif line.startswith("- "):
+            out.append(re.split(r"[-+]?\d", line, maxsplit=1)[0])
+    return out
+
+
+def test_the_numbers_program_reads_a_run_and_the_docs_quote_its_shape(toy_run):
+    results = toy_run / "results" / "toy"
+    text = report(results)
+    assert text.startswith("| check | with the error term | without |")
+    assert "Circuit pruned by nodes" in text and "pruned by edges too" in text
+    cli = subprocess.run([sys.executable, "-m", "saeflow.toy.numbers", str(results)],
+                         capture_output=True, text=True, check=True)
+    assert cli.stdout == text
+    page = (REPO / "docs" / "validation.md").read_text()
+    quoted = page[page.index(BEGIN) + len(BEGIN):page.index(END)]
+    assert _shape(quoted) == _shape(text)
