@@ -23,6 +23,7 @@ def body(snakemake):
         ig=snakemake.input.ig,
         circuit=snakemake.input.circuit,
         graddrop=snakemake.input.graddrop,
+        qkfix=snakemake.input.qkfix,
     )
 
 

@@ -117,6 +117,18 @@ def patch_graddrop_stage(patch: Mapping[str, Any], model_cfg: Mapping[str, Any],
     graddrop_stage(model, saes, batches, cfg, out, _provenance(patch, model_cfg, sae_cfg))
 
 
+def patch_qkfix_stage(patch: Mapping[str, Any], model_cfg: Mapping[str, Any],
+                      model_dir: str | Path | None, sae_cfg: Mapping[str, Any],
+                      hooks: Sequence[str], sae_dirs: Sequence[str | Path],
+                      pairs: str | Path, out: str | Path) -> None:
+    """Rule ``patch_qkfix``: AtP* with the QK fix, both modes, into ``out`` (qkfix.h5)."""
+    from saeflow.patch.qkfix import qk_fix_stage
+
+    cfg, model, saes, batches = _model_saes_pairs(patch, model_cfg, model_dir, sae_cfg, hooks,
+                                                  sae_dirs, pairs)
+    qk_fix_stage(model, saes, batches, cfg, out, _provenance(patch, model_cfg, sae_cfg))
+
+
 def patch_exact_stage(patch: Mapping[str, Any], model_cfg: Mapping[str, Any],
                       model_dir: str | Path | None, sae_cfg: Mapping[str, Any],
                       hooks: Sequence[str], sae_dirs: Sequence[str | Path], pairs: str | Path,
@@ -172,14 +184,16 @@ def patch_summary_stage(patch: Mapping[str, Any], resid: str | Path, atp: str | 
                         verify: str | Path, faithfulness: str | Path,
                         truth: str | Sequence[str], out: str | Path,
                         exact: str | Sequence[str] = (), ig: str | Sequence[str] = (),
-                        circuit: str | None = None, graddrop: str | Sequence[str] = ()) -> None:
+                        circuit: str | None = None, graddrop: str | Sequence[str] = (),
+                        qkfix: str | Sequence[str] = ()) -> None:
     """Rule ``patch_summary``: the stage's headline numbers in ``out`` (summary.json).
     ``truth``: the toy world's truth.json, ``exact``: the exhaustive reference (exact.h5),
-    ``ig``: integrated gradients (ig.h5), ``graddrop``: AtP* GradDrop (graddrop.h5); each
+    ``ig``: integrated gradients (ig.h5), ``graddrop``: AtP* GradDrop (graddrop.h5), ``qkfix``: AtP* QK fix (qkfix.h5); each
     ``[]``/``""`` when there is none."""
     from saeflow.patch.summary import summary_stage
 
     summary_stage(resid, atp, verify, faithfulness, optional_input(truth),
                   PatchConfig.from_dict(patch), out, {"patch": patch},
                   exact_path=optional_input(exact), ig_path=optional_input(ig),
-                  circuit_path=circuit, graddrop_path=optional_input(graddrop))
+                  circuit_path=circuit, graddrop_path=optional_input(graddrop),
+                  qkfix_path=optional_input(qkfix))

@@ -264,12 +264,14 @@ def summary_stage(resid_path: str | Path, atp_path: str | Path, verify_path: str
                   out_path: str | Path, config: Mapping[str, Any] | None = None,
                   exact_path: str | Path | None = None, ig_path: str | Path | None = None,
                   circuit_path: str | Path | None = None,
-                  graddrop_path: str | Path | None = None) -> None:
+                  graddrop_path: str | Path | None = None,
+                  qkfix_path: str | Path | None = None) -> None:
     """Rule ``patch_summary``: read the stage's outputs, write ``summary.json``; with
     ``exact_path`` (exact.h5) AtP, and IG with ``ig_path`` (ig.h5), are judged against every
     node's exact effect and compared; IG without the reference is compared with AtP. GradDrop
     (``graddrop_path``, graddrop.h5) gives magnitudes: it and AtP's ``|AtP|`` are judged against
-    the mean ``|exact|`` per node (``magnitude_vs_exhaustive``)."""
+    the mean ``|exact|`` per node (``magnitude_vs_exhaustive``). The QK fix (``qkfix_path``,
+    qkfix.h5) is signed and judged as AtP is (``qkfix_vs_exhaustive``)."""
     from saeflow.core.io import read_json, write_json
     from saeflow.patch.attribution import read_atp
     from saeflow.patch.exhaustive import read_exact
@@ -278,7 +280,9 @@ def summary_stage(resid_path: str | Path, atp_path: str | Path, verify_path: str
     atps, model_ld = read_atp(atp_path)
     igs = read_atp(ig_path)[0] if ig_path is not None else {}
     drops = read_atp(graddrop_path)[0] if graddrop_path is not None else {}
-    for path, results in ((atp_path, atps), (ig_path, igs), (graddrop_path, drops)):
+    qks = read_atp(qkfix_path)[0] if qkfix_path is not None else {}
+    for path, results in ((atp_path, atps), (ig_path, igs), (graddrop_path, drops),
+                          (qkfix_path, qks)):
         for mode, a in results.items():
             if not np.array_equal(a.pair_ids, resid.pair_ids):
                 raise InputError(path, f"{mode}/pair_id", f"pairs differ from {resid_path}")
@@ -291,7 +295,8 @@ def summary_stage(resid_path: str | Path, atp_path: str | Path, verify_path: str
     verify = read_json(verify_path)
     summary = build_summary(resid, atps, model_ld, verify, read_json(faithfulness_path), cfg,
                             diffs)
-    summary["estimators"] = ["atp"] + (["ig"] if igs else []) + (["graddrop"] if drops else [])
+    summary["estimators"] = (["atp"] + (["ig"] if igs else []) + (["graddrop"] if drops else [])
+                             + (["qkfix"] if qks else []))
     if circuit_path is not None:
         circuit = read_json(circuit_path)
         summary["circuit"] = {"n_nodes": len(circuit["nodes"]), "n_edges": len(circuit["edges"]),
@@ -303,6 +308,9 @@ def summary_stage(resid_path: str | Path, atp_path: str | Path, verify_path: str
         vs = {"atp": exhaustive_comparison(atps, exact, verify, cfg, exact_path)}
         if igs:
             vs["ig"] = exhaustive_comparison(igs, exact, verify, cfg, exact_path, sampled=False)
+        if qks:
+            vs["qkfix"] = exhaustive_comparison(qks, exact, verify, cfg, exact_path,
+                                                sampled=False)
         summary.update({f"{name}_vs_exhaustive": v for name, v in vs.items()})
         summary["estimator_comparison"] = estimator_comparison(vs)
         if drops:

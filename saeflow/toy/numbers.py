@@ -29,6 +29,7 @@ def _at(entry: Mapping[str, Any], k: int) -> Mapping[str, Any]:
 def estimator_table(summary: Mapping[str, Any]) -> list[str]:
     """AtP, IG and the magnitude view against exhaustive exact patching, per mode."""
     atp, ig = summary["atp_vs_exhaustive"], summary.get("ig_vs_exhaustive", {})
+    qk = summary.get("qkfix_vs_exhaustive", {})
     mag = summary.get("magnitude_vs_exhaustive", {})
     rows = [("real nodes (latents) (\\|mean exact\\| >= threshold)",
              lambda m: f"{atp[m]['n_real']} ({atp[m]['n_real_latents']})"),
@@ -45,6 +46,13 @@ def estimator_table(summary: Mapping[str, Any]) -> list[str]:
         rows.append(("IG Spearman over moving latents, recall@5",
                      lambda m: f"{_f(ig[m]['spearman_active_latents'])}, "
                                f"{_f(_at(ig[m], 5)['recall'], 2)}"))
+    if qk:
+        rows.append(("AtP* QK fix Spearman, all latents / latents that move",
+                     lambda m: f"{_f(qk[m]['spearman_all_latents'])} / "
+                               f"{_f(qk[m]['spearman_active_latents'])}"))
+        rows.append(("AtP* QK fix false negatives, relative L1 error (AtP's)",
+                     lambda m: f"{qk[m]['false_negatives']}, {_f(qk[m]['relative_l1_error'])} "
+                               f"({_f(atp[m]['relative_l1_error'])})"))
     views = {name: view for name, view in mag.items()
              if isinstance(view, dict) and set(view) >= set(MODES) and name != "estimator_comparison"}
     if views:

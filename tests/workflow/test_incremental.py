@@ -21,7 +21,7 @@ from saeflow.toy.workspace import TEST_CONFIGS, e2e_config, run_snakemake, sync_
 
 pytestmark = pytest.mark.slow
 
-PATCH_RULES = {"patch_resid", "patch_atp", "patch_ig", "patch_graddrop", "patch_exact", "patch_verify",
+PATCH_RULES = {"patch_resid", "patch_atp", "patch_ig", "patch_graddrop", "patch_qkfix", "patch_exact", "patch_verify",
                "patch_circuit", "patch_summary", "plot_resid_patching", "plot_top_latents",
                "plot_faithfulness", "plot_latent_activations", "plot_circuit"}
 CORRECTION_RULES = {"correct", "correction_summary", "plot_lpf"}

@@ -45,7 +45,7 @@ def test_every_site_is_trained_extracted_and_encoded(circuit_run):
 
 def test_estimators_are_judged_at_every_site(circuit_run):
     summary = json.loads((circuit_run / "patch" / "summary.json").read_text())
-    assert summary["estimators"] == ["atp", "ig", "graddrop"]
+    assert summary["estimators"] == ["atp", "ig", "graddrop", "qkfix"]
     atp = summary["atp_vs_exhaustive"]["with_error"]
     assert atp["false_negatives"] == 0 and atp["spearman_active_latents"] > 0.9
     mag = summary["magnitude_vs_exhaustive"]

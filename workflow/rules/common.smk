@@ -299,6 +299,11 @@ def get_patch_ig(wildcards):
     return rules.patch_ig.output.ig if "ig" in PATCH["estimators"] else []
 
 
+def get_patch_qkfix(wildcards):
+    """AtP* with the QK fix, when patch.estimators lists it."""
+    return rules.patch_qkfix.output.qkfix if "qkfix" in PATCH["estimators"] else []
+
+
 def get_patch_graddrop(wildcards):
     """AtP* GradDrop, when patch.estimators lists it."""
     return (

@@ -99,6 +99,30 @@ rule patch_graddrop:
         "../../scripts/patch_graddrop.py"
 
 
+rule patch_qkfix:
+    input:
+        unpack(get_model),
+        pairs=get_patch_pairs,
+        saes=get_sae_dirs,
+    output:
+        qkfix="results/{experiment}/patch/qkfix.h5",
+    log:
+        "results/{experiment}/logs/patch/patch_qkfix/{experiment}.log",
+    benchmark:
+        "results/{experiment}/benchmarks/patch/patch_qkfix/{experiment}.tsv"
+    conda:
+        "../../envs/saeflow.yaml"
+    resources:
+        gpu=1,
+    params:
+        patch=PATCH,
+        model=config["model"],
+        sae=config["sae"],
+        hooks=SAE_HOOKS,
+    script:
+        "../../scripts/patch_qkfix.py"
+
+
 rule patch_verify:
     input:
         unpack(get_model),
@@ -187,6 +211,7 @@ rule patch_summary:
         exact=get_patch_exact,
         ig=get_patch_ig,
         graddrop=get_patch_graddrop,
+        qkfix=get_patch_qkfix,
         circuit=rules.patch_circuit.output.circuit,
     output:
         summary="results/{experiment}/patch/summary.json",
