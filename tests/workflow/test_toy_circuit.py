@@ -52,7 +52,10 @@ def test_estimators_are_judged_at_every_site(circuit_run):
     assert mag["graddrop"]["with_error"]["spearman_active_latents"] > 0.9
     assert mag["graddrop"]["with_error"]["relative_l1_error"] is None
     rows = {r["estimator"] for r in summary["estimator_comparison"]["with_error"]["rows"]}
-    assert rows == {"atp", "ig"}
+    assert rows == {"atp", "ig", "qkfix"}
+    # the QK fix at attention, MLP and residual sites: judged over every latent, no miss
+    qk = summary["qkfix_vs_exhaustive"]["with_error"]
+    assert qk["false_negatives"] == 0 and qk["spearman_active_latents"] > 0.9
 
 
 def test_the_circuit_joins_sites_of_every_kind_and_its_edges_are_exact(circuit_run):
