@@ -9,9 +9,10 @@ from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
-    from saeflow.patch.stages import patch_atp_stage
+    from saeflow.patch.stages import patch_estimator_stage
 
-    patch_atp_stage(
+    patch_estimator_stage(
+        "atp",
         snakemake.params.patch,
         snakemake.params.model,
         snakemake.input.get("model"),

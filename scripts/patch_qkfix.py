@@ -10,9 +10,10 @@ from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
-    from saeflow.patch.stages import patch_qkfix_stage
+    from saeflow.patch.stages import patch_estimator_stage
 
-    patch_qkfix_stage(
+    patch_estimator_stage(
+        "qkfix",
         snakemake.params.patch,
         snakemake.params.model,
         snakemake.input.get("model"),

@@ -435,12 +435,19 @@ def read_atp(path: str | Path) -> tuple[dict[str, AtPResult], tuple[np.ndarray, 
 
 
 def atp_stage(model: Any, saes: Sequence[Any], batches: Sequence[PairBatch], cfg: PatchConfig,
-              out_path: str | Path, config: Mapping[str, Any] | None = None) -> None:
-    """Rule ``patch_atp``: AtP with and without the error term, plus the model-alone metrics."""
+              out_path: str | Path, config: Mapping[str, Any] | None = None,
+              estimate: Callable[..., Any] | None = None,
+              estimator: Mapping[str, Any] | None = None) -> None:
+    """Rule ``patch_atp``: AtP with and without the error term, plus the model-alone metrics,
+    into ``out_path`` (atp.h5). Another node estimator (``estimate``, as :func:`run_atp`
+    takes it: IG, GradDrop, the QK fix) writes the same layout, ``estimator`` (its name and
+    formula) recorded in the provenance."""
     model = to_sae_transformer(model)
     spliced = prepare_saes(model, saes)
     check_batches(model, batches)
-    results = {mode: run_atp(model, spliced, batches, we, cfg.max_batch)
+    results = {mode: run_atp(model, spliced, batches, we, cfg.max_batch, estimate=estimate)
                for mode, we in MODES.items()}
+    if estimator is not None:
+        config = {**dict(config or {}), "estimator": dict(estimator)}
     write_atp(out_path, results, model_logit_diffs(model, batches, cfg.max_batch), config)
 

@@ -31,10 +31,14 @@ import numpy as np
 import torch
 
 from saeflow.core.errors import InputError
-from saeflow.patch.attribution import (MODES, AtPResult, SparseAct, attribution_patching,
-                                       model_logit_diffs, prepare_saes, run_atp,
-                                       to_sae_transformer, write_atp)
-from saeflow.patch.resid import PairBatch, PatchConfig, check_batches
+from saeflow.patch.attribution import (
+    AtPResult,
+    SparseAct,
+    atp_stage,
+    attribution_patching,
+    run_atp,
+)
+from saeflow.patch.resid import PairBatch, PatchConfig
 from saeflow.patch.resume import block_of
 
 
@@ -108,12 +112,6 @@ def graddrop_stage(model: Any, saes: Sequence[Any], batches: Sequence[PairBatch]
                    config: Mapping[str, Any] | None = None) -> None:
     """Rule ``patch_graddrop``: GradDrop with and without the error term into ``out_path``
     (graddrop.h5, atp.h5's layout; effects are magnitudes)."""
-    model = to_sae_transformer(model)
-    spliced = prepare_saes(model, saes)
-    check_batches(model, batches)
-    results = {mode: run_graddrop(model, spliced, batches, we, cfg.max_batch)
-               for mode, we in MODES.items()}
-    estimator = {"name": "graddrop", "formula": "1 / (L - 1) * sum_l |AtP with block l's "
-                 "gradient dropped| (AtP* GradDrop)", "values": "magnitudes (>= 0)"}
-    write_atp(out_path, results, model_logit_diffs(model, batches, cfg.max_batch),
-              {**dict(config or {}), "estimator": estimator})
+    atp_stage(model, saes, batches, cfg, out_path, config, estimate=graddrop_patching,
+              estimator={"name": "graddrop", "formula": "1 / (L - 1) * sum_l |AtP with block "
+                         "l's gradient dropped| (AtP* GradDrop)", "values": "magnitudes (>= 0)"})

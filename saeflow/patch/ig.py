@@ -34,10 +34,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saeflow.patch.attribution import (MODES, AtPResult, SparseAct, model_logit_diffs,
-                                       prepare_saes, run_atp, run_spliced, to_sae_transformer,
-                                       write_atp)
-from saeflow.patch.resid import PairBatch, PatchConfig, check_batches, logit_diff
+from saeflow.patch.attribution import (
+    AtPResult,
+    SparseAct,
+    atp_stage,
+    run_atp,
+    run_spliced,
+)
+from saeflow.patch.resid import PairBatch, PatchConfig, logit_diff
 
 
 def ig_alphas(steps: int) -> list[float]:
@@ -141,13 +145,9 @@ def ig_stage(model: Any, saes: Sequence[Any], batches: Sequence[PairBatch], cfg:
     """Rule ``patch_ig``: IG with and without the error term into ``out_path`` (ig.h5, the
     layout of atp.h5: :func:`saeflow.patch.attribution.write_atp`); the provenance records the
     estimator and its points."""
-    model = to_sae_transformer(model)
-    spliced = prepare_saes(model, saes)
-    check_batches(model, batches)
-    results = {mode: run_ig(model, spliced, batches, we, cfg.ig_steps, cfg.max_batch)
-               for mode, we in MODES.items()}
-    estimator = {"name": "ig", "steps": cfg.ig_steps, "alphas": "k / steps, k = 0..steps-1",
-                 "path": "one site at a time, corrupted to clean"}
-    write_atp(out_path, results, model_logit_diffs(model, batches, cfg.max_batch),
-              {**dict(config or {}), "estimator": estimator})
+    atp_stage(model, saes, batches, cfg, out_path, config,
+              estimate=partial(integrated_gradients, steps=cfg.ig_steps, max_batch=cfg.max_batch),
+              estimator={"name": "ig", "steps": cfg.ig_steps,
+                         "alphas": "k / steps, k = 0..steps-1",
+                         "path": "one site at a time, corrupted to clean"})
 

@@ -34,17 +34,13 @@ from torch import Tensor
 
 from saeflow.core.errors import InputError
 from saeflow.patch.attribution import (
-    MODES,
     AtPResult,
     SparseAct,
-    model_logit_diffs,
-    prepare_saes,
+    atp_stage,
     run_atp,
     run_spliced,
-    to_sae_transformer,
-    write_atp,
 )
-from saeflow.patch.resid import PairBatch, PatchConfig, check_batches, logit_diff
+from saeflow.patch.resid import PairBatch, PatchConfig, logit_diff
 
 LATENT_CHUNK = 64  # latents whose shifted residual runs through a layer's pattern at once
 
@@ -203,13 +199,8 @@ def qk_fix_stage(model: Any, saes: Sequence[Any], batches: Sequence[PairBatch],
                  config: Mapping[str, Any] | None = None) -> None:
     """Rule ``patch_qkfix``: the QK-fixed estimate with and without the error term into
     ``out_path`` (qkfix.h5, atp.h5's layout; signed effects)."""
-    model = to_sae_transformer(model)
-    spliced = prepare_saes(model, saes)
-    check_batches(model, batches)
-    results = {mode: run_qk_fix(model, spliced, batches, we, cfg.max_batch)
-               for mode, we in MODES.items()}
-    estimator = {"name": "qkfix", "formula": "AtP with attention patterns held in the backward "
-                 "pass + sum over downstream attention layers of <dm/dA, exact pattern change "
-                 "from the node's residual contribution> (AtP* QK fix)", "values": "signed"}
-    write_atp(out_path, results, model_logit_diffs(model, batches, cfg.max_batch),
-              {**dict(config or {}), "estimator": estimator})
+    atp_stage(model, saes, batches, cfg, out_path, config, estimate=qk_fix_patching,
+              estimator={"name": "qkfix", "formula": "AtP + sum over downstream attention "
+                         "layers of (<dm/dA, exact pattern change from the node's residual "
+                         "contribution> - that path's linear term) (AtP* QK fix)",
+                         "values": "signed"})

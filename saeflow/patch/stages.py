@@ -76,57 +76,26 @@ def patch_resid_stage(patch: Mapping[str, Any], model_cfg: Mapping[str, Any],
                 {"patch": dict(patch), "model": dict(model_cfg)})
 
 
-def patch_atp_stage(patch: Mapping[str, Any], model_cfg: Mapping[str, Any],
-                    model_dir: str | Path | None, sae_cfg: Mapping[str, Any],
-                    hooks: Sequence[str], sae_dirs: Sequence[str | Path], pairs: str | Path,
-                    out: str | Path) -> None:
-    """Rule ``patch_atp``: AtP with and without the error term into ``out`` (atp.h5).
-    ``sae_dirs`` in ``hooks`` order, empty for pretrained SAEs."""
-    from saeflow.patch.attribution import atp_stage
+ESTIMATOR_STAGES = {"atp": ("saeflow.patch.attribution", "atp_stage"),
+                    "ig": ("saeflow.patch.ig", "ig_stage"),
+                    "graddrop": ("saeflow.patch.graddrop", "graddrop_stage"),
+                    "qkfix": ("saeflow.patch.qkfix", "qk_fix_stage")}
 
+
+def patch_estimator_stage(estimator: str, patch: Mapping[str, Any], model_cfg: Mapping[str, Any],
+                          model_dir: str | Path | None, sae_cfg: Mapping[str, Any],
+                          hooks: Sequence[str], sae_dirs: Sequence[str | Path],
+                          pairs: str | Path, out: str | Path) -> None:
+    """Rules ``patch_atp``, ``patch_ig``, ``patch_graddrop``, ``patch_qkfix``: one node
+    estimator (a key of :data:`ESTIMATOR_STAGES`) with and without the error term into ``out``
+    (atp.h5's layout). ``sae_dirs`` in ``hooks`` order, empty for pretrained SAEs."""
+    import importlib
+
+    module, name = ESTIMATOR_STAGES[estimator]
+    stage = getattr(importlib.import_module(module), name)
     cfg, model, saes, batches = _model_saes_pairs(patch, model_cfg, model_dir, sae_cfg, hooks,
                                                   sae_dirs, pairs)
-    atp_stage(model, saes, batches, cfg, out,
-              _provenance(patch, model_cfg, sae_cfg))
-
-
-def patch_ig_stage(patch: Mapping[str, Any], model_cfg: Mapping[str, Any],
-                   model_dir: str | Path | None, sae_cfg: Mapping[str, Any],
-                   hooks: Sequence[str], sae_dirs: Sequence[str | Path], pairs: str | Path,
-                   out: str | Path) -> None:
-    """Rule ``patch_ig``: integrated gradients (``patch.ig_steps`` points) with and without the
-    error term into ``out`` (ig.h5, atp.h5's layout). ``sae_dirs`` in ``hooks`` order, empty
-    for pretrained SAEs."""
-    from saeflow.patch.ig import ig_stage
-
-    cfg, model, saes, batches = _model_saes_pairs(patch, model_cfg, model_dir, sae_cfg, hooks,
-                                                  sae_dirs, pairs)
-    ig_stage(model, saes, batches, cfg, out,
-             _provenance(patch, model_cfg, sae_cfg))
-
-
-def patch_graddrop_stage(patch: Mapping[str, Any], model_cfg: Mapping[str, Any],
-                         model_dir: str | Path | None, sae_cfg: Mapping[str, Any],
-                         hooks: Sequence[str], sae_dirs: Sequence[str | Path],
-                         pairs: str | Path, out: str | Path) -> None:
-    """Rule ``patch_graddrop``: AtP* GradDrop, both modes, into ``out`` (graddrop.h5)."""
-    from saeflow.patch.graddrop import graddrop_stage
-
-    cfg, model, saes, batches = _model_saes_pairs(patch, model_cfg, model_dir, sae_cfg, hooks,
-                                                  sae_dirs, pairs)
-    graddrop_stage(model, saes, batches, cfg, out, _provenance(patch, model_cfg, sae_cfg))
-
-
-def patch_qkfix_stage(patch: Mapping[str, Any], model_cfg: Mapping[str, Any],
-                      model_dir: str | Path | None, sae_cfg: Mapping[str, Any],
-                      hooks: Sequence[str], sae_dirs: Sequence[str | Path],
-                      pairs: str | Path, out: str | Path) -> None:
-    """Rule ``patch_qkfix``: AtP* with the QK fix, both modes, into ``out`` (qkfix.h5)."""
-    from saeflow.patch.qkfix import qk_fix_stage
-
-    cfg, model, saes, batches = _model_saes_pairs(patch, model_cfg, model_dir, sae_cfg, hooks,
-                                                  sae_dirs, pairs)
-    qk_fix_stage(model, saes, batches, cfg, out, _provenance(patch, model_cfg, sae_cfg))
+    stage(model, saes, batches, cfg, out, _provenance(patch, model_cfg, sae_cfg))
 
 
 def patch_exact_stage(patch: Mapping[str, Any], model_cfg: Mapping[str, Any],
