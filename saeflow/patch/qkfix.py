@@ -125,16 +125,17 @@ def qk_fix_patching(model: Any, saes: Mapping[str, Any], batch: PairBatch, with_
             delta = clean[h] - corr[h].detach()
             lat = (delta.act * grads[i]).sum(1, keepdim=True)  # AtP, [n, 1, d_sae]
             err = (delta.res * grads[len(names) + i]).sum(-1) if with_error else None  # [n, T]
-            rows = to_residual(model, h, saes[h].W_dec) if downstream_layers(
-                h, model.cfg.n_layers) else None
-            for L in downstream_layers(h, model.cfg.n_layers):
+            downstream = downstream_layers(h, model.cfg.n_layers)
+            if downstream:  # the node's residual contributions, once for every layer
+                rows = to_residual(model, h, saes[h].W_dec)
+                moved = to_residual(model, h, delta.res) if err is not None else None
+            for L in downstream:
                 # the direct path into layer L's pattern: exact, less its linearisation in AtP
                 linear = torch.einsum("nti,id,ntd->ni", delta.act, rows, g_direct[L])
                 exact = _latent_pattern_term(model, rows, delta.act, L, resid_in[L], A[L],
                                              g_pattern[L])
                 lat = lat + (exact - linear)[:, None]
                 if err is not None:
-                    moved = to_residual(model, h, delta.res)
                     err = err + _error_pattern_term(moved, model, L, resid_in[L], A[L],
                                                     g_pattern[L]) - (moved * g_direct[L]).sum(-1)
             effects[h] = SparseAct(lat, err)

@@ -134,8 +134,8 @@ def report(results: str | Path) -> str:
 
     results = Path(results)
     patch = results / "patch"
-    lines = estimator_table(read_json(patch / "summary.json")) + [""]
     summary = read_json(patch / "summary.json")
+    lines = estimator_table(summary) + [""]
     ident = summary["toy_check"].get("embedding_identity")
     if ident:
         lines.append(f"- Embedding identity on {ident['n_single_token_pairs']} single-token pairs: "
