@@ -1,13 +1,11 @@
 """SAE-latent attribution patching (AtP) with the SAE error as its own node, exact latent
 patching to verify it, and faithfulness of the top nodes under mean ablation.
 
-Nodes. The SAEs are spliced into a sae-lens ``HookedSAETransformer`` (``model.saes``), one per
-hook (``sae.cfg.metadata.hook_name``). A hook's activation ``x`` is rebuilt as
-``decode(f) + e``: latents ``f = encode(x)`` ``[B, T, d_sae]`` and the error
-``e = x - decode(encode(x))`` ``[B, T, d_in]`` (flat whatever the hook's shape: attention
-``hook_z`` SAEs read heads x d_head as one vector). A *latent node* is ``(hook, latent)`` at
-all positions at once; an *error node* is ``(hook, position)``, positions right-aligned as in
-:mod:`saeflow.patch.resid` (column ``P - 1`` = final token).
+Nodes. The SAEs (and transcoders) are spliced in by :mod:`saeflow.patch.splice`, one per site
+(``sae.cfg.metadata.hook_name``): latents ``f [B, T, d_sae]`` and the error ``[B, T, d_out]``.
+A *latent node* is ``(site, latent)`` at all positions at once; an *error node* is ``(site,
+position)``, positions right-aligned as in :mod:`saeflow.patch.resid` (column ``P - 1`` = final
+token).
 
 Sign convention (the same as residual patching): every effect is that of patching the node
 **from the clean run into the corrupted run**, on the metric ``logit diff = logit(clean answer)
@@ -16,18 +14,13 @@ Sign convention (the same as residual patching): every effect is that of patchin
     AtP(node)   = (a_clean - a_corrupted) . d metric / d a   (gradient at the corrupted run)
     exact(node) = metric(corrupted, node := clean) - metric(corrupted)
 
-Why we add the error term ourselves: sae-lens computes it under ``no_grad``, so a gradient
-through a downstream SAE would follow that SAE's Jacobian, while exact patching recomputes the
-downstream error from the new activation (the downstream SAE is then the identity). So we splice
-with ``use_error_term=False`` and add ``x - decode(f)`` at ``hook_sae_output``, with ``f`` the
-SAE's own code and the latent node a copy of it: ``d out / d node`` is the decoder,
-``d out / d e = I`` and ``d out / d x = I``. Without the error term the spliced model *is* the
-SAE-reconstructed model; AtP, exact patching and faithfulness then all run in it.
+The splice (:mod:`saeflow.patch.splice`) adds the error term itself, so that the
+gradient through a downstream site holds its error fixed, as exact patching does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,124 +29,24 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from saeflow.core.errors import InputError
-from saeflow.patch.resid import (PairBatch, PatchConfig, align_right, check_batches, logit_diff,
-                              position_offsets)
+from saeflow.patch.resid import (
+    PairBatch,
+    PatchConfig,
+    align_right,
+    check_batches,
+    logit_diff,
+    position_offsets,
+)
+from saeflow.patch.splice import (  # noqa: F401 - the nodes' home, re-exported for callers
+    Edit,
+    SparseAct,
+    prepare_saes,
+    run_spliced,
+    to_sae_transformer,
+)
 
-Node = tuple[str, str, int]  # ("latent", hook, latent index) | ("error", hook, aligned column)
-Edit = Callable[[str, Tensor], Tensor]  # (hook, node tensor) -> edited node tensor
+Node = tuple[str, str, int]  # ("latent", site, latent index) | ("error", site, aligned column)
 MODES = {"with_error": True, "without_error": False}
-
-
-@dataclass
-class SparseAct:
-    """One hook's nodes (after feature-circuits): latents ``act [..., d_sae]`` and the SAE
-    error ``res [..., d_model]`` (``None`` when the error term is left out)."""
-
-    act: Tensor
-    res: Tensor | None = None
-
-    def __sub__(self, other: SparseAct) -> SparseAct:
-        return SparseAct(self.act - other.act, None if self.res is None else self.res - other.res)
-
-    def __mul__(self, other: SparseAct) -> SparseAct:
-        return SparseAct(self.act * other.act, None if self.res is None else self.res * other.res)
-
-    def detach(self) -> SparseAct:
-        return SparseAct(self.act.detach(), None if self.res is None else self.res.detach())
-
-
-def to_sae_transformer(model: Any) -> Any:
-    """The same weights (shared, not copied) and tokenizer as a sae-lens
-    ``HookedSAETransformer``, on the model's device."""
-    from sae_lens import HookedSAETransformer
-
-    if isinstance(model, HookedSAETransformer):
-        return model
-    out = HookedSAETransformer(model.cfg, move_to_device=False)
-    out.load_state_dict(model.state_dict(), assign=True)  # shares storage: no second copy
-    out.tokenizer = model.tokenizer  # assigned: set_tokenizer would reload it from its name
-    out.move_model_modules_to_device()
-    return out.eval()
-
-
-def prepare_saes(model: Any, saes: Sequence[Any]) -> dict[str, Any]:
-    """Key SAEs by ``sae.cfg.metadata.hook_name`` (checked against the model's hooks) and move
-    them to the model's device."""
-    out: dict[str, Any] = {}
-    for sae in saes:
-        name = sae.cfg.metadata.hook_name
-        if not name:
-            raise InputError("sae", "cfg.metadata.hook_name", "not set: cannot splice the SAE")
-        if name not in model.hook_dict:
-            raise InputError("sae", name, "the model has no such hook (expected e.g. "
-                             f"blocks.0.hook_resid_post; layers 0..{model.cfg.n_layers - 1})")
-        if name in out:
-            raise InputError("sae", name, "two SAEs for one hook")
-        out[name] = sae.to(model.cfg.device)
-    if not out:
-        raise InputError("sae", "<saes>", "no SAEs given")
-    return out
-
-
-def run_spliced(model: Any, saes: Mapping[str, Any], tokens: Tensor, with_error: bool,
-                edit_latents: Edit | None = None, edit_error: Edit | None = None,
-                outputs: dict[str, Tensor] | None = None, start_at_layer: int | None = None,
-                frozen: Collection[str] = (), stop_at_layer: int | None = None
-                ) -> tuple[Tensor, dict[str, SparseAct]]:
-    """Run ``tokens [B, T]`` with every SAE spliced in; return ``logits [B, T, d_vocab]`` and
-    each hook's nodes (the tensors that flowed forward, after the optional edits). With
-    ``outputs``, each hook's spliced output (``decode(latents) + error``) is stored there.
-    With ``start_at_layer``, ``tokens`` is the residual ``[B, T, d_model]`` entering that block
-    (TransformerLens's ``start_at_layer``); only SAEs at or above it should be given; with
-    ``stop_at_layer`` the residual entering that block is returned instead of logits. Sites in
-    ``frozen`` pass their output on detached: no gradient flows back through them (the stop
-    gradients of direct edges, :mod:`saeflow.patch.edges`)."""
-    nodes: dict[str, SparseAct] = {}
-    hooks = [h for name, sae in saes.items()
-             for h in _splice_hooks(name, sae, with_error, nodes, edit_latents, edit_error,
-                                    outputs, name in frozen)]
-    with model.saes(saes=list(saes.values()), use_error_term=False):
-        logits = model.run_with_hooks(tokens, fwd_hooks=hooks, start_at_layer=start_at_layer,
-                                      stop_at_layer=stop_at_layer)
-    return logits, nodes
-
-
-def _splice_hooks(name: str, sae: Any, with_error: bool, nodes: dict[str, SparseAct],
-                  edit_latents: Edit | None, edit_error: Edit | None,
-                  outputs: dict[str, Tensor] | None = None, frozen: bool = False
-                  ) -> list[tuple[str, Any]]:
-    state: dict[str, Tensor] = {}
-
-    def on_input(x: Tensor, hook: Any) -> Tensor:
-        state["x"] = x
-        return x
-
-    def on_latents(f: Tensor, hook: Any) -> Tensor:
-        state["f"] = f
-        node = f.clone()  # its own tensor, so d metric / d node holds the error term fixed
-        if torch.is_grad_enabled() and not node.requires_grad:
-            node.requires_grad_()  # frozen weights: still differentiate w.r.t. the nodes
-        node = edit_latents(name, node) if edit_latents is not None else node
-        nodes[name] = SparseAct(node)
-        return node
-
-    def on_output(out: Tensor, hook: Any) -> Tensor:
-        if with_error:
-            # flat [B, T, d_in] like the SAE's input, whatever the hook's shape (hook_z's
-            # [B, T, heads, d_head]), so every site's error node is one vector per position
-            err = state["x"] - sae.decode(state["f"]).reshape(state["x"].shape)
-            if torch.is_grad_enabled() and not err.requires_grad:
-                err.requires_grad_()
-            err = edit_error(name, err) if edit_error is not None else err
-            nodes[name].res = err
-            out = out + err.reshape(out.shape)
-        if outputs is not None:
-            outputs[name] = out
-        return out.detach() if frozen else out
-
-    return [(f"{name}.hook_sae_input", on_input), (f"{name}.hook_sae_acts_post", on_latents),
-            (f"{name}.hook_sae_output", on_output)]
 
 
 @dataclass

@@ -19,7 +19,7 @@ other components (an attention site through its layer's MLP) stay first order, a
 
 A latent's estimate is for the latent at all positions at once (one column, as GradDrop's);
 error nodes are per position. Where no attention layer is downstream of a site (the last
-residual site), the QK fix is AtP.
+residual site), the QK fix is AtP. A transcoder's nodes enter at the MLP output it writes.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from saeflow.patch.attribution import (
     run_spliced,
 )
 from saeflow.patch.resid import PairBatch, PatchConfig, logit_diff
+from saeflow.patch.splice import site_outputs
 
 LATENT_CHUNK = 64  # latents whose shifted residual runs through a layer's pattern at once
 
@@ -90,7 +91,8 @@ def qk_fix_patching(model: Any, saes: Mapping[str, Any], batch: PairBatch, with_
     attribution_patching` returns AtP: per hook ``act [n, 1, d_sae]`` (latent at all
     positions), ``res [n, T]``, the latent deltas and the clean and corrupted metrics."""
     b = batch.to(model.cfg.device)
-    layers = sorted({L for h in saes for L in downstream_layers(h, model.cfg.n_layers)})
+    writes = site_outputs(saes)  # a transcoder writes the MLP output, not the hook it reads
+    layers = sorted({L for h in saes for L in downstream_layers(writes[h], model.cfg.n_layers)})
     with torch.no_grad():
         clean_logits, clean = run_spliced(model, saes, b.clean, with_error)
     resid_in: dict[int, Tensor] = {}
@@ -125,10 +127,10 @@ def qk_fix_patching(model: Any, saes: Mapping[str, Any], batch: PairBatch, with_
             delta = clean[h] - corr[h].detach()
             lat = (delta.act * grads[i]).sum(1, keepdim=True)  # AtP, [n, 1, d_sae]
             err = (delta.res * grads[len(names) + i]).sum(-1) if with_error else None  # [n, T]
-            downstream = downstream_layers(h, model.cfg.n_layers)
+            downstream = downstream_layers(writes[h], model.cfg.n_layers)
             if downstream:  # the node's residual contributions, once for every layer
-                rows = to_residual(model, h, saes[h].W_dec)
-                moved = to_residual(model, h, delta.res) if err is not None else None
+                rows = to_residual(model, writes[h], saes[h].W_dec)
+                moved = to_residual(model, writes[h], delta.res) if err is not None else None
             for L in downstream:
                 # the direct path into layer L's pattern: exact, less its linearisation in AtP
                 linear = torch.einsum("nti,id,ntd->ni", delta.act, rows, g_direct[L])

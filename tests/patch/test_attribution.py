@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from sae_lens import HookedSAETransformer, StandardSAE, StandardSAEConfig
+from sae_lens import (HookedSAETransformer, StandardSAE, StandardSAEConfig, Transcoder,
+                      TranscoderConfig)
 from sae_lens.saes.sae import SAEMetadata
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
@@ -36,10 +37,23 @@ def make_model(normalization_type: str | None = "LN",
 
 
 def make_saes(model: HookedSAETransformer, hooks: list[str] | None = None) -> list[StandardSAE]:
+    """One SAE per hook; a hook ``blocks.L.ln2.hook_normalized`` gets a sae-lens transcoder
+    to ``blocks.L.hook_mlp_out`` (the MLP's input to its output)."""
     saes = []
+    dtype = str(model.cfg.dtype).split(".")[-1]
     for layer, hook in enumerate(hooks or [f"blocks.{i}.hook_resid_post" for i in range(2)]):
         torch.manual_seed(100 + layer)
-        cfg = StandardSAEConfig(d_in=32, d_sae=D_SAE, dtype=str(model.cfg.dtype).split(".")[-1],
+        if hook.endswith("ln2.hook_normalized"):
+            out = hook.replace("ln2.hook_normalized", "hook_mlp_out")
+            tc = Transcoder(TranscoderConfig(d_in=32, d_out=32, d_sae=D_SAE, dtype=dtype,
+                                             apply_b_dec_to_input=False,
+                                             metadata=SAEMetadata(hook_name=hook,
+                                                                  hook_name_out=out)))
+            with torch.no_grad():  # kaiming rows are ~30x an MLP output's scale here
+                tc.W_dec.mul_(0.05)
+            saes.append(tc)
+            continue
+        cfg = StandardSAEConfig(d_in=32, d_sae=D_SAE, dtype=dtype,
                                 reshape_activations="hook_z" if hook.endswith("hook_z") else "none",
                                 metadata=SAEMetadata(hook_name=hook))
         saes.append(StandardSAE(cfg))
@@ -70,6 +84,30 @@ def test_splice_with_error_term_reproduces_the_model(model: HookedSAETransformer
         assert torch.allclose(no_err, lens, atol=1e-5)
         assert (no_err - plain).abs().max() > 1e-2
     assert not model.acts_to_saes  # the splice is undone after each run
+
+
+def test_a_transcoder_splices_like_sae_lens_and_its_error_restores_the_model() -> None:
+    """A transcoder reads the MLP's input and writes its output: without the error term our
+    splice is sae-lens's own (``run_with_saes``); with it, the model exactly, the error node
+    ``d_out`` wide at the output hook, the latents read from the input hook."""
+    model = make_model(dtype=torch.float64)
+    saes = make_saes(model, SITE_SETS["transcoder"])
+    spliced = prepare_saes(model, saes)
+    tc = spliced["blocks.1.ln2.hook_normalized"]
+    batch = random_pair_batch(4, 6, [2], seed=0)
+    plain, cache = model.run_with_cache(batch.clean)
+    ours, nodes = run_spliced(model, spliced, batch.clean, with_error=True)
+    assert torch.allclose(ours, plain, atol=1e-10)
+    assert torch.allclose(nodes["blocks.1.ln2.hook_normalized"].act,
+                          tc.encode(cache["blocks.1.ln2.hook_normalized"]), atol=1e-10)
+    err = cache["blocks.1.hook_mlp_out"] - tc.decode(tc.encode(cache["blocks.1.ln2.hook_normalized"]))
+    assert torch.allclose(nodes["blocks.1.ln2.hook_normalized"].res, err, atol=1e-10)
+    no_err, _ = run_spliced(model, spliced, batch.clean, with_error=False)
+    lens = model.run_with_saes(batch.clean, saes=saes, use_error_term=False)
+    assert torch.allclose(no_err, lens, atol=1e-12) and (no_err - plain).abs().max() > 1e-1
+    assert not model.acts_to_saes
+    with pytest.raises(InputError, match="blocks.1.hook_mlp_out.*written by two sites"):
+        prepare_saes(model, saes + make_saes(model, ["blocks.1.hook_mlp_out"]))
 
 
 def test_atp_is_exact_where_the_model_is_linear() -> None:
@@ -103,9 +141,12 @@ def test_atp_is_exact_where_the_model_is_linear() -> None:
 
 # SAE sites beyond the residual stream: attention output (hook_z, as Gemma Scope's attention
 # SAEs are trained: heads x d_head flattened) and MLP output, mixed with a residual site.
+# Transcoders (MLP input -> MLP output) at both MLPs, keyed by the hook they read.
 SITE_SETS = {"resid": None,
              "attn-mlp-resid": ["blocks.0.attn.hook_z", "blocks.0.hook_mlp_out",
-                                "blocks.1.attn.hook_z", "blocks.1.hook_resid_post"]}
+                                "blocks.1.attn.hook_z", "blocks.1.hook_resid_post"],
+             "transcoder": ["blocks.0.attn.hook_z", "blocks.0.ln2.hook_normalized",
+                            "blocks.1.ln2.hook_normalized", "blocks.1.hook_resid_post"]}
 
 
 @pytest.mark.parametrize("sites", list(SITE_SETS))

@@ -70,7 +70,7 @@ def test_a_full_patch_differs_from_the_limit_but_agrees_in_sign_mostly(setup):
     assert np.mean([np.sign(x) == np.sign(edges[e]) for x, e in zip(exact, between)]) >= 0.5
 
 
-@pytest.mark.parametrize("hooks", [SITE_SETS["attn-mlp-resid"],
+@pytest.mark.parametrize("hooks", [SITE_SETS["attn-mlp-resid"], SITE_SETS["transcoder"],
                                    ["blocks.0.attn.hook_z", "blocks.1.hook_mlp_out"]])
 def test_direct_edges_between_attention_mlp_and_residual_sites(hooks):
     """Every site pair with a direct path gets edges (attention to the next layer's attention
@@ -86,7 +86,14 @@ def test_direct_edges_between_attention_mlp_and_residual_sites(hooks):
     selected = select_nodes(atp, sites, 0.0, 3)
     edges = edge_attribution(model, spliced, batches, sites, selected)
     pairs = {(a[1], b if b == METRIC else b[1]) for a, b in edges}
-    if len(hooks) == 4:
+    if hooks == SITE_SETS["transcoder"]:
+        # transcoders read the MLP's input and write its output: attention -> transcoder,
+        # transcoder -> the next layer's transcoder past its attention (no site there)
+        attn0, tc0, tc1, resid1 = hooks
+        assert {(attn0, tc0), (attn0, tc1), (tc0, tc1), (attn0, resid1), (tc0, resid1),
+                (tc1, resid1), (resid1, METRIC)} <= pairs
+        assert not {(h, METRIC) for h in (attn0, tc0, tc1)} & pairs
+    elif len(hooks) == 4:
         attn0, mlp0, attn1, resid1 = hooks
         assert {(attn0, mlp0), (attn0, attn1), (mlp0, attn1), (attn0, resid1),
                 (attn1, resid1), (resid1, METRIC)} <= pairs

@@ -68,12 +68,13 @@ def test_runs_resumed_at_the_site_equal_full_runs(setup, hooks, monkeypatch):
     assert resume_layer("blocks.3.attn.hook_z") is None
 
 
+@pytest.mark.parametrize("sites", ["attn-mlp-resid", "transcoder"])
 @pytest.mark.parametrize("with_error", [True, False])
-def test_attention_and_mlp_sites_equal_patching_each_node_alone(setup, with_error):
-    """hook_z (heads flattened) and MLP-output SAEs: patched from the tokens up, each latent
-    and each error node equals patching it alone."""
+def test_attention_and_mlp_sites_equal_patching_each_node_alone(setup, with_error, sites):
+    """hook_z (heads flattened), MLP-output SAEs and transcoders: patched from the tokens up,
+    each latent and each error node equals patching it alone."""
     model, _, batches = setup
-    spliced = prepare_saes(model, make_saes(model, SITE_SETS["attn-mlp-resid"]))
+    spliced = prepare_saes(model, make_saes(model, SITE_SETS[sites]))
     b = batches[0]
     result = exhaustive_patching(model, spliced, [b], with_error, max_batch=16)
     latents = [(h, i) for h in spliced for i in range(D_SAE)]
@@ -85,18 +86,18 @@ def test_attention_and_mlp_sites_equal_patching_each_node_alone(setup, with_erro
         _, clean = run_spliced(model, spliced, b.clean, True)
         logits, _ = run_spliced(model, spliced, b.corrupted, True)
         args = (b.clean_answer, b.corrupted_answer)
-        hook, pos = "blocks.0.attn.hook_z", b.length - 1
+        pos = b.length - 1
+        for hook in ("blocks.0.attn.hook_z", SITE_SETS[sites][1]):
+            def edit(name, err, hook=hook):
+                if name == hook:
+                    err = err.clone()
+                    err[:, pos] = clean[hook].res[:, pos]  # one vector: all heads, or d_out
+                return err
 
-        def edit(name, err):
-            if name == hook:
-                err = err.clone()
-                err[:, pos] = clean[hook].res[:, pos]  # one vector: all heads at the position
-            return err
-
-        patched, _ = run_spliced(model, spliced, b.corrupted, True, edit_error=edit)
-        expected = (logit_diff(patched, *args) - logit_diff(logits, *args)).detach().numpy()
-        assert clean[hook].res.shape[-1] == 32 and np.abs(expected).max() > 1e-3
-        np.testing.assert_allclose(result.error_effect[hook][:, -1], expected, atol=1e-9)
+            patched, _ = run_spliced(model, spliced, b.corrupted, True, edit_error=edit)
+            expected = (logit_diff(patched, *args) - logit_diff(logits, *args)).detach().numpy()
+            assert clean[hook].res.shape[-1] == 32 and np.abs(expected).max() > 1e-3
+            np.testing.assert_allclose(result.error_effect[hook][:, -1], expected, atol=1e-9)
 
 
 def test_every_error_node_equals_patching_it_alone(setup):

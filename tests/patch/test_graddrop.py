@@ -27,7 +27,7 @@ def setup():
 def direct_limit(model, spliced, batch, hook, latent, alpha=1e-6):
     """d/d alpha of patching ``latent`` by alpha with block 1's attention and MLP outputs held at
     their corrupted values: the effect along block 1's residual skip only."""
-    from saeflow.patch.attribution import _splice_hooks
+    from saeflow.patch.splice import _splice_hooks
 
     names = ["blocks.1.hook_attn_out", "blocks.1.hook_mlp_out"]
     _, clean = run_spliced(model, spliced, batch.clean, True)

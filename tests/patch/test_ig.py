@@ -221,14 +221,15 @@ def test_summary_judges_both_estimators(setup, tmp_path):
     assert s["ig_vs_atp"]["with_error"]["spearman_active_latents"] > 0.5
 
 
-def test_attention_and_mlp_sites_are_complete_too():
-    """hook_z (heads flattened) and MLP-output sites: each site's IG sums, as steps grow, to
+@pytest.mark.parametrize("sites", ["attn-mlp-resid", "transcoder"])
+def test_attention_and_mlp_sites_are_complete_too(sites):
+    """hook_z (heads flattened), MLP-output and transcoder sites: each site's IG sums, as steps grow, to
     the effect of patching that whole site (latents and errors) clean into corrupted, which
     for a site inside a block is not the whole clean-corrupted gap."""
     from tests.patch.test_attribution import SITE_SETS
 
     model = make_model(dtype=torch.float64)
-    spliced = prepare_saes(model, make_saes(model, SITE_SETS["attn-mlp-resid"]))
+    spliced = prepare_saes(model, make_saes(model, SITE_SETS[sites]))
     b = random_pair_batch(4, 6, [2], seed=3)
     args = (b.clean_answer, b.corrupted_answer)
     _, clean = run_spliced(model, spliced, b.clean, True)

@@ -1,0 +1,209 @@
+"""SAEs and transcoders spliced into the model, their latents and errors as nodes.
+
+A *site* is keyed by the hook its SAE reads (``sae.cfg.metadata.hook_name``), as sae-lens keys
+``HookedSAETransformer.acts_to_saes``. An SAE writes back where it reads: the activation ``x``
+is rebuilt as ``decode(f) + e`` with ``f = encode(x)`` and ``e = x - decode(f)``. A transcoder
+(sae-lens's ``Transcoder``: ``cfg.metadata.hook_name_out`` set) reads the MLP's input and
+writes its output: ``y`` at the output hook is rebuilt as ``decode(f) + e`` with
+``f = encode(x_in)`` and ``e = y - decode(f)``, the error of width ``d_out``. The site's
+nodes are the same either way: latents ``[B, T, d_sae]`` and the error ``[B, T, d_out]``
+(flat whatever the hook's shape: attention ``hook_z`` SAEs read heads x d_head as one vector).
+
+Why we add the error term ourselves: sae-lens computes it under ``no_grad``, so a gradient
+through a downstream SAE would follow that SAE's Jacobian, while exact patching recomputes the
+downstream error from the new activation (the downstream SAE is then the identity). So SAEs
+are spliced with ``use_error_term=False`` and ``x - decode(f)`` added at ``hook_sae_output``,
+with ``f`` the SAE's own code and the latent node a copy of it: ``d out / d node`` is the
+decoder, ``d out / d e = I`` and ``d out / d x = I``. A transcoder is spliced by two hooks of
+our own instead of sae-lens's wrapper: the wrapper replaces the output hook point, so the
+MLP's own output (which the error needs) never reaches a hook; with ours ``d out / d x_in`` is
+the MLP's Jacobian. Without the error term the spliced model *is* the reconstructed model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from saeflow.core.errors import InputError
+
+Edit = Callable[[str, Tensor], Tensor]  # (site, node tensor) -> edited node tensor
+
+
+@dataclass
+class SparseAct:
+    """One site's nodes (after feature-circuits): latents ``act [..., d_sae]`` and the SAE
+    error ``res [..., d_out]`` (``None`` when the error term is left out)."""
+
+    act: Tensor
+    res: Tensor | None = None
+
+    def __sub__(self, other: SparseAct) -> SparseAct:
+        return SparseAct(self.act - other.act, None if self.res is None else self.res - other.res)
+
+    def __mul__(self, other: SparseAct) -> SparseAct:
+        return SparseAct(self.act * other.act, None if self.res is None else self.res * other.res)
+
+    def detach(self) -> SparseAct:
+        return SparseAct(self.act.detach(), None if self.res is None else self.res.detach())
+
+
+def output_hook(sae: Any) -> str:
+    """The hook an SAE writes: its own for an SAE, ``hook_name_out`` for a transcoder."""
+    return sae.cfg.metadata.hook_name_out or sae.cfg.metadata.hook_name
+
+
+def is_transcoder(sae: Any) -> bool:
+    return output_hook(sae) != sae.cfg.metadata.hook_name
+
+
+def site_outputs(saes: Mapping[str, Any]) -> dict[str, str]:
+    """Each site's output hook (where its reconstruction enters the model)."""
+    return {h: output_hook(sae) for h, sae in saes.items()}
+
+
+def to_sae_transformer(model: Any) -> Any:
+    """The same weights (shared, not copied) and tokenizer as a sae-lens
+    ``HookedSAETransformer``, on the model's device."""
+    from sae_lens import HookedSAETransformer
+
+    if isinstance(model, HookedSAETransformer):
+        return model
+    out = HookedSAETransformer(model.cfg, move_to_device=False)
+    out.load_state_dict(model.state_dict(), assign=True)  # shares storage: no second copy
+    out.tokenizer = model.tokenizer  # assigned: set_tokenizer would reload it from its name
+    out.move_model_modules_to_device()
+    return out.eval()
+
+
+def prepare_saes(model: Any, saes: Sequence[Any]) -> dict[str, Any]:
+    """Key SAEs by ``sae.cfg.metadata.hook_name`` (checked against the model's hooks, a
+    transcoder's output hook too) and move them to the model's device."""
+    out: dict[str, Any] = {}
+    writes: dict[str, str] = {}
+    for sae in saes:
+        name = sae.cfg.metadata.hook_name
+        if not name:
+            raise InputError("sae", "cfg.metadata.hook_name", "not set: cannot splice the SAE")
+        for hook in {name, output_hook(sae)}:
+            if hook not in model.hook_dict:
+                raise InputError("sae", hook, "the model has no such hook (expected e.g. "
+                                 f"blocks.0.hook_resid_post; layers 0..{model.cfg.n_layers - 1})")
+        if name in out:
+            raise InputError("sae", name, "two SAEs for one hook")
+        target = output_hook(sae)
+        if target in writes or (target != name and target in out):
+            raise InputError("sae", target, f"written by two sites ({writes.get(target, target)} "
+                             f"and {name}): a transcoder's output hook cannot carry an SAE too")
+        if is_transcoder(sae) and name in writes.values():
+            raise InputError("sae", name, "a transcoder reads a hook another transcoder writes")
+        writes[target] = name
+        out[name] = sae.to(model.cfg.device)
+    if not out:
+        raise InputError("sae", "<saes>", "no SAEs given")
+    return out
+
+
+def run_spliced(model: Any, saes: Mapping[str, Any], tokens: Tensor, with_error: bool,
+                edit_latents: Edit | None = None, edit_error: Edit | None = None,
+                outputs: dict[str, Tensor] | None = None, start_at_layer: int | None = None,
+                frozen: Collection[str] = (), stop_at_layer: int | None = None
+                ) -> tuple[Tensor, dict[str, SparseAct]]:
+    """Run ``tokens [B, T]`` with every SAE spliced in; return ``logits [B, T, d_vocab]`` and
+    each site's nodes (the tensors that flowed forward, after the optional edits). With
+    ``outputs``, each site's spliced output (``decode(latents) + error``, at its output hook)
+    is stored there. With ``start_at_layer``, ``tokens`` is the residual ``[B, T, d_model]``
+    entering that block (TransformerLens's ``start_at_layer``); only SAEs at or above it should
+    be given; with ``stop_at_layer`` the residual entering that block is returned instead of
+    logits. Sites in ``frozen`` pass their output on detached: no gradient flows back through
+    them (the stop gradients of direct edges, :mod:`saeflow.patch.edges`)."""
+    nodes: dict[str, SparseAct] = {}
+    hooks = []
+    for name, sae in saes.items():
+        splice = _transcoder_hooks if is_transcoder(sae) else _splice_hooks
+        hooks += splice(name, sae, with_error, nodes, edit_latents, edit_error, outputs,
+                        name in frozen)
+    wrapped = [sae for sae in saes.values() if not is_transcoder(sae)]
+    with model.saes(saes=wrapped, use_error_term=False):
+        logits = model.run_with_hooks(tokens, fwd_hooks=hooks, start_at_layer=start_at_layer,
+                                      stop_at_layer=stop_at_layer)
+    return logits, nodes
+
+
+def _latent_node(name: str, f: Tensor, edit_latents: Edit | None) -> Tensor:
+    node = f.clone()  # its own tensor, so d metric / d node holds the error term fixed
+    if torch.is_grad_enabled() and not node.requires_grad:
+        node.requires_grad_()  # frozen weights: still differentiate w.r.t. the nodes
+    return edit_latents(name, node) if edit_latents is not None else node
+
+
+def _error_node(name: str, err: Tensor, edit_error: Edit | None) -> Tensor:
+    if torch.is_grad_enabled() and not err.requires_grad:
+        err.requires_grad_()
+    return edit_error(name, err) if edit_error is not None else err
+
+
+def _splice_hooks(name: str, sae: Any, with_error: bool, nodes: dict[str, SparseAct],
+                  edit_latents: Edit | None, edit_error: Edit | None,
+                  outputs: dict[str, Tensor] | None = None, frozen: bool = False
+                  ) -> list[tuple[str, Any]]:
+    """An SAE inside sae-lens's wrapper at its hook: hooks on the wrapper's own points."""
+    state: dict[str, Tensor] = {}
+
+    def on_input(x: Tensor, hook: Any) -> Tensor:
+        state["x"] = x
+        return x
+
+    def on_latents(f: Tensor, hook: Any) -> Tensor:
+        state["f"] = f
+        node = _latent_node(name, f, edit_latents)
+        nodes[name] = SparseAct(node)
+        return node
+
+    def on_output(out: Tensor, hook: Any) -> Tensor:
+        if with_error:
+            # flat [B, T, d_in] like the SAE's input, whatever the hook's shape (hook_z's
+            # [B, T, heads, d_head]), so every site's error node is one vector per position
+            err = state["x"] - sae.decode(state["f"]).reshape(state["x"].shape)
+            err = _error_node(name, err, edit_error)
+            nodes[name].res = err
+            out = out + err.reshape(out.shape)
+        if outputs is not None:
+            outputs[name] = out
+        return out.detach() if frozen else out
+
+    return [(f"{name}.hook_sae_input", on_input), (f"{name}.hook_sae_acts_post", on_latents),
+            (f"{name}.hook_sae_output", on_output)]
+
+
+def _transcoder_hooks(name: str, sae: Any, with_error: bool, nodes: dict[str, SparseAct],
+                      edit_latents: Edit | None, edit_error: Edit | None,
+                      outputs: dict[str, Tensor] | None = None, frozen: bool = False
+                      ) -> list[tuple[str, Any]]:
+    """A transcoder: its input read at ``name``, the MLP's output at its output hook replaced
+    by ``decode(node) + (y - decode(f))``."""
+    state: dict[str, Tensor] = {}
+
+    def on_input(x: Tensor, hook: Any) -> Tensor:
+        state["x"] = x
+        return x
+
+    def on_output(y: Tensor, hook: Any) -> Tensor:
+        f = sae.encode(state.pop("x").to(sae.dtype))
+        node = _latent_node(name, f, edit_latents)
+        nodes[name] = SparseAct(node)
+        out = sae.decode(node).to(y.dtype).reshape(y.shape)
+        if with_error:
+            err = y.reshape(*y.shape[:2], -1) - sae.decode(f).to(y.dtype)
+            err = _error_node(name, err, edit_error)
+            nodes[name].res = err
+            out = out + err.reshape(y.shape)
+        if outputs is not None:
+            outputs[name] = out
+        return out.detach() if frozen else out
+
+    return [(name, on_input), (output_hook(sae), on_output)]
