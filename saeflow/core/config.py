@@ -119,6 +119,27 @@ def check_hooks(hooks: Iterable[str], layers: int | None, source: str, field: st
                              f"layers (blocks.0 to blocks.{layers - 1})")
 
 
+def check_transcoders(sae: Mapping[str, Any], source: str) -> None:
+    """Each transcoder is a site of ``sae.hooks`` writing a later hook of its own block, which
+    no other site reads or writes (two splices cannot rebuild one activation)."""
+    hooks, written = list(sae["hooks"]), {}
+    for hook_in, hook_out in (sae.get("transcoders") or {}).items():
+        field = f"sae.transcoders.{hook_in}"
+        if hook_in not in hooks:
+            raise InputError(source, field, f"{hook_in!r} is not a site of sae.hooks")
+        block_in, block_out = _BLOCK.match(hook_in), _BLOCK.match(str(hook_out))
+        if not block_in or not block_out or block_in.group(1) != block_out.group(1) \
+                or hook_out == hook_in:
+            raise InputError(source, field, f"output hook {hook_out!r} is not another hook of "
+                             f"the input's block (e.g. blocks.0.ln2.hook_normalized -> "
+                             "blocks.0.hook_mlp_out)")
+        if hook_out in hooks or hook_out in written:
+            other = "a site of sae.hooks" if hook_out in hooks else f"written by {written[hook_out]}"
+            raise InputError(source, field, f"{hook_out!r} is also {other}: two splices "
+                             "cannot rebuild one activation")
+        written[hook_out] = hook_in
+
+
 def check_layer_spec(spec: Any, layers: int | None, source: str, field: str) -> None:
     """A probe layer spec (as the user wrote it) against the model's layer count."""
     from saeflow.probe.layerspec import parse_layer_spec
@@ -216,6 +237,7 @@ def check_config(config: Mapping[str, Any], configfiles: Sequence[str | Path], d
         layers = n_layers(config["model"])
         check_hooks(config["extraction"]["hooks"], layers, source, "extraction.hooks")
         check_hooks(config["sae"]["hooks"], layers, source, "sae.hooks")
+        check_transcoders(config["sae"], source)
         for i, dataset in enumerate(config.get("probe", {}).get("datasets", [])):
             if isinstance(dataset, Mapping) and "layers" in dataset:
                 check_layer_spec(dataset["layers"], layers, source,

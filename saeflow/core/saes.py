@@ -70,7 +70,20 @@ def load_sae_dir(directory: str | Path, device: str = "cpu") -> SAE:
 
 def load_sae(sae_cfg: dict[str, Any], hook_name: str, sae_dir: str | Path | None,
              device: str = "cpu") -> SAE:
-    """The SAE a config assigns to ``hook_name``: trained/local from disk, or from the hub."""
+    """The SAE a config assigns to ``hook_name``: trained/local from disk, or from the hub;
+    checked to read that hook and to write where ``sae.transcoders`` says."""
+    from saeflow.core.transcoders import check_site
+
+    sae = _load_sae(sae_cfg, hook_name, sae_dir, device)
+    source = sae_dir if sae_cfg["source"] == "train" else (
+        sae_cfg["paths"].get(hook_name) if sae_cfg["source"] == "local"
+        else f"{sae_cfg.get('release')}/{sae_cfg['ids'].get(hook_name)}")
+    check_site(sae, hook_name, sae_cfg, source)
+    return sae
+
+
+def _load_sae(sae_cfg: dict[str, Any], hook_name: str, sae_dir: str | Path | None,
+              device: str = "cpu") -> SAE:
     if sae_cfg["source"] in ("train", "local"):
         directory = sae_dir if sae_cfg["source"] == "train" else sae_cfg["paths"].get(hook_name)
         if directory is None:
@@ -139,21 +152,30 @@ def sae_metrics(model: HookedTransformer, sae: SAE, tokens: torch.Tensor, length
                 answers: torch.Tensor | None = None, batch_size: int = 64) -> dict[str, float]:
     """L0 and explained variance on real tokens (BOS excluded, as in training), and the loss
     with the SAE's reconstruction spliced in (no error term) vs the model alone: next-token
-    LM loss over real tokens, plus answer loss/accuracy when ``answers [n]`` are given."""
+    LM loss over real tokens, plus answer loss/accuracy when ``answers [n]`` are given. A
+    transcoder reads its input hook and is judged on, and spliced at, its output hook."""
     hook_name = sae.cfg.metadata.hook_name
+    hook_out = sae.cfg.metadata.hook_name_out or hook_name
     device = model.cfg.device
     totals = {"l0": 0.0, "n_tok": 0, "lm_model": 0.0, "lm_spliced": 0.0, "lm_n": 0,
               "ans_model": 0.0, "ans_spliced": 0.0, "acc_model": 0, "acc_spliced": 0}
     explained = ExplainedVariance()
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep_input(act: torch.Tensor, hook: Any) -> torch.Tensor:
+        seen["x"] = act
+        return act
 
     def splice(act: torch.Tensor, hook: Any) -> torch.Tensor:
-        return sae.decode(sae.encode(act)).to(act.dtype)
+        x = seen.pop("x", act)
+        return sae.decode(sae.encode(x)).to(act.dtype).reshape(act.shape)
 
+    fwd = ([(hook_name, keep_input)] if hook_out != hook_name else []) + [(hook_out, splice)]
     for start in range(0, len(lengths), batch_size):
         sl = slice(start, start + batch_size)
         width = int(lengths[sl].max())
         batch, lens = tokens[sl, :width].to(device), lengths[sl].to(device)
-        logits, cache = model.run_with_cache(batch, names_filter=[hook_name])
+        logits, cache = model.run_with_cache(batch, names_filter=[hook_name, hook_out])
         valid = torch.arange(width, device=device)[None, :] < lens[:, None]
         real = valid.clone()
         real[:, 0] = False
@@ -161,8 +183,9 @@ def sae_metrics(model: HookedTransformer, sae: SAE, tokens: torch.Tensor, length
         codes = sae.encode(x)
         totals["l0"] += float((codes > 0).sum())
         totals["n_tok"] += x.shape[0]
-        explained.add(x, sae.decode(codes))
-        spliced = model.run_with_hooks(batch, fwd_hooks=[(hook_name, splice)])
+        target = cache[hook_out][real].float().flatten(1)
+        explained.add(target, sae.decode(codes).reshape(target.shape))
+        spliced = model.run_with_hooks(batch, fwd_hooks=fwd)
         next_valid = valid[:, 1:]
         targets = batch[:, 1:][next_valid]
         rows = torch.arange(batch.shape[0], device=device)
@@ -177,7 +200,8 @@ def sae_metrics(model: HookedTransformer, sae: SAE, tokens: torch.Tensor, length
         totals["lm_n"] += int(next_valid.sum())
     n_tok, n = totals["n_tok"], len(lengths)
     metrics = {
-        "hook_name": hook_name, "d_sae": int(sae.cfg.d_sae), "n_tokens": n_tok,
+        "hook_name": hook_name, "hook_name_out": hook_out, "d_sae": int(sae.cfg.d_sae),
+        "n_tokens": n_tok,
         "l0": totals["l0"] / n_tok, "explained_variance": explained.compute(),
         "lm_loss_model": totals["lm_model"] / totals["lm_n"],
         "lm_loss_spliced": totals["lm_spliced"] / totals["lm_n"],

@@ -156,6 +156,8 @@ def ablation_losses(model: Any, sae: Any, eval_set: EvalSet,
     sampling unit (:func:`delta_covariance`).
     """
     hook = hook_name_of(sae, hook_name)
+    # a transcoder reads ``hook`` (the MLP's input) and is spliced where it writes
+    out = getattr(getattr(getattr(sae, "cfg", None), "metadata", None), "hook_name_out", None) or hook
     if eval_set.n_targets == 0:
         raise InputError("eval set", "targets", "no position counts towards the loss")
     d_sae = int(sae.cfg.d_sae) if hasattr(sae, "cfg") else int(sae.W_dec.shape[0])
@@ -167,7 +169,7 @@ def ablation_losses(model: Any, sae: Any, eval_set: EvalSet,
         if len(idx) and (idx.min() < 0 or idx.max() >= d_sae):
             raise InputError("feature sets", name, f"feature index out of range [0, {d_sae})")
         keep[j, idx.to(device)] = 0.0
-    start = start_layer(model, hook)
+    start = start_layer(model, out)
     # The model is causal, so positions after a row's last counted one change nothing: batches
     # of prompts of similar length (sorted) are cut there, which saves the padding's compute.
     counted_at = eval_set.targets != IGNORE
@@ -180,14 +182,15 @@ def ablation_losses(model: Any, sae: Any, eval_set: EvalSet,
         width = max(1, int(ends[rows].max()))
         tokens = eval_set.tokens[rows, :width].to(device)
         targets = eval_set.targets[rows, :width].to(device)
-        logits, cache = model.run_with_cache(tokens, names_filter=hook, return_type="logits")
+        logits, cache = model.run_with_cache(tokens, names_filter=[hook, out],
+                                             return_type="logits")
         row_model[rows.numpy()] = _row_loss_sums(logits, targets).double().cpu().numpy()
-        x = cache[hook]
+        x, y = cache[hook], cache[out]
         codes = sae.encode(x)
-        error = x - sae.decode(codes)
+        error = y - sae.decode(codes).reshape(y.shape)
         for j in range(0, len(keep), max(1, sets_per_pass)):
             masks = keep[j:j + max(1, sets_per_pass)]
-            logits = _downstream(model, hook, start, tokens, spliced(sae, codes, error, masks, x.dtype))
+            logits = _downstream(model, out, start, tokens, spliced(sae, codes, error, masks, y.dtype))
             losses = _row_loss_sums(logits, targets.repeat(len(masks), 1)).view(len(masks), -1)
             row_sets[j:j + len(masks), rows.numpy()] = losses.double().cpu().numpy()
     row_counts = (eval_set.targets != IGNORE).sum(dim=1).double().numpy()

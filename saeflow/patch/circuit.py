@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from saeflow.patch.attribution import AtPResult, Node, nan_to_none, rank_nodes
+from saeflow.patch.splice import site_outputs
 from saeflow.patch.edge_pruning import (
     edge_pruned_F,
     edge_pruned_record,
@@ -89,7 +90,10 @@ def build_circuit(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBat
               for complement in (False, True)}
     by_edges = edge_pruned_record(pruned[False], pruned[True], F_model, F_empty, cfg.n_bootstrap,
                                   cfg.ci, cfg.seed)
-    return {"mode": "with_error", "sites": sites, "total_effect": total,
+    writes = site_outputs(saes)
+    return {"mode": "with_error", "sites": sites,
+            "site_writes": {h: writes[h] for h in sites if writes[h] != h},  # transcoders
+            "total_effect": total,
             "node_threshold": node_thr, "edge_threshold": edge_thr,
             "thresholds_method": "shares of |mean(clean - corrupted)| (patch.circuit)",
             "nodes": nodes,

@@ -177,7 +177,9 @@ def plot_circuit(circuit_path: str | Path, out_path: str | Path) -> None:
     ax.annotate("metric", xy["metric"], textcoords="offset points", xytext=(0, -14),
                 ha="center", fontsize=8)
     ax.set_yticks([-i for i in range(len(sites))] + [-len(sites)])
-    ax.set_yticklabels(sites + ["logit diff"], fontsize=8)
+    writes = circuit.get("site_writes", {})  # a transcoder's row: what it reads -> writes
+    ax.set_yticklabels([f"{h} -> {writes[h].split('.')[-1]}" if h in writes else h
+                        for h in sites] + ["logit diff"], fontsize=8)
     ax.set_xticks(positions)
     ax.set_xticklabels(["final" if p == -1 else str(p) for p in positions], fontsize=8)
     ax.set_xlabel("position (offset from the final token)")

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from saeflow.core.errors import InputError
+from saeflow.core.transcoders import is_transcoder, output_hook
 
 Edit = Callable[[str, Tensor], Tensor]  # (site, node tensor) -> edited node tensor
 
@@ -50,15 +51,6 @@ class SparseAct:
 
     def detach(self) -> SparseAct:
         return SparseAct(self.act.detach(), None if self.res is None else self.res.detach())
-
-
-def output_hook(sae: Any) -> str:
-    """The hook an SAE writes: its own for an SAE, ``hook_name_out`` for a transcoder."""
-    return sae.cfg.metadata.hook_name_out or sae.cfg.metadata.hook_name
-
-
-def is_transcoder(sae: Any) -> bool:
-    return output_hook(sae) != sae.cfg.metadata.hook_name
 
 
 def site_outputs(saes: Mapping[str, Any]) -> dict[str, str]:

@@ -20,7 +20,8 @@ def load_model_and_saes(model_cfg: Mapping[str, Any], model_dir: str | Path | No
                         sae_dirs: Sequence[str | Path | None], device: str
                         ) -> tuple[Any, list[Any]]:
     """What the model-running patch rules load: the model (:func:`saeflow.core.models.load_model`)
-    and one SAE per hook (:func:`saeflow.core.saes.load_sae`, ``sae_dirs`` in ``hooks`` order)."""
+    and one SAE per hook (:func:`saeflow.core.saes.load_sae`, which checks it reads that hook
+    and writes where the config says; ``sae_dirs`` in ``hooks`` order)."""
     from saeflow.core.models import load_model
     from saeflow.core.saes import load_sae
 
@@ -28,10 +29,6 @@ def load_model_and_saes(model_cfg: Mapping[str, Any], model_dir: str | Path | No
         raise InputError("config", "sae.hooks", f"{len(hooks)} hooks for {len(sae_dirs)} SAEs")
     model = load_model(dict(model_cfg), model_dir, device)
     saes = [load_sae(dict(sae_cfg), h, d, device) for h, d in zip(hooks, sae_dirs, strict=True)]
-    for hook, d, sae in zip(hooks, sae_dirs, saes, strict=True):
-        if sae.cfg.metadata.hook_name != hook:
-            raise InputError(d, "metadata.hook_name", f"{sae.cfg.metadata.hook_name!r}, but "
-                             f"config sae.hooks assigns this SAE to {hook!r}")
     return model, saes
 
 

@@ -208,8 +208,24 @@ def estimator_comparison(vs_exhaustive: Mapping[str, Mapping[str, Any]]) -> dict
             top = (max if COMPARISON_COLUMNS.get(col, True) else min)(values.values())
             best[col] = [name for name, v in values.items() if v == top]
         out[mode] = {"rows": [{"estimator": name, **row} for name, row in rows.items()],
-                     "best": best}
+                     "best": best, "by_site": _by_site(vs_exhaustive, mode)}
     return out
+
+
+def _by_site(vs_exhaustive: Mapping[str, Mapping[str, Any]], mode: str) -> dict[str, Any]:
+    """Per site, each estimator's Spearman over the site's moving latents and which is best:
+    where each estimator wins (an attention site's patterns, a transcoder's MLP)."""
+    sites: dict[str, Any] = {}
+    for name, vs in vs_exhaustive.items():
+        for site, row in vs[mode].get("by_site", {}).items():
+            cell = sites.setdefault(site, {"spearman_active_latents": {},
+                                           "relative_l1_error": {}})
+            for col in cell:
+                cell[col][name] = row[col]
+    for cell in sites.values():
+        rho = {k: v for k, v in cell["spearman_active_latents"].items() if v is not None}
+        cell["best"] = [k for k, v in rho.items() if v == max(rho.values())] if rho else []
+    return sites
 
 
 MAGNITUDE_VIEW = ("every per-pair effect replaced by its magnitude, node means of |exact| as "

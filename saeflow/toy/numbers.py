@@ -74,6 +74,23 @@ def estimator_table(summary: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def by_site_table(summary: Mapping[str, Any]) -> list[str]:
+    """Per site, each signed estimator's Spearman over the site's moving latents against
+    exhaustive patching (with the error term), the best in bold: which estimator wins where."""
+    comparison = summary.get("estimator_comparison", {}).get("with_error", {})
+    sites = comparison.get("by_site")
+    if not sites or len(sites) < 2:
+        return []
+    names = list(next(iter(sites.values()))["spearman_active_latents"])
+    lines = [f"| site (with the error term) | {' | '.join(names)} |",
+             "|---|" + "---|" * len(names)]
+    for site, cell in sites.items():
+        values = [_f(cell["spearman_active_latents"][n]) for n in names]
+        values = [f"**{v}**" if n in cell["best"] else v for n, v in zip(names, values)]
+        lines.append(f"| `{site}` | {' | '.join(values)} |")
+    return lines + ["", "Bold: the highest unrounded value at the site.", ""]
+
+
 def faithfulness_lines(faith: Mapping[str, Any]) -> list[str]:
     out = []
     for mode in MODES:
@@ -135,7 +152,7 @@ def report(results: str | Path) -> str:
     results = Path(results)
     patch = results / "patch"
     summary = read_json(patch / "summary.json")
-    lines = estimator_table(summary) + [""]
+    lines = estimator_table(summary) + [""] + by_site_table(summary)
     ident = summary["toy_check"].get("embedding_identity")
     if ident:
         lines.append(f"- Embedding identity on {ident['n_single_token_pairs']} single-token pairs: "

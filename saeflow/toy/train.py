@@ -132,7 +132,8 @@ def train_model_stage(tokenizer_dir: str | Path, train_path: str | Path,
 def train_sae_stage(model_dir: str | Path, train_path: str | Path, hook_name: str,
                     sae_cfg: dict[str, Any], seed: int, device: str,
                     out_dir: str | Path) -> None:
-    """Rule ``train_sae``: seed, train an sae-lens SAE on ``hook_name`` of the toy model in
+    """Rule ``train_sae``: seed, train an sae-lens SAE on ``hook_name`` of the toy model (a
+    transcoder where ``sae.transcoders`` names the hook, :mod:`saeflow.core.transcoders`) in
     ``model_dir`` over ``train_path`` (prompts/train.jsonl; pad and BOS excluded), saved in
     sae-lens's format to ``out_dir`` (sae/{hook}/) with ``provenance.json``."""
     from saeflow.core.io import read_jsonl, write_json
@@ -145,8 +146,16 @@ def train_sae_stage(model_dir: str | Path, train_path: str | Path, hook_name: st
     model = load_model({"source": "toy"}, model_dir, device)
     tokenizer = model.tokenizer
     sequences = encode_set(tokenizer, read_jsonl(train_path)).tokens
-    train_sae(model, hook_name, sequences, sae_cfg,
-              exclude_token_ids=[tokenizer.pad_token_id, tokenizer.bos_token_id], seed=seed,
-              device=device, out_dir=out_dir)
-    write_json(Path(out_dir) / "provenance.json", {"hook_name": hook_name},
+    excluded = [tokenizer.pad_token_id, tokenizer.bos_token_id]
+    hook_out = (sae_cfg.get("transcoders") or {}).get(hook_name)
+    if hook_out:
+        from saeflow.core.transcoders import train_transcoder
+
+        train_transcoder(model, hook_name, hook_out, sequences, sae_cfg, excluded, seed, device,
+                         out_dir)
+    else:
+        train_sae(model, hook_name, sequences, sae_cfg, exclude_token_ids=excluded, seed=seed,
+                  device=device, out_dir=out_dir)
+    write_json(Path(out_dir) / "provenance.json",
+               {"hook_name": hook_name, "hook_name_out": hook_out or hook_name},
                config={"sae": sae_cfg, "seed": seed})

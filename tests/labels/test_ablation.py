@@ -85,6 +85,43 @@ def test_ablating_features_changes_the_loss(model_and_sae, eval_set):
     assert cov[0, 0] == pytest.approx(out["sets"]["live"]["delta_se"] ** 2)
 
 
+def test_a_transcoder_is_ablated_where_it_writes(model_and_sae, eval_set):
+    """A transcoder (MLP input -> MLP output) reads ``ln2.hook_normalized`` and is spliced at
+    ``hook_mlp_out``: nothing ablated is the model; every latent ablated is the MLP's output
+    replaced by the error plus ``b_dec``, checked against a hook of our own."""
+    from sae_lens import Transcoder, TranscoderConfig
+
+    model, _ = model_and_sae
+    hook_in, hook_out = "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out"
+    torch.manual_seed(3)
+    tc = Transcoder(TranscoderConfig(d_in=32, d_out=32, d_sae=64, apply_b_dec_to_input=False,
+                                     metadata=SAEMetadata(hook_name=hook_in,
+                                                          hook_name_out=hook_out))).eval()
+    with torch.no_grad():
+        tc.W_dec.mul_(0.05)
+    out = ablation_losses(model, tc, eval_set, {"none": [], "all": list(range(64))},
+                          batch_size=4)
+    assert out["hook_name"] == hook_in
+    assert out["baseline_loss"] == pytest.approx(own_loss(model, eval_set), abs=1e-5)
+    seen = {}
+
+    def keep(x, hook):
+        seen["x"] = x
+
+    def ablate_all(y, hook):
+        return y - tc.decode(tc.encode(seen["x"])) + tc.b_dec
+
+    with torch.no_grad():
+        logits = model.run_with_hooks(eval_set.tokens, fwd_hooks=[(hook_in, keep),
+                                                                   (hook_out, ablate_all)])
+    logp = torch.log_softmax(logits.float(), -1)
+    mask = eval_set.targets != IGNORE
+    picked = logp.gather(-1, eval_set.targets.clamp(min=0)[..., None])[..., 0]
+    expected = float(-(picked * mask).sum() / mask.sum())
+    assert abs(out["sets"]["all"]["delta"]) > 1e-3
+    assert out["sets"]["all"]["loss"] == pytest.approx(expected, abs=1e-5)
+
+
 def test_delta_covariance_matches_a_bootstrap_over_prompts():
     """The linearised covariance of ratio-of-sums deltas agrees with resampling prompts."""
     rng = np.random.default_rng(0)

@@ -147,3 +147,15 @@ def test_round_trip_and_comparison(setup, tmp_path):
     assert self_check["at_k"][0]["overlap_with_exact_top"] == 1.0
     real = self_check["n_real_latents"]
     assert self_check["false_negatives"] == max(0, real - 5)
+    # per site: perfect against itself; AtP's site rows are its own numbers over that site
+    assert list(self_check["by_site"]) == list(spliced)
+    assert all(row["spearman_active_latents"] == pytest.approx(1.0)
+               and row["relative_l1_error"] == 0 for row in self_check["by_site"].values())
+    from scipy.stats import spearmanr
+
+    h = "blocks.1.hook_resid_post"
+    moving = np.abs(atp.latent_delta[h]).sum(0) > 0
+    own = spearmanr(atp.latent_effect[h].mean(0)[moving],
+                    back["with_error"].latent_effect[h].mean(0)[moving]).statistic
+    assert out["by_site"][h]["spearman_active_latents"] == pytest.approx(own)
+    assert out["by_site"][h]["n_active_latents"] == int(moving.sum())

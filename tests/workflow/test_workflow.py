@@ -157,6 +157,14 @@ def test_shipped_prompt_files_are_the_generators_and_valid(tmp_path):
     ("sae:\n  hooks: [blocks.2.hook_resid_post]\n",
      "config/config.yaml + bad.yaml: sae.hooks: hook 'blocks.2.hook_resid_post' is beyond the "
      "model's 2 layers (blocks.0 to blocks.1)"),
+    ("sae:\n  transcoders: {blocks.0.ln2.hook_normalized: blocks.0.hook_mlp_out}\n",
+     "config/config.yaml + bad.yaml: sae.transcoders.blocks.0.ln2.hook_normalized: "
+     "'blocks.0.ln2.hook_normalized' is not a site of sae.hooks"),
+    ("sae:\n  hooks: [blocks.0.ln2.hook_normalized, blocks.1.hook_mlp_out]\n"
+     "  transcoders: {blocks.0.ln2.hook_normalized: blocks.1.hook_mlp_out}\n",
+     "config/config.yaml + bad.yaml: sae.transcoders.blocks.0.ln2.hook_normalized: output hook "
+     "'blocks.1.hook_mlp_out' is not another hook of the input's block (e.g. "
+     "blocks.0.ln2.hook_normalized -> blocks.0.hook_mlp_out)"),
     ("probe:\n  datasets:\n    - {name: h, strategy: hidden-to-concept, layers: \"0-5\"}\n",
      "config/config.yaml + bad.yaml: probe.datasets[0] (h).layers: spec '0-5' names layer 5, "
      "beyond the model's 2 layers (0 to 1)"),
