@@ -86,12 +86,26 @@ def test_splice_with_error_term_reproduces_the_model(model: HookedSAETransformer
     assert not model.acts_to_saes  # the splice is undone after each run
 
 
-def test_a_transcoder_splices_like_sae_lens_and_its_error_restores_the_model() -> None:
+@pytest.mark.parametrize("jumprelu", [False, True])
+def test_a_transcoder_splices_like_sae_lens_and_its_error_restores_the_model(jumprelu) -> None:
     """A transcoder reads the MLP's input and writes its output: without the error term our
     splice is sae-lens's own (``run_with_saes``); with it, the model exactly, the error node
-    ``d_out`` wide at the output hook, the latents read from the input hook."""
+    ``d_out`` wide at the output hook, the latents read from the input hook. Also for
+    Gemma Scope's architecture (``JumpReLUTranscoder``, thresholds that switch latents off)."""
+    from sae_lens import JumpReLUTranscoder, JumpReLUTranscoderConfig
+
     model = make_model(dtype=torch.float64)
     saes = make_saes(model, SITE_SETS["transcoder"])
+    if jumprelu:
+        plain_tc = saes[2]
+        jump = JumpReLUTranscoder(JumpReLUTranscoderConfig(
+            d_in=32, d_out=32, d_sae=D_SAE, dtype="float64", apply_b_dec_to_input=False,
+            metadata=plain_tc.cfg.metadata))
+        with torch.no_grad():
+            for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+                getattr(jump, name).copy_(getattr(plain_tc, name))
+            jump.threshold.fill_(0.3)
+        saes[2] = jump.eval()
     spliced = prepare_saes(model, saes)
     tc = spliced["blocks.1.ln2.hook_normalized"]
     batch = random_pair_batch(4, 6, [2], seed=0)
@@ -106,6 +120,9 @@ def test_a_transcoder_splices_like_sae_lens_and_its_error_restores_the_model() -
     lens = model.run_with_saes(batch.clean, saes=saes, use_error_term=False)
     assert torch.allclose(no_err, lens, atol=1e-12) and (no_err - plain).abs().max() > 1e-1
     assert not model.acts_to_saes
+    if jumprelu:  # the thresholds switch some of the plain ReLU's latents off
+        f = nodes["blocks.1.ln2.hook_normalized"].act
+        assert ((f == 0) & (plain_tc.encode(cache["blocks.1.ln2.hook_normalized"]) > 0)).any()
     with pytest.raises(InputError, match="blocks.1.hook_mlp_out.*written by two sites"):
         prepare_saes(model, saes + make_saes(model, ["blocks.1.hook_mlp_out"]))
 
