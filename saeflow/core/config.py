@@ -120,23 +120,34 @@ def check_hooks(hooks: Iterable[str], layers: int | None, source: str, field: st
 
 
 def check_transcoders(sae: Mapping[str, Any], source: str) -> None:
-    """Each transcoder is a site of ``sae.hooks`` writing a later hook of its own block, which
-    no other site reads or writes (two splices cannot rebuild one activation)."""
+    """Each transcoder is a site of ``sae.hooks`` reading one vector per position and writing
+    a later hook of its own block, which no other site reads or writes (two splices cannot
+    rebuild one activation), with no site in between (it would feed the transcoder's output
+    but be ordered after it)."""
+    from saeflow.core.hooks import PER_HEAD, forward_rank
+
     hooks, written = list(sae["hooks"]), {}
     for hook_in, hook_out in (sae.get("transcoders") or {}).items():
         field = f"sae.transcoders.{hook_in}"
         if hook_in not in hooks:
             raise InputError(source, field, f"{hook_in!r} is not a site of sae.hooks")
+        if PER_HEAD.match(hook_in):
+            raise InputError(source, field, f"{hook_in!r} has one vector per head: a "
+                             "transcoder reads one vector per position")
         block_in, block_out = _BLOCK.match(hook_in), _BLOCK.match(str(hook_out))
         if not block_in or not block_out or block_in.group(1) != block_out.group(1) \
-                or hook_out == hook_in:
-            raise InputError(source, field, f"output hook {hook_out!r} is not another hook of "
-                             f"the input's block (e.g. blocks.0.ln2.hook_normalized -> "
+                or forward_rank(hook_out) <= forward_rank(hook_in):
+            raise InputError(source, field, f"output hook {hook_out!r} is not a later hook of "
+                             "the input's block (e.g. blocks.0.ln2.hook_normalized -> "
                              "blocks.0.hook_mlp_out)")
         if hook_out in hooks or hook_out in written:
             other = "a site of sae.hooks" if hook_out in hooks else f"written by {written[hook_out]}"
             raise InputError(source, field, f"{hook_out!r} is also {other}: two splices "
                              "cannot rebuild one activation")
+        between = [h for h in hooks if forward_rank(hook_in) < forward_rank(h) < forward_rank(hook_out)]
+        if between:
+            raise InputError(source, field, f"site {between[0]!r} lies between the "
+                             "transcoder's input and output hooks")
         written[hook_out] = hook_in
 
 

@@ -77,7 +77,8 @@ def load_sae(sae_cfg: dict[str, Any], hook_name: str, sae_dir: str | Path | None
     sae = _load_sae(sae_cfg, hook_name, sae_dir, device)
     source = sae_dir if sae_cfg["source"] == "train" else (
         sae_cfg["paths"].get(hook_name) if sae_cfg["source"] == "local"
-        else f"{sae_cfg.get('release')}/{sae_cfg['ids'].get(hook_name)}")
+        else f"{(sae_cfg.get('releases') or {}).get(hook_name) or sae_cfg.get('release')}/"
+             f"{sae_cfg['ids'].get(hook_name)}")
     check_site(sae, hook_name, sae_cfg, source)
     return sae
 

@@ -61,6 +61,10 @@ def collect_pairs(model: Any, hook_in: str, hook_out: str, sequences: torch.Tens
     for start in range(0, len(sequences), batch_size):
         batch = sequences[start:start + batch_size].to(model.cfg.device)
         _, cache = model.run_with_cache(batch, names_filter=[hook_in, hook_out])
+        if hook_in not in cache or hook_out not in cache:
+            raise InputError("config", f"sae.transcoders.{hook_in}", "its input or output "
+                             "hook did not fire in a forward pass (e.g. hook_mlp_in needs "
+                             "use_hook_mlp_in)")
         real = ~torch.isin(batch, excluded)
         xs.append(cache[hook_in][real].flatten(1).float().cpu())
         ys.append(cache[hook_out][real].flatten(1).float().cpu())

@@ -27,7 +27,6 @@ corrupted run): ``m(b := b*) - m(corrupted)`` is the effect of ``a`` mediated by
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,29 +34,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from saeflow.core.hooks import forward_rank
 from saeflow.patch.attribution import AtPResult, Node, rank_nodes, run_spliced
 from saeflow.patch.resid import PairBatch, logit_diff
 
 METRIC = "metric"
 
 
-# Where a hook sits inside a block, in forward order: residual in, attention, the mid residual,
-# MLP, residual out. Unknown hooks of a block sort after the attention ones, by name.
-_WITHIN_BLOCK = (("hook_resid_pre", 0), ("ln1.", 1), ("attn.", 2), ("hook_attn_in", 1),
-                 ("hook_q_input", 1), ("hook_k_input", 1), ("hook_v_input", 1),
-                 ("hook_attn_out", 3), ("hook_resid_mid", 4), ("ln2.", 5), ("hook_mlp_in", 5),
-                 ("mlp.", 6), ("hook_mlp_out", 7), ("hook_resid_post", 8))
-
-
 def site_order(hooks: Sequence[str]) -> list[str]:
-    """Sites from the embedding up: by layer (``blocks.{L}.``), then where in the block."""
-    def key(h: str) -> tuple[int, int, str]:
-        m = re.match(r"blocks\.(\d+)\.(.*)", h)
-        if m is None:
-            return (-1, 0, h)
-        rank = next((r for prefix, r in _WITHIN_BLOCK if m.group(2).startswith(prefix)), 3)
-        return (int(m.group(1)), rank, h)
-    return sorted(hooks, key=key)
+    """Sites from the embedding up: by layer (``blocks.{L}.``), then where in the block (a
+    transcoder where it reads: nothing lies between its input and output hooks)."""
+    return sorted(hooks, key=forward_rank)
 
 
 def select_nodes(atp: AtPResult, sites: Sequence[str], threshold: float, max_per_site: int,

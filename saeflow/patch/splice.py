@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from saeflow.core.errors import InputError
+from saeflow.core.hooks import PER_HEAD
 from saeflow.core.transcoders import is_transcoder, output_hook
 
 Edit = Callable[[str, Tensor], Tensor]  # (site, node tensor) -> edited node tensor
@@ -91,8 +92,16 @@ def prepare_saes(model: Any, saes: Sequence[Any]) -> dict[str, Any]:
         if target in writes or (target != name and target in out):
             raise InputError("sae", target, f"written by two sites ({writes.get(target, target)} "
                              f"and {name}): a transcoder's output hook cannot carry an SAE too")
-        if is_transcoder(sae) and name in writes.values():
-            raise InputError("sae", name, "a transcoder reads a hook another transcoder writes")
+        if name in writes and writes[name] != name:
+            raise InputError("sae", name, f"written by the transcoder {writes[name]}: a "
+                             "transcoder's output hook cannot carry an SAE too")
+        if is_transcoder(sae):
+            if PER_HEAD.match(name):
+                raise InputError("sae", name, "one vector per head: a transcoder reads one "
+                                 "vector per position")
+            if hasattr(sae, "W_skip"):  # decode() leaves the skip path out
+                raise InputError("sae", name, f"{type(sae).__name__}: skip transcoders are "
+                                 "not supported (their skip path is not in decode)")
         writes[target] = name
         out[name] = sae.to(model.cfg.device)
     if not out:
@@ -185,15 +194,20 @@ def _transcoder_hooks(name: str, sae: Any, with_error: bool, nodes: dict[str, Sp
         return x
 
     def on_output(y: Tensor, hook: Any) -> Tensor:
+        if "x" not in state:
+            raise InputError("sae", name, f"the transcoder's input hook did not fire before "
+                             f"{hook.name} (e.g. hook_mlp_in needs use_hook_mlp_in)")
         f = sae.encode(state.pop("x").to(sae.dtype))
         node = _latent_node(name, f, edit_latents)
         nodes[name] = SparseAct(node)
-        out = sae.decode(node).to(y.dtype).reshape(y.shape)
+        out = sae.decode(node)
         if with_error:
-            err = y.reshape(*y.shape[:2], -1) - sae.decode(f).to(y.dtype)
+            # in the transcoder's precision, as an SAE's error: y comes back to rounding
+            err = y.reshape(*y.shape[:2], -1).to(out.dtype) - sae.decode(f)
             err = _error_node(name, err, edit_error)
             nodes[name].res = err
-            out = out + err.reshape(y.shape)
+            out = out + err
+        out = out.to(y.dtype).reshape(y.shape)
         if outputs is not None:
             outputs[name] = out
         return out.detach() if frozen else out

@@ -125,6 +125,15 @@ def test_a_transcoder_splices_like_sae_lens_and_its_error_restores_the_model(jum
         assert ((f == 0) & (plain_tc.encode(cache["blocks.1.ln2.hook_normalized"]) > 0)).any()
     with pytest.raises(InputError, match="blocks.1.hook_mlp_out.*written by two sites"):
         prepare_saes(model, saes + make_saes(model, ["blocks.1.hook_mlp_out"]))
+    with pytest.raises(InputError, match="blocks.1.hook_mlp_out.*written by two sites"):
+        prepare_saes(model, make_saes(model, ["blocks.1.hook_mlp_out"]) + [saes[2]])
+    from sae_lens import SkipTranscoder, SkipTranscoderConfig
+
+    skip = SkipTranscoder(SkipTranscoderConfig(d_in=32, d_out=32, d_sae=D_SAE, dtype="float64",
+                                               apply_b_dec_to_input=False,
+                                               metadata=saes[2].cfg.metadata))
+    with pytest.raises(InputError, match="skip transcoders are not supported"):
+        prepare_saes(model, [skip])
 
 
 def test_atp_is_exact_where_the_model_is_linear() -> None:

@@ -163,8 +163,17 @@ def test_shipped_prompt_files_are_the_generators_and_valid(tmp_path):
     ("sae:\n  hooks: [blocks.0.ln2.hook_normalized, blocks.1.hook_mlp_out]\n"
      "  transcoders: {blocks.0.ln2.hook_normalized: blocks.1.hook_mlp_out}\n",
      "config/config.yaml + bad.yaml: sae.transcoders.blocks.0.ln2.hook_normalized: output hook "
-     "'blocks.1.hook_mlp_out' is not another hook of the input's block (e.g. "
+     "'blocks.1.hook_mlp_out' is not a later hook of the input's block (e.g. "
      "blocks.0.ln2.hook_normalized -> blocks.0.hook_mlp_out)"),
+    ("sae:\n  hooks: [blocks.0.hook_resid_post, blocks.0.ln2.hook_normalized]\n"
+     "  transcoders: {blocks.0.hook_resid_post: blocks.0.ln2.hook_normalized}\n",
+     "config/config.yaml + bad.yaml: sae.transcoders.blocks.0.hook_resid_post: output hook "
+     "'blocks.0.ln2.hook_normalized' is not a later hook of the input's block (e.g. "
+     "blocks.0.ln2.hook_normalized -> blocks.0.hook_mlp_out)"),
+    ("sae:\n  hooks: [blocks.0.ln2.hook_normalized, blocks.0.mlp.hook_post]\n"
+     "  transcoders: {blocks.0.ln2.hook_normalized: blocks.0.hook_mlp_out}\n",
+     "config/config.yaml + bad.yaml: sae.transcoders.blocks.0.ln2.hook_normalized: site "
+     "'blocks.0.mlp.hook_post' lies between the transcoder's input and output hooks"),
     ("probe:\n  datasets:\n    - {name: h, strategy: hidden-to-concept, layers: \"0-5\"}\n",
      "config/config.yaml + bad.yaml: probe.datasets[0] (h).layers: spec '0-5' names layer 5, "
      "beyond the model's 2 layers (0 to 1)"),
