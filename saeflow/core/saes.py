@@ -155,8 +155,10 @@ def sae_metrics(model: HookedTransformer, sae: SAE, tokens: torch.Tensor, length
     with the SAE's reconstruction spliced in (no error term) vs the model alone: next-token
     LM loss over real tokens, plus answer loss/accuracy when ``answers [n]`` are given. A
     transcoder reads its input hook and is judged on, and spliced at, its output hook."""
+    from saeflow.core.transcoders import output_hook
+
     hook_name = sae.cfg.metadata.hook_name
-    hook_out = sae.cfg.metadata.hook_name_out or hook_name
+    hook_out = output_hook(sae)
     device = model.cfg.device
     totals = {"l0": 0.0, "n_tok": 0, "lm_model": 0.0, "lm_spliced": 0.0, "lm_n": 0,
               "ans_model": 0.0, "ans_spliced": 0.0, "acc_model": 0, "acc_spliced": 0}

@@ -157,7 +157,7 @@ def ablation_losses(model: Any, sae: Any, eval_set: EvalSet,
     """
     hook = hook_name_of(sae, hook_name)
     # a transcoder reads ``hook`` (the MLP's input) and is spliced where it writes
-    out = getattr(getattr(getattr(sae, "cfg", None), "metadata", None), "hook_name_out", None) or hook
+    out = (sae.cfg.metadata.hook_name_out if hasattr(sae, "cfg") else None) or hook
     if eval_set.n_targets == 0:
         raise InputError("eval set", "targets", "no position counts towards the loss")
     d_sae = int(sae.cfg.d_sae) if hasattr(sae, "cfg") else int(sae.W_dec.shape[0])
