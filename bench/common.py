@@ -270,11 +270,11 @@ def pair_records(n: int, seed: int = 2) -> list[dict[str, Any]]:
 
 def model(size: str, seed: int = 0) -> Any:
     """A randomly initialised ``HookedTransformer`` of ``SIZES[size]`` with the toy tokenizer,
-    built the way the pipeline builds its toy model (:func:`saeflow.core.models.toy_model_config`)."""
+    built the way the pipeline builds its toy model (:func:`saeflow.toy.train.toy_model_config`)."""
     import torch
     from transformer_lens import HookedTransformer
 
-    from saeflow.core.models import toy_model_config
+    from saeflow.toy.train import toy_model_config
 
     tok = tokenizer()
     torch.manual_seed(seed)

@@ -19,7 +19,7 @@ from typing import Any
 
 from bench import common
 from bench.common import Figure, Result
-from saeflow.toy.workspace import TEST_CONFIGS, run_snakemake, sync_workflow
+from saeflow.testing.workspace import TEST_CONFIGS, run_snakemake, sync_workflow
 
 TARGET = 3.0
 RUN_DIR = common.DEFAULT_OUT / "_toy_run"

@@ -123,7 +123,7 @@ def encode_to_hdf5(acts_path: str | Path, out_path: str | Path,
     return summary
 
 
-def gather_codes(shard_paths: list[str | Path], out_path: str | Path,
+def gather_codes_stage(shard_paths: list[str | Path], out_path: str | Path,
                  config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Rule ``gather_codes``: the codes of one prompt set's shards (``encode_shard``, in order)
     as one codes file. ``indices`` and ``values`` are virtual datasets over the shards' own

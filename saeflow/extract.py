@@ -91,7 +91,7 @@ def extract_to_hdf5(model: HookedTransformer, records: list[dict[str, Any]], hoo
 
     Predictions use only the final position's residual (``ln_final`` + :func:`final_logits`), so no
     ``[batch, T, d_vocab]`` logits tensor is ever built. ``rows`` = (start, stop): write only
-    those records, a shard (see :func:`gather_activations`); every record is still tokenised
+    those records, a shard (see :func:`gather_activations_stage`); every record is still tokenised
     and checked, so every shard has the whole set's token width, positions and metadata
     columns, and a bad record anywhere fails every shard alike.
     """
@@ -234,7 +234,7 @@ def extract_stage(model_cfg: dict[str, Any], model_dir: str | Path | None, promp
 _GATHER_COPIED = ("tokens", "lengths", "positions")
 
 
-def gather_activations(shard_paths: Sequence[str | Path], out_path: str | Path,
+def gather_activations_stage(shard_paths: Sequence[str | Path], out_path: str | Path,
                        config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Rule ``gather_activations``: the shards of one prompt set (from ``extract_shard``, in
     order) as one activations file that every later stage reads as if unsharded. Each

@@ -12,10 +12,10 @@ from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
-    from saeflow.labels.ablation import ablation_stage
+    from saeflow.labels.ablation import ablate_categories_stage
 
     inputs = dict(snakemake.input.items())
-    ablation_stage(
+    ablate_categories_stage(
         snakemake.params.model,
         inputs.get("model"),
         snakemake.params.sae,

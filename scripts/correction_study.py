@@ -9,10 +9,10 @@ from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
-    from saeflow.labels.study import study_stage
+    from saeflow.labels.study import correction_study_stage
 
     names = snakemake.params.categories
-    study_stage(
+    correction_study_stage(
         snakemake.input.ablation,
         dict(zip(names, snakemake.input.agreements)),
         dict(zip(names, snakemake.input.classified)),

@@ -1,22 +1,19 @@
 """Rule evaluate_saes: L0, explained variance and answer loss with each SAE spliced in vs without.
 
-Inputs: ``saes`` (in ``hooks`` order), ``prompts`` (the first prompt set), toy only:
-``model``. Params: ``sae``, ``model``, ``device``, ``hooks``. Output: ``metrics``
-(results/{experiment}/sae/metrics.json).
+Inputs: ``saes`` (in ``hooks`` order; none for pretrained SAEs), ``prompts`` (the first
+prompt set), toy only: ``model``. Params: ``sae``, ``model``, ``device``, ``hooks``. Output:
+``metrics`` (results/{experiment}/sae/metrics.json).
 """
 
 from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
-    from saeflow.core.saes import evaluate_saes_stage
+    from saeflow.core.bundle import ModelSAEs
+    from saeflow.evaluate import evaluate_saes_stage
 
     evaluate_saes_stage(
-        snakemake.params.model,
-        snakemake.input.get("model"),
-        snakemake.params.sae,
-        snakemake.params.hooks,
-        list(snakemake.input.saes),
+        ModelSAEs.from_rule(snakemake),
         snakemake.input.prompts,
         snakemake.params.device,
         snakemake.output.metrics,

@@ -9,10 +9,10 @@ from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
-    from saeflow.labels.exports import fetch_stage
+    from saeflow.labels.exports import fetch_neuronpedia_stage
 
     p = snakemake.params
-    fetch_stage(p.url, p.model_id, p.source, p.cache_dir, snakemake.output.manifest)
+    fetch_neuronpedia_stage(p.url, p.model_id, p.source, p.cache_dir, snakemake.output.manifest)
 
 
 rule_main(body, snakemake)  # noqa: F821 - injected by Snakemake

@@ -8,9 +8,9 @@ from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
-    from saeflow.extract import gather_activations
+    from saeflow.extract import gather_activations_stage
 
-    gather_activations(
+    gather_activations_stage(
         list(snakemake.input.shards),
         snakemake.output.acts,
         config={"extraction": snakemake.params.extraction},

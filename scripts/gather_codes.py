@@ -9,9 +9,9 @@ from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
-    from saeflow.encode import gather_codes
+    from saeflow.encode import gather_codes_stage
 
-    gather_codes(
+    gather_codes_stage(
         list(snakemake.input.shards),
         snakemake.output.codes,
         config={"encoding": snakemake.params.encoding},

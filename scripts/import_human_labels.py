@@ -11,9 +11,9 @@ from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
-    from saeflow.labels.labelling import import_human_labels
+    from saeflow.labels.labelling import import_human_labels_stage
 
-    import_human_labels(
+    import_human_labels_stage(
         snakemake.input.get("human"),
         snakemake.params.human,
         snakemake.input.descriptions,

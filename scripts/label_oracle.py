@@ -9,9 +9,9 @@ from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
-    from saeflow.labels.labelling import oracle_stage
+    from saeflow.labels.labelling import label_oracle_stage
 
-    oracle_stage(
+    label_oracle_stage(
         snakemake.input.descriptions,
         snakemake.input.membership,
         snakemake.params.category,

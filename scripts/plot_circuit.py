@@ -7,9 +7,9 @@ from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
-    from saeflow.patch.plots import plot_circuit
+    from saeflow.patch.plots import plot_circuit_stage
 
-    plot_circuit(snakemake.input.circuit, snakemake.output.png)
+    plot_circuit_stage(snakemake.input.circuit, snakemake.output.png)
 
 
 rule_main(body, snakemake)  # noqa: F821 - injected by Snakemake

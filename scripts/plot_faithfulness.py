@@ -6,9 +6,9 @@ from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
-    from saeflow.patch.plots import plot_faithfulness
+    from saeflow.patch.plots import plot_faithfulness_stage
 
-    plot_faithfulness(snakemake.input.faithfulness, snakemake.output.png)
+    plot_faithfulness_stage(snakemake.input.faithfulness, snakemake.output.png)
 
 
 rule_main(body, snakemake)  # noqa: F821 - injected by Snakemake

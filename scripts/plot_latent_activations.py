@@ -6,9 +6,9 @@ from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
-    from saeflow.patch.plots import plot_latent_activations
+    from saeflow.patch.plots import plot_latent_activations_stage
 
-    plot_latent_activations(snakemake.input.top_latents, snakemake.output.png)
+    plot_latent_activations_stage(snakemake.input.top_latents, snakemake.output.png)
 
 
 rule_main(body, snakemake)  # noqa: F821 - injected by Snakemake

@@ -6,9 +6,9 @@ from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
-    from saeflow.patch.plots import plot_resid_patching
+    from saeflow.patch.plots import plot_resid_patching_stage
 
-    plot_resid_patching(snakemake.input.resid, snakemake.output.png)
+    plot_resid_patching_stage(snakemake.input.resid, snakemake.output.png)
 
 
 rule_main(body, snakemake)  # noqa: F821 - injected by Snakemake

@@ -6,9 +6,9 @@ from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
-    from saeflow.patch.plots import plot_top_latents
+    from saeflow.patch.plots import plot_top_latents_stage
 
-    plot_top_latents(snakemake.input.verify, snakemake.output.png)
+    plot_top_latents_stage(snakemake.input.verify, snakemake.output.png)
 
 
 rule_main(body, snakemake)  # noqa: F821 - injected by Snakemake

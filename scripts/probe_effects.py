@@ -6,10 +6,10 @@ from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
-    from saeflow.probe.effects import run_effects
+    from saeflow.probe.effects import probe_effects_stage
 
     descriptions = getattr(snakemake.input, "descriptions", None)
-    run_effects(
+    probe_effects_stage(
         snakemake.input.dataset,
         snakemake.output.json,
         snakemake.output.arrays,

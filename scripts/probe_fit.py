@@ -4,9 +4,9 @@ from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
-    from saeflow.probe.fit_files import run_probe_fit
+    from saeflow.probe.fit_files import probe_fit_stage
 
-    run_probe_fit(
+    probe_fit_stage(
         snakemake.input.dataset,
         snakemake.output.json,
         snakemake.output.probe,

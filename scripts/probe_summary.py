@@ -6,9 +6,9 @@ from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
-    from saeflow.probe.summary import write_probe_summary
+    from saeflow.probe.summary import probe_summary_stage
 
-    write_probe_summary(
+    probe_summary_stage(
         list(snakemake.input.fits),
         list(snakemake.input.effects),
         snakemake.output[0],

@@ -8,9 +8,9 @@ from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
-    from saeflow.toy.world import world_stage
+    from saeflow.toy.world import toy_world_stage
 
-    world_stage(
+    toy_world_stage(
         snakemake.params.world,
         snakemake.params.seed,
         list(snakemake.output.prompts),

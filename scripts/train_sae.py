@@ -8,7 +8,7 @@ from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
-    from saeflow.toy.train import train_sae_stage
+    from saeflow.toy.train_saes import train_sae_stage
 
     train_sae_stage(
         snakemake.input.model,

@@ -9,9 +9,9 @@ from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
-    from saeflow.labels.describe import membership_stage
+    from saeflow.labels.describe import truth_membership_stage
 
-    membership_stage(
+    truth_membership_stage(
         snakemake.input.codes,
         snakemake.input.activations,
         snakemake.input.truth,

@@ -11,10 +11,10 @@ from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
-    from saeflow.labels.validation import validation_stage
+    from saeflow.labels.validation import validate_correction_stage
 
     inputs = dict(snakemake.input.items())
-    validation_stage(
+    validate_correction_stage(
         snakemake.params.model,
         inputs.get("model"),
         snakemake.params.sae,

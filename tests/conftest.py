@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from saeflow.toy.workspace import TEST_CONFIGS, run_snakemake, sync_workflow
+from saeflow.testing.workspace import TEST_CONFIGS, run_snakemake, sync_workflow
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -41,7 +41,8 @@ def tiny_model(toy_tokenizer, tmp_path_factory):
     """A random 2-layer toy model saved and reloaded the way the pipeline does it."""
     import torch
 
-    from saeflow.core.models import load_toy_model, save_toy_model, toy_model_config
+    from saeflow.core.models import load_toy_model
+    from saeflow.toy.train import save_toy_model, toy_model_config
     from transformer_lens import HookedTransformer
 
     torch.set_num_threads(1)

@@ -9,13 +9,13 @@ given twice, hooks and layer specs beyond the model's layers, stage sections a r
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from saeflow.core.errors import InputError, report_input_error
+from saeflow.core.hooks import PER_HEAD, block_of, forward_rank
 
 # Blocks of the pretrained models a shipped config names (TransformerLens's registry needs
 # transformer_lens imported, too slow for every parse): hooks and layer specs of these models
@@ -24,7 +24,6 @@ KNOWN_N_LAYERS = {
     "gpt2": 12, "gpt2-small": 12, "gpt2-medium": 24,
     "gemma-2-2b": 26, "gemma-2-2b-it": 26, "gemma-2-9b": 42, "gemma-2-9b-it": 42,
 }
-_BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 
 def config_source(configfiles: Sequence[str | Path], default: str) -> str:
@@ -113,8 +112,8 @@ def check_hooks(hooks: Iterable[str], layers: int | None, source: str, field: st
     if layers is None:
         return
     for hook in hooks:
-        match = _BLOCK.match(str(hook))
-        if match and int(match.group(1)) >= layers:
+        block = block_of(str(hook))
+        if block is not None and block >= layers:
             raise InputError(source, field, f"hook {hook!r} is beyond the model's {layers} "
                              f"layers (blocks.0 to blocks.{layers - 1})")
 
@@ -124,8 +123,6 @@ def check_transcoders(sae: Mapping[str, Any], source: str) -> None:
     a later hook of its own block, which no other site reads or writes (two splices cannot
     rebuild one activation), with no site in between (it would feed the transcoder's output
     but be ordered after it)."""
-    from saeflow.core.hooks import PER_HEAD, forward_rank
-
     hooks, written = list(sae["hooks"]), {}
     for hook_in, hook_out in (sae.get("transcoders") or {}).items():
         field = f"sae.transcoders.{hook_in}"
@@ -134,8 +131,8 @@ def check_transcoders(sae: Mapping[str, Any], source: str) -> None:
         if PER_HEAD.match(hook_in):
             raise InputError(source, field, f"{hook_in!r} has one vector per head: a "
                              "transcoder reads one vector per position")
-        block_in, block_out = _BLOCK.match(hook_in), _BLOCK.match(str(hook_out))
-        if not block_in or not block_out or block_in.group(1) != block_out.group(1) \
+        block_in = block_of(hook_in)
+        if block_in is None or block_of(str(hook_out)) != block_in \
                 or forward_rank(hook_out) <= forward_rank(hook_in):
             raise InputError(source, field, f"output hook {hook_out!r} is not a later hook of "
                              "the input's block (e.g. blocks.0.ln2.hook_normalized -> "
@@ -153,7 +150,7 @@ def check_transcoders(sae: Mapping[str, Any], source: str) -> None:
 
 def check_layer_spec(spec: Any, layers: int | None, source: str, field: str) -> None:
     """A probe layer spec (as the user wrote it) against the model's layer count."""
-    from saeflow.probe.layerspec import parse_layer_spec
+    from saeflow.core.layerspec import parse_layer_spec
 
     parsed = parse_layer_spec(spec, source=source, field=field)
     if layers is not None and parsed and max(parsed) >= layers:
@@ -291,3 +288,25 @@ def schema_defaults(section: str, schema_path: str | Path = SCHEMA_PATH) -> dict
         except KeyError:
             raise KeyError(f"{schema_path}: no config section {section!r}") from None
     return _defaults_of(node)
+
+
+def strict_fields(cls: type, raw: Mapping[str, Any] | None, section: str,
+                  source: str = "config", defaults: Mapping[str, Any] | None = None
+                  ) -> dict[str, Any]:
+    """``raw`` (a config section) as keyword arguments of the dataclass ``cls``: a key that is
+    not a field, or a field with neither a value nor a default in ``defaults``, is one
+    InputError naming ``section.key``. The schema is the one home of defaults, so a validated
+    section holds every field; ``defaults`` serves a section read over the schema's defaults."""
+    from dataclasses import fields
+
+    known = [f.name for f in fields(cls)]
+    values = {**dict(defaults or {}), **dict(raw or {})}
+    prefix = f"{section}." if section else ""
+    for key in values:
+        if key not in known:
+            raise InputError(source, f"{prefix}{key}", f"unknown key; known: {sorted(known)}")
+    for key in known:
+        if key not in values:
+            raise InputError(source, f"{prefix}{key}", "missing (the schema gives its default "
+                             "once the config is validated)")
+    return values

@@ -47,31 +47,9 @@ def tokenize_prompt_set(tokenizer: Any, records: list[dict[str, Any]], source: s
     return tokens, lengths, answers
 
 
-def toy_model_config(model_cfg: dict[str, Any], d_vocab: int, seed: int) -> HookedTransformerConfig:
-    return HookedTransformerConfig(
-        n_layers=model_cfg["n_layers"], d_model=model_cfg["d_model"], n_heads=model_cfg["n_heads"],
-        d_head=model_cfg["d_model"] // model_cfg["n_heads"], d_mlp=4 * model_cfg["d_model"],
-        n_ctx=model_cfg["n_ctx"], d_vocab=d_vocab, act_fn="gelu", normalization_type="LN",
-        positional_embedding_type="standard", seed=seed, default_prepend_bos=False,
-        model_name="saeflow-toy",
-    )
-
-
-def save_toy_model(model: HookedTransformer, directory: str | Path) -> None:
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), directory / "model.pt")
-    cfg = {k: v for k, v in model.cfg.to_dict().items() if _is_plain(v)}
-    (directory / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
-    model.tokenizer.save_pretrained(str(directory / "tokenizer"))
-
-
-def _is_plain(value: Any) -> bool:
-    return isinstance(value, (int, float, str, bool, type(None), list, dict))
-
-
 def load_toy_model(directory: str | Path, device: str = "cpu") -> HookedTransformer:
-    """Rebuild the toy ``HookedTransformer`` (with its tokenizer) from :func:`save_toy_model`."""
+    """Rebuild the toy ``HookedTransformer`` (with its tokenizer) from the directory
+    :func:`saeflow.toy.train.save_toy_model` writes."""
     from transformers import PreTrainedTokenizerFast
 
     directory = Path(directory)

@@ -25,7 +25,7 @@ def open_activations(path: str | Path, hooks: Sequence[str] | None = None) -> h5
     """Open an activations file and check its shape before any work: the base datasets, the
     ``hooks`` attribute, and an ``acts/{hook}`` dataset ``[n, P, d]`` for every hook listed
     there (and each of ``hooks``, when given), with every shard file of a sharded set
-    (virtual datasets, :func:`saeflow.extract.gather_activations`). The caller closes it."""
+    (virtual datasets, :func:`saeflow.extract.gather_activations_stage`). The caller closes it."""
     h5 = open_h5(path)
     try:
         for key in REQUIRED:

@@ -324,7 +324,7 @@ def eval_set_from_h5(path: str | Path, mode: str = "answer") -> EvalSet:
     return target_eval(tokens, lengths - 1, answers)
 
 
-def ablation_stage(model_cfg: Mapping[str, Any], model_dir: str | Path | None,
+def ablate_categories_stage(model_cfg: Mapping[str, Any], model_dir: str | Path | None,
                    sae_cfg: Mapping[str, Any], hook_name: str, sae_dir: str | Path | None,
                    activations: str | Path, descriptions: str | Path,
                    classified: Mapping[str, str | Path], ablation: Mapping[str, Any],

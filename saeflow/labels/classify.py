@@ -20,7 +20,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +32,11 @@ log = logging.getLogger(__name__)
 
 
 def resolve_categories(raw: Any, source: str = "config") -> dict[str, dict[str, Any]]:
-    """The categories a config names: ``"toy"`` for the toy world's
-    (:func:`saeflow.toy.categories.toy_categories`), else a mapping
-    of name to backend options (each needs a ``question`` for the human labeller)."""
-    if raw == "toy":
-        from saeflow.toy.categories import toy_categories
-
-        raw = toy_categories()
+    """The categories a config names: a mapping of name to backend options (each needs a
+    ``question`` for the human labeller)."""
     cats = raw
     if not isinstance(cats, Mapping) or not cats:
-        raise InputError(source, "labels.categories", "expected 'toy' or a mapping of categories")
+        raise InputError(source, "labels.categories", "expected a mapping of categories")
     for name, cat in cats.items():
         if not isinstance(cat, Mapping) or not cat.get("question"):
             raise InputError(source, f"labels.categories.{name}.question", "missing")
@@ -95,16 +90,13 @@ class LLMConfig:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], source: str = "config") -> LLMConfig:
         """Options given (config or command line) over the schema's defaults, their one home."""
-        from saeflow.core.config import schema_defaults
+        from saeflow.core.config import schema_defaults, strict_fields
 
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise InputError(source, unknown[0], f"unknown llm option (known: {sorted(known)})")
         for key in ("base_url", "model"):
             if not raw.get(key):
                 raise InputError(source, key, "required for the llm backend")
-        cfg = cls(**{**schema_defaults("labels.categories.<name>.llm"), **raw})
+        cfg = cls(**strict_fields(cls, raw, "", source,
+                                  schema_defaults("labels.categories.<name>.llm")))
         if cfg.concurrency < 1 or cfg.max_retries < 0:
             raise InputError(source, "concurrency", "concurrency must be >= 1, max_retries >= 0")
         return cfg
@@ -276,7 +268,7 @@ def classify_stage(descriptions: str | Path, category: str, categories: Any,
                    out: str | Path) -> None:
     """Rule ``classify``: :func:`classify` every description of ``descriptions``
     (descriptions.json) for ``category`` of ``categories`` (``config["labels"]["categories"]``
-    or "toy", see :func:`resolve_categories`); the payload to ``out``
+    see :func:`resolve_categories`); the payload to ``out``
     (classified/{category}.json)."""
     from saeflow.core.io import write_json
     from saeflow.formats.descriptions import read_descriptions

@@ -177,11 +177,11 @@ def describe_stage(cfg: Mapping[str, Any], out: str | Path, hook_name: str | Non
 
 
 
-def membership_stage(codes_h5: str | Path, activations_h5: str | Path, truth_json: str | Path,
+def truth_membership_stage(codes_h5: str | Path, activations_h5: str | Path, truth_json: str | Path,
                      hook_name: str, categories: Any, threshold: float,
                      out: str | Path) -> None:
     """Rule ``truth_membership`` (toy only): :func:`membership_from_files` of each category of
-    ``categories`` (``config["labels"]["categories"]`` or "toy", each with ``token_classes``)
+    ``categories`` (``config["labels"]["categories"]``, each with ``token_classes``)
     to ``out`` (truth_membership.json, ``{threshold, members: {category: [feature]}}``)."""
     from saeflow.core.io import write_json
     from saeflow.labels.classify import resolve_categories

@@ -85,7 +85,7 @@ def fetch_explanations(base_url: str, model_id: str, source: str, cache_dir: str
             "batches": batches, "downloaded": downloaded}
 
 
-def fetch_stage(base_url: str, model_id: str, source: str, cache_dir: str | Path,
+def fetch_neuronpedia_stage(base_url: str, model_id: str, source: str, cache_dir: str | Path,
                 out: str | Path) -> None:
     """Rule ``fetch_neuronpedia``: :func:`fetch_explanations` into ``cache_dir``; the manifest
     (cached folder, each batch's sha256) to ``out`` (labels/neuronpedia_exports.json)."""

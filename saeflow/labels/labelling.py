@@ -234,7 +234,7 @@ def label_command(descriptions: str | Path, category: str, question: str, out: s
                      "--out", shlex.quote(str(out)), "--n", str(n), "--seed", str(seed)])
 
 
-def import_human_labels(path: str | Path | None, configured: str | None,
+def import_human_labels_stage(path: str | Path | None, configured: str | None,
                         descriptions: str | Path, category: str, question: str,
                         sample: Mapping[str, int], out: str | Path,
                         config_source: str = "config") -> None:
@@ -287,7 +287,7 @@ def oracle_labels(out: str | Path, descriptions_path: str | Path, category: str,
     return session
 
 
-def oracle_stage(descriptions_path: str | Path, membership: str | Path, category: str,
+def label_oracle_stage(descriptions_path: str | Path, membership: str | Path, category: str,
                  categories: Any, sample: Mapping[str, Any], out: str | Path) -> LabelSession:
     """Rule ``label_oracle`` (toy only): :func:`oracle_labels` of ``category`` from its true
     members in ``membership`` (truth_membership.json), on the ``sample`` ({n, seed}) a human

@@ -3,7 +3,7 @@
 A study (YAML, the file ``saeflow correct`` reads) gives the baseline loss, each category's
 ablated bucket (size, ablated loss, confusion against the human labels), optionally the
 ``other`` bucket (a random matched-size set) and the joint validation labels. Users write one
-by hand; the pipeline builds one from its ablation and agreement results (:func:`study_stage`).
+by hand; the pipeline builds one from its ablation and agreement results (:func:`correction_study_stage`).
 Parsing checks every field up front; each problem is an InputError naming the field.
 :mod:`saeflow.labels.correction` solves a parsed study.
 """
@@ -223,7 +223,7 @@ def write_study(path: str | Path, raw: Mapping[str, Any]) -> None:
     write_text_atomic(path, yaml.safe_dump(dict(raw), sort_keys=False))
 
 
-def study_stage(ablation: str | Path, agreements: Mapping[str, str | Path],
+def correction_study_stage(ablation: str | Path, agreements: Mapping[str, str | Path],
                 classified: Mapping[str, str | Path], humans: Mapping[str, str | Path],
                 out: str | Path) -> None:
     """The stage: the study YAML built from the DAG's files (validated before it is written),

@@ -389,7 +389,7 @@ def validate(model: Any, sae: Any, eval_set: EvalSet, truth: Mapping[str, Sequen
             "replicates": solved}
 
 
-def validation_stage(model_cfg: Mapping[str, Any], model_dir: str | None, sae_cfg: Mapping[str, Any],
+def validate_correction_stage(model_cfg: Mapping[str, Any], model_dir: str | None, sae_cfg: Mapping[str, Any],
                      hook_name: str, sae_dir: str | None, activations: str, descriptions: str,
                      membership: str, ablation: Mapping[str, Any], sample: Mapping[str, Any],
                      cfg: Mapping[str, Any], methods: Sequence[str], out: str) -> None:

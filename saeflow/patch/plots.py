@@ -1,11 +1,11 @@
 """Figures of the patching stage, one function per figure: each reads one result file and writes
 one PNG (matplotlib Agg, written atomically).
 
-* :func:`plot_resid_patching` -- ``resid.h5``: normalised effect per layer x position.
-* :func:`plot_top_latents` -- ``verify.json``: AtP and exact effect of the top latents.
-* :func:`plot_faithfulness` -- ``faithfulness.json``: faithfulness/completeness vs circuit size.
-* :func:`plot_latent_activations` -- ``top_latents.json``: mean activation over positions.
-* :func:`plot_circuit` -- ``circuit.json``: the sparse feature circuit.
+* :func:`plot_resid_patching_stage` -- ``resid.h5``: normalised effect per layer x position.
+* :func:`plot_top_latents_stage` -- ``verify.json``: AtP and exact effect of the top latents.
+* :func:`plot_faithfulness_stage` -- ``faithfulness.json``: faithfulness/completeness vs circuit size.
+* :func:`plot_latent_activations_stage` -- ``top_latents.json``: mean activation over positions.
+* :func:`plot_circuit_stage` -- ``circuit.json``: the sparse feature circuit.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def _position_ticks(ax: Any, offsets: list[int], axis: str = "x") -> None:
     (ax.set_xticklabels if axis == "x" else ax.set_yticklabels)(labels)
 
 
-def plot_resid_patching(resid_path: str | Path, out_path: str | Path) -> None:
+def plot_resid_patching_stage(resid_path: str | Path, out_path: str | Path) -> None:
     """Heatmap ``[layer, position]`` of the normalised effect (ratio of means over pairs) of
     patching clean ``resid_pre`` into the corrupted run; the cell of largest mean effect is
     outlined."""
@@ -58,7 +58,7 @@ def plot_resid_patching(resid_path: str | Path, out_path: str | Path) -> None:
     save_figure(fig, out_path)
 
 
-def plot_top_latents(verify_path: str | Path, out_path: str | Path) -> None:
+def plot_top_latents_stage(verify_path: str | Path, out_path: str | Path) -> None:
     """Bars of AtP and exact mean effect of the top-k latents, one panel per mode."""
     from saeflow.core.io import read_json
 
@@ -83,7 +83,7 @@ def plot_top_latents(verify_path: str | Path, out_path: str | Path) -> None:
     save_figure(fig, out_path)
 
 
-def plot_faithfulness(faithfulness_path: str | Path, out_path: str | Path) -> None:
+def plot_faithfulness_stage(faithfulness_path: str | Path, out_path: str | Path) -> None:
     """Faithfulness and completeness against the number of kept nodes, per mode."""
     from saeflow.core.io import read_json
 
@@ -116,7 +116,7 @@ def plot_faithfulness(faithfulness_path: str | Path, out_path: str | Path) -> No
     save_figure(fig, out_path)
 
 
-def plot_latent_activations(top_latents_path: str | Path, out_path: str | Path) -> None:
+def plot_latent_activations_stage(top_latents_path: str | Path, out_path: str | Path) -> None:
     """Heatmaps ``[top latent, position]`` of the mean activation over clean and corrupted
     prompts."""
     from saeflow.core.io import read_json
@@ -139,7 +139,7 @@ def plot_latent_activations(top_latents_path: str | Path, out_path: str | Path) 
     save_figure(fig, out_path)
 
 
-def plot_circuit(circuit_path: str | Path, out_path: str | Path) -> None:
+def plot_circuit_stage(circuit_path: str | Path, out_path: str | Path) -> None:
     """The circuit: SAE sites top to bottom, positions left to right, latents as circles and
     error nodes as triangles (size by |score|), edges by |effect| (blue +, red -), the metric
     below the last site."""

@@ -18,7 +18,6 @@ Conventions shared with :mod:`saeflow.patch.attribution`:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -63,15 +62,9 @@ class PatchConfig:
     def from_dict(cls, raw: Mapping[str, Any] | None) -> PatchConfig:
         """From ``config["patch"]`` (validated, so holding every default); an unknown or a
         missing key is an error naming it."""
-        raw = dict(raw or {})
-        known = [f.name for f in dataclasses.fields(cls)]
-        for key in raw:
-            if key not in known:
-                raise InputError("config", f"patch.{key}", f"unknown key; known: {sorted(known)}")
-        for key in known:
-            if key not in raw:
-                raise InputError("config", f"patch.{key}", "missing (the schema gives its default "
-                                 "once the config is validated)")
+        from saeflow.core.config import strict_fields
+
+        raw = strict_fields(cls, raw, "patch")
         raw["faithfulness_n"] = tuple(int(n) for n in raw["faithfulness_n"])
         raw["exhaustive_k"] = tuple(int(n) for n in raw["exhaustive_k"])
         raw["estimators"] = tuple(str(e) for e in raw["estimators"])

@@ -21,7 +21,7 @@ File format (HDF5, one file per dataset; chosen to match the other stages' files
 
 Root attributes: ``format_version`` (2; version 1 files, dense X only, are read too),
 ``name``, ``group`` (the per-layer family it came from, see
-:func:`saeflow.probe.layerspec.expand_per_layer`), ``prompt_set``, ``strategy``,
+:func:`saeflow.core.layerspec.expand_per_layer`), ``prompt_set``, ``strategy``,
 ``input_kind`` (``embedding``, ``hidden``, ``sae``), ``target_kind`` (``label``/``continuous``),
 ``target`` (JSON: column, or layer/feature/hook), ``class_names``, ``class_values``,
 ``layers``, ``positions``, ``hooks`` (JSON lists), ``layer_spec``, ``input_dims`` (JSON

@@ -311,7 +311,7 @@ def read_effect_arrays(h5_path: str | Path) -> dict[str, Any]:
         raise InputError(h5_path, "<file>", f"not an effects file ({err})") from None
 
 
-def run_effects(dataset_path: str | Path, json_out: str | Path, h5_out: str | Path, *,
+def probe_effects_stage(dataset_path: str | Path, json_out: str | Path, h5_out: str | Path, *,
                 settings: dict[str, Any] | None = None, positive_class: str | int | None = None,
                 descriptions: str | Path | None = None, descriptions_hook: str | None = None,
                 fit_h5: str | Path | None = None,

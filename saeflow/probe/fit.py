@@ -73,14 +73,9 @@ class ProbeConfig:
         """Build from ``probe.cv`` as validated (the schema, workflow/schemas/config.schema.yaml,
         is the one home of its defaults: :func:`saeflow.core.config.schema_defaults`
         ``("probe.cv")``); unknown or missing keys and bad values are errors."""
-        values = dict(values or {})
-        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise InputError(source, "probe.cv", f"unknown key(s) {unknown}")
-        missing = [key for key in cls.__dataclass_fields__ if key not in values]
-        if missing:
-            raise InputError(source, "probe.cv", f"missing key(s) {missing} (the schema gives "
-                             "their defaults once the config is validated)")
+        from saeflow.core.config import strict_fields
+
+        values = strict_fields(cls, values, "probe.cv", source)
         for key in ("Cs", "alphas"):
             values[key] = tuple(float(v) for v in values[key])
         cfg = cls(**values)

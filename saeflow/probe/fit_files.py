@@ -78,7 +78,7 @@ def write_probe_fit(result: ProbeResult, json_path: str | Path, h5_path: str | P
         raise
 
 
-def run_probe_fit(dataset_path: str | Path, json_out: str | Path, h5_out: str | Path,
+def probe_fit_stage(dataset_path: str | Path, json_out: str | Path, h5_out: str | Path,
                   cv: dict[str, Any] | None = None, config: dict[str, Any] | None = None,
                   n_jobs: int = 1) -> ProbeResult:
     """Rule ``probe_fit``: read a probe dataset, cross-validate, write JSON + HDF5."""

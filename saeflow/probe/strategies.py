@@ -47,7 +47,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from saeflow.core.errors import InputError
-from saeflow.probe.layerspec import format_layer_spec, parse_layer_spec
+from saeflow.core.layerspec import format_layer_spec, parse_layer_spec
 from saeflow.probe.dataset import (COLUMN_FIELDS, FORMAT_VERSION, ProbeDataset, check_dataset,
                                 write_probe_dataset)
 from saeflow.formats.hdf5 import json_attr, open_h5

@@ -79,7 +79,7 @@ def readout_check(entry: dict[str, Any], model_correct: np.ndarray) -> dict[str,
     return {**out, "holds": bool(probe_hi is not None and probe_hi >= ci.low)}
 
 
-def write_probe_summary(fit_paths: list[str], effect_paths: list[str], out: str | Path,
+def probe_summary_stage(fit_paths: list[str], effect_paths: list[str], out: str | Path,
                         config: dict[str, Any] | None = None,
                         readout: dict[str, list[str]] | None = None,
                         activations: dict[str, str] | None = None) -> dict[str, Any]:

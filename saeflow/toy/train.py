@@ -4,6 +4,7 @@ text and next-token ablation losses mean something."""
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,12 +12,35 @@ from typing import Any
 
 import torch
 from tqdm import tqdm
-from transformer_lens import HookedTransformer
+from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from saeflow.core.errors import InputError
-from saeflow.core.models import tokenize_prompt_set, toy_model_config
+from saeflow.core.models import tokenize_prompt_set
 
 log = logging.getLogger(__name__)
+
+
+def toy_model_config(model_cfg: dict[str, Any], d_vocab: int, seed: int) -> HookedTransformerConfig:
+    return HookedTransformerConfig(
+        n_layers=model_cfg["n_layers"], d_model=model_cfg["d_model"], n_heads=model_cfg["n_heads"],
+        d_head=model_cfg["d_model"] // model_cfg["n_heads"], d_mlp=4 * model_cfg["d_model"],
+        n_ctx=model_cfg["n_ctx"], d_vocab=d_vocab, act_fn="gelu", normalization_type="LN",
+        positional_embedding_type="standard", seed=seed, default_prepend_bos=False,
+        model_name="saeflow-toy",
+    )
+
+
+def save_toy_model(model: HookedTransformer, directory: str | Path) -> None:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), directory / "model.pt")
+    cfg = {k: v for k, v in model.cfg.to_dict().items() if _is_plain(v)}
+    (directory / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    model.tokenizer.save_pretrained(str(directory / "tokenizer"))
+
+
+def _is_plain(value: Any) -> bool:
+    return isinstance(value, (int, float, str, bool, type(None), list, dict))
 
 
 @dataclass(frozen=True)
@@ -107,7 +131,6 @@ def train_model_stage(tokenizer_dir: str | Path, train_path: str | Path,
     tokenizer in ``tokenizer_dir``, evaluate each ``heldout`` prompt set (keyed by file stem),
     save the model to ``out_dir`` (model/) with ``metrics.json`` beside its weights."""
     from saeflow.core.io import read_jsonl, write_json
-    from saeflow.core.models import save_toy_model
     from saeflow.core.runtime import resolve_device, seed_everything
     from saeflow.toy.world import load_tokenizer
 
@@ -127,35 +150,3 @@ def train_model_stage(tokenizer_dir: str | Path, train_path: str | Path,
     save_toy_model(model, out_dir)
     write_json(Path(out_dir) / "metrics.json", metrics,
                config={"model": model_cfg, "seed": seed})
-
-
-def train_sae_stage(model_dir: str | Path, train_path: str | Path, hook_name: str,
-                    sae_cfg: dict[str, Any], seed: int, device: str,
-                    out_dir: str | Path) -> None:
-    """Rule ``train_sae``: seed, train an sae-lens SAE on ``hook_name`` of the toy model (a
-    transcoder where ``sae.transcoders`` names the hook, :mod:`saeflow.core.transcoders`) in
-    ``model_dir`` over ``train_path`` (prompts/train.jsonl; pad and BOS excluded), saved in
-    sae-lens's format to ``out_dir`` (sae/{hook}/) with ``provenance.json``."""
-    from saeflow.core.io import read_jsonl, write_json
-    from saeflow.core.models import load_model
-    from saeflow.core.runtime import resolve_device, seed_everything
-    from saeflow.core.saes import train_sae
-
-    seed_everything(seed)
-    device = resolve_device(device)
-    model = load_model({"source": "toy"}, model_dir, device)
-    tokenizer = model.tokenizer
-    sequences = encode_set(tokenizer, read_jsonl(train_path)).tokens
-    excluded = [tokenizer.pad_token_id, tokenizer.bos_token_id]
-    hook_out = (sae_cfg.get("transcoders") or {}).get(hook_name)
-    if hook_out:
-        from saeflow.core.transcoders import train_transcoder
-
-        train_transcoder(model, hook_name, hook_out, sequences, sae_cfg, excluded, seed, device,
-                         out_dir)
-    else:
-        train_sae(model, hook_name, sequences, sae_cfg, exclude_token_ids=excluded, seed=seed,
-                  device=device, out_dir=out_dir)
-    write_json(Path(out_dir) / "provenance.json",
-               {"hook_name": hook_name, "hook_name_out": hook_out or hook_name},
-               config={"sae": sae_cfg, "seed": seed})

@@ -8,11 +8,10 @@ every digit and punctuation character apart, so one-character edits keep token l
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from saeflow.core.errors import InputError
 from saeflow.core.prompts import encode_prompt
 from saeflow.toy.corpus import (
     ANSWERS, LABELS, NAMES, QUESTION, TEMPLATES, WORDS, Example,
@@ -41,12 +40,9 @@ class WorldConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> WorldConfig:
         """From the validated ``world`` section with ``seed``; a missing key is an error."""
-        values = dict(raw)
-        for f in fields(cls):
-            if f.name not in values:
-                raise InputError("config", f"world.{f.name}" if f.name != "seed" else "seed",
-                                 "missing (the schema gives its default once the config is "
-                                 "validated)")
+        from saeflow.core.config import strict_fields
+
+        values = strict_fields(cls, raw, "world")
         values["unseen_templates"] = tuple(values["unseen_templates"])
         return cls(**values)
 
@@ -191,7 +187,7 @@ def load_tokenizer(directory: str | Path):
     return PreTrainedTokenizerFast.from_pretrained(str(directory))
 
 
-def world_stage(world_cfg: dict[str, Any], seed: int, prompt_paths: list[str | Path],
+def toy_world_stage(world_cfg: dict[str, Any], seed: int, prompt_paths: list[str | Path],
                 tokenizer_dir: str | Path, truth_path: str | Path) -> None:
     """Rule ``toy_world``: sample the prompt sets from ``world_cfg`` (``config["world"]``) and
     ``seed``, train the tokenizer on them (saved to ``tokenizer_dir``), add token positions and

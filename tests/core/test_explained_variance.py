@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from saeflow.core.saes import ExplainedVariance, sae_metrics
+from saeflow.evaluate import ExplainedVariance, sae_metrics
 
 
 def _data(n: int = 8192, d: int = 16) -> tuple[torch.Tensor, torch.Tensor]:

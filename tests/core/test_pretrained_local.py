@@ -1,6 +1,6 @@
 """The real-model path works offline from a local Hugging Face cache.
 
-saeflow/toy/local_hub.py writes a hub cache (the layout a download leaves) holding a tiny random
+saeflow/testing/local_hub.py writes a hub cache (the layout a download leaves) holding a tiny random
 ``gpt2`` and an SAE of the real release ``gpt2-small-res-jb``. A fresh interpreter, with
 ``HF_HOME`` there, ``HF_HUB_OFFLINE=1`` and ``HF_ENDPOINT`` on a dead loopback port, then loads
 both through saeflow's real loaders (TransformerLens ``from_pretrained_no_processing``, sae-lens
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from saeflow.toy import local_hub as hub
+from saeflow.testing import local_hub as hub
 
 
 @pytest.fixture(scope="module")
@@ -30,14 +30,14 @@ def local_hub(tmp_path_factory):
 
 
 class _Child:
-    """One checking run of saeflow/toy/local_hub.py in a fresh interpreter, started at once."""
+    """One checking run of saeflow/testing/local_hub.py in a fresh interpreter, started at once."""
 
     def __init__(self, local_hub, mode: str, offline: bool):
         self.dir = local_hub["root"] / f"{mode}-{'offline' if offline else 'no-flag'}"
         self.dir.mkdir()
         self.out, self.err = open(self.dir / "stdout", "w+"), open(self.dir / "stderr", "w+")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "saeflow.toy.local_hub", mode, str(local_hub["hf_home"]),
+            [sys.executable, "-m", "saeflow.testing.local_hub", mode, str(local_hub["hf_home"]),
              str(local_hub["ref_dir"]), str(self.dir)],
             env=hub.offline_env(local_hub["hf_home"], offline=offline),
             stdout=self.out, stderr=self.err, text=True)

@@ -1,4 +1,6 @@
-"""Rule scripts are glue: ``rule_main`` plus exactly one call into the saeflow package."""
+"""Rule scripts are glue: ``rule_main`` plus exactly one call into the saeflow package, named
+for the rule (script ``scripts/R.py`` of rule ``R`` calls ``R_stage``), given the model and
+SAEs as one :class:`saeflow.core.bundle.ModelSAEs` where it runs them."""
 
 from __future__ import annotations
 
@@ -29,5 +31,6 @@ def _saeflow_calls(path: Path) -> tuple[str, list[str]]:
 def test_script_makes_one_library_call(path):
     docstring, calls = _saeflow_calls(path)
     assert docstring.startswith(f"Rule {path.stem}"), docstring[:60]
-    assert len(calls) == 1, calls
+    stage = [c for c in calls if c != "ModelSAEs.from_rule"]
+    assert [c.split(".")[-1] for c in stage] == [f"{path.stem}_stage"], calls
     assert "rule_main(body, snakemake)" in path.read_text()

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from saeflow.core.errors import InputError
-from saeflow.encode import encode_to_hdf5, gather_codes
-from saeflow.extract import extract_to_hdf5, gather_activations
+from saeflow.encode import encode_to_hdf5, gather_codes_stage
+from saeflow.extract import extract_to_hdf5, gather_activations_stage
 from saeflow.formats.activations import open_activations
 from saeflow.formats.codes import read_codes
 
@@ -32,8 +32,8 @@ def runs(tiny_model, small_world, random_sae, tmp_path_factory):
         extract_to_hdf5(tiny_model, records, HOOKS, acts[-1], batch_size=4,
                         rows=(start, min(start + SHARD, N)))
         encode_to_hdf5(acts[-1], codes[-1], {SAE_HOOK: lambda: random_sae}, batch_rows=64)
-    gather_activations(acts, root / "acts" / "set.h5")
-    gather_codes(codes, root / "codes" / "set.h5")
+    gather_activations_stage(acts, root / "acts" / "set.h5")
+    gather_codes_stage(codes, root / "codes" / "set.h5")
     return {"root": root, "whole_acts": whole_acts, "whole_codes": whole_codes,
             "acts_shards": acts, "code_shards": codes}
 
@@ -91,7 +91,7 @@ def test_shards_out_of_order_or_missing_leave_no_output(runs, tmp_path):
     out = tmp_path / "set.h5"
     with pytest.raises(InputError, match=r"00002\.h5: attrs/shard_rows: rows 16\.\.24, expected "
                        "to start at 8"):
-        gather_activations([shards[0], shards[2], shards[3]], out)
+        gather_activations_stage([shards[0], shards[2], shards[3]], out)
     assert not out.exists() and not list(tmp_path.iterdir())
 
 

@@ -6,9 +6,11 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from scipy import sparse
 
 from saeflow.labels.classify import (
@@ -18,9 +20,10 @@ from saeflow.labels.classify import (
 from saeflow.labels.describe import describe_features
 from saeflow.toy.categories import toy_categories
 from saeflow.core.errors import InputError
-from saeflow.toy.local_study import chat_reply, send_json
+from saeflow.testing.local_study import chat_reply, send_json
 
 SECRET = "sk-test-not-a-real-key-1234"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def records(texts):
@@ -157,7 +160,7 @@ def test_llm_errors_are_one_line(tmp_path, monkeypatch):
            "cache_dir": str(tmp_path)}
     with pytest.raises(InputError, match="api_key_env: environment variable SAEFLOW_TEST_KEY is not set"):
         classify(records(["x"]), "c", {"backend": "llm", "question": "q", "llm": cfg})
-    with pytest.raises(InputError, match="config: temperture: unknown llm option"):
+    with pytest.raises(InputError, match="config: temperture: unknown key"):
         LLMConfig.from_dict({**cfg, "temperture": 0})
     refused = FakeLLM(always_fail_after=0, status=401)
     try:
@@ -205,9 +208,13 @@ def test_file_backend_bad_input(tmp_path):
 
 
 def test_config_categories_resolve_and_need_a_question():
-    assert resolve_categories("toy") == toy_categories()
+    # the toy config spells out the toy world's categories (the library never imports the toy)
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    resolved = resolve_categories(config["labels"]["categories"])
+    assert {name: {k: v for k, v in cat.items() if k != "backend"}
+            for name, cat in resolved.items()} == toy_categories()
     assert set(toy_categories()) == {"digits", "string-literal"}
     with pytest.raises(InputError, match="config: labels.categories.digits.question: missing"):
         resolve_categories({"digits": {"backend": "keyword", "patterns": ["x"]}})
-    with pytest.raises(InputError, match="labels.categories: expected 'toy' or a mapping"):
+    with pytest.raises(InputError, match="labels.categories: expected a mapping"):
         resolve_categories([])

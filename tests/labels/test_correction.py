@@ -13,7 +13,7 @@ from saeflow.cli import main
 from saeflow.labels.correction import compare_with_truth, correct, true_lpf
 from saeflow.core.errors import InputError
 from saeflow.labels.plots import plot_lpf
-from saeflow.labels.study import load_study, parse_study, study_from_results, study_stage
+from saeflow.labels.study import load_study, parse_study, study_from_results, correction_study_stage
 
 STUDY = """\
 baseline_loss: 3.10
@@ -287,7 +287,7 @@ def test_study_stage_builds_a_study_the_cli_accepts(tmp_path):
             {"_row_id": i, "feature_index": f, "label": "related" if f in human[c] else "not-related"}
             for i, f in enumerate(range(1, 13))]})
         agreements[c] = dump(f"g_{c}.json", {"tp": 3, "fp": 1, "tn": 7, "fn": 1})
-    study_stage(ablation, agreements, classified, humans, tmp_path / "study.yaml")
+    correction_study_stage(ablation, agreements, classified, humans, tmp_path / "study.yaml")
     raw = yaml.safe_load((tmp_path / "study.yaml").read_text())
     assert raw["categories"]["b"]["n_predicted"] == 3 and raw["other"]["n_predicted"] == 3
     assert {"predicted": ["a"], "human": ["b"], "count": 1} in raw["validation"]  # feature 4

@@ -8,7 +8,7 @@ import pytest
 from saeflow.core.errors import InputError
 from saeflow.formats.neuronpedia import import_neuronpedia
 from saeflow.labels.exports import export_folder, fetch_explanations
-from saeflow.toy.local_study import MODEL_ID, SOURCE, ExportStore, write_exports
+from saeflow.testing.local_study import MODEL_ID, SOURCE, ExportStore, write_exports
 
 D_SAE = 100
 

@@ -17,10 +17,10 @@ from saeflow.patch.attribution import (atp_stage, exact_latent_effects, prepare_
 from saeflow.core.errors import InputError
 from saeflow.patch.faithfulness import faithfulness_curve, node_means, verify_stage
 from saeflow.patch.summary import summary_stage
-from saeflow.toy.fixtures import patch_config, random_pair_batch
+from saeflow.testing.fixtures import patch_config, random_pair_batch
 from saeflow.patch.resid import logit_diff, run_resid_patching, write_resid
-from saeflow.patch.plots import (plot_faithfulness, plot_latent_activations,
-                                 plot_resid_patching, plot_top_latents)
+from saeflow.patch.plots import (plot_faithfulness_stage, plot_latent_activations_stage,
+                                 plot_resid_patching_stage, plot_top_latents_stage)
 
 torch.set_num_threads(1)
 
@@ -326,7 +326,7 @@ def test_stage_outputs_end_to_end(model: HookedSAETransformer, tmp_path) -> None
 
     exact_stage(model, saes, batches, cfg.max_batch, tmp_path / "exact.h5", {"patch": {}})
     from saeflow.patch.circuit import circuit_stage
-    from saeflow.patch.plots import plot_circuit
+    from saeflow.patch.plots import plot_circuit_stage
 
     circuit_stage(model, saes, batches, p["atp.h5"], cfg, {}, tmp_path / "circuit.json",
                   {"patch": {}})
@@ -343,7 +343,7 @@ def test_stage_outputs_end_to_end(model: HookedSAETransformer, tmp_path) -> None
     for name in ("faithfulness", "completeness"):
         lo, hi = by_edges[f"{name}_ci95"]
         assert lo <= by_edges[name] <= hi
-    plot_circuit(tmp_path / "circuit.json", tmp_path / "circuit.png")
+    plot_circuit_stage(tmp_path / "circuit.json", tmp_path / "circuit.png")
     assert (tmp_path / "circuit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary_stage(p["resid.h5"], p["atp.h5"], p["verify.json"], p["faithfulness.json"],
                   p["truth.json"], cfg, p["summary.json"], {"patch": {}},
@@ -390,9 +390,9 @@ def test_stage_outputs_end_to_end(model: HookedSAETransformer, tmp_path) -> None
         assert vs["threshold"] == s["atp_vs_exact"][mode]["threshold"]
         assert set(vs["sampled_check"]) == {"true_miss_rate", "sampled_ci95", "covered"}
 
-    for fn, src, name in ((plot_resid_patching, "resid.h5", "resid.png"),
-                          (plot_top_latents, "verify.json", "top.png"),
-                          (plot_faithfulness, "faithfulness.json", "faith.png"),
-                          (plot_latent_activations, "top_latents.json", "acts.png")):
+    for fn, src, name in ((plot_resid_patching_stage, "resid.h5", "resid.png"),
+                          (plot_top_latents_stage, "verify.json", "top.png"),
+                          (plot_faithfulness_stage, "faithfulness.json", "faith.png"),
+                          (plot_latent_activations_stage, "top_latents.json", "acts.png")):
         fn(p[src], tmp_path / name)
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -12,7 +12,7 @@ from saeflow.patch.edge_pruning import edge_pruned_F, edge_pruned_record
 from saeflow.patch.edges import METRIC, site_order
 from saeflow.patch.faithfulness import faithfulness_curve, node_means
 from saeflow.patch.resid import logit_diff
-from saeflow.toy.fixtures import random_pair_batch
+from saeflow.testing.fixtures import random_pair_batch
 from tests.patch.test_attribution import SITE_SETS, make_model, make_saes
 
 torch.set_num_threads(1)

@@ -10,7 +10,7 @@ import torch
 from saeflow.patch.attribution import prepare_saes, run_atp
 from saeflow.patch.edges import (METRIC, decoder_rows, edge_attribution, exact_edge,
                                  select_nodes, site_order)
-from saeflow.toy.fixtures import random_pair_batch
+from saeflow.testing.fixtures import random_pair_batch
 from tests.patch.test_attribution import SITE_SETS, make_model, make_saes
 
 torch.set_num_threads(1)

@@ -11,7 +11,7 @@ from saeflow.patch.attribution import exact_latent_effects, prepare_saes, run_at
 from saeflow.patch.exhaustive import (compare_with_exact, exhaustive_patching, read_exact,
                                       write_exact)
 from saeflow.patch.resid import logit_diff
-from saeflow.toy.fixtures import random_pair_batch
+from saeflow.testing.fixtures import random_pair_batch
 from tests.patch.test_attribution import D_SAE, SITE_SETS, make_model, make_saes
 
 torch.set_num_threads(1)

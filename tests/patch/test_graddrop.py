@@ -10,7 +10,7 @@ import torch
 from saeflow.patch.attribution import exact_latent_effects, prepare_saes, run_atp, run_spliced
 from saeflow.patch.graddrop import magnitudes, run_graddrop
 from saeflow.patch.resid import logit_diff
-from saeflow.toy.fixtures import random_pair_batch
+from saeflow.testing.fixtures import random_pair_batch
 from tests.patch.test_attribution import D_SAE, make_model, make_saes
 
 torch.set_num_threads(1)

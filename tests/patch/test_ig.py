@@ -14,7 +14,7 @@ from saeflow.patch.exhaustive import exhaustive_patching
 from saeflow.patch.ig import ig_alphas, ig_stage, run_ig
 from saeflow.patch.resid import logit_diff
 from saeflow.patch.summary import estimator_comparison
-from saeflow.toy.fixtures import patch_config, random_pair_batch
+from saeflow.testing.fixtures import patch_config, random_pair_batch
 from tests.patch.test_attribution import make_model, make_saes
 
 torch.set_num_threads(1)

@@ -14,7 +14,7 @@ from transformer_lens.patching import get_act_patch_resid_pre
 from saeflow.core.errors import InputError
 from saeflow.patch.summary import diff_positions_for, position_check
 from saeflow.core.config import schema_defaults
-from saeflow.toy.fixtures import patch_config, random_pair_batch
+from saeflow.testing.fixtures import patch_config, random_pair_batch
 from saeflow.patch.resid import (PairBatch, PatchConfig, align_right, bootstrap_ci, check_batches,
                               load_pairs, logit_diff, normalised_effect, read_resid,
                               resid_patching, run_resid_patching, write_resid)

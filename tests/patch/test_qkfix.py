@@ -13,7 +13,7 @@ from transformer_lens import HookedTransformerConfig
 
 from saeflow.patch.attribution import exact_latent_effects, prepare_saes, run_atp
 from saeflow.patch.qkfix import downstream_layers, run_qk_fix, to_residual
-from saeflow.toy.fixtures import random_pair_batch
+from saeflow.testing.fixtures import random_pair_batch
 from tests.patch.test_attribution import SITE_SETS, make_model, make_saes
 
 torch.set_num_threads(1)

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from saeflow.probe.effects import (binary_target, bh_adjust, cohens_d, compute_effects,
-                             localisation, permutation_test, run_effects,
+                             localisation, permutation_test, probe_effects_stage,
                              toy_check, write_effects)
 from saeflow.core.errors import InputError
 from saeflow.formats.descriptions import descriptions_by_hook
@@ -134,7 +134,7 @@ def test_failure_target_and_bad_contrasts(tmp_path):
         binary_target(concept)
     write_probe_dataset(concept, tmp_path / "sc.h5")
     with pytest.raises(InputError, match="3 classes"):  # and nothing is written
-        run_effects(tmp_path / "sc.h5", tmp_path / "e.json", tmp_path / "e.h5")
+        probe_effects_stage(tmp_path / "sc.h5", tmp_path / "e.json", tmp_path / "e.h5")
     assert not (tmp_path / "e.json").exists() and not (tmp_path / "e.h5").exists()
     with pytest.raises(InputError, match="'ValueError' is not one of"):
         binary_target(concept, "ValueError")

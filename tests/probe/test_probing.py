@@ -13,7 +13,7 @@ from saeflow.core.config import schema_defaults
 from saeflow.core.errors import InputError
 from saeflow.probe.crossval import CORRECTED_T, NAIVE_T, make_folds, permute_prompts, t_interval
 from saeflow.probe.dataset import ProbeDataset, write_probe_dataset
-from saeflow.probe.fit_files import run_probe_fit, write_probe_fit
+from saeflow.probe.fit_files import probe_fit_stage, write_probe_fit
 from saeflow.probe.strategies import build_probe_dataset
 from saeflow.probe.summary import probe_summary
 from saeflow.probe.fit import ProbeConfig, baseline_record, fit_fold, fit_probe
@@ -264,12 +264,12 @@ def test_failed_fit_writes_nothing(tmp_path):
     write_probe_dataset(ds, tmp_path / "d.h5")
     with pytest.raises(InputError, match=r"^syn: y: class '0' has 12 sample\(s\), fewer than "
                                          r"the 20 CV folds"):
-        run_probe_fit(tmp_path / "d.h5", tmp_path / "f.json", tmp_path / "f.h5",
+        probe_fit_stage(tmp_path / "d.h5", tmp_path / "f.json", tmp_path / "f.h5",
                       {**schema_defaults("probe.cv"), "n_folds": 20})
     with pytest.raises(InputError, match="unknown key"):
-        run_probe_fit(tmp_path / "d.h5", tmp_path / "f.json", tmp_path / "f.h5", {"folds": 3})
-    with pytest.raises(InputError, match=r"probe.cv: missing key\(s\) \['inner_folds'"):
-        run_probe_fit(tmp_path / "d.h5", tmp_path / "f.json", tmp_path / "f.h5", {"n_folds": 3})
+        probe_fit_stage(tmp_path / "d.h5", tmp_path / "f.json", tmp_path / "f.h5", {"folds": 3})
+    with pytest.raises(InputError, match=r"probe.cv.inner_folds: missing"):
+        probe_fit_stage(tmp_path / "d.h5", tmp_path / "f.json", tmp_path / "f.h5", {"n_folds": 3})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.h5"]
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from bench import BENCHMARKS
 from bench.common import Figure, paired_ratio, table
-from saeflow.toy.workspace import REPO
+from saeflow.testing.workspace import REPO
 
 
 @pytest.fixture(scope="module")

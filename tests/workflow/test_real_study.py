@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from saeflow.toy import local_hub, local_study
-from saeflow.toy.workspace import run_snakemake, sync_workflow
+from saeflow.testing import local_hub, local_study
+from saeflow.testing.workspace import run_snakemake, sync_workflow
 
 pytestmark = pytest.mark.slow
 RESULTS = Path("results") / local_study.EXPERIMENT

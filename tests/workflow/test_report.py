@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from saeflow.toy.workspace import TEST_CONFIGS, e2e_config, run_snakemake
+from saeflow.testing.workspace import TEST_CONFIGS, e2e_config, run_snakemake
 from tests.browser.chrome import check_report_figures
 
 pytestmark = pytest.mark.slow

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from saeflow.toy.compare import assert_same_results
-from saeflow.toy.workspace import TEST_CONFIGS, REPO, run_snakemake, sync_workflow
+from saeflow.testing.compare import assert_same_results
+from saeflow.testing.workspace import TEST_CONFIGS, REPO, run_snakemake, sync_workflow
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

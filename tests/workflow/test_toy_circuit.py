@@ -9,7 +9,7 @@ import json
 import h5py
 import pytest
 
-from saeflow.toy.workspace import run_snakemake, sync_workflow
+from saeflow.testing.workspace import run_snakemake, sync_workflow
 
 pytestmark = pytest.mark.slow
 TRANSCODER = "blocks.1.ln2.hook_normalized"  # reads layer 1's MLP input, writes hook_mlp_out

@@ -1,4 +1,4 @@
-"""docs/validation.md quotes `python -m saeflow.toy.numbers`: the program runs on a finished toy
+"""docs/validation.md quotes `python -m saeflow.testing.numbers`: the program runs on a finished toy
 run, and the page's block has the rows the program writes (a stale block fails)."""
 
 import re
@@ -7,12 +7,12 @@ import sys
 
 import pytest
 
-from saeflow.toy.numbers import report
-from saeflow.toy.workspace import REPO
+from saeflow.testing.numbers import report
+from saeflow.testing.workspace import REPO
 
 pytestmark = pytest.mark.slow
 
-BEGIN, END = "<!-- saeflow.toy.numbers: begin -->", "<!-- saeflow.toy.numbers: end -->"
+BEGIN, END = "<!-- saeflow.testing.numbers: begin -->", "<!-- saeflow.testing.numbers: end -->"
 
 
 def _shape(text: str) -> list[str]:
@@ -31,7 +31,7 @@ def test_the_numbers_program_reads_a_run_and_the_docs_quote_its_shape(toy_run):
     text = report(results)
     assert text.startswith("| check | with the error term | without |")
     assert "Circuit pruned by nodes" in text and "pruned by edges too" in text
-    cli = subprocess.run([sys.executable, "-m", "saeflow.toy.numbers", str(results)],
+    cli = subprocess.run([sys.executable, "-m", "saeflow.testing.numbers", str(results)],
                          capture_output=True, text=True, check=True)
     assert cli.stdout == text
     page = (REPO / "docs" / "validation.md").read_text()

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from saeflow.toy.workspace import TEST_CONFIGS, e2e_config, run_snakemake
+from saeflow.testing.workspace import TEST_CONFIGS, e2e_config, run_snakemake
 
 pytestmark = pytest.mark.slow
 

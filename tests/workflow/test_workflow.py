@@ -8,7 +8,7 @@ from pathlib import Path
 import h5py
 import pytest
 
-from saeflow.toy.workspace import TEST_CONFIGS, REPO, run_snakemake, sync_workflow
+from saeflow.testing.workspace import TEST_CONFIGS, REPO, run_snakemake, sync_workflow
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@
 import os
 import re
 
-from saeflow.probe.layerspec import expand_per_layer
+from saeflow.core.layerspec import expand_per_layer
 
 EXP = config["experiment"]
 TOY = config["model"]["source"] == "toy"

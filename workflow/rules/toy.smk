@@ -1,5 +1,7 @@
 # The embedded toy world: corpus + tokenizer, a HookedTransformer trained on it, and one
-# sae-lens SAE per hook trained on its activations.
+# sae-lens SAE (or transcoder) per hook trained on its activations.
+# Library: saeflow/toy/ (world: corpus, tokenizer, prompt sets, truth; train: the model;
+# train_saes: SAEs and transcoders). Config: config["world"], config["model"], config["sae"].
 
 
 rule toy_world:
@@ -65,28 +67,3 @@ rule train_sae:
         device=config["device"],
     script:
         "../../scripts/train_sae.py"
-
-
-rule evaluate_saes:
-    input:
-        unpack(get_model),
-        saes=get_sae_dirs,
-        prompts=get_first_prompts,
-    output:
-        metrics="results/{experiment}/sae/metrics.json",
-    log:
-        "results/{experiment}/logs/toy/evaluate_saes/{experiment}.log",
-    benchmark:
-        "results/{experiment}/benchmarks/toy/evaluate_saes/{experiment}.tsv"
-    conda:
-        "../../envs/saeflow.yaml"
-    threads: 1  # beside the other jobs of the stage; its numbers do not depend on it
-    resources:
-        gpu=1,
-    params:
-        sae=config["sae"],
-        model=config["model"],
-        device=config["device"],
-        hooks=SAE_HOOKS,
-    script:
-        "../../scripts/evaluate_saes.py"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from saeflow.core.errors import InputError
-from saeflow.probe.layerspec import expand_per_layer, format_layer_spec, parse_layer_spec
+from saeflow.core.layerspec import expand_per_layer, format_layer_spec, parse_layer_spec
 
 
 @pytest.mark.parametrize("spec, expected", [

@@ -5,7 +5,7 @@ prompt sets labelled by a string ``label`` column with one-token answers (half o
 model's own prediction, so failure probes have both classes), clean/corrupted pairs of equal
 token length, a Neuronpedia export folder (``.jsonl.gz`` batches) describing every SAE
 latent, and a study config naming a keyword category and an ``llm`` category. The model and
-SAE are :mod:`saeflow.toy.local_hub`'s ``gpt2`` and ``gpt2-small-res-jb`` in a Hugging Face
+SAE are :mod:`saeflow.testing.local_hub`'s ``gpt2`` and ``gpt2-small-res-jb`` in a Hugging Face
 cache. :class:`KeywordLLM` is an OpenAI-compatible chat endpoint on 127.0.0.1 for the ``llm``
 backend. The human labels come from ``saeflow label`` itself (the test scripts its keys).
 """
@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from saeflow.toy import local_hub
+from saeflow.testing import local_hub
 
 EXPERIMENT = "local-gpt2"
 SOURCE = "0-res-jb"  # the Neuronpedia source id of the SAE

@@ -13,7 +13,7 @@ snapshot files being relative links to content-addressed blobs) for two real rep
 
 It also writes reference values (the HF model's logits, the SAE's weights) next to the cache.
 
-Run as a script (``python -m saeflow.toy.local_hub MODE HF_HOME REF_DIR WORK_DIR``) in a fresh interpreter
+Run as a script (``python -m saeflow.testing.local_hub MODE HF_HOME REF_DIR WORK_DIR``) in a fresh interpreter
 whose environment is :func:`offline_env` -- huggingface_hub reads ``HF_HOME``/``HF_HUB_OFFLINE``
 at import time -- it loads both through saeflow's real loaders, runs extraction and encoding
 (``MODE=full``) or asks for an SAE the cache lacks (``MODE=load``), and prints one JSON line of

@@ -1,7 +1,7 @@
 """The toy run's checks against truth as the Markdown that docs/validation.md quotes, read from a
 finished run's ``results/{experiment}/`` so that the page's numbers are the DAG's::
 
-    python -m saeflow.toy.numbers results/toy
+    python -m saeflow.testing.numbers results/toy
 """
 
 from __future__ import annotations
