@@ -58,9 +58,9 @@ def measure(size: str, n_pairs: int, repeats: int, workdir: Path) -> list[Figure
     import numpy as np
     from scipy.stats import spearmanr
 
-    from saeflow.patch.attribution import (exact_effects_all, prepare_saes, rank_nodes, run_atp,
-                                     to_sae_transformer)
-    from saeflow.patch.resid import load_pairs
+    from saeflow.patch.attribution import exact_effects_all, rank_nodes, run_atp
+    from saeflow.patch.pairs import load_pairs
+    from saeflow.patch.splice import prepare_saes, to_sae_transformer
 
     loaded = _trained_toy(n_pairs, workdir) if size == "toy" else None
     source = "trained (results/toy)" if loaded else "random init"

@@ -323,10 +323,11 @@ def file_bytes(path: str | os.PathLike[str]) -> int:
 def extract(model_: Any, records: list[dict[str, Any]], hooks: Sequence[str], path: Path,
             compression: str | None = "lzf") -> Path:
     """Extraction as config/config.yaml runs it: every position, fp16, lzf, batches of 64."""
-    from saeflow.extract import extract_to_hdf5
+    from saeflow.extract import Storage, extract_to_hdf5
 
-    extract_to_hdf5(model_, records, list(hooks), path, positions="all", dtype="float16",
-                    batch_size=64, compression=compression)
+    extract_to_hdf5(model_, records, list(hooks), path,
+                    Storage(positions="all", dtype="float16", batch_size=64,
+                            compression=compression))
     return path
 
 

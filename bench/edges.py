@@ -27,8 +27,8 @@ WIDTH_SCALE = 4
 
 
 def _setup(size: str, d_sae: int, n_pairs: int, workdir: Path) -> tuple[Any, Any, Any]:
-    from saeflow.patch.attribution import prepare_saes, to_sae_transformer
-    from saeflow.patch.resid import load_pairs
+    from saeflow.patch.pairs import load_pairs
+    from saeflow.patch.splice import prepare_saes, to_sae_transformer
 
     model = to_sae_transformer(common.model(size))
     calib = common.prompts(32)

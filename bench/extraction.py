@@ -19,7 +19,7 @@ BATCH = 64  # config/config.yaml extraction.batch_size
 def measure(size: str, n_prompts: int, repeats: int, workdir: Path) -> Figure:
     import torch
 
-    from saeflow.extract import extract_to_hdf5
+    from saeflow.extract import Storage, extract_to_hdf5
     from saeflow.core.models import pad_batch
     from saeflow.core.prompts import encode_prompt
 
@@ -39,8 +39,9 @@ def measure(size: str, n_prompts: int, repeats: int, workdir: Path) -> Figure:
             model(batch)
 
     def extract(compression: str | None) -> None:
-        extract_to_hdf5(model, records, hooks, out, positions="all", dtype="float16",
-                        batch_size=BATCH, compression=compression)
+        extract_to_hdf5(model, records, hooks, out,
+                        Storage(positions="all", dtype="float16", batch_size=BATCH,
+                                compression=compression))
 
     times = common.interleaved({"bare_forward": bare, "extraction": lambda: extract("lzf"),
                                 "extraction_uncompressed": lambda: extract(None)}, repeats)

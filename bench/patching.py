@@ -26,7 +26,8 @@ def measure(size: str, n_pairs: int, max_pairs: int, repeats: int, workdir: Path
     import torch
     from transformer_lens.patching import get_act_patch_resid_pre
 
-    from saeflow.patch.resid import load_pairs, logit_diff, resid_patching
+    from saeflow.patch.pairs import load_pairs, logit_diff
+    from saeflow.patch.resid import resid_patching
 
     model = common.model(size)
     path = workdir / f"pairs_{size}.jsonl"

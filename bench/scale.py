@@ -170,7 +170,7 @@ def _extraction(run: _Run) -> Figure:
 
     from saeflow.core.models import pad_batch
     from saeflow.core.prompts import encode_prompt
-    from saeflow.extract import extract_to_hdf5
+    from saeflow.extract import Storage, extract_to_hdf5
 
     tok = run.model.tokenizer
     seqs = [encode_prompt(tok, r["text"]) for r in run.records]
@@ -182,8 +182,9 @@ def _extraction(run: _Run) -> Figure:
             run.model(batch, return_type=None)
 
     def extract() -> None:
-        extract_to_hdf5(run.model, run.records, run.hooks, run.acts, positions="all",
-                        dtype="float16", batch_size=BATCH, compression="lzf")
+        extract_to_hdf5(run.model, run.records, run.hooks, run.acts,
+                        Storage(positions="all", dtype="float16", batch_size=BATCH,
+                                compression="lzf"))
 
     times, peaks = _timed({"bare_forward": bare, "extraction": extract}, run.plan["repeats"])
     return _figure("extraction time / bare forward (no unembed)", run.size, times, "extraction",
@@ -223,7 +224,8 @@ def _probe(run: _Run) -> list[Figure]:
     from saeflow.core.config import schema_defaults
     from saeflow.formats.codes import read_codes
     from saeflow.probe.effects import compute_effects
-    from saeflow.probe.fit import ProbeConfig, fit_probe
+    from saeflow.probe.crossval import ProbeConfig
+    from saeflow.probe.fit import fit_probe
     from saeflow.probe.strategies import build_probe_dataset
 
     spec = {"name": "sae_concept", "strategy": "sae-to-concept",
@@ -307,8 +309,9 @@ def _ablation(run: _Run) -> Figure:
 def _atp(run: _Run) -> Figure:
     import torch
 
-    from saeflow.patch.attribution import prepare_saes, run_atp, to_sae_transformer
-    from saeflow.patch.resid import load_pairs, logit_diff
+    from saeflow.patch.attribution import run_atp
+    from saeflow.patch.pairs import load_pairs, logit_diff
+    from saeflow.patch.splice import prepare_saes, to_sae_transformer
 
     pairs = run.work / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(r) + "\n" for r in common.pair_records(run.plan["n_pairs"])))

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from saeflow.core.bundle import ModelSAEs
 from saeflow.core.errors import InputError
 from saeflow.core.io import atomic_path
 from saeflow.core.provenance import provenance_json
@@ -194,23 +195,18 @@ def _pooled_stats(shards: list[h5py.File], paths: list[str | Path], hook: str
             "max_activation": np.maximum.reduce(stat["max_activation"])}
 
 
-def encode_stage(acts_path: str | Path, out_path: str | Path, sae_cfg: dict[str, Any],
-                 hooks: list[str], sae_dirs: list[str | Path], encoding: dict[str, Any],
-                 device: str) -> dict[str, Any]:
+def encode_stage(bundle: ModelSAEs, acts_path: str | Path, encoding: dict[str, Any],
+                 device: str, out_path: str | Path) -> dict[str, Any]:
     """Rule ``encode``: every hook of ``acts_path`` (activations/{prompt_set}.h5) through its
-    SAE into ``out_path`` (codes/{prompt_set}.h5). ``sae_dirs`` in ``hooks`` order, empty for
-    pretrained SAEs; ``encoding``: ``config["encoding"]``; ``device``: "auto" picks cuda."""
-    import functools
+    SAE of ``bundle`` into ``out_path`` (codes/{prompt_set}.h5). ``encoding``:
+    ``config["encoding"]``; ``device``: "auto" picks cuda."""
     import logging
 
     from saeflow.core.runtime import resolve_device
-    from saeflow.core.saes import load_sae
 
     device = resolve_device(device)
-    dirs = list(sae_dirs) or [None] * len(hooks)
-    loaders = {hook: functools.partial(load_sae, sae_cfg, hook, sae_dir, device)
-               for hook, sae_dir in zip(hooks, dirs, strict=True)}
+    loaders = {hook: (lambda h=hook: bundle.site(h).load_saes(device)[0]) for hook in bundle.hooks}
     summary = encode_to_hdf5(acts_path, out_path, loaders, batch_rows=encoding["batch_rows"],
-                             device=device, config={"sae": sae_cfg, "encoding": encoding})
+                             device=device, config={"sae": dict(bundle.sae), "encoding": encoding})
     logging.getLogger(__name__).info("encoded %s", summary)
     return summary

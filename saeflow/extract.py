@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 from tqdm import tqdm
 from transformer_lens import HookedTransformer
 
+from saeflow.core.bundle import ModelSAEs
 from saeflow.core.errors import InputError
 from saeflow.core.io import atomic_path, line_of
 from saeflow.core.models import hook_widths, pad_batch, require_hooks
@@ -81,10 +83,26 @@ def _metadata_columns(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     return columns
 
 
+@dataclass(frozen=True)
+class Storage:
+    """How activations are stored: ``config["extraction"]``'s ``positions`` (the position
+    grammar of :func:`token_positions`), ``dtype``, ``batch_size`` (prompts per forward pass)
+    and ``compression`` (an HDF5 filter, or None / "none")."""
+
+    positions: str | Sequence[str | int] = "all"
+    dtype: str = "float16"
+    batch_size: int = 64
+    compression: str | None = "lzf"
+
+    @classmethod
+    def from_config(cls, extraction: Mapping[str, Any]) -> Storage:
+        return cls(extraction["positions"], extraction["dtype"], extraction["batch_size"],
+                   extraction["compression"])
+
+
 @torch.no_grad()
 def extract_to_hdf5(model: HookedTransformer, records: list[dict[str, Any]], hooks: Sequence[str],
-                    out_path: str | Path, *, positions: str | Sequence[str | int] = "all",
-                    dtype: str = "float16", batch_size: int = 64, compression: str | None = "lzf",
+                    out_path: str | Path, storage: Storage = Storage(), *,
                     source: str = "prompts", config: dict[str, Any] | None = None,
                     rows: tuple[int, int] | None = None) -> dict[str, Any]:
     """Write ``acts/{hook} [n, P, d]`` plus tokens, positions, metadata and model predictions.
@@ -96,6 +114,8 @@ def extract_to_hdf5(model: HookedTransformer, records: list[dict[str, Any]], hoo
     columns, and a bad record anywhere fails every shard alike.
     """
     require_hooks(model, hooks, "extraction.hooks")
+    positions, dtype, batch_size = storage.positions, storage.dtype, storage.batch_size
+    compression = storage.compression
     tokenizer = model.tokenizer
     sequences = encode_prompts(tokenizer, [r["text"] for r in records])
     lengths = np.array([len(s) for s in sequences], dtype=np.int32)
@@ -195,18 +215,16 @@ def final_logits(model: HookedTransformer, resid: torch.Tensor) -> torch.Tensor:
     return apply_softcap(resid @ model.W_U + model.b_U, model.cfg.output_logits_soft_cap)
 
 
-def extract_stage(model_cfg: dict[str, Any], model_dir: str | Path | None, prompts: str | Path,
-                  extraction: dict[str, Any], device: str, out_path: str | Path,
-                  shard: int | None = None) -> dict[str, Any]:
-    """Rule ``extract``: the prompt set ``prompts`` (JSONL) through the model into
+def extract_stage(bundle: ModelSAEs, prompts: str | Path, extraction: dict[str, Any],
+                  device: str, out_path: str | Path, shard: int | None = None) -> dict[str, Any]:
+    """Rule ``extract``: the prompt set ``prompts`` (JSONL) through ``bundle``'s model into
     ``out_path`` (activations/{prompt_set}.h5, ``acts/{hook} [n, P, d]``); rule
     ``extract_shard``: only records ``shard * shard_size`` up to the next shard's first.
 
     The prompt set is read and checked before the model is loaded, so bad prompts fail without
-    touching the hub. ``model_dir``: the toy model, None for a pretrained one; ``extraction``:
-    ``config["extraction"]``; ``device``: ``config["device"]`` ("auto" picks cuda if present).
+    touching the hub. ``extraction``: ``config["extraction"]``; ``device``:
+    ``config["device"]`` ("auto" picks cuda if present).
     """
-    from saeflow.core.models import load_model
     from saeflow.core.prompts import load_prompt_set
     from saeflow.core.runtime import resolve_device
 
@@ -219,12 +237,12 @@ def extract_stage(model_cfg: dict[str, Any], model_dir: str | Path | None, promp
         if rows[0] >= rows[1]:
             raise InputError(prompts, "<file>", f"{len(records)} prompts: no shard {shard} of "
                              f"{size} (the prompt set changed since the DAG was planned?)")
-    model = load_model(model_cfg, model_dir, device)
+    model = bundle.load_model(device)
     summary = extract_to_hdf5(
-        model, records, extraction["hooks"], out_path, positions=extraction["positions"],
-        dtype=extraction["dtype"], batch_size=extraction["batch_size"],
-        compression=extraction["compression"], source=str(prompts),
-        config={"extraction": extraction, "model": model_cfg, "prompts": prompts}, rows=rows)
+        model, records, extraction["hooks"], out_path, Storage.from_config(extraction),
+        source=str(prompts),
+        config={"extraction": extraction, "model": dict(bundle.model), "prompts": prompts},
+        rows=rows)
     log.info("extracted %s", summary)
     return summary
 

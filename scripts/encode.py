@@ -9,16 +9,15 @@ from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
+    from saeflow.core.bundle import ModelSAEs
     from saeflow.encode import encode_stage
 
     encode_stage(
+        ModelSAEs.from_rule(snakemake),
         snakemake.input.acts,
-        snakemake.output.codes,
-        snakemake.params.sae,
-        snakemake.params.hooks,
-        list(snakemake.input.saes),
         snakemake.params.encoding,
         snakemake.params.device,
+        snakemake.output.codes,
     )
 
 

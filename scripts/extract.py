@@ -10,11 +10,11 @@ from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
+    from saeflow.core.bundle import ModelSAEs
     from saeflow.extract import extract_stage
 
     extract_stage(
-        snakemake.params.model,
-        snakemake.input.get("model"),
+        ModelSAEs.from_rule(snakemake),
         snakemake.input.prompts,
         snakemake.params.extraction,
         snakemake.params.device,

@@ -8,12 +8,12 @@ from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
+    from saeflow.core.bundle import ModelSAEs
     from saeflow.patch.stages import patch_resid_stage
 
     patch_resid_stage(
+        ModelSAEs.from_rule(snakemake),
         snakemake.params.patch,
-        snakemake.params.model,
-        snakemake.input.get("model"),
         snakemake.input.pairs,
         snakemake.output.resid,
     )

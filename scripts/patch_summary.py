@@ -1,7 +1,8 @@
 """Rule patch_summary: the patching stage's headline numbers in summary.json.
 
-Inputs: ``resid``, ``atp``, ``verify``, ``faithfulness``, ``circuit``; ``truth``, ``exact``
-``ig`` and ``graddrop`` (optional). Params: ``patch``. Output: ``summary``
+Inputs: ``resid``, ``verify``, ``faithfulness``, ``circuit``; one file per estimator of
+``patch.estimators``, named by it (``atp``, ``ig``, ``graddrop``, ``qkfix``); ``truth`` and
+``exact`` (optional). Params: ``patch``. Output: ``summary``
 (results/{experiment}/patch/summary.json).
 """
 
@@ -13,17 +14,8 @@ def body(snakemake):
 
     patch_summary_stage(
         snakemake.params.patch,
-        snakemake.input.resid,
-        snakemake.input.atp,
-        snakemake.input.verify,
-        snakemake.input.faithfulness,
-        snakemake.input.truth,
+        dict(snakemake.input.items()),
         snakemake.output.summary,
-        exact=snakemake.input.exact,
-        ig=snakemake.input.ig,
-        circuit=snakemake.input.circuit,
-        graddrop=snakemake.input.graddrop,
-        qkfix=snakemake.input.qkfix,
     )
 
 

@@ -10,15 +10,12 @@ from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
+    from saeflow.core.bundle import ModelSAEs
     from saeflow.patch.stages import patch_verify_stage
 
     patch_verify_stage(
+        ModelSAEs.from_rule(snakemake),
         snakemake.params.patch,
-        snakemake.params.model,
-        snakemake.input.get("model"),
-        snakemake.params.sae,
-        snakemake.params.hooks,
-        list(snakemake.input.saes),
         snakemake.input.pairs,
         snakemake.input.atp,
         snakemake.input.descriptions,

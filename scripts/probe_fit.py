@@ -1,4 +1,4 @@
-"""Rule probe_fit: cross-validated probe of one dataset (saeflow.probe.fit_files.run_probe_fit)."""
+"""Rule probe_fit: cross-validated probe of one dataset (saeflow.probe.fit_files.probe_fit_stage)."""
 
 from saeflow.core.runtime import rule_main
 

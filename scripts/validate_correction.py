@@ -1,9 +1,10 @@
 """Rule validate_correction (toy only): the LPF corrections against planted label noise.
 
-Inputs: ``model`` (model.pt), ``sae`` (sae/{hook}), ``activations`` (eval prompts),
-``descriptions``, ``membership`` (truth_membership.json). Params: ``model``, ``sae``,
-``hook``, ``ablation`` (labels.ablation), ``sample`` (labels.sample), ``validation``
-(labels.validation), ``methods`` (labels.correction.methods). Output: ``validation``
+Inputs: ``model`` (model.pt), ``saes`` (the labelled hook's SAE folder), ``activations``
+(eval prompts), ``descriptions``, ``membership`` (truth_membership.json). Params: ``model``,
+``sae``, ``hooks`` (the labelled hook), ``ablation`` (labels.ablation), ``sample``
+(labels.sample), ``validation`` (labels.validation), ``methods``
+(labels.correction.methods). Output: ``validation``
 (results/{experiment}/correction/validation.json).
 """
 
@@ -11,22 +12,21 @@ from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
+    from saeflow.core.bundle import ModelSAEs
     from saeflow.labels.validation import validate_correction_stage
 
-    inputs = dict(snakemake.input.items())
+    params = snakemake.params
     validate_correction_stage(
-        snakemake.params.model,
-        inputs.get("model"),
-        snakemake.params.sae,
-        snakemake.params.hook,
-        inputs.get("sae"),
+        ModelSAEs.from_rule(snakemake),
         snakemake.input.activations,
         snakemake.input.descriptions,
         snakemake.input.membership,
-        snakemake.params.ablation,
-        snakemake.params.sample,
-        snakemake.params.validation,
-        snakemake.params.methods,
+        {
+            "ablation": params.ablation,
+            "sample": params.sample,
+            "validation": params.validation,
+            "methods": params.methods,
+        },
         snakemake.output.validation,
     )
 

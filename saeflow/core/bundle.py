@@ -37,12 +37,13 @@ class ModelSAEs:
 
     @classmethod
     def from_rule(cls, snakemake: Any) -> ModelSAEs:
-        """From a rule's ``params.model``, ``params.sae``, ``params.hooks`` and its inputs
+        """From a rule's ``params.model``, ``params.sae``, ``params.hooks`` (each may be absent
+        where the rule needs no model or no SAE) and its inputs
         ``model`` (the toy model; absent otherwise) and ``saes`` (in ``hooks`` order; absent or
         empty for pretrained SAEs)."""
         params, inputs = dict(snakemake.params.items()), dict(snakemake.input.items())
         saes = inputs.get("saes", ())
-        return cls(params["model"], inputs.get("model"), params.get("sae") or {},
+        return cls(params.get("model") or {}, inputs.get("model"), params.get("sae") or {},
                    tuple(params.get("hooks") or ()),
                    (saes,) if isinstance(saes, (str, Path)) else tuple(saes))
 

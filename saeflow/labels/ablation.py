@@ -9,17 +9,20 @@ ablated features alone, not to the SAE's reconstruction error. Works with any SA
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from saeflow.core.errors import InputError
+from saeflow.core.hooks import resume_layer
+
+if TYPE_CHECKING:
+    from saeflow.core.bundle import ModelSAEs
 
 IGNORE = -1
 
@@ -73,22 +76,20 @@ def hook_name_of(sae: Any, hook_name: str | None = None) -> str:
     return name
 
 
-# A residual-stream hook's activation is the model's whole state there, so a forward can start
-# from it: blocks.L.hook_resid_pre feeds block L, blocks.L.hook_resid_post block L + 1.
-_RESID_HOOK = re.compile(r"blocks\.(\d+)\.hook_resid_(pre|post)")
-
-
 def start_layer(model: Any, hook: str) -> int | None:
     """The block a forward from ``hook``'s activation starts at, or None where it cannot: a
-    hook off the residual stream, shortformer position embeddings (added in every block) or
-    a left-padding tokenizer (TransformerLens rebuilds that attention mask only from tokens)."""
-    match = _RESID_HOOK.fullmatch(hook)
+    hook off the residual stream (:func:`saeflow.core.hooks.resume_layer`: a residual hook's
+    activation is the model's whole state there, ``blocks.L.hook_resid_pre`` feeds block L,
+    ``blocks.L.hook_resid_post`` block L + 1), shortformer position embeddings (added in every
+    block) or a left-padding tokenizer (TransformerLens rebuilds that attention mask only from
+    tokens)."""
+    layer = resume_layer(hook)
     cfg = getattr(model, "cfg", None)
-    if match is None or cfg is None or getattr(cfg, "positional_embedding_type", None) == "shortformer":
+    if layer is None or cfg is None or getattr(cfg, "positional_embedding_type", None) == "shortformer":
         return None
     if getattr(getattr(model, "tokenizer", None), "padding_side", "right") == "left":
         return None
-    return int(match[1]) + (match[2] == "post")
+    return layer
 
 
 def spliced(sae: Any, codes: torch.Tensor, error: torch.Tensor, keep: torch.Tensor,
@@ -281,22 +282,44 @@ def pool_draws(result: Mapping[str, Any], name: str) -> dict[str, Any]:
     return {**result, "sets": sets, "delta_covariance": {"names": [*kept, name], "matrix": cov.tolist()}}
 
 
+@dataclass(frozen=True)
+class AblationSettings:
+    """``labels.ablation``, typed (keys, defaults and meaning: the schema,
+    workflow/schemas/config.schema.yaml). ``eval``: which predictions count
+    (:func:`eval_set_from_h5`); ``seed``: of the random ``other`` sets; ``other_size``: their
+    size (None: the categories' mean); ``other_draws``: how many are drawn and pooled."""
+
+    eval: str
+    batch_size: int
+    seed: int
+    device: str
+    other_size: int | None
+    other_draws: int
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None, source: str = "config") -> AblationSettings:
+        """From ``labels.ablation`` as validated; an unknown or missing key is an InputError."""
+        from saeflow.core.config import strict_fields
+
+        return cls(**strict_fields(cls, values, "labels.ablation", source))
+
+
 def ablate_categories(model: Any, sae: Any, eval_set: EvalSet, classified: Mapping[str, str | Path],
-                      descriptions: str | Path, seed: int = 0, batch_size: int = 32,
-                      truth: Mapping[str, Sequence[int]] | None = None,
-                      other_size: int | None = None, other_draws: int = 1) -> dict[str, Any]:
+                      descriptions: str | Path, settings: AblationSettings,
+                      truth: Mapping[str, Sequence[int]] | None = None) -> dict[str, Any]:
     """The stage: ablate each category as classified (files from :func:`saeflow.labels.classify.classify`),
-    a random matched ``other`` set (``other_draws`` draws, pooled) and, given toy ``truth``, the
-    true sets; returns :func:`ablation_losses` plus the ``feature_sets`` used."""
+    a random matched ``other`` set (``settings.other_draws`` draws, pooled) and, given toy
+    ``truth``, the true sets; returns :func:`ablation_losses` plus the ``feature_sets`` used."""
     from saeflow.labels.classify import related_features
     from saeflow.formats.descriptions import read_descriptions
 
     predicted = {name: related_features(path) for name, path in classified.items()}
     features = [r["feature_index"] for r in read_descriptions(descriptions)]
-    sets = category_feature_sets(predicted, features, seed, truth, other_size, other_draws)
-    result = ablation_losses(model, sae, eval_set, sets, batch_size=batch_size)
+    sets = category_feature_sets(predicted, features, settings.seed, truth, settings.other_size,
+                                 settings.other_draws)
+    result = ablation_losses(model, sae, eval_set, sets, batch_size=settings.batch_size)
     result = pool_draws(pool_draws(result, "other"), "truth:other")
-    return {**result, "feature_sets": sets, "seed": seed}
+    return {**result, "feature_sets": sets, "seed": settings.seed}
 
 
 def eval_set_from_h5(path: str | Path, mode: str = "answer") -> EvalSet:
@@ -324,31 +347,25 @@ def eval_set_from_h5(path: str | Path, mode: str = "answer") -> EvalSet:
     return target_eval(tokens, lengths - 1, answers)
 
 
-def ablate_categories_stage(model_cfg: Mapping[str, Any], model_dir: str | Path | None,
-                   sae_cfg: Mapping[str, Any], hook_name: str, sae_dir: str | Path | None,
-                   activations: str | Path, descriptions: str | Path,
-                   classified: Mapping[str, str | Path], ablation: Mapping[str, Any],
-                   membership: str | Path | None, out: str | Path) -> None:
-    """Rule ``ablate_categories``: seed, load the model and the ``hook_name`` SAE, and write
-    :func:`ablate_categories` over the eval set of ``activations`` to ``out`` (ablation.json).
+def ablate_categories_stage(models: ModelSAEs, activations: str | Path, descriptions: str | Path,
+                            classified: Mapping[str, str | Path], ablation: Mapping[str, Any],
+                            membership: str | Path | None, out: str | Path) -> None:
+    """Rule ``ablate_categories``: seed, load the model and the SAE of the labelled hook
+    (``models``, one hook), and write :func:`ablate_categories` over the eval set of
+    ``activations`` to ``out`` (ablation.json).
 
     ``classified``: category -> classified/{category}.json, in config order; ``ablation``:
-    ``config["labels"]["ablation"]`` ({eval, batch_size, seed, device, other_size, other_draws});
-    ``membership``: the toy world's truth_membership.json (its true sets are ablated too), or
-    None. ``model_dir``/``sae_dir``: None for pretrained ones.
+    ``config["labels"]["ablation"]`` (:class:`AblationSettings`); ``membership``: the toy
+    world's truth_membership.json (its true sets are ablated too), or None.
     """
     from saeflow.core.io import read_json, write_json
-    from saeflow.core.models import load_model
     from saeflow.core.runtime import resolve_device, seed_everything
-    from saeflow.core.saes import load_sae
 
-    seed_everything(ablation["seed"])
-    device = resolve_device(ablation["device"])
-    model = load_model(model_cfg, model_dir, device)
-    sae = load_sae(sae_cfg, hook_name, sae_dir, device)
+    settings = AblationSettings.from_dict(ablation)
+    seed_everything(settings.seed)
+    device = resolve_device(settings.device)
+    model, (sae,) = models.load(device)
     truth = read_json(membership)["members"] if membership is not None else None
-    eval_set = eval_set_from_h5(activations, ablation["eval"])
-    result = ablate_categories(model, sae, eval_set, dict(classified), descriptions,
-                               ablation["seed"], ablation["batch_size"], truth,
-                               ablation["other_size"], ablation["other_draws"])
-    write_json(out, result, {"ablation": ablation, "hook": hook_name})
+    eval_set = eval_set_from_h5(activations, settings.eval)
+    result = ablate_categories(model, sae, eval_set, dict(classified), descriptions, settings, truth)
+    write_json(out, result, {"ablation": ablation, "hook": models.hooks[0]})

@@ -1,10 +1,11 @@
-"""SAE-latent attribution patching (AtP) with the SAE error as its own node, exact latent
-patching to verify it, and faithfulness of the top nodes under mean ablation.
+"""SAE-latent attribution patching (AtP) with the SAE error as its own node, the run of any
+node estimator over every pair (:func:`run_atp`), exact latent patching to verify it, the node
+ranking, and atp.h5 (:func:`write_atp`, :func:`read_atp`), the layout of every estimator's file.
 
 Nodes. The SAEs (and transcoders) are spliced in by :mod:`saeflow.patch.splice`, one per site
 (``sae.cfg.metadata.hook_name``): latents ``f [B, T, d_sae]`` and the error ``[B, T, d_out]``.
 A *latent node* is ``(site, latent)`` at all positions at once; an *error node* is ``(site,
-position)``, positions right-aligned as in :mod:`saeflow.patch.resid` (column ``P - 1`` = final
+position)``, positions right-aligned as in :mod:`saeflow.patch.pairs` (column ``P - 1`` = final
 token).
 
 Sign convention (the same as residual patching): every effect is that of patching the node
@@ -29,21 +30,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from saeflow.patch.resid import (
+from saeflow.patch.pairs import (
     PairBatch,
     PatchConfig,
     align_right,
-    check_batches,
     logit_diff,
     position_offsets,
 )
-from saeflow.patch.splice import (  # noqa: F401 - the nodes' home, re-exported for callers
-    Edit,
-    SparseAct,
-    prepare_saes,
-    run_spliced,
-    to_sae_transformer,
-)
+from saeflow.patch.resume import can_resume, run_from_site
+from saeflow.patch.splice import RunOptions, SparseAct, decoder_rows, run_spliced
 
 Node = tuple[str, str, int]  # ("latent", site, latent index) | ("error", site, aligned column)
 MODES = {"with_error": True, "without_error": False}
@@ -145,14 +140,12 @@ def exact_latent_effects(model: Any, saes: Mapping[str, Any], batch: PairBatch,
     forward pass, one site per pass; residual sites start the pass at their own layer
     (:mod:`saeflow.patch.resume`).
     """
-    from saeflow.patch.edges import decoder_rows
-    from saeflow.patch.resume import can_resume, run_from_site
-
     b = batch.to(model.cfg.device)
     n = len(b)
     _, clean = run_spliced(model, saes, b.clean, with_error)
     outs: dict[str, Tensor] = {}
-    logits, corr = run_spliced(model, saes, b.corrupted, with_error, outputs=outs)
+    logits, corr = run_spliced(model, saes, b.corrupted, with_error,
+                               options=RunOptions(outputs=outs))
     base = logit_diff(logits, b.clean_answer, b.corrupted_answer)
     per_pass = max(1, max_batch // n)
     out = torch.zeros(n, len(latents), dtype=torch.float64)
@@ -306,41 +299,27 @@ def write_atp(path: str | Path, results: Mapping[str, AtPResult],
 
 
 def read_atp(path: str | Path) -> tuple[dict[str, AtPResult], tuple[np.ndarray, np.ndarray]]:
-    """``({mode: AtPResult}, (model clean, model corrupted metrics))`` from :func:`write_atp`."""
-    import json
-
-    import h5py
+    """``({mode: AtPResult}, (model clean, model corrupted metrics))`` from :func:`write_atp`,
+    through the checked HDF5 opener (:mod:`saeflow.formats.hdf5`): a missing or damaged file,
+    dataset or hook group is an InputError naming the file and the dataset."""
+    from saeflow.formats.hdf5 import json_attr, open_h5, read_array, require
 
     out = {}
-    with h5py.File(path, "r") as f:
-        hooks = json.loads(f.attrs["hooks"])
+    with open_h5(path) as f:
+        hooks = json_attr(f, "hooks", path)
         for mode, with_error in MODES.items():
             if mode not in f:
                 continue
-            g = f[mode]
-            r = AtPResult(with_error, f["pair_id"][:], f["lengths"][:],
-                          g["clean_logit_diff"][:], g["corrupted_logit_diff"][:])
-            for kind in ("latent_effect", "latent_delta", "latent_mass", "error_effect"):
-                getattr(r, kind).update({h: g[h][kind][:].astype(np.float64) for h in hooks
-                                         if kind in g[h]})
+            r = AtPResult(with_error, read_array(f, "pair_id", path),
+                          read_array(f, "lengths", path),
+                          read_array(f, f"{mode}/clean_logit_diff", path),
+                          read_array(f, f"{mode}/corrupted_logit_diff", path))
+            for h in hooks:
+                group = require(f, f"{mode}/{h}", path, "group")
+                for kind in ("latent_effect", "latent_delta", "latent_mass", "error_effect"):
+                    if kind != "error_effect" or kind in group:  # the error: with_error only
+                        getattr(r, kind)[h] = read_array(f, f"{mode}/{h}/{kind}",
+                                                         path).astype(np.float64)
             out[mode] = r
-        return out, (f["model/clean_logit_diff"][:], f["model/corrupted_logit_diff"][:])
-
-
-def atp_stage(model: Any, saes: Sequence[Any], batches: Sequence[PairBatch], cfg: PatchConfig,
-              out_path: str | Path, config: Mapping[str, Any] | None = None,
-              estimate: Callable[..., Any] | None = None,
-              estimator: Mapping[str, Any] | None = None) -> None:
-    """Rule ``patch_atp``: AtP with and without the error term, plus the model-alone metrics,
-    into ``out_path`` (atp.h5). Another node estimator (``estimate``, as :func:`run_atp`
-    takes it: IG, GradDrop, the QK fix) writes the same layout, ``estimator`` (its name and
-    formula) recorded in the provenance."""
-    model = to_sae_transformer(model)
-    spliced = prepare_saes(model, saes)
-    check_batches(model, batches)
-    results = {mode: run_atp(model, spliced, batches, we, cfg.max_batch, estimate=estimate)
-               for mode, we in MODES.items()}
-    if estimator is not None:
-        config = {**dict(config or {}), "estimator": dict(estimator)}
-    write_atp(out_path, results, model_logit_diffs(model, batches, cfg.max_batch), config)
-
+        return out, (read_array(f, "model/clean_logit_diff", path),
+                     read_array(f, "model/corrupted_logit_diff", path))

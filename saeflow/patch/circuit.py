@@ -8,14 +8,14 @@ completeness of the circuit, pruned by its nodes and by its edges
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from saeflow.patch.attribution import AtPResult, Node, nan_to_none, rank_nodes
-from saeflow.patch.splice import site_outputs
+from saeflow.core.errors import InputError
+from saeflow.patch.attribution import AtPResult, Node, nan_to_none, rank_nodes, read_atp
 from saeflow.patch.edge_pruning import (
     edge_pruned_F,
     edge_pruned_record,
@@ -29,21 +29,21 @@ from saeflow.patch.edges import (
     select_nodes,
     site_order,
 )
-from saeflow.patch.resid import PairBatch, PatchConfig, position_offsets
+from saeflow.patch.faithfulness import faithfulness_curve, node_means
+from saeflow.patch.pairs import position_offsets
+from saeflow.patch.splice import PatchRun, site_outputs
 
 
 def node_id(node: Node | str) -> str:
     return node if isinstance(node, str) else f"{node[1]}/{node[0]}/{node[2]}"
 
 
-def build_circuit(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBatch],
-                  atp: AtPResult, cfg: PatchConfig,
+def build_circuit(run: PatchRun, atp: AtPResult,
                   descriptions: Mapping[str, Mapping[int, str]]) -> dict[str, Any]:
     """The circuit record (docs/outputs.md, ``circuit.json``); ``atp`` with the error term."""
     from scipy.stats import spearmanr
 
-    from saeflow.patch.faithfulness import faithfulness_curve, node_means
-
+    model, saes, batches, cfg = run.model, run.saes, run.batches, run.cfg
     opts = cfg.circuit
     sites = site_order(list(saes))
     total = abs(float(np.mean(atp.clean - atp.corrupted)))
@@ -80,13 +80,11 @@ def build_circuit(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBat
             if np.isfinite(rel).any() else None
     in_circuit = set(chosen)
     ranking = chosen + [n for n, _ in ranked if n not in in_circuit]
-    means = node_means(model, saes, batches, True, cfg.max_batch)
-    faith = faithfulness_curve(model, saes, batches, ranking, [max(len(chosen), 1)], means, True,
-                               cfg.max_batch, n_boot=cfg.n_bootstrap, ci=cfg.ci, seed=cfg.seed)
+    means = node_means(run, True)
+    faith = faithfulness_curve(run, ranking, [max(len(chosen), 1)], means, True)
     point = faith["curve"][0]
-    F_model, F_empty = model_and_empty_F(model, saes, batches, sites, means, cfg.max_batch)
-    pruned = {complement: edge_pruned_F(model, saes, batches, sites, chosen, kept, means,
-                                        complement, cfg.max_batch)
+    F_model, F_empty = model_and_empty_F(run, sites, means)
+    pruned = {complement: edge_pruned_F(run, sites, chosen, kept, means, complement)
               for complement in (False, True)}
     by_edges = edge_pruned_record(pruned[False], pruned[True], F_model, F_empty, cfg.n_bootstrap,
                                   cfg.ci, cfg.seed)
@@ -112,24 +110,16 @@ def build_circuit(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBat
                 "n_edges_kept": len(kept), "normalisation": faith["normalisation"]}}
 
 
-def circuit_stage(model: Any, saes: Sequence[Any], batches: Sequence[PairBatch],
-                  atp_path: str | Path, cfg: PatchConfig,
+def circuit_stage(run: PatchRun, atp_path: str | Path,
                   descriptions: Mapping[str, Mapping[int, str]], out_path: str | Path,
                   config: Mapping[str, Any] | None = None) -> None:
     """Rule ``patch_circuit``: read ``atp_path`` (atp.h5), write ``out_path`` (circuit.json)."""
-    from saeflow.core.errors import InputError
     from saeflow.core.io import write_json
-    from saeflow.patch.attribution import prepare_saes, read_atp, to_sae_transformer
-    from saeflow.patch.resid import check_batches
 
-    model = to_sae_transformer(model)
-    spliced = prepare_saes(model, saes)
-    check_batches(model, batches)
     atps, _ = read_atp(atp_path)
     atp = atps.get("with_error")
-    order = np.concatenate([np.asarray(b.pair_ids) for b in batches])
+    order = np.concatenate([np.asarray(b.pair_ids) for b in run.batches])
     if atp is None or not np.array_equal(atp.pair_ids, order):
         raise InputError(atp_path, "with_error/pair_id", "no AtP with the error term for "
-                         "these pairs: rerun patch_atp")
-    write_json(out_path, build_circuit(model, spliced, batches, atp, cfg, descriptions),
-               dict(config or {}))
+                         "these pairs: rerun patch_estimate")
+    write_json(out_path, build_circuit(run, atp, descriptions), dict(config or {}))

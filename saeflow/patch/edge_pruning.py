@@ -28,10 +28,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from saeflow.patch.attribution import Node, SparseAct, nan_to_none, run_spliced
+from saeflow.core.hooks import block_of
+from saeflow.patch.attribution import Node, nan_to_none
 from saeflow.patch.edges import METRIC
-from saeflow.patch.resid import PairBatch, logit_diff
-from saeflow.patch.resume import block_of
+from saeflow.patch.pairs import logit_diff
+from saeflow.patch.splice import PatchRun, RunOptions, SparseAct, run_spliced
 
 Edge = tuple[Node, Node | str]
 
@@ -97,27 +98,27 @@ def _pass(model: Any, saes: Mapping[str, Any], tokens: Tensor, pruned: _Pruned,
 
     stop = None if read is None else block_of(read)
     logits, _ = run_spliced(model, saes, tokens, True, edit_lat, edit_err,
-                            stop_at_layer=None if stop is None else stop + 1)
+                            RunOptions(stop_at_layer=None if stop is None else stop + 1))
     if read is None:
         return logits, None
     return None, SparseAct(seen["act"], seen["res"])
 
 
 @torch.no_grad()
-def edge_pruned_F(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBatch],
-                  sites: Sequence[str], circuit: Collection[Node], kept: Collection[Edge],
-                  means: Mapping[str, SparseAct], complement: bool, max_batch: int = 256,
-                  n_positions: int | None = None) -> np.ndarray:
+def edge_pruned_F(run: PatchRun, sites: Sequence[str], circuit: Collection[Node],
+                  kept: Collection[Edge], means: Mapping[str, SparseAct], complement: bool
+                  ) -> np.ndarray:
     """Per pair, the clean logit difference of the edge-pruned model (module docstring):
     the circuit with its left-out edges cut, or (``complement``) the whole spliced model
     with the circuit's kept edges cut. ``means`` as :func:`saeflow.patch.faithfulness.
-    node_means` (with the error term) over the same positions ``n_positions``."""
-    P, dev = n_positions or max(b.length for b in batches), model.cfg.device
+    node_means` (with the error term) over the same positions (``run.width``)."""
+    model, saes = run.model, run.saes
+    P, dev = run.width, model.cfg.device
     circuit = list(circuit)
     kept = set(kept)
     cuts = _cut_sets(sites, circuit, kept, complement)
     out = []
-    for c in (c.to(dev) for b in batches for c in b.chunks(max_batch)):
+    for c in (c.to(dev) for b in run.batches for c in b.chunks(run.cfg.max_batch)):
         pruned = _Pruned(means, P, c.length, len(c))
         for j, d in enumerate(sites):
             _, free = _pass(model, saes, c.clean, pruned, sites[:j], (), d)
@@ -140,16 +141,15 @@ def edge_pruned_F(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBat
 
 
 @torch.no_grad()
-def model_and_empty_F(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBatch],
-                      sites: Sequence[str], means: Mapping[str, SparseAct], max_batch: int = 256,
-                      n_positions: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def model_and_empty_F(run: PatchRun, sites: Sequence[str], means: Mapping[str, SparseAct]
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """Per pair: ``F(model)`` (no SAEs) and ``F(none)`` (every node at its mean)."""
-    dev = model.cfg.device
+    model, dev = run.model, run.model.cfg.device
     F_model = torch.cat([logit_diff(model(c.clean), c.clean_answer, c.corrupted_answer)
                          .double().cpu()
-                         for c in (c.to(dev) for b in batches for c in b.chunks(max_batch))])
-    F_empty = edge_pruned_F(model, saes, batches, sites, (), (), means, False, max_batch,
-                            n_positions)
+                         for c in (c.to(dev) for b in run.batches
+                                   for c in b.chunks(run.cfg.max_batch))])
+    F_empty = edge_pruned_F(run, sites, (), (), means, False)
     return F_model.numpy(), F_empty
 
 

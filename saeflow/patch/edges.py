@@ -35,8 +35,9 @@ import torch
 from torch import Tensor
 
 from saeflow.core.hooks import forward_rank
-from saeflow.patch.attribution import AtPResult, Node, rank_nodes, run_spliced
-from saeflow.patch.resid import PairBatch, logit_diff
+from saeflow.patch.attribution import AtPResult, Node, attribution_patching, rank_nodes
+from saeflow.patch.pairs import PairBatch, logit_diff
+from saeflow.patch.splice import RunOptions, decoder_rows, run_spliced
 
 METRIC = "metric"
 
@@ -56,18 +57,6 @@ def select_nodes(atp: AtPResult, sites: Sequence[str], threshold: float, max_per
         if abs(value) >= threshold and len(out[node[1]]) < max_per_site:
             out[node[1]].append(node)
     return out
-
-
-def decoder_rows(sae: Any, latents: Sequence[int]) -> Tensor:
-    """``[K, d_model]``: d decode / d latent for ``latents``. sae-lens decoders are affine
-    (``f @ W_dec + b_dec``, any normalisation a fixed scale), so each row is
-    ``decode(e_i) - decode(0)``, whatever the SAE class."""
-    d_sae = sae.cfg.d_sae
-    device, dtype = sae.W_dec.device, sae.W_dec.dtype
-    basis = torch.zeros(len(latents), d_sae, device=device, dtype=dtype)
-    basis[torch.arange(len(latents)), torch.as_tensor(list(latents), dtype=torch.long)] = 1
-    zero = torch.zeros(1, d_sae, device=device, dtype=dtype)
-    return (sae.decode(basis) - sae.decode(zero)).reshape(len(latents), -1)
 
 
 def _node_tensor(nodes: Mapping[str, Any], node: Node, column: int) -> Tensor:
@@ -97,8 +86,8 @@ def batch_edges(model: Any, saes: Mapping[str, Any], b: PairBatch, sites: Sequen
             if not ups:
                 continue
             outs: dict[str, Tensor] = {}
-            logits_u, frozen = run_spliced(model, saes, b.corrupted, True, outputs=outs,
-                                           frozen=[h for h in sites if h != u])
+            logits_u, frozen = run_spliced(model, saes, b.corrupted, True, options=RunOptions(
+                outputs=outs, frozen=[h for h in sites if h != u]))
             lat_u = [n[2] for n in ups if n[0] == "latent"]
             rows = decoder_rows(saes[u], lat_u) if lat_u else None
             d_act = (clean[u].act - corr[u].act).detach()
@@ -211,8 +200,6 @@ def node_positions(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBa
                    latents: Sequence[Node], max_batch: int = 256) -> dict[Node, int]:
     """Each latent node's aligned column of largest mean ``|AtP|`` (where it acts), for the
     circuit figure; error nodes are their own column."""
-    from saeflow.patch.attribution import attribution_patching
-
     P = max(b.length for b in batches)
     mass = {node: np.zeros(P) for node in latents}
     for c in (c for b in batches for c in b.chunks(max_batch)):

@@ -17,16 +17,20 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from saeflow.patch.attribution import MODES, AtPResult, run_spliced
-from saeflow.patch.resid import PairBatch, logit_diff
+from saeflow.patch.attribution import MODES, AtPResult
+from saeflow.patch.pairs import PairBatch, align_right, logit_diff, position_offsets
 from saeflow.patch.resume import can_resume, run_from_site
+from saeflow.patch.splice import RunOptions, decoder_rows, run_spliced
+
+if TYPE_CHECKING:
+    from saeflow.patch.splice import PatchRun
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +56,17 @@ def _batch_effects(model: Any, saes: Mapping[str, Any], b: PairBatch, with_error
     n, T = len(b), b.length
     _, clean = run_spliced(model, saes, b.clean, with_error)
     outs: dict[str, Tensor] = {}
-    logits, corr = run_spliced(model, saes, b.corrupted, with_error, outputs=outs)
+    logits, corr = run_spliced(model, saes, b.corrupted, with_error,
+                               options=RunOptions(outputs=outs))
     base = logit_diff(logits, b.clean_answer, b.corrupted_answer)
     latent_out = {h: np.zeros((n, saes[h].cfg.d_sae)) for h in saes}
     error_out = {h: np.zeros((n, T)) for h in saes} if with_error else {}
     last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
     if last in saes:
-        _last_site(model, saes[last], clean[last], corr[last], outs[last][:, -1], b, base,
-                   latent_out[last], error_out.get(last), max_batch)
+        latent_out[last], final_error = _last_site(model, saes[last], clean[last], corr[last],
+                                                   outs[last][:, -1], b, base, max_batch)
+        if with_error:
+            error_out[last][:, -1] = final_error
     # (kind, hook, pair, index) of every other node whose value differs between the runs
     rows: list[tuple[str, str, Tensor, Tensor]] = []
     for h in (h for h in saes if h != last):
@@ -95,8 +102,6 @@ def _resumed_run(model: Any, saes: Mapping[str, Any], chunk: list, clean: Mappin
     (:mod:`saeflow.patch.resume`): the site's spliced corrupted output plus the node's change (a
     latent's change times its decoder row, the decode being affine; an error node's own
     change). None where the site cannot be resumed from."""
-    from saeflow.patch.edges import decoder_rows
-
     hook = chunk[0][1]
     if not can_resume(hook, saes):
         return None
@@ -146,17 +151,17 @@ def _full_run(model: Any, saes: Mapping[str, Any], chunk: list, clean: Mapping[s
 
 
 def _last_site(model: Any, sae: Any, clean: Any, corr: Any, x_final: Tensor, b: PairBatch,
-               base: Tensor, latent_out: np.ndarray, error_out: np.ndarray | None,
-               max_batch: int) -> None:
+               base: Tensor, max_batch: int) -> tuple[np.ndarray, np.ndarray | None]:
     """The last block's ``hook_resid_post`` in closed form, still exact: only the final
     token's residual reaches the metric from there (``ln_final`` and the unembedding, which
     ``start_at_layer=n_layers`` runs, soft cap included), and a node changes it by its decoder
     row times its change (the error term: by its own change). So each node costs one
     unembedding of one vector, not a forward pass; nodes equal at the final token have effect
-    exactly 0, error nodes at other positions too."""
-    from saeflow.patch.edges import decoder_rows
-
+    exactly 0, error nodes at other positions too. Returns the latents' effects
+    ``[n, d_sae]`` and the final-position error node's ``[n]`` (None without the error term:
+    ``clean.res`` None)."""
     n_layers, n = model.cfg.n_layers, len(b)
+    latent_out = np.zeros((n, sae.cfg.d_sae))
     delta = (clean.act[:, -1] - corr.act[:, -1])  # [n, d_sae]
     moved = torch.nonzero(delta.abs().amax(0) > 0, as_tuple=True)[0]
     per_pass = max(1, max_batch // n)
@@ -165,9 +170,10 @@ def _last_site(model: Any, sae: Any, clean: Any, corr: Any, x_final: Tensor, b: 
         rows = decoder_rows(sae, idx.tolist()).to(x_final.dtype)  # [K, d_model]
         x = x_final[:, None, :] + delta[:, idx, None] * rows[None]  # [n, K, d_model]
         latent_out[:, idx.cpu().numpy()] = _metric_shift(model, x, b, base, n_layers)
-    if error_out is not None:
-        x = (x_final + clean.res[:, -1] - corr.res[:, -1])[:, None, :]
-        error_out[:, -1] = _metric_shift(model, x, b, base, n_layers)[:, 0]
+    if clean.res is None:
+        return latent_out, None
+    x = (x_final + clean.res[:, -1] - corr.res[:, -1])[:, None, :]
+    return latent_out, _metric_shift(model, x, b, base, n_layers)[:, 0]
 
 
 def _metric_shift(model: Any, x: Tensor, b: PairBatch, base: Tensor, n_layers: int
@@ -184,8 +190,6 @@ def _metric_shift(model: Any, x: Tensor, b: PairBatch, base: Tensor, n_layers: i
 def exhaustive_patching(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBatch],
                         with_error: bool, max_batch: int = 256) -> ExactResult:
     """:func:`_batch_effects` over every batch (chunked to ``max_batch`` pairs, as AtP is)."""
-    from saeflow.patch.resid import align_right
-
     P = max(b.length for b in batches)
     chunks = [c.to(model.cfg.device) for b in batches for c in b.chunks(max_batch)]
     res = ExactResult(with_error, np.concatenate([np.asarray(c.pair_ids) for c in chunks]),
@@ -324,7 +328,6 @@ def write_exact(path: str | Path, results: Mapping[str, ExactResult],
 
     from saeflow.core.io import atomic_path
     from saeflow.core.provenance import provenance_json
-    from saeflow.patch.resid import position_offsets
 
     first = next(iter(results.values()))
     P = int(first.lengths.max())
@@ -341,8 +344,9 @@ def write_exact(path: str | Path, results: Mapping[str, ExactResult],
 
 
 def read_exact(path: str | Path) -> dict[str, ExactResult]:
-    """``{mode: ExactResult}`` from :func:`write_exact`, through the checked HDF5 opener."""
-    from saeflow.formats.hdf5 import json_attr, open_h5, read_array
+    """``{mode: ExactResult}`` from :func:`write_exact`, through the checked HDF5 opener: a
+    missing or damaged file, dataset, hook group or attribute is an InputError naming it."""
+    from saeflow.formats.hdf5 import json_attr, open_h5, read_array, reading, require
 
     out = {}
     with open_h5(path) as f:
@@ -351,22 +355,21 @@ def read_exact(path: str | Path) -> dict[str, ExactResult]:
         for mode, with_error in MODES.items():
             if mode not in f:
                 continue
-            r = ExactResult(with_error, pair_ids, lengths, n_run=int(f[mode].attrs["n_run"]))
-            for kind in ("latent_effect", "error_effect"):
-                getattr(r, kind).update({h: read_array(f, f"{mode}/{h}/{kind}", path)
-                                         for h in hooks if f"{mode}/{h}/{kind}" in f})
+            with reading(path, f"{mode}/attrs/n_run"):
+                n_run = int(f[mode].attrs["n_run"])
+            r = ExactResult(with_error, pair_ids, lengths, n_run=n_run)
+            for h in hooks:
+                group = require(f, f"{mode}/{h}", path, "group")
+                for kind in ("latent_effect", "error_effect"):
+                    if kind != "error_effect" or kind in group:  # the error: with_error only
+                        getattr(r, kind)[h] = read_array(f, f"{mode}/{h}/{kind}", path)
             out[mode] = r
     return out
 
 
-def exact_stage(model: Any, saes: Sequence[Any], batches: Sequence[PairBatch], max_batch: int,
-                out_path: str | Path, config: Mapping[str, Any] | None = None) -> None:
+def exact_stage(run: PatchRun, out_path: str | Path,
+                config: Mapping[str, Any] | None = None) -> None:
     """Rule ``patch_exact``: exhaustive exact patching in both modes into ``out_path``."""
-    from saeflow.patch.attribution import prepare_saes, to_sae_transformer
-    from saeflow.patch.resid import check_batches
-
-    model = to_sae_transformer(model)
-    spliced = prepare_saes(model, saes)
-    check_batches(model, batches)
-    write_exact(out_path, {mode: exhaustive_patching(model, spliced, batches, we, max_batch)
+    write_exact(out_path, {mode: exhaustive_patching(run.model, run.saes, run.batches, we,
+                                                     run.cfg.max_batch)
                            for mode, we in MODES.items()}, config)

@@ -15,31 +15,36 @@ percentile bootstrap over the evaluation pairs.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from saeflow.patch.attribution import (MODES, AtPResult, Node, SparseAct, nan_to_none, prepare_saes,
-                                 rank_nodes, read_atp, run_spliced, to_sae_transformer,
-                                 verify_atp)
 from saeflow.core.errors import InputError
-from saeflow.patch.resid import (PairBatch, PatchConfig, align_right, check_batches, logit_diff,
-                              position_offsets)
+from saeflow.patch.attribution import (
+    MODES,
+    AtPResult,
+    Node,
+    nan_to_none,
+    rank_nodes,
+    read_atp,
+    verify_atp,
+)
+from saeflow.patch.pairs import PairBatch, align_right, logit_diff, position_offsets
+from saeflow.patch.splice import PatchRun, SparseAct, run_spliced
 
 
 @torch.no_grad()
-def node_means(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBatch],
-               with_error: bool, max_batch: int = 256, n_positions: int | None = None
-               ) -> dict[str, SparseAct]:
-    """Each node's mean over clean + corrupted prompts at each right-aligned position:
-    ``act [P, d_sae]``, ``res [P, d_model]`` (``None`` without the error term); ``P`` is
-    ``n_positions`` (the alignment of a ranking made on more pairs) or the longest pair."""
-    P, dev = n_positions or max(b.length for b in batches), model.cfg.device
+def node_means(run: PatchRun, with_error: bool) -> dict[str, SparseAct]:
+    """Each node's mean over the clean + corrupted prompts of ``run.batches`` at each
+    right-aligned position: ``act [P, d_sae]``, ``res [P, d_model]`` (``None`` without the
+    error term); ``P`` is ``run.width`` (the alignment of a ranking made on more pairs)."""
+    model, saes, P, dev = run.model, run.saes, run.width, run.model.cfg.device
     sums: dict[str, SparseAct] = {}
     counts = torch.zeros(P, 1, device=dev)
-    for c in (c for b in batches for c in b.chunks(max_batch)):
+    for c in (c for b in run.batches for c in b.chunks(run.cfg.max_batch)):
         T = c.length
         for tokens in (c.clean, c.corrupted):
             _, nodes = run_spliced(model, saes, tokens.to(dev), with_error)
@@ -57,25 +62,25 @@ def node_means(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBatch]
 
 
 @torch.no_grad()
-def faithfulness_curve(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBatch],
-                       ranking: Sequence[Node], ns: Sequence[int], means: Mapping[str, SparseAct],
-                       with_error: bool, max_batch: int = 256,
-                       random_rankings: Sequence[Sequence[Node]] = (), n_boot: int = 0,
-                       ci: float = 0.95, seed: int = 0, n_positions: int | None = None
-                       ) -> dict[str, Any]:
+def faithfulness_curve(run: PatchRun, ranking: Sequence[Node], ns: Sequence[int],
+                       means: Mapping[str, SparseAct], with_error: bool,
+                       random_rankings: Sequence[Sequence[Node]] = ()) -> dict[str, Any]:
     """Faithfulness and completeness of the top-``n`` nodes of ``ranking`` for each ``n``, as in
     Sparse Feature Circuits: ``(F(C) - F(none)) / (F(M) - F(none))`` with ``F(M)`` the model
     itself (no SAE), in both modes, so an error-free splice that is a different model shows
     as faithfulness below 1 with every node kept. ``random_rankings``: the same curve for
-    random node orders (the baseline a ranking must beat). With ``n_boot``, percentile
-    bootstrap intervals over pairs (numerator and denominator resampled together).
+    random node orders (the baseline a ranking must beat). With ``run.cfg.n_bootstrap``,
+    percentile bootstrap intervals over pairs (numerator and denominator resampled together;
+    ``run.cfg.ci``, ``run.cfg.seed``).
 
     Every variant (all nodes, none, top n, all but top n, random top n) is a keep-mask over
-    nodes; the variants run as stacked copies of the clean batch, ``max_batch`` rows per pass.
-    Error nodes' columns are right-aligned to ``n_positions`` (default: the longest pair),
-    which ``means`` must share.
+    nodes; the variants run as stacked copies of the clean batch, ``run.cfg.max_batch`` rows
+    per pass. Error nodes' columns are right-aligned to ``run.width``, which ``means`` must
+    share.
     """
-    P, dev, N = n_positions or max(b.length for b in batches), model.cfg.device, len(ranking)
+    model, saes, max_batch = run.model, run.saes, run.cfg.max_batch
+    n_boot, ci, seed = run.cfg.n_bootstrap, run.cfg.ci, run.cfg.seed
+    P, dev, N = run.width, model.cfg.device, len(ranking)
     ns = sorted({min(int(n), N) for n in ns})
     orders = [list(ranking), *map(list, random_rankings)]
     # per ordering, the rank of every node; a variant keeps ranks < cut (or >= cut, inverted)
@@ -93,7 +98,7 @@ def faithfulness_curve(model: Any, saes: Mapping[str, Any], batches: Sequence[Pa
     keep_err = {h: torch.stack([(rank_err[o][h] < cut) ^ inv for o, cut, inv in variants])
                 for h in saes}  # [V, P]
     per_pair, model_ld = [], []
-    for c in (c.to(dev) for b in batches for c in b.chunks(max_batch)):
+    for c in (c.to(dev) for b in run.batches for c in b.chunks(max_batch)):
         n, T = len(c), c.length
         model_ld.append(logit_diff(model(c.clean), c.clean_answer, c.corrupted_answer)
                         .double().cpu())
@@ -213,8 +218,7 @@ def split_pairs(pair_ids: np.ndarray, rank_share: float, seed: int
     return mask, True
 
 
-def verify_stage(model: Any, saes: Sequence[Any], batches: Sequence[PairBatch],
-                 atp_path: str | Path, cfg: PatchConfig,
+def verify_stage(run: PatchRun, atp_path: str | Path,
                  descriptions: Mapping[str, Mapping[int, str]], out_verify: str | Path,
                  out_faithfulness: str | Path, out_top_latents: str | Path,
                  config: Mapping[str, Any] | None = None) -> None:
@@ -222,22 +226,22 @@ def verify_stage(model: Any, saes: Sequence[Any], batches: Sequence[PairBatch],
     latents of the error-term mode; all three JSON files are written only once all succeed."""
     from saeflow.core.io import write_json
 
-    model = to_sae_transformer(model)
-    spliced = prepare_saes(model, saes)
-    check_batches(model, batches)
+    model, spliced, batches, cfg = run.model, run.saes, run.batches, run.cfg
     atps, _ = read_atp(atp_path)
     order = np.concatenate([np.asarray(b.pair_ids) for b in batches])
     for mode, atp in atps.items():
         if not np.array_equal(atp.pair_ids, order):
             raise InputError(atp_path, f"{mode}/pair_id", "pairs differ from the pairs file: "
-                             "rerun patch_atp")
+                             "rerun patch_estimate")
         if set(atp.latent_effect) != set(spliced):
             raise InputError(atp_path, "hooks", f"{sorted(atp.latent_effect)} != SAE hooks "
-                             f"{sorted(spliced)}: rerun patch_atp")
+                             f"{sorted(spliced)}: rerun patch_estimate")
     verify, faith = {}, {}
     rank_rows, held_out = split_pairs(order, cfg.faithfulness_rank_share, cfg.seed)
     eval_batches = [b for b in (b.select(~np.isin(b.pair_ids, order[rank_rows]))
                                 for b in batches) if len(b)] if held_out else list(batches)
+    # the held-out pairs keep the ranking's alignment (every pair)
+    held = replace(run, batches=tuple(eval_batches), n_positions=run.width)
     for mode, atp in atps.items():
         verify[mode] = verify_atp(model, spliced, batches, atp, cfg)
         ranked = rank_nodes(atp, rank_rows)
@@ -245,11 +249,9 @@ def verify_stage(model: Any, saes: Sequence[Any], batches: Sequence[PairBatch],
         rng = np.random.default_rng(cfg.seed)
         shuffles = [[nodes[j] for j in rng.permutation(len(nodes))]
                     for _ in range(cfg.faithfulness_random)]
-        width = max(b.length for b in batches)  # the ranking's alignment (every pair)
-        means = node_means(model, spliced, eval_batches, MODES[mode], cfg.max_batch, width)
-        faith[mode] = faithfulness_curve(model, spliced, eval_batches, nodes, cfg.faithfulness_n,
-                                         means, MODES[mode], cfg.max_batch, shuffles,
-                                         cfg.n_bootstrap, cfg.ci, cfg.seed, width)
+        means = node_means(held, MODES[mode])
+        faith[mode] = faithfulness_curve(held, nodes, cfg.faithfulness_n, means, MODES[mode],
+                                         shuffles)
         faith[mode]["split"] = {
             "held_out": held_out, "rank_pairs": order[rank_rows].tolist(),
             "eval_pairs": [i for b in eval_batches for i in b.pair_ids],

@@ -17,29 +17,24 @@ magnitude is taken (the node is the latent at every position); error nodes are p
 
 The result is a magnitude (>= 0), not a signed effect: it ranks nodes for verification. The
 summary judges it against the mean over pairs of ``|exact effect|`` (the same magnitude view
-of exhaustive exact patching), next to AtP's own magnitude (``mean |AtP|``).
+of exhaustive exact patching), next to AtP's own magnitude (``mean |AtP|``). Registered as
+``graddrop`` in :mod:`saeflow.patch.estimators` (graddrop.h5).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from saeflow.core.errors import InputError
-from saeflow.patch.attribution import (
-    AtPResult,
-    SparseAct,
-    atp_stage,
-    attribution_patching,
-    run_atp,
-)
-from saeflow.patch.resid import PairBatch, PatchConfig
-from saeflow.patch.resume import block_of
+from saeflow.core.hooks import block_of
+from saeflow.patch.attribution import AtPResult, attribution_patching, run_atp
+from saeflow.patch.pairs import PairBatch
+from saeflow.patch.splice import SparseAct
 
 
 @contextmanager
@@ -105,13 +100,3 @@ def magnitudes(result: Any) -> Any:
 
     return replace(result, latent_effect={h: np.abs(v) for h, v in result.latent_effect.items()},
                    error_effect={h: np.abs(v) for h, v in result.error_effect.items()})
-
-
-def graddrop_stage(model: Any, saes: Sequence[Any], batches: Sequence[PairBatch],
-                   cfg: PatchConfig, out_path: str | Path,
-                   config: Mapping[str, Any] | None = None) -> None:
-    """Rule ``patch_graddrop``: GradDrop with and without the error term into ``out_path``
-    (graddrop.h5, atp.h5's layout; effects are magnitudes)."""
-    atp_stage(model, saes, batches, cfg, out_path, config, estimate=graddrop_patching,
-              estimator={"name": "graddrop", "formula": "1 / (L - 1) * sum_l |AtP with block "
-                         "l's gradient dropped| (AtP* GradDrop)", "values": "magnitudes (>= 0)"})

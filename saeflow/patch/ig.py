@@ -21,27 +21,22 @@ with ``S = patch.ig_steps``. Choices, following feature-circuits' ``_pe_ig``:
   ``1 / S``.
 
 Cost: ``S`` forward + backward passes per site, against AtP's one; the ``(site, alpha)`` copies
-of a batch are stacked, ``max_batch`` rows per pass.
+of a batch are stacked, ``max_batch`` rows per pass. Registered as ``ig`` in
+:mod:`saeflow.patch.estimators` (ig.h5).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from saeflow.patch.attribution import (
-    AtPResult,
-    SparseAct,
-    atp_stage,
-    run_atp,
-    run_spliced,
-)
-from saeflow.patch.resid import PairBatch, PatchConfig, logit_diff
+from saeflow.patch.attribution import AtPResult, run_atp
+from saeflow.patch.pairs import PairBatch, logit_diff
+from saeflow.patch.splice import SparseAct, run_spliced
 
 
 def ig_alphas(steps: int) -> list[float]:
@@ -138,16 +133,3 @@ def run_ig(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBatch], wi
     consumer of an :class:`~saeflow.patch.attribution.AtPResult` reads it unchanged."""
     return run_atp(model, saes, batches, with_error, max_batch,
                    estimate=partial(integrated_gradients, steps=steps, max_batch=max_batch))
-
-
-def ig_stage(model: Any, saes: Sequence[Any], batches: Sequence[PairBatch], cfg: PatchConfig,
-             out_path: str | Path, config: Mapping[str, Any] | None = None) -> None:
-    """Rule ``patch_ig``: IG with and without the error term into ``out_path`` (ig.h5, the
-    layout of atp.h5: :func:`saeflow.patch.attribution.write_atp`); the provenance records the
-    estimator and its points."""
-    atp_stage(model, saes, batches, cfg, out_path, config,
-              estimate=partial(integrated_gradients, steps=cfg.ig_steps, max_batch=cfg.max_batch),
-              estimator={"name": "ig", "steps": cfg.ig_steps,
-                         "alphas": "k / steps, k = 0..steps-1",
-                         "path": "one site at a time, corrupted to clean"})
-

@@ -10,19 +10,18 @@ one PNG (matplotlib Agg, written atomically).
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from saeflow.core.figures import pyplot, save_figure
+from saeflow.core.hooks import layer_label
 
 
 def latent_label(hook: str, latent: int) -> str:
     """``blocks.3.hook_resid_post``, 17 -> ``L3/17`` (the full hook name if it has no layer)."""
-    m = re.match(r"blocks\.(\d+)\.", hook)
-    return f"L{m.group(1)}/{latent}" if m else f"{hook}/{latent}"
+    return f"{layer_label(hook)}/{latent}"
 
 
 def _position_ticks(ax: Any, offsets: list[int], axis: str = "x") -> None:
@@ -37,7 +36,8 @@ def plot_resid_patching_stage(resid_path: str | Path, out_path: str | Path) -> N
     """Heatmap ``[layer, position]`` of the normalised effect (ratio of means over pairs) of
     patching clean ``resid_pre`` into the corrupted run; the cell of largest mean effect is
     outlined."""
-    from saeflow.patch.resid import position_offsets, read_resid, top_cell
+    from saeflow.patch.pairs import position_offsets
+    from saeflow.patch.resid import read_resid, top_cell
 
     plt = pyplot()
     res = read_resid(resid_path)

@@ -20,49 +20,41 @@ other components (an attention site through its layer's MLP) stay first order, a
 A latent's estimate is for the latent at all positions at once (one column, as GradDrop's);
 error nodes are per position. Where no attention layer is downstream of a site (the last
 residual site), the QK fix is AtP. A transcoder's nodes enter at the MLP output it writes.
+Registered as ``qkfix`` in :mod:`saeflow.patch.estimators` (qkfix.h5).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from saeflow.core.errors import InputError
-from saeflow.patch.attribution import (
-    AtPResult,
-    SparseAct,
-    atp_stage,
-    run_atp,
-    run_spliced,
-)
-from saeflow.patch.resid import PairBatch, PatchConfig, logit_diff
-from saeflow.patch.splice import site_outputs
+from saeflow.core.hooks import attention_z_layer, block_of, split_block, writes_residual
+from saeflow.patch.attribution import AtPResult, run_atp
+from saeflow.patch.pairs import PairBatch, logit_diff
+from saeflow.patch.splice import SparseAct, run_spliced, site_outputs
 
 LATENT_CHUNK = 64  # latents whose shifted residual runs through a layer's pattern at once
 
 
 def downstream_layers(hook: str, n_layers: int) -> list[int]:
     """The attention layers a site's output reaches by the residual stream."""
-    m = re.match(r"blocks\.(\d+)\.(.*)", hook)
-    if m is None:  # hook_embed, hook_pos_embed: before every block
+    layer, rest = split_block(hook)
+    if layer is None:  # hook_embed, hook_pos_embed: before every block
         return list(range(n_layers))
-    layer, rest = int(m.group(1)), m.group(2)
     return list(range(layer if rest == "hook_resid_pre" else layer + 1, n_layers))
 
 
 def to_residual(model: Any, hook: str, vectors: Tensor) -> Tensor:
     """``vectors [..., d_in]`` in a site's space as what they add to the residual stream."""
-    if re.fullmatch(r"blocks\.\d+\.(hook_resid_(pre|mid|post)|hook_mlp_out|hook_attn_out)", hook) \
-            or hook in ("hook_embed", "hook_pos_embed"):
+    if writes_residual(hook):
         return vectors
-    m = re.fullmatch(r"blocks\.(\d+)\.attn\.hook_z", hook)
-    if m:
-        attn = model.blocks[int(m.group(1))].attn
+    layer = attention_z_layer(hook)
+    if layer is not None:
+        attn = model.blocks[layer].attn
         z = vectors.reshape(*vectors.shape[:-1], attn.W_O.shape[0], attn.W_O.shape[1])
         return torch.einsum("...hd,hdm->...m", z, attn.W_O)
     raise InputError("config", "patch.estimators", f"the QK fix needs a site that writes to "
@@ -99,7 +91,7 @@ def qk_fix_patching(model: Any, saes: Mapping[str, Any], batch: PairBatch, with_
     patterns: dict[int, Tensor] = {}
 
     def keep(p: Tensor, hook: Any) -> Tensor:
-        patterns[int(hook.name.split(".")[1])] = p
+        patterns[block_of(hook.name)] = p
         return p
 
     handles = [model.blocks[L].ln1.register_forward_pre_hook(
@@ -195,15 +187,3 @@ def run_qk_fix(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBatch]
     """:func:`qk_fix_patching` over every batch, in AtP's result and pair order (latent mass
     in the final column only: a latent's estimate is not split over positions)."""
     return run_atp(model, saes, batches, with_error, max_batch, estimate=qk_fix_patching)
-
-
-def qk_fix_stage(model: Any, saes: Sequence[Any], batches: Sequence[PairBatch],
-                 cfg: PatchConfig, out_path: str | Path,
-                 config: Mapping[str, Any] | None = None) -> None:
-    """Rule ``patch_qkfix``: the QK-fixed estimate with and without the error term into
-    ``out_path`` (qkfix.h5, atp.h5's layout; signed effects)."""
-    atp_stage(model, saes, batches, cfg, out_path, config, estimate=qk_fix_patching,
-              estimator={"name": "qkfix", "formula": "AtP + sum over downstream attention "
-                         "layers of (<dm/dA, exact pattern change from the node's residual "
-                         "contribution> - that path's linear term) (AtP* QK fix)",
-                         "values": "signed"})

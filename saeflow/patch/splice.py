@@ -18,6 +18,11 @@ decoder, ``d out / d e = I`` and ``d out / d x = I``. A transcoder is spliced by
 our own instead of sae-lens's wrapper: the wrapper replaces the output hook point, so the
 MLP's own output (which the error needs) never reaches a hook; with ours ``d out / d x_in`` is
 the MLP's Jacobian. Without the error term the spliced model *is* the reconstructed model.
+
+Here: :func:`run_spliced` (a run with node edits; :class:`RunOptions` for partial runs, the
+sites' outputs and frozen sites), :func:`decoder_rows` (d decode / d latent),
+:func:`prepare_saes`, :func:`to_sae_transformer`, and :class:`PatchRun`, what a stage
+computes on, built once.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from torch import Tensor
 from saeflow.core.errors import InputError
 from saeflow.core.hooks import PER_HEAD
 from saeflow.core.transcoders import is_transcoder, output_hook
+from saeflow.patch.pairs import PairBatch, PatchConfig, check_batches
 
 Edit = Callable[[str, Tensor], Tensor]  # (site, node tensor) -> edited node tensor
 
@@ -109,30 +115,83 @@ def prepare_saes(model: Any, saes: Sequence[Any]) -> dict[str, Any]:
     return out
 
 
+@dataclass(frozen=True)
+class PatchRun:
+    """What a model-running patch stage computes on, built once (:meth:`build`): the model as
+    a ``HookedSAETransformer``, its SAEs keyed by site (:func:`prepare_saes`), the pairs
+    (checked to run on the model), the stage's config (``max_batch`` rows per forward pass,
+    the bootstrap's ``n_bootstrap``, ``ci`` and ``seed``) and the alignment :attr:`width`."""
+
+    model: Any
+    saes: Mapping[str, Any]
+    batches: Sequence[PairBatch]
+    cfg: PatchConfig
+    n_positions: int | None = None
+
+    @property
+    def width(self) -> int:
+        """The columns of right-aligned per-position arrays: ``n_positions`` (a subset of the
+        pairs keeps the alignment of all of them: ``dataclasses.replace(run, batches=...,
+        n_positions=run.width)``), else the longest pair's length."""
+        return self.n_positions or max(b.length for b in self.batches)
+
+    @classmethod
+    def build(cls, model: Any, saes: Sequence[Any], batches: Sequence[PairBatch],
+              cfg: PatchConfig) -> PatchRun:
+        """Splice ``saes`` into ``model`` (sharing its weights) and check ``batches`` on it."""
+        model = to_sae_transformer(model)
+        spliced = prepare_saes(model, saes)
+        check_batches(model, batches)
+        return cls(model, spliced, tuple(batches), cfg)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How much of the forward pass a spliced run makes and what it keeps, beyond the node
+    edits. ``outputs``: each site's spliced output (``decode(latents) + error``, at its output
+    hook) is stored there. ``start_at_layer``: the run's input is the residual
+    ``[B, T, d_model]`` entering that block (TransformerLens's ``start_at_layer``); only SAEs at
+    or above it should be given. ``stop_at_layer``: the residual entering that block is
+    returned instead of logits. ``frozen``: sites that pass their output on detached, so no
+    gradient flows back through them (the stop gradients of direct edges,
+    :mod:`saeflow.patch.edges`)."""
+
+    outputs: dict[str, Tensor] | None = None
+    frozen: Collection[str] = ()
+    start_at_layer: int | None = None
+    stop_at_layer: int | None = None
+
+
 def run_spliced(model: Any, saes: Mapping[str, Any], tokens: Tensor, with_error: bool,
                 edit_latents: Edit | None = None, edit_error: Edit | None = None,
-                outputs: dict[str, Tensor] | None = None, start_at_layer: int | None = None,
-                frozen: Collection[str] = (), stop_at_layer: int | None = None
-                ) -> tuple[Tensor, dict[str, SparseAct]]:
+                options: RunOptions = RunOptions()) -> tuple[Tensor, dict[str, SparseAct]]:
     """Run ``tokens [B, T]`` with every SAE spliced in; return ``logits [B, T, d_vocab]`` and
-    each site's nodes (the tensors that flowed forward, after the optional edits). With
-    ``outputs``, each site's spliced output (``decode(latents) + error``, at its output hook)
-    is stored there. With ``start_at_layer``, ``tokens`` is the residual ``[B, T, d_model]``
-    entering that block (TransformerLens's ``start_at_layer``); only SAEs at or above it should
-    be given; with ``stop_at_layer`` the residual entering that block is returned instead of
-    logits. Sites in ``frozen`` pass their output on detached: no gradient flows back through
-    them (the stop gradients of direct edges, :mod:`saeflow.patch.edges`)."""
+    each site's nodes (the tensors that flowed forward, after the optional edits); a partial
+    run, the spliced outputs and frozen sites as ``options`` (:class:`RunOptions`) say."""
     nodes: dict[str, SparseAct] = {}
     hooks = []
     for name, sae in saes.items():
         splice = _transcoder_hooks if is_transcoder(sae) else _splice_hooks
-        hooks += splice(name, sae, with_error, nodes, edit_latents, edit_error, outputs,
-                        name in frozen)
+        hooks += splice(name, sae, with_error, nodes, edit_latents, edit_error, options.outputs,
+                        name in options.frozen)
     wrapped = [sae for sae in saes.values() if not is_transcoder(sae)]
     with model.saes(saes=wrapped, use_error_term=False):
-        logits = model.run_with_hooks(tokens, fwd_hooks=hooks, start_at_layer=start_at_layer,
-                                      stop_at_layer=stop_at_layer)
+        logits = model.run_with_hooks(tokens, fwd_hooks=hooks,
+                                      start_at_layer=options.start_at_layer,
+                                      stop_at_layer=options.stop_at_layer)
     return logits, nodes
+
+
+def decoder_rows(sae: Any, latents: Sequence[int]) -> Tensor:
+    """``[K, d_model]``: d decode / d latent for ``latents``. sae-lens decoders are affine
+    (``f @ W_dec + b_dec``, any normalisation a fixed scale), so each row is
+    ``decode(e_i) - decode(0)``, whatever the SAE class."""
+    d_sae = sae.cfg.d_sae
+    device, dtype = sae.W_dec.device, sae.W_dec.dtype
+    basis = torch.zeros(len(latents), d_sae, device=device, dtype=dtype)
+    basis[torch.arange(len(latents)), torch.as_tensor(list(latents), dtype=torch.long)] = 1
+    zero = torch.zeros(1, d_sae, device=device, dtype=dtype)
+    return (sae.decode(basis) - sae.decode(zero)).reshape(len(latents), -1)
 
 
 def _latent_node(name: str, f: Tensor, edit_latents: Edit | None) -> Tensor:

@@ -1,21 +1,31 @@
 """Rule ``patch_summary``: the patching stage's headline numbers, and the toy-world check of
 whether residual patching and the SAE latents point at the tokens where clean and corrupted
-differ. Reads the outputs of :mod:`saeflow.patch.resid`, :mod:`saeflow.patch.attribution` and
-:mod:`saeflow.patch.faithfulness`; runs no model.
+differ. Reads the outputs of :mod:`saeflow.patch.resid`, of every node estimator
+(:mod:`saeflow.patch.estimators`, atp.h5's layout), :mod:`saeflow.patch.faithfulness`,
+:mod:`saeflow.patch.circuit` and :mod:`saeflow.patch.exhaustive`; runs no model. Each
+estimator is judged as its registry entry says.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from saeflow.core.errors import InputError
-from saeflow.patch.resid import (BOOTSTRAP_METHOD, NORMALISED_METHOD, PatchConfig, ResidResult,
-                                  position_offsets, read_resid, top_cell)
+from saeflow.patch.estimators import ESTIMATORS, estimator
+from saeflow.patch.pairs import PatchConfig, position_offsets
+from saeflow.patch.resid import (
+    BOOTSTRAP_METHOD,
+    NORMALISED_METHOD,
+    ResidResult,
+    read_resid,
+    top_cell,
+)
 
 log = logging.getLogger(__name__)
 
@@ -232,31 +242,35 @@ MAGNITUDE_VIEW = ("every per-pair effect replaced by its magnitude, node means o
                   "the reference: GradDrop estimates magnitudes, so AtP is judged as |AtP| too")
 
 
-def magnitude_comparison(atps: Mapping[str, Any], drops: Mapping[str, Any],
+def magnitude_comparison(atps: Mapping[str, Any], estimates: Mapping[str, Mapping[str, Any]],
                          exact: Mapping[str, Any], verify: Mapping[str, Any], cfg: PatchConfig,
                          source: str | Path) -> dict[str, Any]:
-    """GradDrop and ``|AtP|`` against the mean ``|exact|`` of every node (:data:`MAGNITUDE_VIEW`),
-    each as :func:`exhaustive_comparison` reports, and the two side by side."""
+    """The magnitude estimators (``{name: {mode: result}}``, GradDrop) and ``|AtP|`` against
+    the mean ``|exact|`` of every node (:data:`MAGNITUDE_VIEW`), each as
+    :func:`exhaustive_comparison` reports, and side by side."""
     from saeflow.patch.graddrop import magnitudes
 
     abs_exact = {mode: magnitudes(x) for mode, x in exact.items()}
     vs = {"atp": exhaustive_comparison({m: magnitudes(a) for m, a in atps.items()}, abs_exact,
-                                       verify, cfg, source, sampled=False),
-          "graddrop": exhaustive_comparison(drops, abs_exact, verify, cfg, source, sampled=False)}
-    for result in vs["graddrop"].values():
-        # 1 / (L - 1) scales GradDrop past the effect's own size: only its ranks compare
-        result["relative_l1_error"] = None
+                                       verify, cfg, source, sampled=False)}
+    for name, results in estimates.items():
+        vs[name] = exhaustive_comparison(results, abs_exact, verify, cfg, source, sampled=False)
+        if estimator(name).rank_only:
+            for result in vs[name].values():
+                # GradDrop's 1 / (L - 1) scales it past the effect's own size: only ranks compare
+                result["relative_l1_error"] = None
     return {"view": MAGNITUDE_VIEW, **vs, "estimator_comparison": estimator_comparison(vs)}
 
 
-def estimator_agreement(atps: Mapping[str, Any], igs: Mapping[str, Any]) -> dict[str, Any]:
-    """Without the exhaustive reference: per mode, Spearman between AtP's and IG's node means
-    (over every node, and over the latents whose value differs in some pair)."""
+def estimator_agreement(atps: Mapping[str, Any], other: Mapping[str, Any]) -> dict[str, Any]:
+    """Without the exhaustive reference: per mode, Spearman between AtP's and another
+    estimator's (IG's) node means (over every node, and over the latents whose value differs
+    in some pair)."""
     from saeflow.patch.exhaustive import node_means
 
     out = {}
     for mode, atp in atps.items():
-        a, b = node_means(atp)[1], node_means(igs[mode])[1]
+        a, b = node_means(atp)[1], node_means(other[mode])[1]
         finite = np.isfinite(a) & np.isfinite(b)
         # latents come first in node order; error nodes are never "active latents"
         active = np.concatenate([d.sum(0) > 0 for d in atp.latent_delta.values()])
@@ -275,65 +289,79 @@ def _rho(a: np.ndarray, b: np.ndarray) -> float | None:
     return value if np.isfinite(value) else None
 
 
-def summary_stage(resid_path: str | Path, atp_path: str | Path, verify_path: str | Path,
-                  faithfulness_path: str | Path, truth_path: str | Path | None, cfg: PatchConfig,
-                  out_path: str | Path, config: Mapping[str, Any] | None = None,
-                  exact_path: str | Path | None = None, ig_path: str | Path | None = None,
-                  circuit_path: str | Path | None = None,
-                  graddrop_path: str | Path | None = None,
-                  qkfix_path: str | Path | None = None) -> None:
-    """Rule ``patch_summary``: read the stage's outputs, write ``summary.json``; with
-    ``exact_path`` (exact.h5) AtP, and IG with ``ig_path`` (ig.h5), are judged against every
-    node's exact effect and compared; IG without the reference is compared with AtP. GradDrop
-    (``graddrop_path``, graddrop.h5) gives magnitudes: it and AtP's ``|AtP|`` are judged against
-    the mean ``|exact|`` per node (``magnitude_vs_exhaustive``). The QK fix (``qkfix_path``,
-    qkfix.h5) is signed and judged as AtP is (``qkfix_vs_exhaustive``)."""
+@dataclass(frozen=True)
+class SummaryInputs:
+    """The files patch_summary reads: ``resid`` (resid.h5); ``estimates``: each node
+    estimator's file by name (a key of :data:`saeflow.patch.estimators.ESTIMATORS`; ``atp``
+    required); ``verify``, ``faithfulness`` (patch_verify's JSON); optional: ``truth`` (the
+    toy world's truth.json), ``exact`` (exact.h5, the exhaustive reference) and ``circuit``
+    (circuit.json)."""
+
+    resid: str | Path
+    estimates: Mapping[str, str | Path]
+    verify: str | Path
+    faithfulness: str | Path
+    truth: str | Path | None = None
+    exact: str | Path | None = None
+    circuit: str | Path | None = None
+
+
+def summary_stage(inputs: SummaryInputs, cfg: PatchConfig, out_path: str | Path,
+                  config: Mapping[str, Any] | None = None) -> None:
+    """Rule ``patch_summary``: read the stage's outputs, write ``summary.json``. With
+    ``inputs.exact``, AtP and every signed estimator are judged against each node's exact
+    effect and compared (``{name}_vs_exhaustive``, ``estimator_comparison``), the magnitude
+    estimators (GradDrop) and ``|AtP|`` against the mean ``|exact|`` per node
+    (``magnitude_vs_exhaustive``); without it, IG is compared with AtP (``ig_vs_atp``)."""
     from saeflow.core.io import read_json, write_json
     from saeflow.patch.attribution import read_atp
     from saeflow.patch.exhaustive import read_exact
 
-    resid = read_resid(resid_path)
-    atps, model_ld = read_atp(atp_path)
-    igs = read_atp(ig_path)[0] if ig_path is not None else {}
-    drops = read_atp(graddrop_path)[0] if graddrop_path is not None else {}
-    qks = read_atp(qkfix_path)[0] if qkfix_path is not None else {}
-    for path, results in ((atp_path, atps), (ig_path, igs), (graddrop_path, drops),
-                          (qkfix_path, qks)):
-        for mode, a in results.items():
+    for name in inputs.estimates:
+        estimator(name)  # an unknown name is an InputError
+    if "atp" not in inputs.estimates:
+        raise InputError("config", "patch.estimators", "atp missing: it always runs")
+    paths = {name: inputs.estimates[name] for name in ESTIMATORS if name in inputs.estimates}
+    resid = read_resid(inputs.resid)
+    atps, model_ld = read_atp(paths["atp"])
+    results = {name: atps if name == "atp" else read_atp(path)[0] for name, path in paths.items()}
+    for name, res in results.items():
+        for mode, a in res.items():
             if not np.array_equal(a.pair_ids, resid.pair_ids):
-                raise InputError(path, f"{mode}/pair_id", f"pairs differ from {resid_path}")
-    if igs and set(igs) != set(atps):
-        raise InputError(ig_path, "<modes>", f"{sorted(igs)}, but atp.h5 has {sorted(atps)}")
+                raise InputError(paths[name], f"{mode}/pair_id",
+                                 f"pairs differ from {inputs.resid}")
+        if set(res) != set(atps):
+            raise InputError(paths[name], "<modes>",
+                             f"{sorted(res)}, but atp.h5 has {sorted(atps)}")
     diffs = None
-    if truth_path is not None:
-        diffs = diff_positions_for(read_json(truth_path), resid.pair_ids, resid.lengths,
-                                   str(truth_path))
-    verify = read_json(verify_path)
-    summary = build_summary(resid, atps, model_ld, verify, read_json(faithfulness_path), cfg,
+    if inputs.truth is not None:
+        diffs = diff_positions_for(read_json(inputs.truth), resid.pair_ids, resid.lengths,
+                                   str(inputs.truth))
+    verify = read_json(inputs.verify)
+    summary = build_summary(resid, atps, model_ld, verify, read_json(inputs.faithfulness), cfg,
                             diffs)
-    summary["estimators"] = (["atp"] + (["ig"] if igs else []) + (["graddrop"] if drops else [])
-                             + (["qkfix"] if qks else []))
-    if circuit_path is not None:
-        circuit = read_json(circuit_path)
+    summary["estimators"] = list(results)
+    if inputs.circuit is not None:
+        circuit = read_json(inputs.circuit)
         summary["circuit"] = {"n_nodes": len(circuit["nodes"]), "n_edges": len(circuit["edges"]),
                               "edge_check": {k: v for k, v in circuit["edge_check"].items()
                                              if k != "edges"},
                               "faithfulness": circuit["faithfulness"]}
-    if exact_path is not None:
-        exact = read_exact(exact_path)
-        vs = {"atp": exhaustive_comparison(atps, exact, verify, cfg, exact_path)}
-        if igs:
-            vs["ig"] = exhaustive_comparison(igs, exact, verify, cfg, exact_path, sampled=False)
-        if qks:
-            vs["qkfix"] = exhaustive_comparison(qks, exact, verify, cfg, exact_path,
-                                                sampled=False)
+    signed = {n: r for n, r in results.items() if ESTIMATORS[n].values == "signed"}
+    if inputs.exact is not None:
+        exact = read_exact(inputs.exact)
+        # verify sampled around AtP's top k: its miss-rate interval is checked for AtP only
+        vs = {name: exhaustive_comparison(r, exact, verify, cfg, inputs.exact,
+                                          sampled=name == "atp") for name, r in signed.items()}
         summary.update({f"{name}_vs_exhaustive": v for name, v in vs.items()})
         summary["estimator_comparison"] = estimator_comparison(vs)
-        if drops:
-            summary["magnitude_vs_exhaustive"] = magnitude_comparison(atps, drops, exact, verify,
-                                                                      cfg, exact_path)
-    elif igs:
-        summary["ig_vs_atp"] = estimator_agreement(atps, igs)
+        mags = {n: r for n, r in results.items() if ESTIMATORS[n].values == "magnitudes"}
+        if mags:
+            summary["magnitude_vs_exhaustive"] = magnitude_comparison(atps, mags, exact, verify,
+                                                                      cfg, inputs.exact)
+    else:
+        summary.update({f"{name}_vs_atp": estimator_agreement(atps, r)
+                        for name, r in results.items() if ESTIMATORS[name].vs_atp})
     if summary["sae_gap_flag"]:
         log.warning("SAE splice gap %s exceeds tolerance: latent effects describe a different "
                     "model than the one patched", summary["sae_gap"])

@@ -1,5 +1,5 @@
-"""Cross-validation folds from prompt ids, t-intervals of per-fold scores, and prompt-level
-permutations of a target.
+"""Cross-validation settings (:class:`ProbeConfig`, ``probe.cv``), folds from prompt ids,
+t-intervals of per-fold scores, and prompt-level permutations of a target.
 
 All pure numpy/scipy, knowing nothing of models: :mod:`saeflow.probe.fit` deals its outer
 folds with :func:`make_folds`, summarises the folds' metrics with :func:`t_interval` and
@@ -8,10 +8,57 @@ shuffles the baseline's targets with :func:`permute_prompts`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy import stats
+
+from saeflow.core.errors import InputError
+
+NORMALISERS = ("standardize", "minmax", "none")
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """CV settings (``probe.cv``), validated; their defaults and meaning are the schema's
+    (workflow/schemas/config.schema.yaml), filled in by :meth:`from_dict`. ``Cs``: logistic
+    inverse strengths; ``alphas``: ridge strengths; ``tol``: the logistic solver's stopping
+    tolerance (1e-3 halves the time of wide SAE probes at equal test accuracy on the toy);
+    ``baseline_alpha``: the baseline p is reported only if ``1/(n_permutations+1)`` reaches it."""
+
+    n_folds: int
+    inner_folds: int
+    Cs: tuple[float, ...]
+    alphas: tuple[float, ...]
+    normalise: str
+    n_permutations: int
+    seed: int
+    max_iter: int
+    tol: float
+    baseline_alpha: float
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None, source: str = "config") -> ProbeConfig:
+        """Build from ``probe.cv`` as validated (the schema, workflow/schemas/config.schema.yaml,
+        is the one home of its defaults: :func:`saeflow.core.config.schema_defaults`
+        ``("probe.cv")``); unknown or missing keys and bad values are errors."""
+        from saeflow.core.config import strict_fields
+
+        values = strict_fields(cls, values, "probe.cv", source)
+        for key in ("Cs", "alphas"):
+            values[key] = tuple(float(v) for v in values[key])
+        cfg = cls(**values)
+        if cfg.normalise not in NORMALISERS:
+            raise InputError(source, "probe.cv.normalise", f"{cfg.normalise!r}; choose from "
+                             f"{list(NORMALISERS)}")
+        if cfg.n_folds < 2 or cfg.inner_folds < 2:
+            raise InputError(source, "probe.cv", "n_folds and inner_folds must be >= 2")
+        if cfg.n_permutations < 0 or not cfg.Cs or not cfg.alphas or not cfg.tol > 0 \
+                or not 0 < cfg.baseline_alpha < 1:
+            raise InputError(source, "probe.cv", "need n_permutations >= 0, non-empty grids, "
+                             "tol > 0 and 0 < baseline_alpha < 1")
+        return cfg
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:

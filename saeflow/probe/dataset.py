@@ -44,7 +44,7 @@ import scipy.sparse as sp
 from saeflow.core.errors import InputError
 from saeflow.core.io import atomic_path
 from saeflow.formats.codes import checked_csr
-from saeflow.formats.hdf5 import open_h5, reading
+from saeflow.formats.hdf5 import open_h5, read_array, reading
 from saeflow.core.provenance import provenance_json
 
 FORMAT_VERSION = 2
@@ -222,7 +222,8 @@ def read_probe_dataset(path: str | Path) -> ProbeDataset:
                 continue
             value = value.item() if hasattr(value, "item") else value
             meta[key] = json.loads(value) if key in _JSON_ATTRS else value
-        ds = ProbeDataset(str(meta.get("name", Path(path).stem)), _read_X(h5, path), h5["y"][()],
-                          h5["sample_index"][()], h5["row_position"][()],
-                          {c: h5[f"columns/{c}"][()] for c in COLUMN_FIELDS}, meta)
+        ds = ProbeDataset(str(meta.get("name", Path(path).stem)), _read_X(h5, path),
+                          read_array(h5, "y", path), read_array(h5, "sample_index", path),
+                          read_array(h5, "row_position", path),
+                          {c: read_array(h5, f"columns/{c}", path) for c in COLUMN_FIELDS}, meta)
     return ds

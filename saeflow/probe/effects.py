@@ -12,30 +12,24 @@ the tested columns. :func:`toy_check` asks whether that tally (and a probe's wei
 known informative positions; it reports, and nothing is tuned on its answer.
 
 CSR inputs (SAE codes) are never densified: the class sums are sparse products, and only the
-``[permutations, d]`` sums are dense, as they are for dense inputs.
+``[permutations, d]`` sums are dense, as they are for dense inputs. Writing and reading the
+results, and the rule's entry point: :mod:`saeflow.probe.effects_files`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-import h5py
 import numpy as np
-import scipy.sparse as sp
 from scipy import stats
 
 from saeflow.core.errors import InputError
-from saeflow.formats.descriptions import descriptions_by_hook
-from saeflow.core.io import atomic_path, write_json
-from saeflow.probe.dataset import (COLUMN_FIELDS, ProbeDataset, check_dataset, dense_column,
-                                   read_probe_dataset)
+from saeflow.probe.dataset import ProbeDataset, check_dataset, dense_column
 from saeflow.probe.permutation import (P_KINDS, bh_adjust, bh_min_rejections, cohens_d,
                                        permutation_test, permutation_test_columns)
-from saeflow.core.provenance import provenance_json
 
 __all__ = ["bh_adjust", "cohens_d", "compute_effects", "permutation_test"]
 
@@ -95,69 +89,120 @@ class EffectsResult:
 P_METHODS = ("permutation", "normal")
 
 
-def compute_effects(ds: ProbeDataset, *, positive_class: str | int | None = None,
-                    n_permutations: int = 20000, seed: int = 0, alpha: float = 0.05,
-                    top_k: int = 20, descriptions: dict[str, dict[int, str]] | None = None,
-                    batch_size: int = 256, p_method: str = "permutation",
-                    stop_after: int = 20, exact_max_k: int = 10) -> EffectsResult:
+@dataclass(frozen=True)
+class EffectSettings:
+    """``probe.effects``, typed (keys and meaning: the schema, workflow/schemas/config.schema.yaml;
+    the defaults here are the schema's, for direct calls). ``n_permutations``: most label
+    permutations per Monte Carlo column; ``alpha``: the BH false discovery rate; ``top_k``:
+    columns reported and localised; ``batch_size``: permutations per batch; ``p_method``:
+    :data:`P_METHODS`; ``stop_after``: a Monte Carlo column stops at this many as extreme
+    draws; ``exact_max_k``: columns with at most this many values off their mode get the
+    exact p."""
+
+    n_permutations: int = 20000
+    seed: int = 0
+    alpha: float = 0.05
+    top_k: int = 20
+    batch_size: int = 256
+    p_method: str = "permutation"
+    stop_after: int = 20
+    exact_max_k: int = 10
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None, source: str = "config") -> EffectSettings:
+        """From ``probe.effects`` (keys left out keep their default); an unknown key is an
+        InputError."""
+        from saeflow.core.config import strict_fields
+
+        return cls(**strict_fields(cls, values, "probe.effects", source, asdict(cls())))
+
+    def check(self, source: str) -> None:
+        """Values no computation can use are an InputError naming ``source`` (the dataset)."""
+        if self.n_permutations < 2 or self.top_k < 1 or self.stop_after < 1 \
+                or self.exact_max_k < 0:
+            raise InputError(source, "effects", "need n_permutations >= 2, top_k >= 1, "
+                             "stop_after >= 1 and exact_max_k >= 0")
+        if self.p_method not in P_METHODS:
+            raise InputError(source, "effects.p_method",
+                             f"{self.p_method!r}: one of {list(P_METHODS)}")
+
+
+@dataclass(frozen=True)
+class _Columns:
+    """Per-column statistics ``[d]``: Cohen's d, p, BH q and how each p was found (index into
+    :data:`saeflow.probe.permutation.P_KINDS`, -1 = normal)."""
+
+    d: np.ndarray
+    p: np.ndarray
+    q: np.ndarray
+    kinds: np.ndarray
+
+
+def compute_effects(ds: ProbeDataset, settings: EffectSettings | None = None, *,
+                    positive_class: str | int | None = None,
+                    descriptions: dict[str, dict[int, str]] | None = None,
+                    **overrides: Any) -> EffectsResult:
     """Cohen's d, p, BH q for every column of ``ds``; top-k (by |d|) and localisation.
 
-    ``p_method``: ``permutation`` (valid: exact where the column allows, else sequential
-    Monte Carlo with at most ``n_permutations`` draws, stopping a column at its
-    ``stop_after``-th as extreme draw; :func:`saeflow.probe.permutation.permutation_test`)
-    or ``normal`` (approximate, anti-conservative for sparse columns: the normal tail of each
-    column's permutation null). A Monte Carlo p is at least ``1/(N+1)``, so BH rejects such a
-    column only together with ``bh_min_rejections`` others at that floor; the record says so.
-    (The keyword defaults here are for direct calls; the pipeline passes the schema's.)
+    ``settings`` (default :class:`EffectSettings`), with ``overrides`` of its fields (direct
+    calls: ``compute_effects(ds, n_permutations=200)``). ``p_method``: ``permutation``
+    (valid: exact where the column allows, else sequential Monte Carlo with at most
+    ``n_permutations`` draws, stopping a column at its ``stop_after``-th as extreme draw;
+    :func:`saeflow.probe.permutation.permutation_test`) or ``normal`` (approximate,
+    anti-conservative for sparse columns: the normal tail of each column's permutation null).
+    A Monte Carlo p is at least ``1/(N+1)``, so BH rejects such a column only together with
+    ``bh_min_rejections`` others at that floor; the record says so.
     """
     check_dataset(ds)
-    if n_permutations < 2 or top_k < 1 or stop_after < 1 or exact_max_k < 0:
-        raise InputError(ds.name, "effects", "need n_permutations >= 2, top_k >= 1, "
-                         "stop_after >= 1 and exact_max_k >= 0")
-    if p_method not in P_METHODS:
-        raise InputError(ds.name, "effects.p_method", f"{p_method!r}: one of {list(P_METHODS)}")
+    s = replace(settings or EffectSettings(), **overrides)
+    s.check(ds.name)
+    n_permutations, alpha, p_method = s.n_permutations, s.alpha, s.p_method
     y, positive = binary_target(ds, positive_class)
     if p_method == "normal":
-        perm = permutation_test_columns(ds.X, y, n_permutations, seed, batch_size, None, 0)
+        perm = permutation_test_columns(ds.X, y, n_permutations, s.seed, s.batch_size, None, 0)
         p = perm.p_normal()
         log.warning("%s: p_method normal is approximate and anti-conservative for rarely "
                     "firing features; use p_method: permutation for valid p-values", ds.name)
     else:
-        perm = permutation_test_columns(ds.X, y, n_permutations, seed, batch_size, stop_after,
-                                        exact_max_k)
+        perm = permutation_test_columns(ds.X, y, n_permutations, s.seed, s.batch_size,
+                                        s.stop_after, s.exact_max_k)
         p = perm.p
     d = perm.d
     q = bh_adjust(p)
     tested = np.isfinite(d)
     n_tested = int(tested.sum())
-    order = np.flatnonzero(tested)[np.lexsort((p[tested], -np.abs(d[tested])))][:top_k]
+    order = np.flatnonzero(tested)[np.lexsort((p[tested], -np.abs(d[tested])))][:s.top_k]
     kinds = perm.kind if p_method == "permutation" else np.where(tested, -1, 0)
-    top = [_describe(ds, int(c), y, d, p, q, alpha, rank, descriptions or {}, kinds)
+    stats_ = _Columns(d, p, q, kinds)
+    top = [_describe(ds, int(c), rank, y, stats_, alpha, descriptions or {})
            for rank, c in enumerate(order, 1)]
     floor = 1.0 / (1 + n_permutations) if p_method == "permutation" else 0.0
     mc = perm.kind == P_KINDS.index("monte_carlo")
-    settings = {"n_permutations": n_permutations, "seed": seed, "alpha": alpha, "top_k": top_k,
-                "p_method": p_method, "stop_after": stop_after, "exact_max_k": exact_max_k,
-                "p_kinds": perm.counts() if p_method == "permutation" else {"normal": n_tested},
-                "n_draws_max": int(perm.n_draws.max(initial=0)),
-                "n_draws_mean": float(perm.n_draws[mc].mean()) if mc.any() else 0.0,
-                "min_attainable_p": floor,
-                "bh_min_rejections": bh_min_rejections(floor, n_tested, alpha)}
-    if p_method == "permutation" and mc.any() and settings["bh_min_rejections"] != 1:
-        k = settings["bh_min_rejections"]
+    record = {"n_permutations": n_permutations, "seed": s.seed, "alpha": alpha,
+              "top_k": s.top_k, "p_method": p_method, "stop_after": s.stop_after,
+              "exact_max_k": s.exact_max_k,
+              "p_kinds": perm.counts() if p_method == "permutation" else {"normal": n_tested},
+              "n_draws_max": int(perm.n_draws.max(initial=0)),
+              "n_draws_mean": float(perm.n_draws[mc].mean()) if mc.any() else 0.0,
+              "min_attainable_p": floor,
+              "bh_min_rejections": bh_min_rejections(floor, n_tested, alpha)}
+    if p_method == "permutation" and mc.any() and record["bh_min_rejections"] != 1:
+        k = record["bh_min_rejections"]
         log.warning("%s: a Monte Carlo p is >= 1/(%d + 1), so BH over %d columns rejects such "
                     "a column only %s; n_permutations >= %d lets a single column through",
                     ds.name, n_permutations, n_tested,
                     f"when at least {k} columns reach that floor" if k else "never",
                     int(np.ceil(n_tested / alpha)) - 1)
-    return EffectsResult(ds, positive, d, p, q, settings, top,
+    return EffectsResult(ds, positive, d, p, q, record, top,
                          localisation(ds.columns, order, tested, ds.layers, ds.positions),
                          kinds.astype(np.int8))
 
 
-def _describe(ds: ProbeDataset, c: int, y: np.ndarray, d: np.ndarray, p: np.ndarray,
-              q: np.ndarray, alpha: float, rank: int, descriptions: dict[str, dict[int, str]],
-              kinds: np.ndarray) -> dict[str, Any]:
+def _describe(ds: ProbeDataset, c: int, rank: int, y: np.ndarray, stats_: _Columns, alpha: float,
+              descriptions: dict[str, dict[int, str]]) -> dict[str, Any]:
+    """The record of column ``c``, ranked ``rank``: where it sits, its statistics, its class
+    means and firing rates (``y`` ``[n]``: the positive class) and its description."""
+    d, p, q, kinds = stats_.d, stats_.p, stats_.q, stats_.kinds
     hooks, positions = ds.meta.get("hooks", []), ds.positions
     hook = hooks[ds.columns["hook"][c]] if hooks else ""
     pos = int(ds.columns["position"][c])
@@ -243,99 +288,3 @@ def toy_check(loc: dict[str, Any], informative_positions: list[str], *,
         out["probe_weight_share"] = float(probe_weights[col_info].sum() / total) if total else None
         out["probe_expected_share"] = float(col_info.mean())
     return out
-
-
-def coefficient_weights(h5_path: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Mean over folds of the summed |coefficient| per input column ``[d]``, and the columns.
-
-    Coefficients live on the normalised scale, so with ``standardize`` they compare across
-    columns; this is what the toy check uses to ask where a probe puts its weight.
-    """
-    try:
-        with h5py.File(h5_path, "r") as h5:
-            coefs = [np.abs(h5[k]["coef"][()]).sum(axis=0) for k in h5 if k.startswith("fold_")]
-            columns = {c: h5[f"columns/{c}"][()] for c in COLUMN_FIELDS}
-    except (OSError, KeyError) as err:
-        raise InputError(h5_path, "<file>", f"not a probe fit file ({err})") from None
-    return np.mean(coefs, axis=0), columns
-
-
-def effects_record(res: EffectsResult) -> dict[str, Any]:
-    """JSON record (``probe/effects/{name}.json``): settings, counts, top-k, localisation."""
-    tested = np.isfinite(res.d)
-    ds = res.dataset
-    return {"name": ds.name, "prompt_set": ds.meta.get("prompt_set"),
-            "strategy": ds.meta.get("strategy"),
-            "input_kind": ds.meta.get("input_kind"), "positive_class": res.positive_class,
-            "n_samples": int(ds.X.shape[0]), "n_positive": int((ds.y == ds.class_names.index(
-                res.positive_class)).sum()), "n_columns": int(res.d.size),
-            "n_tested": int(tested.sum()),
-            "n_significant": int(np.sum(res.q <= res.settings["alpha"])),
-            **res.settings, "top": res.top, "localisation": res.localisation}
-
-
-def write_effects(res: EffectsResult, json_path: str | Path, h5_path: str | Path,
-                  config: dict[str, Any] | None = None,
-                  extra: dict[str, Any] | None = None) -> None:
-    """Write full per-column arrays (HDF5 ``d``, ``p``, ``q``, ``p_kind`` ``[d]``,
-    ``columns/*``) and the JSON record (plus ``extra`` keys, e.g. the toy check); no
-    half-written pair on error."""
-    with atomic_path(h5_path) as tmp, h5py.File(tmp, "w") as h5:
-        for key, value in (("d", res.d), ("p", res.p), ("q", res.q)):
-            h5.create_dataset(key, data=value)
-        if res.p_kind is not None:
-            h5.create_dataset("p_kind", data=res.p_kind)
-            h5["p_kind"].attrs["names"] = json.dumps({"-1": "normal", **{
-                str(i): name for i, name in enumerate(P_KINDS)}})
-        for key, value in res.dataset.columns.items():
-            h5.create_dataset(f"columns/{key}", data=value)
-        h5.attrs.update(name=res.dataset.name, positive_class=res.positive_class,
-                        prompt_set=str(res.dataset.meta.get("prompt_set")),
-                        alpha=res.settings["alpha"], positions=json.dumps(res.dataset.positions),
-                        layers=json.dumps(res.dataset.layers), provenance=provenance_json(config))
-    try:
-        write_json(json_path, {**effects_record(res), **(extra or {})}, config)
-    except BaseException:
-        Path(h5_path).unlink(missing_ok=True)
-        raise
-
-
-def read_effect_arrays(h5_path: str | Path) -> dict[str, Any]:
-    """``d``, ``p``, ``q`` ``[d]`` and attributes of a file from :func:`write_effects`."""
-    try:
-        with h5py.File(h5_path, "r") as h5:
-            return {"d": h5["d"][()], "p": h5["p"][()], "q": h5["q"][()],
-                    "name": str(h5.attrs["name"]), "alpha": float(h5.attrs["alpha"]),
-                    "prompt_set": str(h5.attrs.get("prompt_set", ""))}
-    except (OSError, KeyError) as err:
-        raise InputError(h5_path, "<file>", f"not an effects file ({err})") from None
-
-
-def probe_effects_stage(dataset_path: str | Path, json_out: str | Path, h5_out: str | Path, *,
-                settings: dict[str, Any] | None = None, positive_class: str | int | None = None,
-                descriptions: str | Path | None = None, descriptions_hook: str | None = None,
-                fit_h5: str | Path | None = None,
-                informative_positions: list[str] | None = None,
-                config: dict[str, Any] | None = None) -> EffectsResult:
-    """Rule ``probe_effects``: effects of one dataset, plus the toy check when the
-    informative positions are known (with the fitted probe's weights if ``fit_h5`` is given).
-    ``settings`` keys: ``n_permutations``, ``seed``, ``alpha``, ``top_k``, ``batch_size``,
-    ``p_method``, ``stop_after``, ``exact_max_k``."""
-    settings = dict(settings or {})
-    allowed = {"n_permutations", "seed", "alpha", "top_k", "batch_size", "p_method",
-               "stop_after", "exact_max_k"}
-    if set(settings) - allowed:
-        raise InputError("config", "probe.effects",
-                         f"unknown key(s) {sorted(set(settings) - allowed)}")
-    ds = read_probe_dataset(dataset_path)
-    res = compute_effects(ds, positive_class=positive_class,
-                          descriptions=descriptions_by_hook(descriptions, descriptions_hook),
-                          **settings)
-    extra: dict[str, Any] = {}
-    if informative_positions:
-        weights, columns = coefficient_weights(fit_h5) if fit_h5 else (None, None)
-        extra["toy_check"] = toy_check(res.localisation, list(informative_positions),
-                                       probe_weights=weights, columns=columns,
-                                       alpha=res.settings["alpha"], source=ds.name)
-    write_effects(res, json_out, h5_out, config, extra)
-    return res

@@ -14,7 +14,8 @@ import numpy as np
 
 from saeflow.core.io import atomic_path, write_json
 from saeflow.probe.dataset import COLUMN_FIELDS, constant_columns, read_probe_dataset
-from saeflow.probe.fit import ProbeConfig, ProbeResult, fit_probe
+from saeflow.probe.crossval import ProbeConfig
+from saeflow.probe.fit import ProbeResult, fit_probe
 from saeflow.core.provenance import provenance_json
 
 log = logging.getLogger(__name__)

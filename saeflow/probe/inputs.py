@@ -16,7 +16,7 @@ import scipy.sparse as sp
 from saeflow.core.errors import InputError
 from saeflow.core.positions import token_index
 from saeflow.formats.codes import read_codes, read_feature_stat, read_row_valid
-from saeflow.formats.hdf5 import json_attr, reading
+from saeflow.formats.hdf5 import json_attr, read_array, reading
 
 EMBED_HOOKS = ("hook_embed", "hook_pos_embed")
 RESID_PRE0 = "blocks.0.hook_resid_pre"
@@ -38,9 +38,11 @@ def stored_columns(h5: h5py.File, requested: list[str | int], path: str | Path,
     """
     names = [str(p) for p in json_attr(h5, "position_names", path)]
     spec = json.loads(h5.attrs["position_spec"]) if "position_spec" in h5.attrs else None
-    stored = np.asarray(h5["positions"][()])  # [n, P] token index, -1 where absent
+    stored = np.asarray(read_array(h5, "positions", path))  # [n, P] token index, -1 where absent
     n, n_pos = stored.shape
-    lengths = np.asarray(h5["lengths"][()], dtype=np.int64) if "lengths" in h5 else None
+    lengths = None
+    if "lengths" in h5:
+        lengths = np.asarray(read_array(h5, "lengths", path), dtype=np.int64)
     out, unknown = [], []
     for raw in requested:
         name = str(raw)
@@ -220,4 +222,5 @@ def meta_column(h5: h5py.File, column: str, path: str | Path) -> np.ndarray:
     if key not in h5:
         raise InputError(path, key, "metadata column missing")
     ds = h5[key]
-    return np.asarray(ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()])
+    with reading(path, key):
+        return np.asarray(ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()])

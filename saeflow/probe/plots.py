@@ -162,6 +162,6 @@ def plot_probe_heatmap_stage(effects_paths: list[str | Path], path: str | Path) 
 
 def plot_cohens_d_stage(arrays_paths: list[str | Path], path: str | Path) -> None:
     """Rule ``plot_cohens_d``: :func:`plot_cohens_d` of the effects ``*.h5`` array files."""
-    from saeflow.probe.effects import read_effect_arrays
+    from saeflow.probe.effects_files import read_effect_arrays
 
     plot_cohens_d([read_effect_arrays(p) for p in arrays_paths], path)

@@ -50,7 +50,7 @@ from saeflow.core.errors import InputError
 from saeflow.core.layerspec import format_layer_spec, parse_layer_spec
 from saeflow.probe.dataset import (COLUMN_FIELDS, FORMAT_VERSION, ProbeDataset, check_dataset,
                                 write_probe_dataset)
-from saeflow.formats.hdf5 import json_attr, open_h5
+from saeflow.formats.hdf5 import json_attr, open_h5, require
 from saeflow.probe.inputs import (CodeReader, act_block, as_bool, embedding_block, layers_of,
                                   meta_column, stored_columns)
 
@@ -82,7 +82,7 @@ def build_probe_dataset(spec: dict[str, Any], activations: str | Path,
         names = [str(p) for p in json_attr(act, "position_names", activations)]
         pos_cols = stored_columns(act, positions, activations, name)
         hooks = [str(h) for h in json_attr(act, "hooks", activations)]
-        n = int(act["positions"].shape[0])
+        n = int(require(act, "positions", activations).shape[0])
         layer_hooks = layers_of(hooks, hook_template)
         code_file = open_h5(codes) if codes is not None else None
         try:

@@ -5,15 +5,25 @@ Real objects (saeflow's dataclasses, torch tensors), no files: each test states 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from saeflow.core.config import schema_defaults
-from saeflow.patch.resid import PairBatch, PatchConfig
+from saeflow.patch.pairs import PairBatch, PatchConfig
+from saeflow.patch.splice import PatchRun
 
 
 def patch_config(**overrides: Any) -> PatchConfig:
     """config["patch"] as validation leaves it: the schema's defaults plus a pairs file."""
     return PatchConfig.from_dict({**schema_defaults("patch"), "pairs": "pairs.jsonl", **overrides})
+
+
+def patch_run(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBatch],
+              n_positions: int | None = None, **overrides: Any) -> PatchRun:
+    """A :class:`~saeflow.patch.splice.PatchRun` of a model with its SAEs already spliced
+    (``saes`` keyed by site, as :func:`~saeflow.patch.splice.prepare_saes` returns them), its
+    config :func:`patch_config` with ``overrides``."""
+    return PatchRun(model, saes, tuple(batches), patch_config(**overrides), n_positions)
 
 
 def random_pair_batch(n: int, T: int, diff_at: list[int], seed: int, vocab: int = 50) -> PairBatch:

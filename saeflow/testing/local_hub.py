@@ -246,12 +246,12 @@ def check_pipeline(out: dict[str, Any], model, sae, work_dir: Path) -> None:
 
     from saeflow.encode import encode_to_hdf5
     from saeflow.formats.codes import read_codes
-    from saeflow.extract import extract_to_hdf5
+    from saeflow.extract import Storage, extract_to_hdf5
     from saeflow.core.saes import load_sae
 
     records = [{"text": p, "id": i} for i, p in enumerate(PROMPTS)]
     acts_path, codes_path = work_dir / "acts.h5", work_dir / "codes.h5"
-    extract_to_hdf5(model, records, [HOOK], acts_path, positions="all", dtype="float32")
+    extract_to_hdf5(model, records, [HOOK], acts_path, Storage(positions="all", dtype="float32"))
     summary = encode_to_hdf5(acts_path, codes_path, {HOOK: lambda: load_sae(SAE_CFG, HOOK, None)})
     with h5py.File(acts_path, "r") as f:
         acts = f[f"acts/{HOOK}"][()]

@@ -6,7 +6,7 @@ import torch
 from saeflow.encode import encode_to_hdf5
 from saeflow.formats.codes import read_codes
 from saeflow.core.errors import InputError
-from saeflow.extract import extract_to_hdf5
+from saeflow.extract import Storage, extract_to_hdf5
 
 HOOK = "blocks.1.hook_resid_post"
 
@@ -15,7 +15,7 @@ HOOK = "blocks.1.hook_resid_post"
 def acts_file(tiny_model, small_world, tmp_path_factory):
     path = tmp_path_factory.mktemp("acts") / "acts.h5"
     extract_to_hdf5(tiny_model, small_world.prompt_sets["heldout_seen"][:30],
-                    ["blocks.0.hook_resid_post", HOOK], path, batch_size=8)
+                    ["blocks.0.hook_resid_post", HOOK], path, Storage(batch_size=8))
     return path
 
 
@@ -63,7 +63,7 @@ def test_attention_hook_z_is_stored_flat_and_encoded_as_in_the_model(tiny_model,
     hook = "blocks.0.attn.hook_z"
     records = small_world.prompt_sets["heldout_seen"][:12]
     acts = tmp_path / "acts.h5"
-    extract_to_hdf5(tiny_model, records, [hook], acts, dtype="float32", batch_size=5)
+    extract_to_hdf5(tiny_model, records, [hook], acts, Storage(dtype="float32", batch_size=5))
     torch.manual_seed(0)
     sae = StandardSAE(StandardSAEConfig(d_in=32, d_sae=64, reshape_activations="hook_z",
                                         metadata=SAEMetadata(hook_name=hook)))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from saeflow.core.errors import InputError
-from saeflow.extract import extract_to_hdf5, token_positions
+from saeflow.extract import Storage, extract_to_hdf5, token_positions
 from saeflow.core.prompts import encode_prompt
 
 HOOKS = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_post"]
@@ -29,7 +29,7 @@ def test_positions_spec():
 def test_stored_activations_equal_the_models(tiny_model, small_world, tmp_path):
     records = small_world.prompt_sets["heldout_seen"][:20]
     out = tmp_path / "acts.h5"
-    summary = extract_to_hdf5(tiny_model, records, HOOKS, out, dtype="float32", batch_size=7,
+    summary = extract_to_hdf5(tiny_model, records, HOOKS, out, Storage(dtype="float32", batch_size=7),
                               config={"extraction": {"hooks": HOOKS}})
     assert summary["n_prompts"] == 20
     with h5py.File(out) as f:
@@ -54,7 +54,7 @@ def test_stored_activations_equal_the_models(tiny_model, small_world, tmp_path):
 def test_fp16_storage_and_final_position(tiny_model, small_world, tmp_path):
     records = small_world.prompt_sets["pairs"]
     out = tmp_path / "final.h5"
-    extract_to_hdf5(tiny_model, records, HOOKS[1:], out, positions="final", batch_size=5)
+    extract_to_hdf5(tiny_model, records, HOOKS[1:], out, Storage(positions="final", batch_size=5))
     with h5py.File(out) as f:
         acts = f[f"acts/{HOOKS[1]}"]
         assert acts.dtype == np.float16 and acts.shape == (len(records), 1, 32)
@@ -85,6 +85,7 @@ def test_multi_token_answer_is_an_error_naming_the_record(tiny_model, small_worl
 def test_extract_stage_checks_prompts_before_loading_the_model(tmp_path, monkeypatch):
     """Bad prompts fail with their line before the model (maybe a hub download) is loaded."""
     import saeflow.core.models as models
+    from saeflow.core.bundle import ModelSAEs
     from saeflow.extract import extract_stage
 
     def no_model(*args, **kwargs):
@@ -94,7 +95,7 @@ def test_extract_stage_checks_prompts_before_loading_the_model(tmp_path, monkeyp
     prompts = tmp_path / "bad.jsonl"
     prompts.write_text('{"text": "fine"}\n{"text": ""}\n')
     with pytest.raises(InputError, match="line 2"):
-        extract_stage({"source": "pretrained", "name": "gpt2"}, None, prompts,
+        extract_stage(ModelSAEs({"source": "pretrained", "name": "gpt2"}), prompts,
                       {"hooks": HOOKS}, "cpu", tmp_path / "acts.h5")
     assert not (tmp_path / "acts.h5").exists()
 
@@ -111,7 +112,7 @@ def test_predictions_and_answer_logprobs_are_the_models_own_with_a_logit_soft_ca
     capped.load_state_dict(tiny_model.state_dict())
     records = small_world.prompt_sets["pairs"][:6]
     out = tmp_path / "capped.h5"
-    extract_to_hdf5(capped, records, HOOKS[1:], out, positions="final", batch_size=4)
+    extract_to_hdf5(capped, records, HOOKS[1:], out, Storage(positions="final", batch_size=4))
     with h5py.File(out) as f:
         for i, record in enumerate(records):
             ids = encode_prompt(capped.tokenizer, record["text"])

@@ -9,7 +9,7 @@ import pytest
 
 from saeflow.core.errors import InputError
 from saeflow.encode import encode_to_hdf5, gather_codes_stage
-from saeflow.extract import extract_to_hdf5, gather_activations_stage
+from saeflow.extract import Storage, extract_to_hdf5, gather_activations_stage
 from saeflow.formats.activations import open_activations
 from saeflow.formats.codes import read_codes
 
@@ -23,13 +23,13 @@ def runs(tiny_model, small_world, random_sae, tmp_path_factory):
     root = tmp_path_factory.mktemp("shards")
     records = small_world.prompt_sets["heldout_unseen"][:N]
     whole_acts, whole_codes = root / "whole" / "acts.h5", root / "whole" / "codes.h5"
-    extract_to_hdf5(tiny_model, records, HOOKS, whole_acts, batch_size=4)
+    extract_to_hdf5(tiny_model, records, HOOKS, whole_acts, Storage(batch_size=4))
     encode_to_hdf5(whole_acts, whole_codes, {SAE_HOOK: lambda: random_sae}, batch_rows=64)
     acts, codes = [], []
     for i, start in enumerate(range(0, N, SHARD)):
         acts.append(root / "acts" / "set.shards" / f"{i:05d}.h5")
         codes.append(root / "codes" / "set.shards" / f"{i:05d}.h5")
-        extract_to_hdf5(tiny_model, records, HOOKS, acts[-1], batch_size=4,
+        extract_to_hdf5(tiny_model, records, HOOKS, acts[-1], Storage(batch_size=4),
                         rows=(start, min(start + SHARD, N)))
         encode_to_hdf5(acts[-1], codes[-1], {SAE_HOOK: lambda: random_sae}, batch_rows=64)
     gather_activations_stage(acts, root / "acts" / "set.h5")
@@ -96,10 +96,11 @@ def test_shards_out_of_order_or_missing_leave_no_output(runs, tmp_path):
 
 
 def test_an_empty_shard_is_an_input_error(tiny_model, small_world, tmp_path):
+    from saeflow.core.bundle import ModelSAEs
     from saeflow.extract import extract_stage
 
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"text": "x = 1"}\n')
     with pytest.raises(InputError, match="no shard 3 of 8"):
-        extract_stage({"source": "pretrained", "name": "unused"}, None, prompts,
+        extract_stage(ModelSAEs({"source": "pretrained", "name": "unused"}), prompts,
                       {"shard_size": 8}, "cpu", tmp_path / "out.h5", shard=3)

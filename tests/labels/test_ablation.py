@@ -12,9 +12,10 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from saeflow.labels import ablation as ablation_module
 from saeflow.labels.ablation import (
-    IGNORE, ablate_categories, ablation_losses, category_feature_sets, delta_covariance,
+    IGNORE, AblationSettings, ablate_categories, ablation_losses, category_feature_sets, delta_covariance,
     eval_set_from_h5, next_token_eval, pool_draws, random_matched_set, start_layer, target_eval,
 )
+from saeflow.core.config import schema_defaults
 from saeflow.core.errors import InputError
 
 torch.set_num_threads(1)
@@ -184,8 +185,9 @@ def test_stage_ablates_classified_categories(tmp_path, model_and_sae, eval_set):
         (tmp_path / f"{name}.json").write_text(json.dumps({"records": [
             {"feature_index": i, "label": "related" if i in members else "not-related"}
             for i in range(64)]}))
+    settings = AblationSettings.from_dict({**schema_defaults("labels.ablation"), "batch_size": 3})
     out = ablate_categories(model, sae, eval_set, {"a": tmp_path / "a.json", "b": tmp_path / "b.json"},
-                            tmp_path / "d.json", seed=0, batch_size=3, truth={"a": [1, 2]})
+                            tmp_path / "d.json", settings, truth={"a": [1, 2]})
     assert out["feature_sets"]["a"] == [1, 2, 3] and out["feature_sets"]["b"] == [10, 11]
     assert set(out["sets"]) == {"a", "b", "other", "truth:a", "truth:other"}
     assert out["sets"]["b"]["loss"] != out["baseline_loss"]

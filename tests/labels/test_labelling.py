@@ -156,7 +156,7 @@ def test_a_sample_larger_than_the_descriptions_is_refused(tmp_path, descriptions
                  "--question", QUESTION, "--out", str(out), "--n", "50"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and not out.exists()
-    assert err == (f"saeflow: error: arguments: n: sample of 50 is larger than the 20 described "
+    assert err == ("saeflow: error: arguments: n: sample of 50 is larger than the 20 described "
                    "features; ask for at most that many")
 
 

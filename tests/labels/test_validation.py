@@ -13,15 +13,24 @@ import numpy as np
 import pytest
 import torch
 
+from saeflow.core.config import schema_defaults
 from saeflow.core.errors import InputError
+from saeflow.labels import planting as P
 from saeflow.labels import validation as V
-from saeflow.labels.ablation import ablation_losses, next_token_eval
+from saeflow.labels.ablation import AblationSettings, ablation_losses, next_token_eval
 
 CFG = {"contamination": [0.0, 0.3], "sources": ["category", "other"], "false_negative_rate": 0.2,
        "replicates": 30, "other_draws": 4, "sets_per_pass": 8, "n_boot": 200, "seed": 0}
 METHODS = ["naive", "two-bucket", "general"]
 TRUTH = {"a": list(range(0, 30)), "b": list(range(30, 60))}
 RECORDS = [{"feature_id": f"toy-{i}", "feature_index": i, "description": "d"} for i in range(300)]
+
+
+def settings(cfg, methods, sample_n):
+    """What the stage builds once from the rule's params (labels.ablation at its defaults)."""
+    return V.ValidationSettings(V.ValidationConfig.from_dict(cfg),
+                                AblationSettings.from_dict(schema_defaults("labels.ablation")),
+                                tuple(methods), sample_n)
 
 
 def additive_world(monkeypatch, spread):
@@ -56,9 +65,9 @@ def by_key(result):
 def test_planted_classifier_has_the_planted_error_rates():
     rng = np.random.default_rng(0)
     features = [r["feature_index"] for r in RECORDS]
-    kept = V.kept_members(TRUTH, 0.2, rng)
-    for source in V.SOURCES:
-        buckets = V.plant_classifier(TRUTH, features, V.Condition(0.3, source), kept, rng)
+    kept = P.kept_members(TRUTH, 0.2, rng)
+    for source in P.SOURCES:
+        buckets = P.plant_classifier(TRUTH, features, P.Condition(0.3, source), kept, rng)
         for name, bucket in buckets.items():
             own = set(TRUTH[name])
             assert set(bucket) & own == set(kept[name]) and len(kept[name]) == 24  # 20% left out
@@ -66,17 +75,17 @@ def test_planted_classifier_has_the_planted_error_rates():
             assert len(fp) == round(0.3 * 24 / 0.7)
             other_members = set().union(*(set(m) for c, m in TRUTH.items() if c != name))
             assert fp <= (other_members if source == "category" else set(range(60, 300)))
-    assert [c.key for c in V.conditions([0.3, 0.0], ["category", "other"])] == \
+    assert [c.key for c in P.conditions([0.3, 0.0], ["category", "other"])] == \
         ["none@0", "category@0.3", "other@0.3"]
     with pytest.raises(InputError, match="unknown sources"):
-        V.conditions([0.1], ["elsewhere"])
+        P.conditions([0.1], ["elsewhere"])
 
 
 def test_methods_against_planted_noise_in_an_additive_world(monkeypatch):
     """Every feature of a kind has the same LPF: the methods' shared assumption holds, so
     what separates them is only their model of a bucket's contamination."""
     lpf = additive_world(monkeypatch, spread=0.0)
-    result = V.validate(None, None, None, TRUTH, RECORDS, CFG, METHODS, sample_n=200)
+    result = V.validate(None, None, None, TRUTH, RECORDS, settings(CFG, METHODS, 200))
     conds = by_key(result)
     true = {c: result["true_lpf"][c]["lpf"] for c in TRUTH}
     assert true["a"] == pytest.approx(lpf[:30].mean(), rel=0.01)  # measured: delta / n
@@ -127,7 +136,7 @@ def test_unequal_members_are_what_the_intervals_leave_out(monkeypatch):
     mean by luck the intervals do not hold, which the in-bucket coverage tells apart."""
     additive_world(monkeypatch, spread=0.3)
     cfg = {**CFG, "contamination": [0.0], "replicates": 30}
-    row = V.validate(None, None, None, TRUTH, RECORDS, cfg, ["general"], sample_n=200)[
+    row = V.validate(None, None, None, TRUTH, RECORDS, settings(cfg, ["general"], 200))[
         "conditions"][0]["methods"]["general"]["categories"]["a"]
     assert row["coverage"] < 0.5 and row["in_bucket"]["coverage"] >= 0.8
     assert row["in_bucket"]["spread_around_true"] > 2 * row["mean_ci_width"]
@@ -156,7 +165,7 @@ def test_real_measurements_on_a_tiny_model(random_model_and_sae):
     truth = {"a": list(range(0, 10)), "b": list(range(10, 20))}
     records = RECORDS[:64]
     cfg = {**CFG, "replicates": 3, "n_boot": 50}
-    result = V.validate(model, sae, eval_set, truth, records, cfg, METHODS, sample_n=40)
+    result = V.validate(model, sae, eval_set, truth, records, settings(cfg, METHODS, 40))
     own = ablation_losses(model, sae, eval_set, {"a": truth["a"]})["sets"]["a"]
     assert result["true_lpf"]["a"]["lpf"] == pytest.approx(own["delta"] / 10, rel=1e-5)
     assert "measured" in result["true_lpf"]["a"]["how"] and result["true_lpf_other"]["n_draws"] == 8

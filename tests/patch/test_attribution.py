@@ -12,13 +12,16 @@ from sae_lens import (HookedSAETransformer, StandardSAE, StandardSAEConfig, Tran
 from sae_lens.saes.sae import SAEMetadata
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from saeflow.patch.attribution import (atp_stage, exact_latent_effects, prepare_saes, rank_nodes,
-                                 read_atp, run_atp, run_spliced, verify_atp)
+from saeflow.patch.attribution import (exact_latent_effects, rank_nodes, read_atp, run_atp,
+                                       verify_atp)
 from saeflow.core.errors import InputError
+from saeflow.patch.estimators import estimate_stage
 from saeflow.patch.faithfulness import faithfulness_curve, node_means, verify_stage
-from saeflow.patch.summary import summary_stage
-from saeflow.testing.fixtures import patch_config, random_pair_batch
-from saeflow.patch.resid import logit_diff, run_resid_patching, write_resid
+from saeflow.patch.summary import SummaryInputs, summary_stage
+from saeflow.testing.fixtures import patch_config, patch_run, random_pair_batch
+from saeflow.patch.pairs import logit_diff
+from saeflow.patch.resid import run_resid_patching, write_resid
+from saeflow.patch.splice import PatchRun, prepare_saes, run_spliced
 from saeflow.patch.plots import (plot_faithfulness_stage, plot_latent_activations_stage,
                                  plot_resid_patching_stage, plot_top_latents_stage)
 
@@ -228,13 +231,13 @@ def test_faithfulness_endpoints(model: HookedSAETransformer) -> None:
     atp = run_atp(model, spliced, [batch], True)
     ranking = [node for node, _ in rank_nodes(atp)]
     assert len(ranking) == 2 * D_SAE + 2 * 6  # latents + one error node per hook x position
-    means = node_means(model, spliced, [batch], True)
+    run = patch_run(model, spliced, [batch], max_batch=5, n_bootstrap=0)
+    means = node_means(run, True)
     _, cache = model.run_with_cache(torch.cat([batch.clean, batch.corrupted]))
     first = spliced["blocks.0.hook_resid_post"]
     assert torch.allclose(means["blocks.0.hook_resid_post"].act,
                           first.encode(cache["blocks.0.hook_resid_post"]).mean(0), atol=1e-5)
-    out = faithfulness_curve(model, spliced, [batch], ranking, [1, 5, 10**6], means, True,
-                             max_batch=5)
+    out = faithfulness_curve(run, ranking, [1, 5, 10**6], means, True)
     model_ld = logit_diff(model(batch.clean), batch.clean_answer, batch.corrupted_answer)
     assert out["F_model"] == pytest.approx(model_ld.mean().item(), abs=1e-4)
     # With every node ablated the last residual stream is the same constant for every prompt.
@@ -249,13 +252,14 @@ def test_faithfulness_endpoints(model: HookedSAETransformer) -> None:
 
     # m(M) is the model itself in both modes: without the error term keeping every node is
     # the SAE-reconstructed model, so faithfulness at all nodes is not 1 by construction.
-    means_no_err = node_means(model, spliced, [batch], False)
+    means_no_err = node_means(run, False)
     atp_no_err = run_atp(model, spliced, [batch], False)
     order = [node for node, _ in rank_nodes(atp_no_err)]
     rng = np.random.default_rng(0)
     shuffles = [[order[j] for j in rng.permutation(len(order))] for _ in range(3)]
-    no_err = faithfulness_curve(model, spliced, [batch], order, [1, 5, 10**6], means_no_err,
-                                False, 5, shuffles, n_boot=200, seed=0)
+    no_err = faithfulness_curve(patch_run(model, spliced, [batch], max_batch=5, n_bootstrap=200,
+                                          seed=0), order, [1, 5, 10**6], means_no_err, False,
+                                shuffles)
     assert no_err["F_model"] == pytest.approx(out["F_model"])
     assert no_err["faithfulness_all_nodes"] == pytest.approx(
         (no_err["F_all_nodes"] - no_err["F_empty"]) / (no_err["F_model"] - no_err["F_empty"]))
@@ -279,7 +283,8 @@ def test_missing_hook_is_one_clear_error_and_no_output(model: HookedSAETransform
     saes[1].cfg.metadata.hook_name = hook
     out = tmp_path / "atp.h5"
     with pytest.raises(InputError, match=match) as err:
-        atp_stage(model, saes, [random_pair_batch(2, 5, [1], seed=6)], patch_config(), out)
+        run = PatchRun.build(model, saes, [random_pair_batch(2, 5, [1], seed=6)], patch_config())
+        estimate_stage(run, "atp", out)
     assert "\n" not in str(err.value)
     assert not out.exists() and not list(tmp_path.iterdir())
 
@@ -295,7 +300,8 @@ def test_stage_outputs_end_to_end(model: HookedSAETransformer, tmp_path) -> None
                                             "faithfulness.json", "top_latents.json",
                                             "truth.json", "summary.json")}
     write_resid(p["resid.h5"], run_resid_patching(model, batches, cfg), {"patch": {}})
-    atp_stage(model, saes, batches, cfg, p["atp.h5"], {"patch": {}})
+    run = PatchRun.build(model, saes, batches, cfg)
+    estimate_stage(run, "atp", p["atp.h5"], {"patch": {}})
     atps, (model_clean, _) = read_atp(p["atp.h5"])
     assert set(atps) == {"with_error", "without_error"}
     assert np.allclose(atps["with_error"].clean, model_clean, atol=1e-4)
@@ -303,11 +309,11 @@ def test_stage_outputs_end_to_end(model: HookedSAETransformer, tmp_path) -> None
 
     # A stale atp.h5 (other pairs) is refused before any of the three outputs is written.
     with pytest.raises(InputError, match="pair_id"):
-        verify_stage(model, saes, batches[:1], p["atp.h5"], cfg, {}, p["verify.json"],
-                     p["faithfulness.json"], p["top_latents.json"])
+        verify_stage(PatchRun.build(model, saes, batches[:1], cfg), p["atp.h5"], {},
+                     p["verify.json"], p["faithfulness.json"], p["top_latents.json"])
     assert not p["verify.json"].exists() and not p["faithfulness.json"].exists()
 
-    verify_stage(model, saes, batches, p["atp.h5"], cfg,
+    verify_stage(run, p["atp.h5"],
                  {"blocks.0.hook_resid_post": {i: f"latent {i}" for i in range(D_SAE)}},
                  p["verify.json"], p["faithfulness.json"], p["top_latents.json"])
     top = json.loads(p["top_latents.json"].read_text())
@@ -324,12 +330,11 @@ def test_stage_outputs_end_to_end(model: HookedSAETransformer, tmp_path) -> None
     p["truth.json"].write_text(json.dumps(truth))
     from saeflow.patch.exhaustive import exact_stage
 
-    exact_stage(model, saes, batches, cfg.max_batch, tmp_path / "exact.h5", {"patch": {}})
+    exact_stage(run, tmp_path / "exact.h5", {"patch": {}})
     from saeflow.patch.circuit import circuit_stage
     from saeflow.patch.plots import plot_circuit_stage
 
-    circuit_stage(model, saes, batches, p["atp.h5"], cfg, {}, tmp_path / "circuit.json",
-                  {"patch": {}})
+    circuit_stage(run, p["atp.h5"], {}, tmp_path / "circuit.json", {"patch": {}})
     circuit = json.loads((tmp_path / "circuit.json").read_text())
     ids = {n["id"] for n in circuit["nodes"]}
     assert ids and all(e["source"] in ids and (e["target"] in ids or e["target"] == "metric")
@@ -345,9 +350,10 @@ def test_stage_outputs_end_to_end(model: HookedSAETransformer, tmp_path) -> None
         assert lo <= by_edges[name] <= hi
     plot_circuit_stage(tmp_path / "circuit.json", tmp_path / "circuit.png")
     assert (tmp_path / "circuit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    summary_stage(p["resid.h5"], p["atp.h5"], p["verify.json"], p["faithfulness.json"],
-                  p["truth.json"], cfg, p["summary.json"], {"patch": {}},
-                  exact_path=tmp_path / "exact.h5", circuit_path=tmp_path / "circuit.json")
+    summary_stage(SummaryInputs(p["resid.h5"], {"atp": p["atp.h5"]}, p["verify.json"],
+                                p["faithfulness.json"], truth=p["truth.json"],
+                                exact=tmp_path / "exact.h5", circuit=tmp_path / "circuit.json"),
+                  cfg, p["summary.json"], {"patch": {}})
     s = json.loads(p["summary.json"].read_text())
     ld = s["logit_diff"]
     assert ld["model"]["clean"] == pytest.approx(ld["sae_with_error"]["clean"], abs=1e-4)
@@ -365,17 +371,12 @@ def test_stage_outputs_end_to_end(model: HookedSAETransformer, tmp_path) -> None
     assert s["circuit"]["n_nodes"] == len(circuit["nodes"])
     # the held-out pairs may all be shorter than the longest: error nodes keep the ranking's
     # alignment (a regression: the curve once indexed them by the eval pairs' own width)
-    from saeflow.patch.attribution import rank_nodes as ranked_nodes
-    from saeflow.patch.faithfulness import node_means as means_of
+    from dataclasses import replace
 
-    from saeflow.patch.attribution import to_sae_transformer
-
-    short, sae_model = [batches[0]], to_sae_transformer(model)
-    spliced = prepare_saes(sae_model, saes)
-    order = [n for n, _ in ranked_nodes(atps["with_error"])]
-    width = max(b.length for b in batches)
-    curve = faithfulness_curve(sae_model, spliced, short, order, [1, 3], means_of(
-        sae_model, spliced, short, True, 256, width), True, 256, n_positions=width)
+    short = replace(run, batches=(batches[0],), n_positions=run.width,
+                    cfg=patch_config(n_bootstrap=0))
+    order = [n for n, _ in rank_nodes(atps["with_error"])]
+    curve = faithfulness_curve(short, order, [1, 3], node_means(short, True), True)
     assert curve["n_pairs"] == 3
     faith = json.loads(p["faithfulness.json"].read_text())
     for mode in ("with_error", "without_error"):

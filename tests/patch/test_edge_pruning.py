@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from saeflow.patch.attribution import prepare_saes, rank_nodes, run_atp, run_spliced
+from saeflow.patch.attribution import rank_nodes, run_atp
 from saeflow.patch.edge_pruning import edge_pruned_F, edge_pruned_record
 from saeflow.patch.edges import METRIC, site_order
 from saeflow.patch.faithfulness import faithfulness_curve, node_means
-from saeflow.patch.resid import logit_diff
-from saeflow.testing.fixtures import random_pair_batch
+from saeflow.patch.pairs import logit_diff
+from saeflow.patch.splice import prepare_saes, run_spliced
+from saeflow.testing.fixtures import patch_run, random_pair_batch
 from tests.patch.test_attribution import SITE_SETS, make_model, make_saes
 
 torch.set_num_threads(1)
@@ -24,8 +25,9 @@ def _world(hooks):
     batches = [random_pair_batch(3, 6, [2], seed=3), random_pair_batch(2, 8, [5], seed=4)]
     sites = site_order(list(spliced))
     atp = run_atp(model, spliced, batches, True)
-    means = node_means(model, spliced, batches, True)
-    return model, spliced, batches, sites, atp, means
+    run = patch_run(model, spliced, batches, n_bootstrap=0)
+    means = node_means(run, True)
+    return model, spliced, batches, sites, atp, means, run
 
 
 def _every_edge(sites, circuit):
@@ -36,23 +38,21 @@ def _every_edge(sites, circuit):
 
 @pytest.mark.parametrize("hooks", list(SITE_SETS.values()))
 def test_no_cut_edge_is_node_pruning_and_no_cut_complement_is_the_spliced_model(hooks):
-    model, spliced, batches, sites, atp, means = _world(hooks)
+    model, spliced, batches, sites, atp, means, run = _world(hooks)
     ranking = [node for node, _ in rank_nodes(atp)]
     for n in (3, 12):
         circuit = ranking[:n]
         assert len({h for _, h, _ in circuit}) >= 2, "the circuit spans sites"
-        F = edge_pruned_F(model, spliced, batches, sites, circuit, _every_edge(sites, circuit),
-                          means, complement=False, max_batch=2)
-        nodes = faithfulness_curve(model, spliced, batches, ranking, [n], means, True)
+        F = edge_pruned_F(patch_run(model, spliced, batches, max_batch=2), sites, circuit,
+                          _every_edge(sites, circuit), means, complement=False)
+        nodes = faithfulness_curve(run, ranking, [n], means, True)
         assert F.mean() == pytest.approx(nodes["curve"][0]["F_circuit"], abs=1e-10)
-        whole = edge_pruned_F(model, spliced, batches, sites, circuit, set(), means,
-                              complement=True)
+        whole = edge_pruned_F(run, sites, circuit, set(), means, complement=True)
         assert whole.mean() == pytest.approx(nodes["F_all_nodes"], abs=1e-10)
         # cutting every edge of the circuit changes both
-        cut = edge_pruned_F(model, spliced, batches, sites, circuit, set(), means, False)
+        cut = edge_pruned_F(run, sites, circuit, set(), means, False)
         assert abs(cut.mean() - F.mean()) > 1e-6
-        removed = edge_pruned_F(model, spliced, batches, sites, circuit,
-                                _every_edge(sites, circuit), means, True)
+        removed = edge_pruned_F(run, sites, circuit, _every_edge(sites, circuit), means, True)
         assert abs(removed.mean() - whole.mean()) > 1e-6
 
 
@@ -60,13 +60,12 @@ def test_a_cut_edge_computed_by_hand():
     """Two residual sites u -> d, circuit {a at u, b at d}, only the edge a -> b cut: b is
     computed from u with every node at its mean; the metric reads d alone (the last residual
     stream), with b at that value and everything else at d at its mean."""
-    model, spliced, batches, sites, atp, means = _world(None)
+    model, spliced, batches, sites, atp, means, run = _world(None)
     u, d = sites
     ranking = [node for node, _ in rank_nodes(atp)]
     a = next(n for n in ranking if n[1] == u and n[0] == "latent")
     b = next(n for n in ranking if n[1] == d and n[0] == "latent")
-    F = edge_pruned_F(model, spliced, batches, sites, [a, b], {(a, METRIC), (b, METRIC)},
-                      means, complement=False)
+    F = edge_pruned_F(run, sites, [a, b], {(a, METRIC), (b, METRIC)}, means, complement=False)
     expected = []
     for batch in batches:
         T, P = batch.length, 8

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from saeflow.patch.attribution import prepare_saes, run_atp
-from saeflow.patch.edges import (METRIC, decoder_rows, edge_attribution, exact_edge,
+from saeflow.patch.attribution import run_atp
+from saeflow.patch.splice import decoder_rows, prepare_saes
+from saeflow.patch.edges import (METRIC, edge_attribution, exact_edge,
                                  select_nodes, site_order)
 from saeflow.testing.fixtures import random_pair_batch
 from tests.patch.test_attribution import SITE_SETS, make_model, make_saes

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from saeflow.patch.attribution import exact_latent_effects, prepare_saes, run_atp, run_spliced
+from saeflow.patch.attribution import exact_latent_effects, run_atp
+from saeflow.patch.splice import prepare_saes, run_spliced
 from saeflow.patch.exhaustive import (compare_with_exact, exhaustive_patching, read_exact,
                                       write_exact)
-from saeflow.patch.resid import logit_diff
+from saeflow.patch.pairs import logit_diff
 from saeflow.testing.fixtures import random_pair_batch
 from tests.patch.test_attribution import D_SAE, SITE_SETS, make_model, make_saes
 
@@ -61,7 +62,7 @@ def test_runs_resumed_at_the_site_equal_full_runs(setup, hooks, monkeypatch):
     monkeypatch.setattr(exhaustive, "_full_run", no_full_run)
     for with_error in (True, False):
         assert_every_latent_is_patching_it_alone(model, spliced, batches, with_error)
-    from saeflow.patch.resume import resume_layer
+    from saeflow.core.hooks import resume_layer
 
     assert resume_layer("blocks.3.hook_resid_post") == 4
     assert resume_layer("blocks.3.hook_resid_pre") == 3

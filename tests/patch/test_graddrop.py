@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from saeflow.patch.attribution import exact_latent_effects, prepare_saes, run_atp, run_spliced
+from saeflow.patch.attribution import exact_latent_effects, run_atp
+from saeflow.patch.splice import prepare_saes, run_spliced
 from saeflow.patch.graddrop import magnitudes, run_graddrop
-from saeflow.patch.resid import logit_diff
+from saeflow.patch.pairs import logit_diff
 from saeflow.testing.fixtures import random_pair_batch
 from tests.patch.test_attribution import D_SAE, make_model, make_saes
 

@@ -4,15 +4,18 @@ linear, complete per site, ig.h5's round trip, and the summary's estimator compa
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from saeflow.patch.attribution import prepare_saes, read_atp, run_atp, run_spliced
+from saeflow.patch.attribution import read_atp, run_atp
+from saeflow.patch.estimators import estimate_stage
 from saeflow.patch.exhaustive import exhaustive_patching
-from saeflow.patch.ig import ig_alphas, ig_stage, run_ig
-from saeflow.patch.resid import logit_diff
+from saeflow.patch.ig import ig_alphas, run_ig
+from saeflow.patch.pairs import logit_diff
+from saeflow.patch.splice import PatchRun, prepare_saes, run_spliced
 from saeflow.patch.summary import estimator_comparison
 from saeflow.testing.fixtures import patch_config, random_pair_batch
 from tests.patch.test_attribution import make_model, make_saes
@@ -146,7 +149,8 @@ def test_ig_beats_atp_where_downstream_latents_switch_on():
 def test_ig_h5_round_trip(setup, tmp_path):
     model, spliced, batches = setup
     cfg = patch_config(ig_steps=4, max_batch=8)
-    ig_stage(model, list(spliced.values()), batches, cfg, tmp_path / "ig.h5", {"patch": {}})
+    run = PatchRun.build(model, list(spliced.values()), batches, cfg)
+    estimate_stage(run, "ig", tmp_path / "ig.h5", {"patch": {}})
     back, (model_clean, _) = read_atp(tmp_path / "ig.h5")
     assert set(back) == {"with_error", "without_error"}
     np.testing.assert_allclose(back["with_error"].clean, model_clean, atol=1e-6)
@@ -187,9 +191,8 @@ def test_estimator_table_names_the_winner_of_each_column():
 def test_summary_judges_both_estimators(setup, tmp_path):
     from saeflow.patch.exhaustive import exact_stage
     from saeflow.patch.faithfulness import verify_stage
-    from saeflow.patch.attribution import atp_stage
     from saeflow.patch.resid import run_resid_patching, write_resid
-    from saeflow.patch.summary import summary_stage
+    from saeflow.patch.summary import SummaryInputs, summary_stage
 
     model, spliced, batches = setup
     saes = list(spliced.values())
@@ -199,14 +202,14 @@ def test_summary_judges_both_estimators(setup, tmp_path):
                                    "faithfulness.json", "top.json", "summary.json",
                                    "summary_no_exact.json")}
     write_resid(p["resid.h5"], run_resid_patching(model, batches, cfg), {"patch": {}})
-    atp_stage(model, saes, batches, cfg, p["atp.h5"], {"patch": {}})
-    ig_stage(model, saes, batches, cfg, p["ig.h5"], {"patch": {}})
-    exact_stage(model, saes, batches, cfg.max_batch, p["exact.h5"], {"patch": {}})
-    verify_stage(model, saes, batches, p["atp.h5"], cfg, {}, p["verify.json"],
-                 p["faithfulness.json"], p["top.json"])
-    args = (p["resid.h5"], p["atp.h5"], p["verify.json"], p["faithfulness.json"], None, cfg)
-    summary_stage(*args, p["summary.json"], {"patch": {}}, exact_path=p["exact.h5"],
-                  ig_path=p["ig.h5"])
+    run = PatchRun.build(model, saes, batches, cfg)
+    estimate_stage(run, "atp", p["atp.h5"], {"patch": {}})
+    estimate_stage(run, "ig", p["ig.h5"], {"patch": {}})
+    exact_stage(run, p["exact.h5"], {"patch": {}})
+    verify_stage(run, p["atp.h5"], {}, p["verify.json"], p["faithfulness.json"], p["top.json"])
+    inputs = SummaryInputs(p["resid.h5"], {"atp": p["atp.h5"], "ig": p["ig.h5"]},
+                           p["verify.json"], p["faithfulness.json"], exact=p["exact.h5"])
+    summary_stage(inputs, cfg, p["summary.json"], {"patch": {}})
     s = json.loads(p["summary.json"].read_text())
     assert s["estimators"] == ["atp", "ig"]
     for mode in ("with_error", "without_error"):
@@ -221,7 +224,7 @@ def test_summary_judges_both_estimators(setup, tmp_path):
                                       "relative_l1_error", f"recall@{cfg.exhaustive_k[0]}"}
         assert all(set(names) <= {"atp", "ig"} for names in table["best"].values())
     # without the exhaustive reference IG is compared with AtP
-    summary_stage(*args, p["summary_no_exact.json"], {"patch": {}}, ig_path=p["ig.h5"])
+    summary_stage(replace(inputs, exact=None), cfg, p["summary_no_exact.json"], {"patch": {}})
     s = json.loads(p["summary_no_exact.json"].read_text())
     assert "estimator_comparison" not in s and "ig_vs_exhaustive" not in s
     assert s["ig_vs_atp"]["with_error"]["spearman_active_latents"] > 0.5

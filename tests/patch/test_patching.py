@@ -15,9 +15,10 @@ from saeflow.core.errors import InputError
 from saeflow.patch.summary import diff_positions_for, position_check
 from saeflow.core.config import schema_defaults
 from saeflow.testing.fixtures import patch_config, random_pair_batch
-from saeflow.patch.resid import (PairBatch, PatchConfig, align_right, bootstrap_ci, check_batches,
-                              load_pairs, logit_diff, normalised_effect, read_resid,
-                              resid_patching, run_resid_patching, write_resid)
+from saeflow.patch.pairs import (PairBatch, PatchConfig, align_right, check_batches, load_pairs,
+                                 logit_diff)
+from saeflow.patch.resid import (bootstrap_ci, normalised_effect, read_resid, resid_patching,
+                                 run_resid_patching, write_resid)
 
 torch.set_num_threads(1)
 

@@ -11,7 +11,8 @@ from sae_lens import HookedSAETransformer, StandardSAE, StandardSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 from transformer_lens import HookedTransformerConfig
 
-from saeflow.patch.attribution import exact_latent_effects, prepare_saes, run_atp
+from saeflow.patch.attribution import exact_latent_effects, run_atp
+from saeflow.patch.splice import prepare_saes
 from saeflow.patch.qkfix import downstream_layers, run_qk_fix, to_residual
 from saeflow.testing.fixtures import random_pair_batch
 from tests.patch.test_attribution import SITE_SETS, make_model, make_saes

@@ -9,8 +9,8 @@ import pytest
 from scipy import stats
 
 from saeflow.probe.effects import (binary_target, bh_adjust, cohens_d, compute_effects,
-                             localisation, permutation_test, probe_effects_stage,
-                             toy_check, write_effects)
+                                   localisation, permutation_test, toy_check)
+from saeflow.probe.effects_files import probe_effects_stage, write_effects
 from saeflow.core.errors import InputError
 from saeflow.formats.descriptions import descriptions_by_hook
 from saeflow.probe.dataset import write_probe_dataset
@@ -147,7 +147,7 @@ def test_failure_target_and_bad_contrasts(tmp_path):
 def test_figures_are_written(tmp_path):
     from test_probe_data import write_toy_files
 
-    from saeflow.probe.effects import effects_record, read_effect_arrays
+    from saeflow.probe.effects_files import effects_record, read_effect_arrays
     from saeflow.probe.plots import plot_cohens_d, plot_probe_accuracy, plot_probe_heatmap
 
     act, codes = write_toy_files(tmp_path, n=45)

@@ -16,7 +16,9 @@ from saeflow.probe.dataset import ProbeDataset, write_probe_dataset
 from saeflow.probe.fit_files import probe_fit_stage, write_probe_fit
 from saeflow.probe.strategies import build_probe_dataset
 from saeflow.probe.summary import probe_summary
-from saeflow.probe.fit import ProbeConfig, baseline_record, fit_fold, fit_probe
+from saeflow.probe.crossval import ProbeConfig
+from saeflow.probe.fit import baseline_record, fit_probe
+from saeflow.probe.fold import fit_fold
 
 
 

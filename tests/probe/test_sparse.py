@@ -16,7 +16,8 @@ from saeflow.core.config import schema_defaults
 from saeflow.core.errors import InputError
 from saeflow.probe.dataset import ProbeDataset, read_probe_dataset, write_probe_dataset
 from saeflow.probe.effects import cohens_d, compute_effects
-from saeflow.probe.fit import ProbeConfig, fit_probe
+from saeflow.probe.crossval import ProbeConfig
+from saeflow.probe.fit import fit_probe
 from saeflow.probe.strategies import build_probe_dataset
 
 

@@ -21,8 +21,8 @@ from saeflow.testing.workspace import TEST_CONFIGS, e2e_config, run_snakemake, s
 
 pytestmark = pytest.mark.slow
 
-PATCH_RULES = {"patch_resid", "patch_atp", "patch_ig", "patch_graddrop", "patch_qkfix", "patch_exact", "patch_verify",
-               "patch_circuit", "patch_summary", "plot_resid_patching", "plot_top_latents",
+PATCH_RULES = {"patch_resid", "patch_estimate", "patch_exact", "patch_verify", "patch_circuit",
+               "patch_summary", "plot_resid_patching", "plot_top_latents",
                "plot_faithfulness", "plot_latent_activations", "plot_circuit"}
 CORRECTION_RULES = {"correct", "correction_summary", "plot_lpf"}
 UPSTREAM_OF_ENCODING = {"toy_world", "train_model", "extract"}
@@ -93,7 +93,7 @@ def test_probe_parameter_reruns_only_probing(toy_run):
 def test_sae_setting_reruns_encoding_and_downstream_not_extraction(toy_run):
     jobs = planned(toy_run, override={"sae": {"l1_coefficient": 4.0}})
     assert {"train_sae", "evaluate_saes", "encode"} <= jobs
-    following = {"labels": {"describe", "plot_lpf"}, "patch": {"patch_atp", "plot_top_latents"}}
+    following = {"labels": {"describe", "plot_lpf"}, "patch": {"patch_estimate", "plot_top_latents"}}
     for stage in set(following) & set(stages()):
         assert following[stage] <= jobs, (stage, jobs)
     assert not jobs & UPSTREAM_OF_ENCODING, jobs & UPSTREAM_OF_ENCODING

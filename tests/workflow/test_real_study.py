@@ -74,7 +74,7 @@ def test_a_dry_run_plans_every_stage(study):
     planned = set(study["dry"].stdout.split())
     assert {"fetch_neuronpedia", "extract", "encode", "describe", "classify", "import_human_labels", "agree",
             "ablate_categories", "correct", "probe_data", "probe_fit", "probe_effects",
-            "patch_resid", "patch_atp", "patch_verify"} <= planned
+            "patch_resid", "patch_estimate", "patch_verify"} <= planned
     assert not planned & {"toy_world", "train_model", "train_sae", "label_oracle"}
 
 
@@ -171,8 +171,10 @@ def test_nothing_on_the_real_path_imports_the_toy_world():
                "saeflow.labels.agreement", "saeflow.labels.ablation", "saeflow.labels.study",
                "saeflow.labels.correction", "saeflow.labels.plots", "saeflow.probe.strategies",
                "saeflow.probe.fit_files", "saeflow.probe.effects", "saeflow.probe.summary",
-               "saeflow.probe.plots", "saeflow.patch.resid", "saeflow.patch.attribution",
-               "saeflow.patch.faithfulness", "saeflow.patch.summary", "saeflow.patch.plots"]
+               "saeflow.probe.plots", "saeflow.patch.pairs", "saeflow.patch.resid",
+               "saeflow.patch.attribution", "saeflow.patch.estimators",
+               "saeflow.patch.faithfulness", "saeflow.patch.summary", "saeflow.patch.plots",
+               "saeflow.patch.stages"]
     code = (f"import sys, importlib\nfor m in {modules!r}: importlib.import_module(m)\n"
             "print(sorted(m for m in sys.modules if m.startswith('saeflow.toy')))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

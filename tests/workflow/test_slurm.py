@@ -107,7 +107,7 @@ def test_profile_requests_a_gpu_for_every_gpu_rule(tmp_path):
     profile = yaml.safe_load(PROFILE.read_text())
     rules = set(run_snakemake(workdir, "--list-rules", "--configfile", *TEST_CONFIGS).stdout.split())
     assert {"train_model", "train_sae", "evaluate_saes", "extract", "extract_shard", "encode",
-            "encode_shard", "ablate_categories", "patch_resid", "patch_atp",
+            "encode_shard", "ablate_categories", "patch_resid", "patch_estimate",
             "patch_verify"} <= GPU_RULES <= rules
     assert GPU_RULES <= set(profile["set-resources"])
     local = local_rules()

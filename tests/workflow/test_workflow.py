@@ -99,7 +99,8 @@ STAGE_RULES = {
     "labels": {"fetch_neuronpedia", "describe", "classify", "import_human_labels", "agree",
                "ablate_categories", "correction_study", "correct", "plot_lpf", "plot_confusion"},
     "probe": {"probe_data", "probe_fit", "probe_effects", "probe_summary", "plot_probe_accuracy"},
-    "patch": {"patch_resid", "patch_atp", "patch_verify", "patch_summary", "plot_resid_patching"},
+    "patch": {"patch_resid", "patch_estimate", "patch_verify", "patch_summary",
+              "plot_resid_patching"},
 }
 def _is_toy(path):
     import yaml

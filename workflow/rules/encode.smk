@@ -1,5 +1,8 @@
 # SAE codes: every SAE hook's sparse codes (CSR) and per-feature statistics. A sharded prompt
 # set is encoded shard by shard; gather makes one codes file over the shards' CSR arrays.
+# Library: saeflow/encode.py (encode_stage, encode_to_hdf5, gather_codes_stage); SAEs load
+# through saeflow/core/saes.py; saeflow/formats/codes.py reads what it writes.
+# Config: config["encoding"], config["sae"].
 
 
 rule encode:

@@ -1,6 +1,9 @@
 # Extraction: hook activations at chosen positions, one HDF5 file per prompt set. A set longer
 # than extraction.shard_size is extracted shard by shard (parallel gpu jobs); gather makes
 # the one file later stages read, its activations virtual datasets over the shards.
+# Library: saeflow/extract.py (extract_stage, extract_to_hdf5, gather_activations_stage); the
+# model loads through saeflow/core/models.py, prompts through saeflow/core/prompts.py, and
+# saeflow/formats/activations.py reads what it writes. Config: config["extraction"], config["model"].
 
 
 rule extract:

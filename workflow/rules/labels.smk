@@ -1,12 +1,11 @@
 # Labels: feature descriptions -> category classification -> human (or oracle) labels ->
-# agreement -> category ablation -> study file -> loss-per-feature correction, one job per method
-# (a method whose system is singular fails alone, with a one-line reason in its log).
-# Library: saeflow/labels/ (describe, classify, labelling, agreement, ablation, study,
-# correction, plots). Config: config["labels"] (keys and defaults:
-# workflow/schemas/config.schema.yaml, described in config/README.md), config["model"],
-# config["sae"]. Toy-only rules (truth_membership, label_oracle, correction_summary,
-# validate_correction) need the toy world's truth.json. LABELS, LABEL_CATS, LPF_METHODS,
-# IS_ORACLE and get_*: common.smk.
+# agreement; the correction that uses them is correction.smk.
+# Library: saeflow/labels/ (its __init__ lists them): exports (fetch_neuronpedia), describe
+# (describe, truth_membership), classify, labelling (import_human_labels, label_oracle; serve,
+# serve_page: `saeflow label --serve`), agreement (agree), plots (plot_confusion).
+# Config: config["labels"] (keys and defaults: workflow/schemas/config.schema.yaml, described
+# in config/README.md). Toy-only rules (truth_membership, label_oracle) need the toy world's
+# truth.json. The stage's globals and get_* functions: common_labels.smk.
 
 
 rule fetch_neuronpedia:
@@ -141,125 +140,6 @@ rule agree:
         "../../scripts/agree.py"
 
 
-rule ablate_categories:
-    input:
-        unpack(get_toy_membership),
-        unpack(get_model),
-        unpack(get_labels_sae),
-        activations=get_labels_activations,
-        descriptions=rules.describe.output.descriptions,
-        classified=get_classified,
-    output:
-        ablation="results/{experiment}/labels/ablation.json",
-    log:
-        "results/{experiment}/logs/labels/ablate_categories/{experiment}.log",
-    benchmark:
-        "results/{experiment}/benchmarks/labels/ablate_categories/{experiment}.tsv"
-    conda:
-        "../../envs/saeflow.yaml"
-    resources:
-        gpu=1,
-    params:
-        model=config["model"],
-        sae=config["sae"],
-        hook=LABELS["hook"],
-        categories=LABEL_CATS,
-        ablation=LABELS["ablation"],
-    script:
-        "../../scripts/ablate_categories.py"
-
-
-rule correction_study:
-    input:
-        ablation=rules.ablate_categories.output.ablation,
-        agreements=get_agreements,
-        classified=get_classified,
-        humans=get_all_human_labels,
-    output:
-        study="results/{experiment}/correction/study.yaml",
-    log:
-        "results/{experiment}/logs/labels/correction_study/{experiment}.log",
-    localrule: True
-    conda:
-        "../../envs/saeflow.yaml"
-    params:
-        categories=LABEL_CATS,
-    script:
-        "../../scripts/correction_study.py"
-
-
-rule correct:
-    input:
-        study=rules.correction_study.output.study,
-    output:
-        result="results/{experiment}/correction/{method}.json",
-    log:
-        "results/{experiment}/logs/labels/correct/{method}.log",
-    wildcard_constraints:
-        method=_alternatives(LPF_METHODS),
-    localrule: True
-    conda:
-        "../../envs/saeflow.yaml"
-    params:
-        method="{method}",
-        correction=LABELS["correction"],
-    script:
-        "../../scripts/correct.py"
-
-
-if IS_ORACLE:
-
-    rule correction_summary:
-        input:
-            results=expand(
-                rules.correct.output.result, method=LPF_METHODS, allow_missing=True
-            ),
-            ablation=rules.ablate_categories.output.ablation,
-            study=rules.correction_study.output.study,
-        output:
-            summary="results/{experiment}/correction/summary.json",
-        log:
-            "results/{experiment}/logs/labels/correction_summary/{experiment}.log",
-        localrule: True  # light bookkeeping against the toy world's truth
-        conda:
-            "../../envs/saeflow.yaml"
-        params:
-            methods=LPF_METHODS,
-            correction=LABELS["correction"],
-        script:
-            "../../scripts/correction_summary.py"
-
-    # Not in `all` (minutes of ablations): the named target `validation` runs it.
-    rule validate_correction:
-        input:
-            unpack(get_model),
-            unpack(get_labels_sae),
-            activations=get_labels_activations,
-            descriptions=rules.describe.output.descriptions,
-            membership=rules.truth_membership.output.membership,
-        output:
-            validation="results/{experiment}/correction/validation.json",
-        log:
-            "results/{experiment}/logs/labels/validate_correction/{experiment}.log",
-        benchmark:
-            "results/{experiment}/benchmarks/labels/validate_correction/{experiment}.tsv"
-        conda:
-            "../../envs/saeflow.yaml"
-        threads: 2
-        resources:
-            gpu=1,
-        params:
-            model=config["model"],
-            sae=config["sae"],
-            hook=LABELS["hook"],
-            ablation=LABELS["ablation"],
-            sample=LABELS["sample"],
-            validation=LABELS["validation"],
-            methods=LPF_METHODS,
-        script:
-            "../../scripts/validate_correction.py"
-
-
 rule plot_confusion:
     input:
         agreements=get_agreements,
@@ -279,25 +159,3 @@ rule plot_confusion:
         categories=LABEL_CATS,
     script:
         "../../scripts/plot_confusion.py"
-
-
-rule plot_lpf:
-    input:
-        unpack(get_lpf_truth),
-        result=rules.correct.output.result,
-    output:
-        png=report(
-            "results/{experiment}/figures/lpf_{method}.png",
-            category="Labels",
-            caption="../report/lpf.rst",
-            labels={"figure": "lpf_{method}", "method": "{method}"},
-        ),
-    log:
-        "results/{experiment}/logs/labels/plot_lpf/{method}.log",
-    wildcard_constraints:
-        method=_alternatives(LPF_METHODS),
-    localrule: True
-    conda:
-        "../../envs/saeflow.yaml"
-    script:
-        "../../scripts/plot_lpf.py"

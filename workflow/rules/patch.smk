@@ -1,7 +1,20 @@
 # Patching: which layers, positions and SAE latents carry the clean/corrupted difference?
-# Library: saeflow/patch/ (resid: residual patching; attribution: AtP; ig: integrated
-# gradients; exhaustive: every node patched exactly; faithfulness: exact check and
-# faithfulness; summary: summary.json and the toy-world check; plots: figures).
+# Rules: patch_resid (resid.h5), patch_estimate (one job per node estimator of
+# patch.estimators: {estimator}.h5, atp.h5 always), patch_exact (exact.h5), patch_verify,
+# patch_circuit, patch_summary (summary.json) and the plot_* figures.
+# Library: saeflow/patch/
+#   pairs: PatchConfig, PairBatch, load_pairs, the metric (logit_diff), right-alignment
+#   resid: residual patching over layer x position (resid.h5)
+#   splice: SAEs and transcoders spliced in (run_spliced, decoder_rows), PatchRun
+#   resume: patched runs started at the patched site's layer
+#   attribution: AtP, exact latent patching, atp.h5 (write_atp, read_atp)
+#   estimators: the node-estimator registry and rule patch_estimate's stage
+#   ig, graddrop, qkfix: integrated gradients, AtP* GradDrop, AtP* QK fix
+#   exhaustive: every node patched exactly (exact.h5), the estimators' reference
+#   faithfulness: AtP vs exact, faithfulness curves, top latents (patch_verify)
+#   edges, edge_pruning, circuit: direct edges, edge pruning, circuit.json (patch_circuit)
+#   summary: summary.json and the toy-world check; plots: figures
+#   stages: the rules' entry points (scripts/patch_*.py make one call there)
 # Config: config["patch"] (keys and defaults: workflow/schemas/config.schema.yaml, described in
 # config/README.md; pairs, truth and descriptions are paths), config["model"], config["sae"].
 
@@ -27,17 +40,19 @@ rule patch_resid:
         "../../scripts/patch_resid.py"
 
 
-rule patch_atp:
+rule patch_estimate:
     input:
         unpack(get_model),
         pairs=get_patch_pairs,
         saes=get_sae_dirs,
     output:
-        atp="results/{experiment}/patch/atp.h5",
+        h5="results/{experiment}/patch/{estimator}.h5",
     log:
-        "results/{experiment}/logs/patch/patch_atp/{experiment}.log",
+        "results/{experiment}/logs/patch/patch_estimate/{estimator}.log",
     benchmark:
-        "results/{experiment}/benchmarks/patch/patch_atp/{experiment}.tsv"
+        "results/{experiment}/benchmarks/patch/patch_estimate/{estimator}.tsv"
+    wildcard_constraints:
+        estimator=_alternatives(PATCH_ESTIMATORS),
     conda:
         "../../envs/saeflow.yaml"
     resources:
@@ -48,79 +63,7 @@ rule patch_atp:
         sae=config["sae"],
         hooks=SAE_HOOKS,
     script:
-        "../../scripts/patch_atp.py"
-
-
-rule patch_ig:
-    input:
-        unpack(get_model),
-        pairs=get_patch_pairs,
-        saes=get_sae_dirs,
-    output:
-        ig="results/{experiment}/patch/ig.h5",
-    log:
-        "results/{experiment}/logs/patch/patch_ig/{experiment}.log",
-    benchmark:
-        "results/{experiment}/benchmarks/patch/patch_ig/{experiment}.tsv"
-    conda:
-        "../../envs/saeflow.yaml"
-    resources:
-        gpu=1,
-    params:
-        patch=PATCH,
-        model=config["model"],
-        sae=config["sae"],
-        hooks=SAE_HOOKS,
-    script:
-        "../../scripts/patch_ig.py"
-
-
-rule patch_graddrop:
-    input:
-        unpack(get_model),
-        pairs=get_patch_pairs,
-        saes=get_sae_dirs,
-    output:
-        graddrop="results/{experiment}/patch/graddrop.h5",
-    log:
-        "results/{experiment}/logs/patch/patch_graddrop/{experiment}.log",
-    benchmark:
-        "results/{experiment}/benchmarks/patch/patch_graddrop/{experiment}.tsv"
-    conda:
-        "../../envs/saeflow.yaml"
-    resources:
-        gpu=1,
-    params:
-        patch=PATCH,
-        model=config["model"],
-        sae=config["sae"],
-        hooks=SAE_HOOKS,
-    script:
-        "../../scripts/patch_graddrop.py"
-
-
-rule patch_qkfix:
-    input:
-        unpack(get_model),
-        pairs=get_patch_pairs,
-        saes=get_sae_dirs,
-    output:
-        qkfix="results/{experiment}/patch/qkfix.h5",
-    log:
-        "results/{experiment}/logs/patch/patch_qkfix/{experiment}.log",
-    benchmark:
-        "results/{experiment}/benchmarks/patch/patch_qkfix/{experiment}.tsv"
-    conda:
-        "../../envs/saeflow.yaml"
-    resources:
-        gpu=1,
-    params:
-        patch=PATCH,
-        model=config["model"],
-        sae=config["sae"],
-        hooks=SAE_HOOKS,
-    script:
-        "../../scripts/patch_qkfix.py"
+        "../../scripts/patch_estimate.py"
 
 
 rule patch_verify:
@@ -128,7 +71,7 @@ rule patch_verify:
         unpack(get_model),
         pairs=get_patch_pairs,
         saes=get_sae_dirs,
-        atp=rules.patch_atp.output.atp,
+        atp=patch_estimate_file("atp"),
         descriptions=get_patch_descriptions,
     output:
         verify="results/{experiment}/patch/verify.json",
@@ -180,7 +123,7 @@ rule patch_circuit:
         unpack(get_model),
         pairs=get_patch_pairs,
         saes=get_sae_dirs,
-        atp=rules.patch_atp.output.atp,
+        atp=patch_estimate_file("atp"),
         descriptions=get_patch_descriptions,
     output:
         circuit="results/{experiment}/patch/circuit.json",
@@ -203,15 +146,12 @@ rule patch_circuit:
 
 rule patch_summary:
     input:
+        unpack(get_patch_estimates),
         resid=rules.patch_resid.output.resid,
-        atp=rules.patch_atp.output.atp,
         verify=rules.patch_verify.output.verify,
         faithfulness=rules.patch_verify.output.faithfulness,
         truth=get_patch_truth,
         exact=get_patch_exact,
-        ig=get_patch_ig,
-        graddrop=get_patch_graddrop,
-        qkfix=get_patch_qkfix,
         circuit=rules.patch_circuit.output.circuit,
     output:
         summary="results/{experiment}/patch/summary.json",

@@ -1,9 +1,11 @@
 # Probing: can cheap representations predict SAE features or the concept, can SAE features at
 # layers x positions predict the model's failures, and where does that signal live?
-# Library: saeflow/probe/ (layerspec, inputs, strategies, dataset, crossval, fit, fit_files,
-# effects, summary, plots). Config: config["probe"] (keys and defaults:
+# Library: saeflow/probe/ (its __init__ lists them): inputs, strategies (probe_data), dataset,
+# crossval, fold, fit, fit_files (probe_fit), permutation, effects, effects_files
+# (probe_effects), summary (probe_summary), plots (plot_*); per_layer expansion:
+# saeflow/core/layerspec. Config: config["probe"] (keys and defaults:
 # workflow/schemas/config.schema.yaml, described in config/README.md; the toy's datasets in
-# config/config.yaml). PROBE, PROBE_DATASETS, PROBE_RUNS, PROBE_EFFECTS and get_*: common.smk.
+# config/config.yaml). The stage's globals and get_* functions: common_probe.smk.
 #
 # Positions: stored names, or per prompt (files extracted with positions: all) final, -k, or
 # a name x recorded as meta/pos_x. sae-to-failure reads meta/model_correct from the activation
@@ -70,12 +72,8 @@ rule probe_effects:
     conda:
         "../../envs/saeflow.yaml"
     params:
-        settings=PROBE["effects"],
         positive_class=get_positive_class,
-        descriptions_hook=PROBE["descriptions_hook"],
-        informative_positions=[
-            str(p) for p in PROBE["toy_check"]["informative_positions"]
-        ],
+        # its effects, descriptions_hook and toy_check.informative_positions, and provenance
         config=PROBE,
     script:
         "../../scripts/probe_effects.py"
