@@ -22,9 +22,9 @@ rule ablate_categories:
     output:
         ablation="results/{experiment}/labels/ablation.json",
     log:
-        "results/{experiment}/logs/labels/ablate_categories/{experiment}.log",
+        "results/{experiment}/logs/correction/ablate_categories/{experiment}.log",
     benchmark:
-        "results/{experiment}/benchmarks/labels/ablate_categories/{experiment}.tsv"
+        "results/{experiment}/benchmarks/correction/ablate_categories/{experiment}.tsv"
     conda:
         "../../envs/saeflow.yaml"
     resources:
@@ -48,7 +48,7 @@ rule correction_study:
     output:
         study="results/{experiment}/correction/study.yaml",
     log:
-        "results/{experiment}/logs/labels/correction_study/{experiment}.log",
+        "results/{experiment}/logs/correction/correction_study/{experiment}.log",
     localrule: True
     conda:
         "../../envs/saeflow.yaml"
@@ -64,7 +64,7 @@ rule correct:
     output:
         result="results/{experiment}/correction/{method}.json",
     log:
-        "results/{experiment}/logs/labels/correct/{method}.log",
+        "results/{experiment}/logs/correction/correct/{method}.log",
     wildcard_constraints:
         method=_alternatives(LPF_METHODS),
     localrule: True
@@ -89,7 +89,7 @@ if IS_ORACLE:
         output:
             summary="results/{experiment}/correction/summary.json",
         log:
-            "results/{experiment}/logs/labels/correction_summary/{experiment}.log",
+            "results/{experiment}/logs/correction/correction_summary/{experiment}.log",
         localrule: True  # light bookkeeping against the toy world's truth
         conda:
             "../../envs/saeflow.yaml"
@@ -110,9 +110,9 @@ if IS_ORACLE:
         output:
             validation="results/{experiment}/correction/validation.json",
         log:
-            "results/{experiment}/logs/labels/validate_correction/{experiment}.log",
+            "results/{experiment}/logs/correction/validate_correction/{experiment}.log",
         benchmark:
-            "results/{experiment}/benchmarks/labels/validate_correction/{experiment}.tsv"
+            "results/{experiment}/benchmarks/correction/validate_correction/{experiment}.tsv"
         conda:
             "../../envs/saeflow.yaml"
         threads: 2
@@ -142,7 +142,7 @@ rule plot_lpf:
             labels={"figure": "lpf_{method}", "method": "{method}"},
         ),
     log:
-        "results/{experiment}/logs/labels/plot_lpf/{method}.log",
+        "results/{experiment}/logs/correction/plot_lpf/{method}.log",
     wildcard_constraints:
         method=_alternatives(LPF_METHODS),
     localrule: True
