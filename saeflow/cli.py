@@ -63,6 +63,9 @@ def _correct(args: argparse.Namespace) -> None:
     for name, cat in result["categories"].items():
         print(f"{name}: naive={cat['lpf_naive']:.4g} corrected={cat['lpf_corrected']:.4g} "
               f"ci95={cat['ci95']} {' '.join(cat['flags'])}")
+    for key, ratio in result["ratios"].items():
+        ci = "unbounded (Fieller)" if ratio["ci95_unbounded"] else ratio["ci95"]
+        print(f"{key}: corrected={ratio['corrected']} ci95={ci}")
 
 
 def _classify(args: argparse.Namespace) -> None:

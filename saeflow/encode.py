@@ -134,7 +134,7 @@ def gather_codes_stage(shard_paths: list[str | Path], out_path: str | Path,
     import os
 
     from saeflow.formats.codes import read_row_valid
-    from saeflow.formats.hdf5 import open_h5, write_concatenation
+    from saeflow.formats.hdf5 import open_h5, shard_attrs, write_concatenation
 
     out_path = Path(out_path)
     names = [os.path.relpath(Path(p).resolve(), out_path.resolve().parent) for p in shard_paths]
@@ -145,6 +145,7 @@ def gather_codes_stage(shard_paths: list[str | Path], out_path: str | Path,
             if shard.attrs["hooks"] != shards[0].attrs["hooks"]:
                 raise InputError(path, "attrs/hooks", f"differs from {shard_paths[0]}'s")
         summary: dict[str, Any] = {}
+        recorded = shard_attrs(shard_paths, out_path)
         with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as dst:
             for hook in hooks:
                 key = f"codes/{hook}"
@@ -171,7 +172,7 @@ def gather_codes_stage(shard_paths: list[str | Path], out_path: str | Path,
                                  "mean_l0": offset / max(valid, 1)}
             dst.attrs.update({"provenance": provenance_json(config), "hooks": json.dumps(hooks),
                               "position_names": shards[0].attrs["position_names"],
-                              "shards": json.dumps([str(p) for p in shard_paths])})
+                              **recorded})
     finally:
         for s in shards:
             s.close()

@@ -131,16 +131,19 @@ def evaluate_saes_stage(bundle: ModelSAEs, prompts: str | Path, device: str,
                         out_path: str | Path) -> None:
     """Rule ``evaluate_saes``: :func:`sae_metrics` of each hook's SAE of ``bundle`` on the
     prompt set ``prompts`` (JSONL) into ``out_path`` (sae/metrics.json, ``{"prompt_set",
-    "saes": {hook: metrics}}``)."""
+    "saes": {hook: metrics}}``). Answer metrics when every prompt has an ``answer``; some but
+    not all is an InputError naming the lines without one."""
     from saeflow.core.io import write_json
     from saeflow.core.models import tokenize_prompt_set
-    from saeflow.core.prompts import load_prompt_set
+    from saeflow.core.prompts import load_prompt_set, require_answers
     from saeflow.core.runtime import resolve_device
 
     device = resolve_device(device)
+    records = load_prompt_set(prompts)
+    # answer loss over every prompt or none: a few prompts without one are a mistake to name
+    require_answers(records, prompts, "the SAE evaluation's answer loss", allow_none=True)
     model = bundle.load_model(device)
-    tokens, lengths, answers = tokenize_prompt_set(model.tokenizer, load_prompt_set(prompts),
-                                                   prompts)
+    tokens, lengths, answers = tokenize_prompt_set(model.tokenizer, records, prompts)
     metrics = {}
     for hook in bundle.hooks:
         (sae,) = bundle.site(hook).load_saes(device)

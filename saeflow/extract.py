@@ -24,51 +24,19 @@ from saeflow.core.bundle import ModelSAEs
 from saeflow.core.errors import InputError
 from saeflow.core.io import atomic_path, line_of
 from saeflow.core.models import hook_widths, pad_batch, require_hooks
-from saeflow.core.positions import token_index
-from saeflow.core.prompts import answer_token_id, encode_prompts
+from saeflow.core.positions import absent_positions, token_positions
+from saeflow.core.prompts import answer_token_id, encode_prompts, lines_text, missing_answers
 from saeflow.core.provenance import provenance_json
 from saeflow.formats.activations import open_activations
-from saeflow.formats.hdf5 import write_concatenation
+from saeflow.formats.hdf5 import shard_attrs, write_concatenation
 
 log = logging.getLogger(__name__)
 CHUNK_BYTES = 1 << 20
 
 
-def token_positions(spec: str | Sequence[str | int], records: list[dict[str, Any]],
-                    lengths: np.ndarray, source: str = "prompts") -> tuple[np.ndarray, list[str]]:
-    """Token indices to store, ``[n, P]`` (-1 where absent), and a name per stored position.
-
-    ``spec`` is ``"all"``, ``"final"``, or a list of entries: ``"final"``, an integer offset
-    (negative counts from the end: -1 is the final token), or a name ``x`` whose per-record
-    index is the record field ``pos_x``.
-    """
-    n = len(lengths)
-    if spec == "all":
-        width = int(lengths.max())
-        grid = np.broadcast_to(np.arange(width), (n, width)).copy()
-        grid[grid >= lengths[:, None]] = -1
-        return grid.astype(np.int32), [str(p) for p in range(width)]
-    entries = ["final"] if spec == "final" else list(spec)
-    columns, names = [], []
-    for entry in entries:
-        col = token_index(entry, lengths, lambda name: _record_positions(records, name, source))
-        col = np.where((col >= 0) & (col < lengths), col, -1)
-        columns.append(col)
-        names.append(str(entry))
-    return np.stack(columns, axis=1).astype(np.int32), names
-
-
-def _record_positions(records: list[dict[str, Any]], name: str, source: str) -> np.ndarray:
-    key = f"pos_{name}"
-    missing = [i for i, r in enumerate(records) if key not in r]
-    if missing:
-        raise InputError(source, f"line {line_of(records, missing[0])}.{key}",
-                         f"named position {name!r} is not recorded")
-    return np.array([int(r[key]) for r in records])
-
-
 def _metadata_columns(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    """Scalar fields present in every record, as arrays (strings as UTF-8)."""
+    """Scalar fields present in every record, as arrays (strings as UTF-8; a ``pos_x``
+    named position -1 where null)."""
     columns = {}
     for key in records[0]:
         values = [r.get(key) for r in records]
@@ -76,6 +44,10 @@ def _metadata_columns(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
             columns[key] = np.array(values, dtype=bool)
         elif all(isinstance(v, int) and not isinstance(v, bool) for v in values):
             columns[key] = np.array(values, dtype=np.int64)
+        elif key.startswith("pos_") and all(v is None or isinstance(v, int) and not
+                                            isinstance(v, bool) for v in values):
+            # a named position, null where absent by design: -1, as absent positions are
+            columns[key] = np.array([-1 if v is None else v for v in values], dtype=np.int64)
         elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             columns[key] = np.array(values, dtype=np.float64)
         elif all(isinstance(v, str) for v in values):
@@ -123,9 +95,17 @@ def extract_to_hdf5(model: HookedTransformer, records: list[dict[str, Any]], hoo
         raise InputError(source, f"line {line_of(records, int(lengths.argmax()))}.text",
                          f"{lengths.max()} tokens exceed the model's context of {model.cfg.n_ctx}")
     pos, pos_names = token_positions(positions, records, lengths, source)
-    has_answers = all("answer" in r for r in records)
-    answers = _answer_ids(tokenizer, records, source) if has_answers else None
     metadata = _metadata_columns(records)
+    absent = absent_positions(pos, pos_names, positions, metadata)
+    for name, count in absent.items():
+        log.warning("%s: %d of %d prompts lack position %r (pos_%s: null): stored absent (-1), "
+                    "zero activations, no codes", source, count, len(records), name, name)
+    missing = missing_answers(records)
+    answers = None if missing else _answer_ids(tokenizer, records, source)
+    if 0 < len(missing) < len(records):
+        log.warning("%s: %d of %d prompts have no answer (lines %s): answer_token_id, "
+                    "answer_logprob and model_correct are not stored", source, len(missing),
+                    len(records), lines_text(missing))
     width = int(lengths.max())
     lo, hi = rows or (0, len(records))
     sequences, lengths, pos = sequences[lo:hi], lengths[lo:hi], pos[lo:hi]
@@ -193,6 +173,10 @@ def extract_to_hdf5(model: HookedTransformer, records: list[dict[str, Any]], hoo
             "position_spec": json.dumps(positions), "position_names": json.dumps(pos_names),
             "pad_token_id": pad_id, "bos_token_id": tokenizer.bos_token_id,
             "storage_dtype": store_dtype.name,
+            "absent_positions": json.dumps(absent_positions(pos, pos_names, positions,
+                                                            metadata)),
+            "answers": json.dumps({"prompts": source, "n_prompts": len(records),
+                                   "missing": len(missing), "missing_lines": missing[:20]}),
         })
         if rows is not None:
             f.attrs["shard_rows"] = json.dumps([lo, hi])
@@ -264,6 +248,7 @@ def gather_activations_stage(shard_paths: Sequence[str | Path], out_path: str | 
         first = shards[0]
         _check_shards_agree(shards, shard_paths)
         hooks = json.loads(first.attrs["hooks"])
+        recorded = shard_attrs(shard_paths, out_path)
         with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
             for key in _GATHER_COPIED:
                 f[key] = np.concatenate([s[key][()] for s in shards])
@@ -276,7 +261,11 @@ def gather_activations_stage(shard_paths: Sequence[str | Path], out_path: str | 
                                     [(name, s[f"acts/{hook}"]) for name, s in zip(names, shards)])
             f.attrs.update({k: v for k, v in first.attrs.items() if k != "shard_rows"})
             f.attrs["provenance"] = provenance_json(config)
-            f.attrs["shards"] = json.dumps([str(p) for p in shard_paths])
+            f.attrs["absent_positions"] = json.dumps(absent_positions(
+                f["positions"][()], json.loads(first.attrs["position_names"]),
+                json.loads(first.attrs["position_spec"]),
+                {key: f[f"meta/{key}"][()] for key in f["meta"]}))
+            f.attrs.update(recorded)
             n = int(f["lengths"].shape[0])
     finally:
         for s in shards:

@@ -1,7 +1,8 @@
 """Rule probe_data: build one probe dataset file (saeflow.probe.strategies.probe_data_stage).
 
 Inputs: ``activations``, ``codes`` (absent for strategies that need no codes), optional
-``model_correct``. Params: ``dataset``, ``hook_template``, ``n_folds``, ``config``. Output:
+``model_correct``. Params: ``dataset``, ``options`` (hook_template, n_folds, the config key
+and prompt file errors name), ``config``. Output:
 ``dataset`` (results/{experiment}/probe/data/{prompt_set}/{dataset}.h5).
 """
 
@@ -17,8 +18,7 @@ def body(snakemake):
         getattr(snakemake.input, "codes", None),
         snakemake.output[0],
         model_correct=getattr(snakemake.input, "model_correct", None),
-        hook_template=snakemake.params.hook_template,
-        n_folds=snakemake.params.n_folds,
+        options=snakemake.params.options,
         config=snakemake.params.config,
     )
 

@@ -1,4 +1,8 @@
-"""Rule probe_fit: cross-validated probe of one dataset (saeflow.probe.fit_files.probe_fit_stage)."""
+"""Rule probe_fit: cross-validated probe of one dataset (saeflow.probe.fit_files.probe_fit_stage).
+
+Inputs: ``dataset``, ``activations`` (its meta/<probe.cv.group_by> column). Params: ``cv``,
+``config``. Outputs: ``json``, ``probe``.
+"""
 
 from saeflow.core.runtime import rule_main
 
@@ -13,6 +17,7 @@ def body(snakemake):
         cv=snakemake.params.cv,
         config=snakemake.params.config,
         n_jobs=snakemake.threads,
+        activations=snakemake.input.activations,
     )
 
 

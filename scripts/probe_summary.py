@@ -1,5 +1,5 @@
 """Rule probe_summary: gather probe fits and effects into summary.json
-(saeflow.probe.summary.write_probe_summary).
+(saeflow.probe.summary.probe_summary_stage).
 """
 
 from saeflow.core.runtime import rule_main
@@ -15,6 +15,7 @@ def body(snakemake):
         config=snakemake.params.config,
         readout=snakemake.params.readout,
         activations=dict(snakemake.input.items()),
+        readout_data=list(getattr(snakemake.input, "readout_data", [])),
     )
 
 

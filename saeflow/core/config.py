@@ -4,7 +4,9 @@ file and the key, before any job starts.
 Imports nothing heavy (the Snakefile is parsed on every invocation). The schema
 (workflow/schemas/config.schema.yaml) is the one home of defaults and types; this module adds
 what a schema cannot say: a key given twice, prompt files that must exist, prompt-set names
-given twice, hooks and layer specs beyond the model's layers, stage sections a run needs.
+given twice, hooks and layer specs beyond the model's layers, stage sections a run needs, and
+(saeflow.core.config_checks) checks across keys: YAML's non-string keys, the experiment as one
+safe folder name, SAE hooks among the extracted ones, the probe stage's sets, names and layers.
 """
 
 from __future__ import annotations
@@ -14,6 +16,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from saeflow.core.config_checks import (
+    check_experiment,
+    check_key_types,
+    check_probe,
+    check_prompt_set_names,
+    check_sae_hooks_extracted,
+    check_toy_prompt_sets,
+    strict_integers,
+    type_hint,
+)
 from saeflow.core.errors import InputError, report_input_error
 from saeflow.core.hooks import PER_HEAD, block_of, forward_rank
 
@@ -81,12 +93,14 @@ def check_schema(config: Mapping[str, Any], schema_path: str | Path, source: str
     import yaml
 
     schema = yaml.safe_load(Path(schema_path).read_text())
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = strict_integers(jsonschema.Draft202012Validator)(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(dict(config)))
     if error is None:
         return
     path = _key_path(error.absolute_path)
     message = error.message
+    if error.validator == "type":
+        message += type_hint(error.instance, error.validator_value)
     if error.validator == "additionalProperties":
         unknown = sorted(set(error.instance) - set(error.schema.get("properties", {})))
         if unknown:
@@ -148,16 +162,6 @@ def check_transcoders(sae: Mapping[str, Any], source: str) -> None:
         written[hook_out] = hook_in
 
 
-def check_layer_spec(spec: Any, layers: int | None, source: str, field: str) -> None:
-    """A probe layer spec (as the user wrote it) against the model's layer count."""
-    from saeflow.core.layerspec import parse_layer_spec
-
-    parsed = parse_layer_spec(spec, source=source, field=field)
-    if layers is not None and parsed and max(parsed) >= layers:
-        raise InputError(source, field, f"spec {spec!r} names layer {max(parsed)}, beyond the "
-                         f"model's {layers} layers (0 to {layers - 1})")
-
-
 def check_prompt_sets(sets: Any, source: str) -> None:
     """A list of toy prompt sets without repeats; files of a study's sets must exist."""
     if isinstance(sets, list):
@@ -186,6 +190,27 @@ def check_sharding(extraction: Mapping[str, Any], source: str, schema_path: str 
     if size % batch:
         raise InputError(source, "extraction.shard_size", f"{size} is not a multiple of "
                          f"extraction.batch_size ({batch})")
+
+
+def mark_stale_gathers(gathered: Mapping[str, Sequence[str]]) -> list[str]:
+    """Gathered files (gathered file -> its shards) that exist while a shard does not, marked
+    out of date: their mtime set to 0 (1970), older than any shard, so Snakemake reruns their
+    gather, which rebuilds the missing shard first, and then every consumer. (Snakemake does
+    not rebuild a deleted intermediate file whose consumers are up to date,
+    snakemake/snakemake#1978, and a gathered file reads its shards in place.) Each is named
+    on stderr; returns them."""
+    import os
+
+    stale = []
+    for path, shards in gathered.items():
+        missing = [s for s in shards if not Path(s).exists()]
+        if missing and Path(path).exists():
+            os.utime(path, (0, 0))
+            print(f"saeflow: {path}: shard {missing[0]} is missing ({len(missing)} of "
+                  f"{len(shards)}): marked out of date, so the shard is rebuilt and gathered "
+                  "again", file=sys.stderr)
+            stale.append(path)
+    return stale
 
 
 # Keys only the toy world reads: in a study of a pretrained model they would be ignored.
@@ -237,22 +262,48 @@ def check_config(config: Mapping[str, Any], configfiles: Sequence[str | Path], d
     source = config_source(configfiles, default)
     try:
         check_files(configfiles or [default], config)
+        check_key_types(config, source)
+        check_experiment(config.get("experiment"), source)
         check_schema(config, schema_path, source)
         check_toy_only(config, source)
         check_stages(config, source)
+        toy = config["model"]["source"] == "toy"
+        check_toy_prompt_sets(config["extraction"]["prompt_sets"], toy, source)
         check_prompt_sets(config["extraction"]["prompt_sets"], source)
+        check_prompt_set_names(config["extraction"]["prompt_sets"], source)
         check_sharding(config["extraction"], source, schema_path)
         layers = n_layers(config["model"])
         check_hooks(config["extraction"]["hooks"], layers, source, "extraction.hooks")
         check_hooks(config["sae"]["hooks"], layers, source, "sae.hooks")
         check_transcoders(config["sae"], source)
-        for i, dataset in enumerate(config.get("probe", {}).get("datasets", [])):
-            if isinstance(dataset, Mapping) and "layers" in dataset:
-                check_layer_spec(dataset["layers"], layers, source,
-                                 f"probe.datasets[{i}] ({dataset.get('name')}).layers")
+        check_sae_hooks_extracted(config["sae"], config["extraction"], source)
+        probe = {**schema_defaults("probe", schema_path), **config.get("probe", {})}
+        check_probe(probe, config, layers, source)
     except InputError as err:
         fail(err)
     return source
+
+
+def shard_counts(extraction: Mapping[str, Any], source: str) -> dict[str, int]:
+    """Prompt set -> number of shards, for the prompt-set files longer than
+    extraction.shard_size (their length is known before any job runs; the toy's are not
+    sharded). Counted as every reader counts records (.jsonl.gz decompressed); an unreadable
+    file ends the invocation with one line."""
+    from saeflow.core.prompts import count_records
+
+    size, sets = extraction.get("shard_size"), extraction["prompt_sets"]
+    if not size or not isinstance(sets, Mapping):
+        return {}
+    counts = {}
+    for name, path in sets.items():
+        try:
+            n = count_records(path)
+        except InputError as err:
+            fail(InputError(err.source, err.field, f"{err.problem} (extraction.prompt_sets."
+                            f"{name} in {source})"))
+        if n > size:
+            counts[name] = -(-n // size)
+    return counts
 
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"

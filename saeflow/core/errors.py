@@ -15,6 +15,11 @@ class InputError(Exception):
         super().__init__(f"{self.source}: {self.field}: {problem}")
 
 
+class DiskFullError(InputError):
+    """An output could not be written for want of space (ENOSPC, a quota): one line naming the
+    file and the free space, through the same exit path as bad input (nothing was written)."""
+
+
 EXIT_BAD_INPUT = 2
 
 

@@ -4,30 +4,137 @@ crash leaves none) and the one checked path for reading text, JSON, JSONL and YA
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
+import socket
 import tempfile
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from saeflow.core.provenance import provenance
 
+# A temp file of atomic_path: ``.<target name>.<host>.<pid>.<random>.tmp`` beside its target,
+# so a later writer of the same target on the same host can tell a temp whose process is gone
+# (a killed job's) from one still being written, here or on another host.
+_TEMP = re.compile(r"^\.(?P<name>.*)\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$")
+_NAME_IN_TEMP = 120  # characters of the target's name kept in its temp's (NAME_MAX is 255)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
+
+    The one writer path of every output: a failure removes the temporary file, so no partial
+    output is ever left; a full disk (ENOSPC, or a quota) is a :class:`DiskFullError` naming
+    the file and the free space. Temps left by killed jobs of this target on this host (their
+    process is gone) are removed first; a temp whose process still runs, or that another host
+    writes, is never touched.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    remove_stale_temps(target)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are for colleagues too
     try:
         yield Path(tmp)
         os.replace(tmp, target)
+    except (OSError, RuntimeError) as err:
+        if not _disk_full(err):
+            raise
+        _unlink(tmp)
+        raise _disk_full_error(target, err) from None
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _unlink(tmp)
+
+
+def _host() -> str:
+    """This host as temp names carry it: its name, and its PID namespace where Linux says
+    (two containers of one host name a process by the same number)."""
+    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0])[:40] or "host"
+    try:
+        namespace = re.sub(r"\D", "", os.readlink("/proc/self/ns/pid"))
+    except OSError:
+        return host
+    return f"{host}-{namespace}" if namespace else host
+
+
+def _temp_prefix(target: Path) -> str:
+    return f".{target.name[:_NAME_IN_TEMP]}.{_host()}.{os.getpid()}."
+
+
+def remove_stale_temps(target: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temps of ``target`` (:func:`atomic_path`'s) left by processes of this host
+    that no longer run (a job killed by SIGKILL, a node's out-of-memory killer); returns them.
+    A temp of a live process, of another host, or not named by atomic_path is kept."""
+    target = Path(target)
+    host, removed = _host(), []
+    name = target.name[:_NAME_IN_TEMP]
+    try:
+        entries = list(os.scandir(target.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP.match(entry.name)
+        if match is None or match["name"] != name or match["host"] != host:
+            continue
+        if not _process_alive(int(match["pid"])):
+            _unlink(entry.path)
+            removed.append(Path(entry.path))
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _unlink(path: str | os.PathLike[str]) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _disk_full(err: BaseException) -> bool:
+    """ENOSPC or EDQUOT, from the OS (``errno``) or from HDF5 (whose messages carry it)."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(err)
+    return any(f"errno = {code}," in text for code in (errno.ENOSPC, errno.EDQUOT)) or \
+        "No space left on device" in text or "Disk quota exceeded" in text
+
+
+def _disk_full_error(target: Path, err: BaseException) -> Exception:
+    import shutil
+
+    from saeflow.core.errors import DiskFullError
+
+    try:
+        free = f"{_human_bytes(shutil.disk_usage(target.parent).free)} free"
+    except OSError:
+        free = "free space unknown"
+    quota = " (disk quota exceeded)" if "quota" in str(err).lower() or \
+        getattr(err, "errno", None) == errno.EDQUOT else ""
+    return DiskFullError(target, "<file>", f"no space left on the device{quota} while writing "
+                         f"it ({free} in {target.parent}): nothing was written; free some space "
+                         "and run again")
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 def _umask() -> int:
@@ -141,19 +248,50 @@ def line_of(records: Sequence[Any], index: int) -> int:
     return lines[index] if lines is not None else index + 1
 
 
+def record_lines(lines: Iterable[str]) -> Iterator[tuple[int, str]]:
+    """``(line number from 1, line)`` of each record of JSONL text split at ``\\n`` only (a
+    line holding only whitespace is blank, skipped). The one rule of what a record is:
+    :func:`read_jsonl` parses these lines and :func:`count_records` counts them, so every
+    reader of a JSONL file agrees on how many records it has and on their line numbers."""
+    for lineno, line in enumerate(lines, 1):
+        if line.strip():
+            yield lineno, line
+
+
+def count_records(path: str | os.PathLike[str]) -> int:
+    """Records in a JSONL file (``.jsonl`` or ``.jsonl.gz``, decompressed as it streams), by
+    :func:`record_lines`' rule, without parsing them: cheap enough to plan shards while the
+    DAG is built. Equals ``len(read_jsonl(path))`` for every file read_jsonl accepts."""
+    import gzip
+
+    from saeflow.core.errors import InputError
+
+    path = Path(path)
+    gz = path.name.endswith(".gz")
+    try:
+        with (gzip.open(path, "rt", encoding="utf-8", errors="replace", newline="\n") if gz
+              else open(path, encoding="utf-8", errors="replace", newline="\n")) as fh:
+            return sum(1 for _ in record_lines(fh))
+    except FileNotFoundError:
+        raise InputError(path, "<file>", "does not exist") from None
+    except IsADirectoryError:
+        raise InputError(path, "<file>", "is a folder, not a file") from None
+    except (OSError, EOFError) as err:  # gzip's truncated or damaged streams
+        raise InputError(path, "<file>", f"unreadable ({err})") from None
+
+
 def read_jsonl(path: str | os.PathLike[str], allow_nan: bool = True) -> Records:
     """One JSON object per line (``.jsonl`` or ``.jsonl.gz``), blank lines skipped; errors
     name the line, counted from 1."""
     from saeflow.core.errors import InputError
 
     records, lines = Records(), []
-    for lineno, line in enumerate(read_text(path).splitlines(), 1):
-        if line.strip():
-            record = parse_json(line, path, f"line {lineno}: ", allow_nan)
-            if not isinstance(record, dict):
-                raise InputError(path, f"line {lineno}", "expected a JSON object")
-            records.append(record)
-            lines.append(lineno)
+    for lineno, line in record_lines(read_text(path).split("\n")):
+        record = parse_json(line, path, f"line {lineno}: ", allow_nan)
+        if not isinstance(record, dict):
+            raise InputError(path, f"line {lineno}", "expected a JSON object")
+        records.append(record)
+        lines.append(lineno)
     records.lines = lines
     return records
 

@@ -53,7 +53,34 @@ def answer_token_id(tokenizer: Any, answer: str, source: str, line: int) -> int:
 
 
 def count_records(path: str | Path) -> int:
-    """Records in a JSONL prompt set (its non-blank lines), without parsing them: cheap
-    enough for the Snakefile to plan shards at parse time."""
-    with open(path, "rb") as f:
-        return sum(1 for line in f if line.strip())
+    """Records in a prompt set (``.jsonl`` or ``.jsonl.gz``), counted without parsing, by the
+    rule every reader of a prompt file counts with (:func:`saeflow.core.io.count_records`):
+    equal to ``len(load_prompt_set(path))`` for every file it accepts."""
+    from saeflow.core.io import count_records as count
+
+    return count(path)
+
+
+def missing_answers(records: list[dict[str, Any]]) -> list[int]:
+    """File lines of the records without an ``answer``."""
+    return [line_of(records, i) for i, r in enumerate(records) if "answer" not in r]
+
+
+def lines_text(lines: list[int], limit: int = 10) -> str:
+    """``3, 7, 12`` (``, ...`` past ``limit``): line numbers as a message names them."""
+    shown = ", ".join(str(n) for n in lines[:limit])
+    return shown + (", ..." if len(lines) > limit else "")
+
+
+def require_answers(records: list[dict[str, Any]], source: str | Path, needed_by: str,
+                    allow_none: bool = False) -> bool:
+    """Every record has an ``answer``, or (``allow_none``) none has; else an InputError naming
+    ``source`` and the lines without one. Returns whether the records have answers."""
+    missing = missing_answers(records)
+    if not missing or (allow_none and len(missing) == len(records)):
+        return not missing
+    have = len(records) - len(missing)
+    every = "every prompt, or none," if allow_none else "every prompt"
+    raise InputError(source, f"line {missing[0]}.answer", f"missing: {needed_by} needs an "
+                     f"answer in {every} and {len(missing)} of {len(records)} prompts lack one "
+                     f"({have} have one; lines without: {lines_text(missing)})")

@@ -48,6 +48,24 @@ def open_activations(path: str | Path, hooks: Sequence[str] | None = None) -> h5
     return h5
 
 
+def require_stored_answers(h5: h5py.File, path: str | Path, needed_by: str) -> None:
+    """``meta/answer_token_id`` is stored (every prompt had an ``answer``); else an InputError
+    naming the prompt file and the lines without one (the ``answers`` attribute extraction
+    records), so a consumer that needs answers (``needed_by``) says where to add them."""
+    if "meta/answer_token_id" in h5:
+        return
+    if "answers" not in h5.attrs:  # written before extraction recorded them
+        raise InputError(path, "meta/answer_token_id", f"missing: {needed_by} needs an "
+                         "'answer' in every prompt of the prompt set")
+    record = json_attr(h5, "answers", path)
+    lines, missing, n = record["missing_lines"], record["missing"], record["n_prompts"]
+    shown = ", ".join(str(line) for line in lines) + (", ..." if missing > len(lines) else "")
+    field = f"line {lines[0]}.answer" if lines else "answer"
+    raise InputError(record["prompts"], field, f"missing: {needed_by} needs an answer in "
+                     f"every prompt and {missing} of {n} prompts lack one (lines without: "
+                     f"{shown}; extracted into {path})")
+
+
 def read_tokens_positions(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """``tokens [n, T]`` and ``positions [n, P]`` of an activations file."""
     with open_h5(path) as h5:

@@ -1,9 +1,11 @@
 """Feature descriptions (``labels/descriptions.json``, docs/outputs.md): one text per SAE
 feature, ``{feature_id: "<source>-<index>", feature_index, description}``; the reader accepts
-every record-file shape of :mod:`saeflow.formats.records`."""
+every record-file shape of :mod:`saeflow.formats.records`. saeflow's own file also says
+which SAE it describes: ``source``, ``hook`` and ``d_sae`` (:func:`read_description_meta`)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,26 @@ def read_descriptions(path: str | Path) -> list[dict[str, Any]]:
     if not records:
         raise InputError(path, "records", "no descriptions")
     return records
+
+
+def read_description_meta(path: str | Path) -> dict[str, Any]:
+    """Which SAE a descriptions file describes: ``{source, hook, d_sae}``, each None where the
+    file does not say (another tool's file, or one written before the field). ``source``
+    falls back to the one ``<source>-<index>`` prefix its feature ids share."""
+    raw = read_json(path)
+    meta = {k: raw.get(k) if isinstance(raw, dict) else None for k in ("source", "hook", "d_sae")}
+    d_sae = meta["d_sae"]
+    if d_sae is not None and (isinstance(d_sae, bool) or not isinstance(d_sae, int) or d_sae < 1):
+        raise InputError(path, "d_sae", f"not a positive integer: {d_sae!r}")
+    if meta["source"] is None:
+        meta["source"] = shared_source([r["feature_id"] for r in read_descriptions(path)])
+    return meta
+
+
+def shared_source(feature_ids: Sequence[str]) -> str | None:
+    """The ``<source>`` of ``<source>-<index>`` ids when they all share one, else None."""
+    prefixes = {str(f).rsplit("-", 1)[0] for f in feature_ids if "-" in str(f)}
+    return prefixes.pop() if len(prefixes) == 1 else None
 
 
 def descriptions_by_hook(path: str | Path | None, hook: str | None = None

@@ -5,8 +5,10 @@ the file and the dataset, never an h5py traceback."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +22,83 @@ def open_h5(path: str | Path) -> h5py.File:
     if Path(path).is_dir():
         raise InputError(path, "<file>", "is a folder, not an HDF5 file")
     try:
-        return h5py.File(path, "r")
+        h5 = h5py.File(path, "r")
     except FileNotFoundError:
         raise InputError(path, "<file>", "does not exist") from None
     except OSError as err:
         raise InputError(path, "<file>", f"not a readable HDF5 file (truncated or damaged?): "
                          f"{str(err).splitlines()[0]}") from None
+    try:
+        check_shards(h5, path)
+    except BaseException:
+        h5.close()
+        raise
+    return h5
+
+
+# A gathered file (activations or codes of a sharded prompt set) reads its shards in place,
+# through virtual datasets. HDF5 reads a missing shard as fill values and a changed one as
+# whatever it now holds, so each shard's size, mtime and sha256 are recorded when gathering
+# and checked on every open: a missing shard or a changed size is an error at once; a changed
+# mtime (a copy, a touch) costs one sha256 of that shard, an error if its bytes differ.
+# verify_shards checks every sha256 regardless (a shard rewritten to the same size, with
+# its mtime restored).
+SHARD_FILES = "shard_files"
+
+
+def shard_attrs(shard_paths: Sequence[str | Path], out_path: str | Path) -> dict[str, str]:
+    """The root attributes of a gathered file (to be written to ``out_path``) that name its
+    shards: ``shards`` (the paths given) and :data:`SHARD_FILES` (each shard's name relative
+    to ``out_path``'s folder, size, mtime and sha256). Read before the gathered file is
+    opened for writing: hashing large shards takes a while."""
+    folder = Path(out_path).resolve().parent
+    records = []
+    for shard in shard_paths:
+        stat = Path(shard).stat()
+        records.append({"file": os.path.relpath(Path(shard).resolve(), folder),
+                        "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                        "sha256": _sha256(shard)})
+    return {"shards": json.dumps([str(p) for p in shard_paths]),
+            SHARD_FILES: json.dumps(records)}
+
+
+def check_shards(h5: h5py.File, path: str | Path, full: bool = False) -> int:
+    """Every shard a gathered file records is there and unchanged (see :data:`SHARD_FILES`;
+    ``full``: every sha256 compared); returns how many shards it records (0: not gathered)."""
+    if SHARD_FILES not in h5.attrs:
+        return 0
+    records = json_attr(h5, SHARD_FILES, path)
+    folder = Path(path).parent
+    for record in records:
+        shard = folder / record["file"]
+        try:
+            stat = shard.stat()
+        except FileNotFoundError:
+            raise InputError(path, "shards", f"shard {shard} is missing (deleted after this file "
+                             "was gathered from it): run snakemake again to rebuild it") from None
+        remedy = "delete the shard and run snakemake again to rebuild it"
+        if stat.st_size != record["size"]:
+            raise InputError(shard, "<file>", f"{stat.st_size} bytes, {record['size']} when "
+                             f"{path} was gathered from it: the shard changed; {remedy}")
+        if full or stat.st_mtime_ns != record["mtime_ns"]:
+            digest = _sha256(shard)
+            if digest != record["sha256"]:
+                raise InputError(shard, "<file>", f"contents changed since {path} was gathered "
+                                 f"from it (sha256 {digest[:12]}..., recorded "
+                                 f"{record['sha256'][:12]}...); {remedy}")
+    return len(records)
+
+
+def verify_shards(path: str | Path) -> int:
+    """The explicit check of a gathered file: every shard's sha256 against the one recorded
+    when gathering (an InputError naming the first that differs); returns the shard count."""
+    with open_h5(path) as h5:
+        return check_shards(h5, path, full=True)
+
+
+def _sha256(path: str | Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 @contextlib.contextmanager

@@ -340,9 +340,10 @@ def eval_set_from_h5(path: str | Path, mode: str = "answer") -> EvalSet:
         lengths = torch.from_numpy(read_array(fh, "lengths", path).astype(np.int64))
         if mode == "next_token":
             return next_token_eval(tokens, lengths)
-        if "meta/answer_token_id" not in fh:
-            raise InputError(path, "meta/answer_token_id", "missing: eval 'answer' needs an "
-                             "'answer' in every prompt of the prompt set (or use eval: next_token)")
+        from saeflow.formats.activations import require_stored_answers
+
+        require_stored_answers(fh, path, "labels.ablation.eval 'answer' (or use eval: "
+                               "next_token)")
         answers = torch.from_numpy(read_array(fh, "meta/answer_token_id", path).astype(np.int64))
     return target_eval(tokens, lengths - 1, answers)
 

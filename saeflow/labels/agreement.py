@@ -164,6 +164,45 @@ def check_human_labels(human: Sequence[Mapping[str, Any]], path: str | Path) -> 
         seen[key] = record["label"]
 
 
+def check_labels_fit_sae(human: Sequence[Mapping[str, Any]], path: str | Path,
+                         recorded: Mapping[str, Any], descriptions: str | Path) -> None:
+    """Human labels are of this run's SAE: the file's recorded ``source`` (or its sample's
+    feature-id prefix) is the descriptions', no label is of a feature beyond the SAE's width
+    ``d_sae`` (as the descriptions file records it), and every labelled feature is described.
+    Else an InputError naming ``path``, the field and the offending ids (such labels would
+    only be dropped by the join with the classifier)."""
+    from saeflow.formats.descriptions import (read_description_meta, read_descriptions,
+                                              shared_source)
+
+    meta = read_description_meta(descriptions)
+    ids = recorded.get("sample_feature_ids")
+    field, theirs = (("source", recorded["source"]) if recorded.get("source") else
+                     ("sample_feature_ids", shared_source(ids if isinstance(ids, list) else [])))
+    if theirs is not None and meta["source"] is not None and theirs != meta["source"]:
+        raise InputError(path, field, f"labels made for another SAE: the file's features are "
+                         f"of {theirs!r}, this run's ({descriptions}) of {meta['source']!r}; "
+                         f"e.g. {_some([r['feature_id'] for r in human])}")
+    d_sae = meta["d_sae"] if meta["d_sae"] is not None else float("inf")
+    beyond = [r["feature_id"] for r in human
+              if r["feature_index"] is not None and r["feature_index"] >= d_sae]
+    if beyond:
+        raise InputError(path, "feature_index", f"labels of features beyond the SAE's width "
+                         f"(d_sae {d_sae} of {meta['hook'] or meta['source']}): {_some(beyond)}")
+    described = read_descriptions(descriptions)
+    by_index = {r["feature_index"] for r in described}
+    by_id = {r["feature_id"] for r in described}
+    unknown = [r["feature_id"] for r in human if (r["feature_index"] not in by_index
+                                                   if r["feature_index"] is not None
+                                                   else r["feature_id"] not in by_id)]
+    if unknown:
+        raise InputError(path, "feature_index", f"labels of features {descriptions} does not "
+                         f"describe: {_some(unknown)}")
+
+
+def _some(ids: Sequence[Any], k: int = 5) -> str:
+    return ", ".join(map(str, ids[:k])) + (f" and {len(ids) - k} more" if len(ids) > k else "")
+
+
 def write_merged_csv(path: str | Path, merged: pd.DataFrame) -> None:
     """The merged human/model table as CSV, written atomically."""
     from saeflow.core.io import atomic_path

@@ -271,8 +271,16 @@ def classify_stage(descriptions: str | Path, category: str, categories: Any,
     see :func:`resolve_categories`); the payload to ``out``
     (classified/{category}.json)."""
     from saeflow.core.io import write_json
-    from saeflow.formats.descriptions import read_descriptions
+    from saeflow.formats.descriptions import read_description_meta, read_descriptions
 
     options = resolve_categories(categories)[category]
     payload = classify(read_descriptions(descriptions), category, options)
+    meta = read_description_meta(descriptions)
+    beyond = [r["feature_id"] for r in payload["records"]
+              if meta["d_sae"] is not None and r["feature_index"] >= meta["d_sae"]]
+    if beyond:  # an imported file's features must be the SAE's (labels.categories.<c>.path)
+        raise InputError(options["path"], "feature_index", f"rows of features beyond the "
+                         f"SAE's width (d_sae {meta['d_sae']} of {meta['hook']}, the SAE of "
+                         f"{descriptions}): {', '.join(beyond[:5])}"
+                         + (f" and {len(beyond) - 5} more" if len(beyond) > 5 else ""))
     write_json(out, payload, options)

@@ -13,11 +13,14 @@ estimated from a human-labelled validation sample:
   random matched-size set); bucket composition from the sample's joint labels; solved by
   non-negative least squares.
 
-Uncertainty has two sources, both resampled (seeded) and the system re-solved per draw: the
-validation sample (its counts, multinomial) and, when the study gives it, the measurement of
-the loss increases (normal with the study's ``delta_covariance``, prompts as the unit). The
-naive estimate uses no labels, so its interval reflects the measurement alone; without a
-measured covariance the losses are treated as exact and the naive estimate has no interval.
+Intervals (:func:`posterior_draws`): each bucket's composition is drawn from its Jeffreys
+posterior given the validation sample (two-bucket ``r_c ~ Beta(FP + 1/2, TP + 1/2)``, general
+each row ``~ Dirichlet(counts + 1/2)``; a bootstrap of the counts cannot draw a rate the sample
+never showed), the loss increases, if measured, from ``N(measured, delta_covariance)``; the
+system is re-solved per draw, the interval is the draws' 2.5 and 97.5 percentiles. Naive uses
+no labels: its interval is the measurement's (none without it). A ratio to the first category
+gets its draws' percentiles where that category's interval lies above 0, else no interval (its
+confidence set is unbounded: Fieller).
 
 The study itself (data model, parsing, building it from the pipeline's results) is
 :mod:`saeflow.labels.study`; this module solves it and, on the toy, compares with the truth.
@@ -25,7 +28,6 @@ The study itself (data model, parsing, building it from the pipeline's results) 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -34,14 +36,14 @@ import numpy as np
 from scipy.optimize import nnls
 
 from saeflow.core.errors import InputError
-from saeflow.labels.study import OTHER, Confusion, Study
+from saeflow.labels.study import OTHER, Bucket, Confusion, Study
 
 METHODS = ("naive", "two-bucket", "general")
 MAX_CONDITION = 1e12  # beyond this the solution is noise in float64
 
 
 class _Degenerate(Exception):
-    """A system that cannot be solved (for a bootstrap draw: skip it)."""
+    """A system that cannot be solved."""
 
     def __init__(self, field: str, problem: str):
         self.field, self.problem = field, problem
@@ -50,10 +52,14 @@ class _Degenerate(Exception):
 
 # --- the systems ------------------------------------------------------------------------------
 
+def _buckets(study: Study) -> dict[str, Bucket]:
+    """Every ablated bucket by name: the categories, then ``other`` if measured."""
+    return {**study.categories, **({OTHER: study.other} if study.other else {})}
+
+
 def deltas(study: Study, names: Sequence[str]) -> np.ndarray:
     """``[len(names)]`` loss increases over the baseline."""
-    buckets = {**study.categories, **({OTHER: study.other} if study.other else {})}
-    return np.array([buckets[n].ablated_loss - study.baseline_loss for n in names])
+    return np.array([_buckets(study)[n].ablated_loss - study.baseline_loss for n in names])
 
 
 def contamination(conf: Confusion, name: str) -> float:
@@ -63,30 +69,30 @@ def contamination(conf: Confusion, name: str) -> float:
     return conf.fp / (conf.tp + conf.fp)
 
 
+def _two_bucket(sizes: Sequence[int], rates: Sequence[Any]) -> np.ndarray:
+    """``[[n_A (1 - r_A), n_A r_A], [n_B r_B, n_B (1 - r_B)]]``, ``[..., 2, 2]``."""
+    (n_a, n_b), (r_a, r_b) = sizes, rates
+    return np.stack([np.stack([n_a * (1 - r_a), n_a * r_a], -1),
+                     np.stack([n_b * r_b, n_b * (1 - r_b)], -1)], -2)
+
+
 def two_bucket_system(study: Study) -> tuple[list[str], np.ndarray]:
-    """``[[pure_A, contam_A], [contam_B, pure_B]]`` with ``pure = n (1 - r)``, ``contam = n r``."""
     names = list(study.categories)
     if len(names) != 2:
         raise InputError(study.source, "categories",
                          f"two-bucket needs exactly two categories, got {len(names)}")
-    rows = []
     for name in names:
-        bucket = study.categories[name]
-        if bucket.confusion is None:
+        if study.categories[name].confusion is None:
             raise InputError(study.source, f"categories.{name}.confusion", "required by two-bucket")
-        r = contamination(bucket.confusion, name)
-        rows.append((bucket.n * (1 - r), bucket.n * r))
-    (pure_a, contam_a), (pure_b, contam_b) = rows
-    return names, np.array([[pure_a, contam_a], [contam_b, pure_b]])
+    return names, _two_bucket([study.categories[n].n for n in names],
+                              [contamination(study.categories[n].confusion, n) for n in names])
 
 
-def composition(study: Study) -> tuple[list[str], np.ndarray]:
-    """``[k+1, k+1]`` share of each bucket (row) that is truly each category (column).
-
-    A validation feature counts in every bucket it was predicted into (no prediction: the
-    ``other`` bucket); a feature the humans put in several categories splits its weight
-    equally among them, and one in none is ``other``.
-    """
+def composition_weights(study: Study) -> tuple[list[str], np.ndarray]:
+    """``[k+1, k+1]`` validation features in each bucket (row) that are truly each category
+    (column). A feature counts in every bucket it was predicted into (no prediction: the
+    ``other`` bucket); one the humans put in several categories splits its weight equally
+    among them, and one in none is ``other``."""
     names = [*study.categories, OTHER]
     col = {n: i for i, n in enumerate(names)}
     weights = np.zeros((len(names), len(names)))
@@ -95,11 +101,16 @@ def composition(study: Study) -> tuple[list[str], np.ndarray]:
         for b in predicted or (OTHER,):
             for t in truth:
                 weights[col[b], col[t]] += count / len(truth)
-    totals = weights.sum(axis=1, keepdims=True)
-    empty = [names[i] for i in np.nonzero(totals.ravel() == 0)[0]]
+    empty = [names[i] for i in np.nonzero(weights.sum(axis=1) == 0)[0]]
     if empty:
         raise _Degenerate("validation", f"no validation feature predicted in {empty}")
-    return names, weights / totals
+    return names, weights
+
+
+def composition(study: Study) -> tuple[list[str], np.ndarray]:
+    """``[k+1, k+1]`` share of each bucket (row) that is truly each category (column)."""
+    names, weights = composition_weights(study)
+    return names, weights / weights.sum(axis=1, keepdims=True)
 
 
 def general_system(study: Study) -> tuple[list[str], np.ndarray]:
@@ -108,16 +119,14 @@ def general_system(study: Study) -> tuple[list[str], np.ndarray]:
     if not study.validation:
         raise InputError(study.source, "validation", "general needs the joint validation labels")
     names, comp = composition(study)
-    sizes = np.array([*(b.n for b in study.categories.values()), study.other.n], dtype=float)
-    return names, sizes[:, None] * comp
+    return names, np.array([b.n for b in _buckets(study).values()], float)[:, None] * comp
 
 
 def system(study: Study, method: str) -> tuple[list[str], np.ndarray]:
     """Names and ``M`` (``[k, k]``) for ``method``."""
     if method == "naive":
-        names = list(study.categories) + ([OTHER] if study.other else [])
-        sizes = [*(b.n for b in study.categories.values()), *([study.other.n] if study.other else [])]
-        return names, np.diag(np.array(sizes, dtype=float))
+        buckets = _buckets(study)
+        return list(buckets), np.diag([float(b.n) for b in buckets.values()])
     if method == "two-bucket":
         return two_bucket_system(study)
     if method == "general":
@@ -125,71 +134,85 @@ def system(study: Study, method: str) -> tuple[list[str], np.ndarray]:
     raise InputError(study.source, "method", f"unknown method {method!r} (expected {METHODS})")
 
 
-def solve(matrix: np.ndarray, rhs: np.ndarray, method: str) -> np.ndarray:
-    """Exact solve for square systems, NNLS for ``general``; singular systems raise."""
-    cond = float(np.linalg.cond(matrix))
-    if not math.isfinite(cond) or cond > MAX_CONDITION:
-        raise _Degenerate("categories", f"singular {method} system (condition number {cond:.3g}):"
-                                        " the buckets' compositions cannot be told apart")
+def solve(matrices: np.ndarray, rhs: np.ndarray, method: str) -> np.ndarray:
+    """``[n, k]`` solutions of the systems ``[n, k, k]`` (exact; NNLS for ``general``); NaN
+    where one is degenerate (condition number over :data:`MAX_CONDITION`)."""
+    singular = np.linalg.svd(matrices, compute_uv=False)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cond = singular[:, 0] / singular[:, -1]
+    ok = np.isfinite(cond) & (cond <= MAX_CONDITION)
+    out = np.full(rhs.shape, np.nan)
     if method == "general":
-        return nnls(matrix, rhs)[0]
-    return np.linalg.solve(matrix, rhs)
+        for i in np.nonzero(ok)[0]:
+            out[i] = nnls(matrices[i], rhs[i])[0]
+    elif ok.any():
+        out[ok] = np.linalg.solve(matrices[ok], rhs[ok][..., None])[..., 0]
+    return out
 
 
 def estimate(study: Study, method: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Names, LPF vector and system matrix for one study."""
+    """Names, LPF vector and system matrix for one study; a singular system raises."""
     names, matrix = system(study, method)
-    return names, solve(matrix, deltas(study, names), method), matrix
+    lpf = solve(matrix[None], deltas(study, names)[None], method)[0]
+    if np.isnan(lpf).any():
+        raise _Degenerate("categories", f"singular {method} system (condition number "
+                          f"{np.linalg.cond(matrix):.3g}): the buckets' compositions cannot be "
+                          "told apart")
+    return names, lpf, matrix
 
 
-# --- bootstrap --------------------------------------------------------------------------------
+# --- intervals --------------------------------------------------------------------------------
 
-def _resample(study: Study, rng: np.random.Generator) -> Study:
-    """A study whose validation counts are one multinomial draw from the observed ones and,
-    if the study measured them, whose loss increases are one normal draw around the observed."""
-    noise = {}
-    if study.delta_covariance is not None:
-        names, cov = study.delta_covariance
-        noise = dict(zip(names, rng.multivariate_normal(np.zeros(len(names)), cov, method="eigh")))
-    cats = {}
-    for name, bucket in study.categories.items():
-        conf = bucket.confusion
-        if conf is not None:
-            counts = np.array([conf.tp, conf.fp, conf.tn, conf.fn])
-            bucket = replace(bucket, confusion=Confusion(*map(int, rng.multinomial(
-                counts.sum(), counts / counts.sum()))))
-        cats[name] = replace(bucket, ablated_loss=bucket.ablated_loss + noise.get(name, 0.0))
-    other = study.other
-    if other is not None:
-        other = replace(other, ablated_loss=other.ablated_loss + noise.get(OTHER, 0.0))
-    validation = study.validation
-    if validation:
-        counts = np.array([c for _, _, c in validation])
-        draw = rng.multinomial(counts.sum(), counts / counts.sum())
-        validation = tuple((p, h, int(k)) for (p, h, _), k in zip(validation, draw) if k > 0)
-    return replace(study, categories=cats, other=other, validation=validation)
+PRIOR = 0.5  # Jeffreys: Beta(1/2, 1/2) on a rate, Dirichlet(1/2, ...) on a composition row
 
 
-def bootstrap(study: Study, method: str, n_boot: int, seed: int) -> np.ndarray:
-    """``[n_boot, k]`` LPF draws; rows of NaN where a draw's system is degenerate."""
+def _matrix_draws(study: Study, method: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``[n, k, k]`` systems with each bucket's composition drawn from its Jeffreys posterior.
+    By hand: scipy.stats has the Beta and Dirichlet but no posterior pushed through a system."""
+    names, matrix = system(study, method)
+    if method == "naive":
+        return np.broadcast_to(matrix, (n, *matrix.shape))
+    if method == "two-bucket":  # r ~ Beta(FP + 1/2, TP + 1/2): Dirichlet(counts + 1/2), merged
+        confs = [study.categories[name].confusion for name in names]
+        return _two_bucket([study.categories[name].n for name in names],
+                           [rng.beta(c.fp + PRIOR, c.tp + PRIOR, n) for c in confs])
+    rows = np.stack([rng.dirichlet(w + PRIOR, n) for w in composition_weights(study)[1]], 1)
+    return np.array([b.n for b in _buckets(study).values()], float)[None, :, None] * rows
+
+
+def posterior_draws(study: Study, method: str, n_draws: int, seed: int,
+                    delta_noise: np.ndarray | None = None) -> np.ndarray:
+    """``[n_draws, k]`` LPF draws (module docstring); rows of NaN where a draw's system is
+    degenerate. ``delta_noise`` ``[n_draws, k]`` (the system's names' order), when given, is
+    added to the loss increases instead of draws from the study's covariance."""
     rng = np.random.default_rng(seed)
-    k = len(system(study, method)[0])
-    draws = np.full((n_boot, k), np.nan)
-    for i in range(n_boot):
-        try:
-            draws[i] = estimate(_resample(study, rng), method)[1]
-        except _Degenerate:
-            continue
-    return draws
+    names = system(study, method)[0]
+    matrices = _matrix_draws(study, method, n_draws, rng)
+    rhs = np.broadcast_to(deltas(study, names), (n_draws, len(names)))
+    if delta_noise is not None:
+        rhs = rhs + delta_noise
+    elif study.delta_covariance is not None:
+        cov_names, cov = study.delta_covariance
+        noise = rng.multivariate_normal(np.zeros(len(cov_names)), cov, n_draws, method="eigh")
+        rhs = rhs + noise[:, [cov_names.index(n) for n in names]]
+    return solve(matrices, rhs, method)
 
 
-BOOTSTRAP = "percentile bootstrap, system re-solved per draw (degenerate draws dropped)"
+# What the draws of each method's interval hold (``ci95_method``).
+LABEL_POSTERIOR = {"two-bucket": "contamination ~ Beta(fp + 1/2, tp + 1/2) per bucket (Jeffreys)",
+                   "general": "each bucket's composition row ~ Dirichlet(validation counts + 1/2) "
+                              "(Jeffreys)"}
+MEASUREMENT = "loss increases ~ N(measured, delta_covariance)"
 
 
-def _interval(values: np.ndarray) -> tuple[list[float] | None, int]:
-    """95% percentile interval of the finite draws and how many draws were not finite."""
+def percentile_interval(values: np.ndarray, estimate: float) -> tuple[list[float] | None, int]:
+    """The finite draws' 2.5 and 97.5 percentiles, widened to hold the point ``estimate``, and
+    how many draws were not finite. Widened: a sample with no contaminant has a posterior that
+    excludes contamination 0 by a hair, so a truth of 0 would never be covered (the fix of Brown,
+    Cai and DasGupta's modified Jeffreys interval, lower end 0 when x = 0; else mostly a no-op)."""
     finite = values[np.isfinite(values)]
     ci = np.percentile(finite, [2.5, 97.5]).tolist() if len(finite) else None
+    ci = ci and [float(min(ci[0], estimate)), float(max(ci[1], estimate))]
     return ci, int(values.size - finite.size)
 
 
@@ -202,58 +225,67 @@ def _flags(value: float, ci: list[float] | None, method: str) -> list[str]:
     return flags
 
 
+RATIO_METHOD = "2.5-97.5 percentiles of the ratio's draws (all kept: the reference's interval > 0)"
+
+
+def _ratio(draws: np.ndarray, j: int, lpf: np.ndarray, ref_ci: list[float] | None, ref: str
+           ) -> dict[str, Any]:
+    """The corrected ratio of bucket ``j`` to bucket 0 (``ref``) and its 95% interval from the
+    draws ``[n, k]``: their ratios' percentiles when ``ref_ci`` lies above 0; where it reaches
+    0 the ratio may be any size (Fieller's confidence set is unbounded): no interval."""
+    out = dict.fromkeys("corrected ci95 ci95_unbounded ci95_method ci95_n_dropped note".split())
+    if lpf[0] <= 0:
+        return out | {"note": f"not reported: corrected lpf of {ref} is not positive"}
+    out["corrected"] = float(lpf[j] / lpf[0])
+    if ref_ci is None:
+        return out
+    if ref_ci[0] <= 0:
+        return out | {"ci95_unbounded": True, "note": f"the 95% interval of {ref}'s LPF reaches "
+                      "0, so the ratio's 95% confidence set is unbounded (Fieller)"}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ci, dropped = percentile_interval(draws[:, j] / draws[:, 0], out["corrected"])
+    return out | {"ci95": ci, "ci95_unbounded": False, "ci95_method": RATIO_METHOD,
+                  "ci95_n_dropped": dropped}
+
+
 # --- the result -------------------------------------------------------------------------------
 
 def correct(study: Study, method: str, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
-    """``saeflow correct``: naive and corrected LPF per category, 95% bootstrap intervals,
-    ratios to the first category (only where its LPF is positive) and the condition number."""
+    """``saeflow correct``: naive and corrected LPF per category, 95% intervals from
+    ``n_boot`` posterior draws, ratios to the first category (only where its LPF is
+    positive; unbounded where its interval reaches 0) and the condition number."""
     try:
         names, lpf, matrix = estimate(study, method)
     except _Degenerate as err:
         raise InputError(study.source, err.field, err.problem) from None
     naive = dict(zip(*estimate(study, "naive")[:2]))
-    draws = bootstrap(study, method, n_boot, seed)
+    draws = posterior_draws(study, method, n_boot, seed)
     contam = _contamination_report(study, method, names)
     rhs = deltas(study, names)
-    categories = {}
-    # The naive estimate uses no human labels: only a measured covariance gives it an interval.
     measured = study.delta_covariance is not None
-    has_ci = method != "naive" or measured
+    drawn = [d for d in (LABEL_POSTERIOR.get(method), measured and MEASUREMENT) if d]
+    how = ("2.5-97.5 percentiles of draws (widened to hold the estimate): " + "; ".join(drawn)
+           + "; system re-solved per draw, degenerate ones dropped") if drawn else None
+    categories = {}
     for j, name in enumerate(names):
-        ci, dropped = _interval(draws[:, j]) if has_ci else (None, None)
-        bucket = study.categories.get(name) or study.other
-        categories[name] = {"n_predicted": bucket.n, "delta_loss": float(rhs[j]),
+        ci, dropped = percentile_interval(draws[:, j], lpf[j]) if how else (None, None)
+        categories[name] = {"n_predicted": _buckets(study)[name].n, "delta_loss": float(rhs[j]),
                             "lpf_naive": float(naive[name]), "lpf_corrected": float(lpf[j]),
-                            "contamination": contam.get(name), "ci95": ci,
-                            "ci95_method": BOOTSTRAP if has_ci else None,
+                            "contamination": contam.get(name), "ci95": ci, "ci95_method": how,
                             "ci95_n_dropped": dropped,  # degenerate draws left out
                             "flags": _flags(float(lpf[j]), ci, method)}
     ref = names[0]
-    ratios = {}
-    for j, name in enumerate(names[1:], 1):
-        ok = draws[:, 0] > 0
-        reported = bool(lpf[0] > 0)
-        ratio_ci, dropped = (None, None)
-        if reported and has_ci:
-            ratio_ci, nonfinite = _interval(draws[ok, j] / draws[ok, 0])
-            dropped = n_boot - int(ok.sum()) + nonfinite
-        ratios[f"{name}/{ref}"] = {
-            "naive": float(naive[name] / naive[ref]) if naive[ref] > 0 else None,
-            "corrected": float(lpf[j] / lpf[0]) if reported else None,
-            "ci95": ratio_ci,
-            "ci95_method": BOOTSTRAP if reported and has_ci else None,
-            # draws left out: degenerate, or the reference LPF not positive
-            "ci95_n_dropped": dropped,
-            "ci_draws": int(ok.sum()),  # draws where the reference LPF was positive
-            "note": None if reported else f"not reported: corrected lpf of {ref} is not positive"}
+    ratios = {f"{name}/{ref}": {"naive": float(naive[name] / naive[ref]) if naive[ref] > 0 else None,
+                                **_ratio(draws, j, lpf, categories[ref]["ci95"], ref)}
+              for j, name in enumerate(names[1:], 1)}
     return {"method": method, "study": study.source, "baseline_loss": study.baseline_loss,
             "categories": categories, "ratios": ratios,
             "condition_number": float(np.linalg.cond(matrix)),
             "system": {"names": names, "matrix": matrix.tolist(), "rhs": rhs.tolist()},
-            "bootstrap": {"n": n_boot, "seed": seed,
-                          "n_failed": int(np.isnan(draws).any(axis=1).sum()),
-                          "sources": ([] if method == "naive" else ["validation labels"])
-                          + (["loss measurement"] if measured else [])}}
+            "draws": {"n": n_boot, "seed": seed, "method": how,
+                      "n_failed": int(np.isnan(draws).any(axis=1).sum()),
+                      "sources": ["validation labels"] * (method != "naive")
+                      + ["loss measurement"] * measured}}
 
 
 def _contamination_report(study: Study, method: str, names: list[str]) -> dict[str, float | None]:
@@ -274,58 +306,52 @@ def true_lpf(ablation: Mapping[str, Any]) -> dict[str, float]:
             if key.startswith("truth:") and entry["n_features"] > 0}
 
 
-# The truth is measured on the same eval prompts as the buckets, so their prompt noise is shared
-# and cancels in the error: an interval that resamples prompts too over-covers it.
-GIVEN_PROMPTS = ("percentile bootstrap over the validation labels only, the loss increases held "
-                 "at their measured values: the truth shares the eval prompts, so only the label "
-                 "noise separates an estimate from it")
+GIVEN_PROMPTS = ("posterior draws of the validation labels only (Jeffreys), the loss increases "
+                 "held at their measured values: the truth shares the eval prompts, so only the "
+                 "label noise separates an estimate from it")
 PLANTED = ("the keyword classifier's own contamination is small here, so this check barely tells "
            "the methods apart; the planted-noise validation (`snakemake validation`, "
            "correction/validation.json) plants contamination from 0 to 50% and scores bias, RMSE "
            "and coverage per method over replicates")
 
 
+def _covers(ci: Sequence[float] | None, value: float) -> bool | None:
+    return None if ci is None else bool(ci[0] <= value <= ci[1])
+
+
+def _errors(estimate: float, true: float) -> dict[str, Any]:
+    return {"estimate": estimate, "abs_error": abs(estimate - true),
+            "rel_error": abs(estimate - true) / abs(true) if true else None}
+
+
 def compare_with_truth(results: Mapping[str, Mapping[str, Any]], truth: Mapping[str, float],
                        study: Study | None = None, n_boot: int = 2000, seed: int = 0
                        ) -> dict[str, Any]:
     """Per method and category: naive and corrected error against the true LPF, and whether
-    the corrected 95% interval covers it (the dict for ``correction/summary.json``).
-
-    With ``study`` (the one the results solved), coverage is also judged by an interval given
-    the prompts (:data:`GIVEN_PROMPTS`), the one that matches a same-prompts truth; the full
-    interval (labels and prompts) stays, marked as over-covering for this comparison."""
-    def errors(estimate: float, true: float) -> dict[str, Any]:
-        return {"estimate": estimate, "abs_error": abs(estimate - true),
-                "rel_error": abs(estimate - true) / abs(true) if true else None}
-
-    def covers(ci: Sequence[float] | None, value: float) -> bool | None:
-        return None if ci is None else bool(ci[0] <= value <= ci[1])
-
+    the corrected 95% interval covers it (``correction/summary.json``). With ``study`` (the one
+    the results solved), also by an interval given the prompts (:data:`GIVEN_PROMPTS`), the one
+    a same-prompts truth calls for; the full interval stays, marked as over-covering here."""
     fixed = replace(study, delta_covariance=None) if study is not None else None
     summary: dict[str, Any] = {"true_lpf": dict(truth), "methods": {}, "planted_noise": PLANTED}
     for method, result in results.items():
-        given = None
-        if fixed is not None and method != "naive":  # naive uses no labels: nothing to resample
-            given = bootstrap(fixed, method, n_boot, seed)
-            given_names = system(fixed, method)[0]
+        given = None  # naive uses no labels: nothing to draw given the prompts
+        if fixed is not None and method != "naive":
+            given = dict(zip(system(fixed, method)[0],
+                             posterior_draws(fixed, method, n_boot, seed).T))
         rows = {}
         for name, cat in result["categories"].items():
             if name not in truth:
                 continue
             ci, true = cat["ci95"], truth[name]
-            corrected = {**errors(cat["lpf_corrected"], true), "ci95": ci,
-                         "covers_truth": covers(ci, true)}
+            corrected = {**_errors(cat["lpf_corrected"], true), "ci95": ci,
+                         "covers_truth": _covers(ci, true)}
             if study is not None:
-                ci_given, dropped = ((None, None) if given is None
-                                     else _interval(given[:, given_names.index(name)]))
+                ci_given, dropped = ((None, None) if given is None else
+                                     percentile_interval(given[name], cat["lpf_corrected"]))
                 corrected |= {"ci95_given_prompts": ci_given, "ci95_given_prompts_n_dropped": dropped,
-                              "covers_truth_given_prompts": covers(ci_given, true),
-                              # no classifier error in the sample: nothing to resample, so
-                              # the bucket's missed or extra members show as uncovered error
-                              "given_prompts_degenerate": (None if ci_given is None
-                                                           else bool(ci_given[1] - ci_given[0] <= 0))}
+                              "covers_truth_given_prompts": _covers(ci_given, true)}
             rows[name] = {"true": true, "contamination": cat.get("contamination"),
-                          "naive": errors(cat["lpf_naive"], true), "corrected": corrected,
+                          "naive": _errors(cat["lpf_naive"], true), "corrected": corrected,
                           # how far the correction moved the estimate, in units of the truth
                           "correction_shift": (abs(cat["lpf_corrected"] - cat["lpf_naive"]) / abs(true)
                                                if true else None)}
@@ -334,25 +360,24 @@ def compare_with_truth(results: Mapping[str, Mapping[str, Any]], truth: Mapping[
             num, ref = key.split("/")
             if num in truth and ref in truth and truth[ref] > 0:
                 true_ratio = truth[num] / truth[ref]
-                ci = ratio["ci95"]
                 ratios[key] = {"true": true_ratio, "naive": ratio["naive"],
-                               "corrected": ratio["corrected"], "ci95": ci,
-                               "covers_truth": covers(ci, true_ratio)}
+                               "corrected": ratio["corrected"], "ci95": ratio["ci95"],
+                               "ci95_unbounded": ratio.get("ci95_unbounded"),
+                               "covers_truth": _covers(ratio["ci95"], true_ratio)}
         summary["methods"][method] = {"categories": rows, "ratios": ratios}
     if study is not None:
         summary["intervals"] = {"ci95_given_prompts": GIVEN_PROMPTS,
-                                "ci95": "labels and prompts resampled: wider than the error "
+                                "ci95": "labels and prompt noise drawn: wider than the error "
                                         "against a same-prompts truth, so it over-covers here",
-                                "n_boot": n_boot, "seed": seed}
+                                "n_draws": n_boot, "seed": seed}
     return summary
 
 
 # --- the rules' entry points ------------------------------------------------------------------
 
 def correct_stage(study_path: str, method: str, cfg: Mapping[str, Any], out: str) -> None:
-    """Rule ``correct``: :func:`correct` the study file ``study_path`` (correction/study.yaml)
-    by ``method``; the result to ``out`` (correction/{method}.json). ``cfg``:
-    ``config["labels"]["correction"]`` ({n_boot, seed, ...})."""
+    """Rule ``correct``: :func:`correct` the study ``study_path`` (correction/study.yaml) by
+    ``method`` with ``cfg`` (``labels.correction``); to ``out`` (correction/{method}.json)."""
     from saeflow.core.io import write_json
     from saeflow.labels.study import load_study
 
@@ -362,10 +387,9 @@ def correct_stage(study_path: str, method: str, cfg: Mapping[str, Any], out: str
 
 def correction_summary_stage(results: Mapping[str, str], ablation: str, study_path: str,
                               cfg: Mapping[str, Any], out: str) -> None:
-    """Rule ``correction_summary`` (toy only): :func:`compare_with_truth` of each method's
-    result file (``results``: method -> correction/{method}.json, in config order) against the
-    true LPF of ``ablation`` (ablation.json), with intervals given the prompts re-drawn from
-    ``study_path`` (correction/study.yaml); ``cfg``: ``labels.correction``; the summary to ``out``."""
+    """Rule ``correction_summary`` (toy only): :func:`compare_with_truth` of each method's result
+    (``results``: method -> correction/{method}.json) against the true LPF of ``ablation``, the
+    intervals given the prompts re-drawn from ``study_path``; ``cfg``: ``labels.correction``."""
     from saeflow.core.io import read_json, write_json
     from saeflow.labels.study import load_study
 

@@ -105,8 +105,10 @@ def class_membership(token_mass: sparse.csr_matrix, token_class_of_id: Sequence[
 
 
 def describe_from_files(codes_h5: str | Path, activations_h5: str | Path, tokenizer_dir: str | Path,
-                        hook_name: str, source: str, **options: int) -> list[dict[str, Any]]:
-    """:func:`describe_features` on a codes file, its activations file and the toy tokenizer."""
+                        hook_name: str, source: str, **options: int
+                        ) -> tuple[list[dict[str, Any]], int]:
+    """:func:`describe_features` on a codes file, its activations file and the toy tokenizer;
+    and the SAE's width ``d_sae``."""
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tokenizer_dir))
@@ -115,7 +117,8 @@ def describe_from_files(codes_h5: str | Path, activations_h5: str | Path, tokeni
     if codes.shape[0] != positions.size:
         raise InputError(codes_h5, f"codes/{hook_name}",
                          f"{codes.shape[0]} rows but {activations_h5} has {positions.size} positions")
-    return describe_features(codes, tokens, positions, tokenizer.decode, source, **options)
+    records = describe_features(codes, tokens, positions, tokenizer.decode, source, **options)
+    return records, codes.shape[1]
 
 
 def membership_from_files(codes_h5: str | Path, activations_h5: str | Path, truth_json: str | Path,
@@ -144,37 +147,39 @@ def membership_from_files(codes_h5: str | Path, activations_h5: str | Path, trut
 
 
 def describe_stage(cfg: Mapping[str, Any], out: str | Path, hook_name: str | None = None,
-                   codes: str | Path | None = None, activations: str | Path | None = None,
-                   tokenizer_dir: str | Path | None = None, folder: str | Path | None = None,
-                   manifest: str | Path | None = None) -> None:
+                   inputs: Mapping[str, Any] | None = None, sae_key: str = "sae") -> None:
     """Rule ``describe``: descriptions from toy activations (``cfg["backend"] ==
-    "activations"``) or a Neuronpedia export folder (``"neuronpedia"``, with ``source`` and
-    optional ``model_id``, ``explanation_model``), written to ``out`` as ``{source, n_features,
-    records}``. ``manifest``: rule fetch_neuronpedia's manifest, whose ``folder`` is read when
-    no ``folder`` is given."""
+    "activations"``; ``inputs`` ``codes``, ``activations``, ``model`` whose tokenizer/ sits
+    beside it) or Neuronpedia exports (``"neuronpedia"``, with ``source`` and optional
+    ``model_id``, ``explanation_model``; ``inputs`` ``folder``, else rule fetch_neuronpedia's
+    ``manifest`` whose folder is read), written to ``out`` as ``{source, hook, d_sae,
+    n_features, records}``. ``d_sae`` is the width of ``hook_name``'s SAE in ``inputs``
+    ``codes`` (None without them); an exported index beyond it is an error naming the batch
+    and ``sae_key``, the config key that gives the SAE."""
     from saeflow.core.config import schema_defaults
     from saeflow.core.io import read_json, write_json
 
-    if manifest is not None:
-        folder = read_json(manifest)["folder"]
-
+    inputs = dict(inputs or {})
     backend = cfg.get("backend") or schema_defaults("labels.describe")["backend"]
     if backend == "neuronpedia":
+        folder = inputs.get("folder") or read_json(inputs["manifest"])["folder"]
+        d_sae = read_codes(inputs["codes"], hook_name).shape[1] if inputs.get("codes") else None
+        sae = f"the SAE of labels.hook {hook_name} (given by {sae_key})"
         records, stats = import_neuronpedia(folder, cfg.get("source"), cfg.get("model_id"),
-                                            cfg.get("explanation_model"))
+                                            cfg.get("explanation_model"), d_sae, sae)
         source = records[0]["feature_id"].rsplit("-", 1)[0]
     elif backend == "activations":
         source = cfg.get("source") or hook_name
         options = {k: int(cfg[k]) for k in ("top_k", "n_contexts", "context") if k in cfg}
-        records = describe_from_files(codes, activations, tokenizer_dir, hook_name, source, **options)
+        records, d_sae = describe_from_files(inputs["codes"], inputs["activations"],
+                                             Path(inputs["model"]) / "tokenizer", hook_name,
+                                             source, **options)
         stats = {}
     else:
         raise InputError("config", "labels.describe.backend",
                          f"unknown backend {backend!r} (activations or neuronpedia)")
-    write_json(out, {"source": source, "n_features": len(records), **stats, "records": records},
-               dict(cfg))
-
-
+    write_json(out, {"source": source, "hook": hook_name, "d_sae": d_sae,
+                     "n_features": len(records), **stats, "records": records}, dict(cfg))
 
 
 def truth_membership_stage(codes_h5: str | Path, activations_h5: str | Path, truth_json: str | Path,

@@ -7,13 +7,23 @@ sample, seed, category, question or labeller is refused rather than touched. The
 sees only the description and the question, never a classifier's answer, so the human
 labels stay an independent check on the classifier.
 
+Every writer (the terminal tool, the page of ``saeflow label --serve`` in any number of tabs,
+the toy's oracle) merges under one lock (:func:`labels_lock`): it re-reads the file, puts
+its own answers given since it last read the file on top, and writes the result, so no
+answer is lost whichever tool writes last. Two answers to one row: the last write wins and
+the answer it replaced is kept in ``replaced``.
+
 File payload: ``category``, ``question``, ``labeller`` (``human`` / ``oracle``), ``seed``,
-``n``, ``sample_feature_ids`` (the sample in order), ``descriptions``, ``n_labelled`` and
-``records``: ``{_row_id, feature_index, feature_id, description, label}`` per answered item.
+``n``, ``sample_feature_ids`` (the sample in order), ``descriptions``, ``source`` (the
+descriptions' feature source, i.e. which SAE), ``n_labelled``, ``records``: ``{_row_id,
+feature_index, feature_id, description, label}`` per answered item, and ``replaced``:
+``{_row_id, feature_id, label, replaced_by}`` per answer a later one overwrote.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import sys
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +33,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from saeflow.formats.labels import NOT_RELATED, RELATED
-from saeflow.formats.descriptions import read_descriptions
+from saeflow.formats.descriptions import read_description_meta, read_descriptions
 from saeflow.core.errors import InputError
 from saeflow.core.io import read_json, write_json
 
@@ -48,9 +58,26 @@ def sample_features(descriptions: Sequence[Mapping[str, Any]], n: int, seed: int
     return [dict(ordered[i]) for i in picked]
 
 
+@contextlib.contextmanager
+def labels_lock(path: str | Path) -> Iterator[None]:
+    """The one lock of a labels file (``.<name>.lock`` beside it), held by every writer while
+    it re-reads, merges and writes; other processes and threads wait."""
+    lock = Path(path).parent / f".{Path(path).name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @dataclass
 class LabelSession:
-    """One labels file: its identity (what was sampled, how) and the answers so far."""
+    """One labels file: its identity (what was sampled, how) and the answers so far.
+
+    ``labels`` is this session's view; an answer set in it differs from ``synced`` (the
+    file's answers when last read or written) until :meth:`save` merges it into the file."""
 
     path: Path
     category: str
@@ -61,6 +88,9 @@ class LabelSession:
     descriptions: str
     sample: list[dict[str, Any]]
     labels: dict[int, str] = field(default_factory=dict)
+    source: str | None = None
+    replaced: list[dict[str, Any]] = field(default_factory=list, init=False)
+    synced: dict[int, str] = field(default_factory=dict, init=False, repr=False)
 
     def payload(self) -> dict[str, Any]:
         records = [{"_row_id": i, "feature_index": self.sample[i]["feature_index"],
@@ -69,12 +99,50 @@ class LabelSession:
                    for i in sorted(self.labels)]
         return {"category": self.category, "question": self.question, "labeller": self.labeller,
                 "seed": self.seed, "n": self.n, "descriptions": self.descriptions,
+                "source": self.source,
                 "sample_feature_ids": [r["feature_id"] for r in self.sample],
-                "n_labelled": len(records), "records": records}
+                "n_labelled": len(records), "records": records, "replaced": self.replaced}
+
+    def answer(self, row: int, label: str) -> None:
+        """Set one row's label and merge it into the file at once (this answer wins)."""
+        self._write({row: label})
 
     def save(self) -> None:
-        write_json(self.path, self.payload(), {"category": self.category, "seed": self.seed,
-                                               "n": self.n, "labeller": self.labeller})
+        """Write the file's answers with this session's new ones on top."""
+        self._write({})
+
+    def sync(self) -> None:
+        """Under the lock: take in the answers other writers saved (nothing is written)."""
+        with labels_lock(self.path):
+            self.labels, self.replaced, self.synced = self._merged({})
+
+    def _write(self, given: Mapping[int, str]) -> None:
+        with labels_lock(self.path):
+            self.labels, self.replaced, _ = self._merged(given)
+            write_json(self.path, self.payload(), {"category": self.category, "seed": self.seed,
+                                                   "n": self.n, "labeller": self.labeller})
+            self.synced = dict(self.labels)
+
+    def _merged(self, given: Mapping[int, str]
+                ) -> tuple[dict[int, str], list[dict[str, Any]], dict[int, str]]:
+        """(merged answers, replaced answers, the file's answers): the file's, then this
+        session's answers set since it last read the file, then ``given``; last write wins."""
+        mine = {r: lab for r, lab in self.labels.items() if self.synced.get(r) != lab}
+        mine.update(given)
+        if not self.path.exists():  # not written yet (or deleted): keep every answer held
+            return {**self.labels, **mine}, list(self.replaced), {}
+        data = read_json(self.path)
+        if not isinstance(data, dict):
+            raise InputError(self.path, "<root>", "not a labels file; refusing to overwrite it")
+        _check_same(self.path, data, self)
+        on_disk = _read_answers(self.path, data, self)
+        merged, replaced = dict(on_disk), _read_replaced(self.path, data)
+        for row, label in sorted(mine.items()):
+            if merged.get(row, label) != label:
+                replaced.append({"_row_id": row, "feature_id": self.sample[row]["feature_id"],
+                                 "label": merged[row], "replaced_by": label})
+            merged[row] = label
+        return merged, replaced, on_disk
 
     def next_unlabelled(self, start: int = 0) -> int | None:
         """First unanswered row at or after ``start``, wrapping to the beginning."""
@@ -113,18 +181,23 @@ def _read_answers(path: Path, data: Mapping[str, Any], session: LabelSession) ->
     return answers
 
 
+def _read_replaced(path: Path, data: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The answers later ones overwrote (absent in files older than the field)."""
+    replaced = data.get("replaced", [])
+    if not isinstance(replaced, list) or not all(isinstance(r, dict) for r in replaced):
+        raise InputError(path, "replaced", "not a list of records")
+    return list(replaced)
+
+
 def open_session(out: str | Path, descriptions_path: str | Path, category: str, question: str,
                  n: int = 300, seed: int = 42, labeller: str = "human") -> LabelSession:
     """A fresh session, or the one stored in ``out`` when it holds the same sample."""
     descriptions = read_descriptions(descriptions_path)
     session = LabelSession(Path(out), category, question, seed, n, labeller,
-                           str(descriptions_path), sample_features(descriptions, n, seed))
+                           str(descriptions_path), sample_features(descriptions, n, seed),
+                           source=read_description_meta(descriptions_path)["source"])
     if session.path.exists():
-        data = read_json(session.path)
-        if not isinstance(data, dict):
-            raise InputError(out, "<root>", "not a labels file; refusing to overwrite it")
-        _check_same(session.path, data, session)
-        session.labels = _read_answers(session.path, data, session)
+        session.sync()
     return session
 
 
@@ -152,8 +225,7 @@ def run_session(session: LabelSession, keys: Iterator[str], out: TextIO) -> int:
         if key.isspace():
             continue
         if key in KEYS:
-            session.labels[row] = KEYS[key]
-            session.save()
+            session.answer(row, KEYS[key])
             given += 1
             nxt = session.next_unlabelled(row + 1)
             if nxt is None:
@@ -239,10 +311,12 @@ def import_human_labels_stage(path: str | Path | None, configured: str | None,
                         sample: Mapping[str, int], out: str | Path,
                         config_source: str = "config") -> None:
     """Check a human labels file and write the records the DAG uses to ``out``; the user's
-    file is only read. Without one (not written yet, or not named in labels.human) this is an
+    file is only read. Labels of another SAE, or of features beyond the width or outside
+    ``descriptions``, are refused (:func:`~saeflow.labels.agreement.check_labels_fit_sae`).
+    Without one (not written yet, or not named in labels.human) this is an
     InputError giving the ``saeflow label`` command to run."""
     from saeflow.formats.labels import read_labelled
-    from saeflow.labels.agreement import check_human_labels
+    from saeflow.labels.agreement import check_human_labels, check_labels_fit_sae
 
     field = f"labels.human.{category}"
     if path is None:
@@ -262,6 +336,7 @@ def import_human_labels_stage(path: str | Path | None, configured: str | None,
     if isinstance(data, Mapping) and data.get("question") not in (None, question):
         raise InputError(path, "question", f"the file answers {data['question']!r}, not the "
                          f"config's question {question!r}")
+    check_labels_fit_sae(records, path, data if isinstance(data, Mapping) else {}, descriptions)
     write_json(out, {"category": category, "question": question, "source": str(path),
                      "n_labelled": len(records), "records": records},
                {"category": category, "source": str(path)})
@@ -280,7 +355,8 @@ def oracle_labels(out: str | Path, descriptions_path: str | Path, category: str,
     """Label the same sample ``saeflow label`` would draw, from ground truth, and save it."""
     descriptions = read_descriptions(descriptions_path)
     session = LabelSession(Path(out), category, question, seed, n, "oracle",
-                           str(descriptions_path), sample_features(descriptions, n, seed))
+                           str(descriptions_path), sample_features(descriptions, n, seed),
+                           source=read_description_meta(descriptions_path)["source"])
     label = oracle_labeller(members)
     session.labels = {i: label(r) for i, r in enumerate(session.sample)}
     session.save()

@@ -6,10 +6,12 @@ hold before the server starts, and every answer is on disk before the page moves
 server binds 127.0.0.1 only (reach it from elsewhere through an SSH port-forward) and answers
 only requests carrying the random token printed in its URL.
 
-Several tabs (or servers) on one file lose no answer: an answer names its row, and the server
-re-reads the file under a lock, sets that one row and writes the file back (last write wins
-per item). A descriptions file that changes under a running session would make the rows mean
-other features, so from then on answers are refused (everything already labelled stays).
+Several tabs, servers and terminal sessions on one file lose no answer: an answer names its
+row, and the server re-reads the file under the lock every writer of a labels file takes
+(:func:`~saeflow.labels.labelling.labels_lock`), sets that one row and writes the file back
+(last write wins per item, the replaced answer kept). A descriptions file that changes under
+a running session would make the rows mean other features, so from then on answers are
+refused (everything already labelled stays).
 
 Routes: ``GET /`` (the page), ``GET /api/state?row=i``, ``POST /api/answer`` (``{"row": i,
 "label": "related" | "not-related"}``), ``POST /api/save``; ``GET /disagreements`` on the
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import fcntl
 import hashlib
 import io
 import json
@@ -34,9 +35,9 @@ from typing import Any, TextIO
 from urllib.parse import parse_qs, urlsplit
 
 from saeflow.core.errors import InputError
-from saeflow.core.io import read_json, read_text
+from saeflow.core.io import read_text
 from saeflow.formats.labels import NOT_RELATED, RELATED, normalise_label
-from saeflow.labels.labelling import LabelSession, _check_same, _read_answers, open_session
+from saeflow.labels.labelling import LabelSession, open_session
 from saeflow.labels.serve_page import disagreements_page, label_page
 
 HOST = "127.0.0.1"
@@ -63,20 +64,18 @@ class LabelService:
         self.session = session
         self.digest = file_digest(session.descriptions)
         self.refused: str | None = None
-        self._lock = threading.Lock()
-        self._lock_path = session.path.parent / f".{session.path.name}.lock"
+        self._lock = threading.Lock()  # this server's threads share one session
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        """This server's threads, and other processes on the same file, one at a time."""
+        """One request at a time on the session; a file another writer made unreadable is a
+        409 and nothing is written (the session takes the file's own lock to merge)."""
         with self._lock:
-            self._lock_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self._lock_path, "a") as handle:
-                fcntl.flock(handle, fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(handle, fcntl.LOCK_UN)
+            try:
+                yield
+            except InputError as err:
+                raise RequestError(409, f"the labels file changed under the server: {err}; "
+                                        "nothing written") from None
 
     def _check_descriptions(self) -> None:
         if self.refused is None:
@@ -92,25 +91,10 @@ class LabelService:
         if self.refused:
             raise RequestError(409, self.refused)
 
-    def _reload(self) -> None:
-        """The answers on disk now (another tab's included); kept as they are when none."""
-        path = self.session.path
-        if not path.exists():
-            return
-        try:
-            data = read_json(path)
-            if not isinstance(data, dict):
-                raise InputError(path, "<root>", "not a labels file; refusing to overwrite it")
-            _check_same(path, data, self.session)
-            self.session.labels = _read_answers(path, data, self.session)
-        except InputError as err:
-            raise RequestError(409, f"the labels file changed under the server: {err}; nothing "
-                                    "written") from None
-
     def state(self, row: int | None = None) -> dict[str, Any]:
         """Item ``row`` (default: the first unlabelled) and the progress, for the page."""
         with self._locked():
-            self._reload()
+            self.session.sync()  # the answers on disk now, another tab's included
         s = self.session
         if row is None:
             row = s.next_unlabelled()
@@ -132,9 +116,7 @@ class LabelService:
             raise RequestError(400, f"unknown label {label!r} (expected {RELATED} or {NOT_RELATED})")
         with self._locked():
             self._check_descriptions()
-            self._reload()
-            self.session.labels[row] = label
-            self.session.save()
+            self.session.answer(row, label)
             nxt = self.session.next_unlabelled(row + 1)
         return self._after(nxt)
 
@@ -142,7 +124,6 @@ class LabelService:
         """The ``s`` key: write the file again (only once it holds an answer)."""
         with self._locked():
             self._check_descriptions()
-            self._reload()
             if self.session.labels or self.session.path.exists():
                 self.session.save()
         return self._after(self.session.next_unlabelled())

@@ -7,17 +7,22 @@ a share ``contamination`` of it, from the other categories or from features in n
 are really ablated and measured (:func:`measure`: one batched
 :func:`saeflow.labels.ablation.ablation_losses`, with several random ``other`` draws pooled),
 a validation sample is labelled from the truth (as the oracle labels a human's sample), and
-every method is solved with its 95% interval by :func:`saeflow.labels.correction.correct`, the
-code the pipeline runs (:func:`solve_replicate`). The truth is measured as well, not assumed:
-ablating exactly the true members of a category, its LPF is the loss increase over their
-number (:func:`true_lpf`).
+every method is solved by :func:`saeflow.labels.correction.correct`, the code the pipeline
+runs (:func:`solve_replicate`). The truth is measured as well, not assumed: ablating exactly
+the true members of a category, its LPF is the loss increase over their number
+(:func:`true_lpf`).
 
-Over replicates, per condition, method and category: bias, RMSE and the coverage of the true
-LPF by the 95% interval, with a Wilson interval on the coverage (the Monte-Carlo error of
-checking it with few replicates; :func:`score`, :func:`summarise`). Conditions that break a
-method's model of a bucket are marked (``assumption_violated``): there the method is expected
-to fail, not to cover (:func:`verdict`). :func:`validate` is the whole check,
-:func:`validate_correction_stage` the rule.
+The truth shares the buckets' eval prompts, so most of their prompt noise cancels in the
+error, and the pipeline's interval (labels and all of the prompt noise) would cover a biased
+method. Coverage is scored by an interval for the same-prompts truth instead
+(:func:`same_prompt_intervals`, :data:`SAME_PROMPTS`): the same label draws, with only the
+prompt noise the estimate does not share with the truth. Over replicates, per condition,
+method and category: bias, RMSE and the coverage of the true LPF by that interval, with a
+Wilson interval on the coverage (the Monte-Carlo error of checking it with few replicates;
+:func:`score`, :func:`summarise`). Conditions that break a method's model of a bucket are
+marked (``assumption_violated``): there the method is expected to fail, not to cover
+(:func:`verdict`). :func:`validate` is the whole check, :func:`validate_correction_stage` the
+rule.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from saeflow.labels.ablation import (AblationSettings, EvalSet, ablation_losses,
                                      category_feature_sets, pool_draws)
 from saeflow.labels.planting import (MEMBERS, Condition, Replicate, ValidationConfig, conditions,
                                      oracle_validation, plan)
-from saeflow.labels.study import OTHER
+from saeflow.labels.study import OTHER, Study
 
 if TYPE_CHECKING:
     from saeflow.core.bundle import ModelSAEs
@@ -47,6 +52,7 @@ log = logging.getLogger(__name__)
 # Random draws whose mean stands for the true LPF of features in no category: a set of a few
 # features from a pool of very unequal ones (most all but dead) is a noisy stand-in.
 TRUE_OTHER_DRAWS = 8
+TRUE = "truth:"  # prefix of a category's true set among a replicate's measured sets
 # What each method takes a bucket to be made of; a condition outside it is marked violated.
 ASSUMES = {
     "naive": "a bucket holds only its own category (no contamination)",
@@ -60,6 +66,12 @@ SHARED_ASSUMPTION = ("ablation effects add up over features, and the members of 
                      "bucket have that category's mean LPF")
 TRUTH_NOTE = ("measured, not assumed: the loss increase of ablating exactly the true members of "
               "the category together, divided by their number, on the same eval prompts")
+SAME_PROMPTS = ("ci95 (scored): the method's label draws (correct's, same seed), the loss "
+                "increases drawn jointly with the truth's on the same prompts and the truth's "
+                "draw subtracted: only the prompt noise the estimate does not share with the "
+                "truth; ci95_in_bucket: the same against the members the bucket held; ci95_full: "
+                "the pipeline's interval (labels and all prompt noise), which over-covers a "
+                "same-prompts truth (coverage_full)")
 
 
 def violation(method: str, condition: Condition, n_categories: int) -> str | None:
@@ -150,20 +162,48 @@ def true_lpf(measured: Measurement, truth_names: Mapping[str, str]
                  "of random draws of features in no category, each ablated alone; delta / n"}
 
 
+def same_prompt_intervals(study: Study, method: str, joint: Mapping[str, Any],
+                          targets: Mapping[str, Mapping[str, tuple[str, int]]], n_draws: int,
+                          seed: int) -> dict[str, dict[str, list[float] | None]]:
+    """Per category and target, the 95% interval for a target measured on the same prompts
+    (:data:`SAME_PROMPTS`). ``joint``: ``{names, matrix}``, the covariance of the buckets' and
+    the targets' loss increases; ``targets``: category -> target -> (its set in ``joint``, its
+    size). The label draws are :func:`correct`'s (same seed); the loss noise is drawn jointly
+    for buckets and targets, and each target's own ``noise / size`` is subtracted."""
+    from saeflow.labels.correction import estimate, percentile_interval, posterior_draws, system
+
+    names = system(study, method)[0]
+    index = {n: i for i, n in enumerate(joint["names"])}
+    noise = np.random.default_rng([seed, 1]).multivariate_normal(
+        np.zeros(len(index)), np.asarray(joint["matrix"], dtype=float), n_draws, method="eigh")
+    draws = posterior_draws(study, method, n_draws, seed, noise[:, [index[n] for n in names]])
+    lpf = estimate(study, method)[1]
+    return {c: {t: percentile_interval(draws[:, j] - noise[:, index[s]] / size, lpf[j])[0]
+                for t, (s, size) in sets.items()}
+            for c, sets in targets.items() for j in [names.index(c)]}
+
+
 def solve_replicate(measured: Measurement, names: Mapping[str, str], rep: Replicate,
-                    truth: Mapping[str, Sequence[int]], records: Sequence[Mapping[str, Any]],
-                    settings: ValidationSettings) -> dict[str, Any]:
+                    truth: Mapping[str, Sequence[int]], truth_names: Mapping[str, str],
+                    records: Sequence[Mapping[str, Any]], settings: ValidationSettings
+                    ) -> dict[str, Any]:
     """One planted classifier through the pipeline's own study and correction: its measured
-    buckets (``other`` draws pooled), the oracle's sample, each method's LPF and 95% interval
-    (or the one-line reason it could not be solved)."""
+    buckets (``other`` draws pooled), the oracle's sample, each method's LPF, the pipeline's
+    95% interval and those scored (:func:`same_prompt_intervals`; or the one-line reason it
+    could not be solved). ``truth_names``: each category's true set's measured name."""
     from saeflow.labels.correction import correct
     from saeflow.labels.study import parse_study, study_from_results
 
-    ablation = pool_draws(measured.select(names), OTHER)
+    ablation = pool_draws(measured.select({**names, **{f"{TRUE}{c}": truth_names[c]
+                                                       for c in truth}}), OTHER)
     agreements, rows = oracle_validation({c: rep.sets[c] for c in truth}, truth, records,
                                          settings.sample_n, rep.seed)
     study = parse_study(study_from_results(ablation, agreements, rows),
                         f"validation {rep.condition.key} #{rep.index}")
+    sets = ablation["sets"]
+    targets = {c: {"truth": (f"{TRUE}{c}", sets[f"{TRUE}{c}"]["n_features"]),
+                   "in_bucket": (f"{MEMBERS}{c}", sets[f"{MEMBERS}{c}"]["n_features"])}
+               for c in truth}
     estimates: dict[str, Any] = {}
     for method in settings.methods:
         try:
@@ -171,10 +211,14 @@ def solve_replicate(measured: Measurement, names: Mapping[str, str], rep: Replic
         except InputError as err:  # a singular system: counted as a failure of the method
             estimates[method] = {"error": str(err)}
             continue
-        estimates[method] = {n: {"estimate": c["lpf_corrected"], "ci95": c["ci95"],
+        scored = same_prompt_intervals(study, method, ablation["delta_covariance"], targets,
+                                       settings.config.n_boot, rep.seed)
+        estimates[method] = {n: {"estimate": c["lpf_corrected"], "ci95_full": c["ci95"],
+                                 **({"ci95": scored[n]["truth"], "ci95_in_bucket":
+                                     scored[n]["in_bucket"]} if n in scored else {}),
                                  **({"flags": c["flags"]} if c["flags"] else {})}
                              for n, c in solved["categories"].items()}
-    members = {c: ablation["sets"][f"{MEMBERS}{c}"] for c in truth}
+    members = {c: sets[f"{MEMBERS}{c}"] for c in truth}
     return {"condition": rep.condition.key, "replicate": rep.index, "seed": rep.seed,
             "n_predicted": {c: len(rep.sets[c]) for c in truth},
             "lpf_in_bucket": {c: m["delta"] / m["n_features"] for c, m in members.items()},
@@ -182,21 +226,27 @@ def solve_replicate(measured: Measurement, names: Mapping[str, str], rep: Replic
 
 
 def _coverage(intervals: Sequence[Sequence[float] | None], targets: Sequence[float]) -> dict[str, Any]:
-    """Share of the intervals holding their target, with its Wilson 95% interval."""
+    """Share of the intervals holding their target (to float rounding: an interval's end can
+    be the estimate, which a target equals when nothing is planted), with its Wilson 95%
+    interval."""
     from saeflow.labels.agreement import wilson_interval
 
     pairs = [(ci, t) for ci, t in zip(intervals, targets) if ci is not None]
-    k = sum(bool(ci[0] <= t <= ci[1]) for ci, t in pairs)
+    tol = [1e-9 * max(abs(ci[0]), abs(ci[1])) for ci, _ in pairs]
+    k = sum(bool(ci[0] - e <= t <= ci[1] + e) for (ci, t), e in zip(pairs, tol))
     return {"coverage": k / len(pairs) if pairs else None,
             "coverage_ci95": wilson_interval(k, len(pairs)), "n_intervals": len(pairs)}
 
 
 def score(estimates: Sequence[float], intervals: Sequence[Sequence[float] | None], true: float,
-          in_bucket: Sequence[float]) -> dict[str, Any]:
+          in_bucket: Sequence[float], in_bucket_intervals: Sequence[Sequence[float] | None] | None = None,
+          full_intervals: Sequence[Sequence[float] | None] | None = None) -> dict[str, Any]:
     """Bias (with its Monte-Carlo standard error), relative bias, RMSE and the coverage of
     ``true`` by the intervals (Wilson 95% interval on it); ``in_bucket``: the LPF of the true
-    members each replicate's bucket held, whose coverage and spread around ``true`` tell the
-    methods' own error from the luck of which members the classifier kept."""
+    members each replicate's bucket held, whose coverage (by ``in_bucket_intervals``, default
+    ``intervals``) and spread around ``true`` tell the methods' own error from the luck of
+    which members the classifier kept; ``full_intervals``: the pipeline's, whose coverage of
+    ``true`` is reported as ``coverage_full`` (over-covering a same-prompts truth)."""
     err = np.asarray(estimates, dtype=float) - true
     n = len(err)
     cover = _coverage(intervals, [true] * n)
@@ -204,15 +254,24 @@ def score(estimates: Sequence[float], intervals: Sequence[Sequence[float] | None
     bias = float(err.mean()) if n else None
     inside = np.asarray(in_bucket, dtype=float)
     widths = [c[1] - c[0] for c in intervals if c is not None]
+    full = None if full_intervals is None else _coverage(full_intervals, [true] * n)["coverage"]
     return {"n": n, "bias": bias,
             "bias_se": float(err.std(ddof=1) / math.sqrt(n)) if n > 1 else None,
             "rel_bias": bias / true if bias is not None and true else None,
             "rmse": float(np.sqrt((err**2).mean())) if n else None, **cover,
             "nominal_in_coverage_ci95": None if ci is None else bool(ci[0] <= 0.95 <= ci[1]),
-            "mean_ci_width": float(np.mean(widths)) if widths else None,
-            "in_bucket": {**_coverage(intervals, inside),
+            "mean_ci_width": float(np.mean(widths)) if widths else None, "coverage_full": full,
+            "in_bucket": {**_coverage(intervals if in_bucket_intervals is None
+                                      else in_bucket_intervals, inside),
                           "bias": float((np.asarray(estimates) - inside).mean()) if n else None,
                           "spread_around_true": float(np.sqrt(((inside - true) ** 2).mean())) if n else None}}
+
+
+def _score_cells(cells: Sequence[Mapping[str, Any]], true: float, in_bucket: Sequence[float]
+                 ) -> dict[str, Any]:
+    """:func:`score` of one category's estimates (``solve_replicate``'s cells) over replicates."""
+    return score([x["estimate"] for x in cells], [x["ci95"] for x in cells], true, in_bucket,
+                 [x["ci95_in_bucket"] for x in cells], [x["ci95_full"] for x in cells])
 
 
 def summarise(solved: Sequence[Mapping[str, Any]], truth: Mapping[str, Mapping[str, Any]],
@@ -241,10 +300,9 @@ def summarise(solved: Sequence[Mapping[str, Any]], truth: Mapping[str, Mapping[s
                 "failures": errors[:5],
                 "categories": {c: {"true_lpf": t["lpf"],
                                    "outside_valid_range": _outside_range(method, t["lpf"]),
-                                   **score(
-                    [r["estimates"][method][c]["estimate"] for r in ok],
-                    [r["estimates"][method][c]["ci95"] for r in ok], t["lpf"],
-                    [r["lpf_in_bucket"][c] for r in ok])} for c, t in truth.items()}}
+                                   **_score_cells([r["estimates"][method][c] for r in ok], t["lpf"],
+                                                  [r["lpf_in_bucket"][c] for r in ok])}
+                               for c, t in truth.items()}}
         out.append(entry)
     return out
 
@@ -294,14 +352,14 @@ def validate(model: Any, sae: Any, eval_set: EvalSet, truth: Mapping[str, Sequen
                                            settings.ablation.batch_size, cfg.sets_per_pass)
     truth_lpf, truth_other = true_lpf(measured, truth_names)
     start = time.perf_counter()
-    solved = [solve_replicate(measured, n, rep, truth, records, settings)
+    solved = [solve_replicate(measured, n, rep, truth, truth_names, records, settings)
               for rep, n in zip(replicates, names)]
     log.info("solved %d replicates x %d methods in %.1f s", len(solved), len(methods),
              time.perf_counter() - start)
     summary = summarise(solved, truth_lpf, conditions(cfg.contamination, cfg.sources), methods)
     result = measured.result
     return {"true_lpf": truth_lpf, "true_lpf_other": truth_other,
-            "shared_assumption": SHARED_ASSUMPTION,
+            "shared_assumption": SHARED_ASSUMPTION, "intervals": SAME_PROMPTS,
             "verdict": verdict(summary, methods), "conditions": summary,
             "design": {"n_features": len(features), "n_members": {c: len(m) for c, m in truth.items()},
                        "sample_n": min(settings.sample_n, len(records)), "other_size": other_size,

@@ -16,7 +16,8 @@ def _num(x: float | None) -> str:
 
 
 def _cell(cell: Mapping[str, Any]) -> str:
-    """bias / RMSE / coverage [Wilson 95%] / in-bucket bias."""
+    """bias / RMSE / coverage [Wilson 95%] / in-bucket bias; the coverage is by the scored
+    interval (the same-prompts truth's: ``ci95`` of :mod:`saeflow.labels.validation`)."""
     cov, ci = cell["coverage"], cell["coverage_ci95"]
     coverage = "-" if cov is None else f"{cov:.2f}" + ("" if ci is None else
                                                        f" [{ci[0]:.2f}, {ci[1]:.2f}]")
@@ -46,8 +47,8 @@ def truth_line(validation: Mapping[str, Any]) -> str:
     d, m = validation["design"], validation["measurement"]
     return (f"True LPF: {', '.join(parts)}. {d['replicates']} replicates, "
             f"{len(validation['conditions'])} conditions, false-negative rate "
-            f"{d['false_negative_rate']}, sample {d['sample_n']}, {d['n_boot']} bootstrap "
-            f"resamples; {m['n_ablations']} distinct ablations in {m['seconds']:.0f} s.\n")
+            f"{d['false_negative_rate']}, sample {d['sample_n']}, {d['n_boot']} posterior "
+            f"draws per interval; {m['n_ablations']} distinct ablations in {m['seconds']:.0f} s.\n")
 
 
 def main(argv: list[str]) -> int:

@@ -6,6 +6,8 @@ Modules:
 * :mod:`~saeflow.patch.pairs` -- ``PatchConfig``, ``PairBatch``, ``load_pairs``,
   ``check_batches``, the metric (``logit_diff``) and right-alignment (``align_right``,
   ``position_offsets``): what every module shares.
+* :mod:`~saeflow.patch.bootstrap` -- the cluster bootstrap every interval over pairs uses
+  (``Clusters``: a pair's ``group``, else its clean row's ``template``, else the pair).
 * :mod:`~saeflow.patch.resid` -- residual-stream patching over layer x position (resid.h5).
 * :mod:`~saeflow.patch.splice` -- SAEs and transcoders spliced in (``run_spliced``,
   ``RunOptions``, ``decoder_rows``), ``PatchRun``.
@@ -16,6 +18,8 @@ Modules:
   ``patch_estimate``'s stage; :mod:`~saeflow.patch.ig`, :mod:`~saeflow.patch.graddrop`,
   :mod:`~saeflow.patch.qkfix` -- integrated gradients, AtP* GradDrop, AtP* QK fix.
 * :mod:`~saeflow.patch.exhaustive` -- every node patched exactly (exact.h5).
+* :mod:`~saeflow.patch.gate` -- the estimator gate against exact patching (Spearman, sign
+  agreement, relative L1 error; ``patch.gate``) and whether the sampled checks can tell.
 * :mod:`~saeflow.patch.faithfulness` -- AtP vs exact, faithfulness curves, top latents
   (rule ``patch_verify``).
 * :mod:`~saeflow.patch.edges`, :mod:`~saeflow.patch.edge_pruning`,

@@ -217,8 +217,11 @@ def verify_atp(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBatch]
     """Exact patching of the top-k latents by ``|mean AtP|`` and of a random sample of the other
     latents whose activation differs between clean and corrupted; Spearman correlation of AtP
     and exact means on the top-k; false negatives = sampled latents with ``|mean exact| >=
-    threshold * |mean(clean - corrupted)|``."""
+    threshold * |mean(clean - corrupted)|``; ``miss_rate_judgement``: whether the sample can
+    tell AtP's misses at all (:func:`saeflow.patch.gate.miss_rate_judgement`)."""
     from scipy.stats import binomtest, spearmanr
+
+    from saeflow.patch.gate import miss_rate_judgement
 
     ranked = [(node[1], node[2], v) for node, v in rank_nodes(atp) if node[0] == "latent"]
     top = ranked[:cfg.top_k]
@@ -247,7 +250,13 @@ def verify_atp(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBatch]
     miss = {"miss_rate": len(false_neg) / n_sampled if n_sampled else None,
             "miss_rate_ci95": [ci.low, ci.high] if ci else None,
             "missed_latents_upper95": ci.high * len(pool) if ci else None,
-            "miss_rate_method": "Clopper-Pearson exact binomial interval over the sampled pool"}
+            "miss_rate_method": "Clopper-Pearson exact binomial interval over the sampled "
+                                "latents of the pool"}
+    n_real_top = sum(abs(r["exact"]) >= threshold for r in rows[:k])
+    miss["miss_rate_judgement"] = {"n_real_top": n_real_top, "n_pool": len(pool),
+                                   **miss_rate_judgement(n_real_top,
+                                                         miss["missed_latents_upper95"],
+                                                         len(pool))}
     return {**miss, "top_k": k, "top": rows[:k], "random": rows[k:], "n_candidates": len(pool) + k,
             "spearman": nan_to_none(rho.statistic) if rho else None,
             "spearman_p": nan_to_none(rho.pvalue) if rho else None,

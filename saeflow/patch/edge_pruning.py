@@ -30,6 +30,7 @@ from torch import Tensor
 
 from saeflow.core.hooks import block_of
 from saeflow.patch.attribution import Node, nan_to_none
+from saeflow.patch.bootstrap import Clusters, percentile_interval
 from saeflow.patch.edges import METRIC
 from saeflow.patch.pairs import logit_diff
 from saeflow.patch.splice import PatchRun, RunOptions, SparseAct, run_spliced
@@ -163,25 +164,24 @@ def _copy_nodes(into: SparseAct, source: SparseAct, nodes: Sequence[Node], P: in
 
 
 def edge_pruned_record(F_pruned: np.ndarray, F_complement: np.ndarray, F_model: np.ndarray,
-                       F_empty: np.ndarray, n_boot: int, ci: float, seed: int
-                       ) -> dict[str, Any]:
+                       F_empty: np.ndarray, n_boot: int, ci: float, seed: int,
+                       clusters: Clusters | None = None) -> dict[str, Any]:
     """Faithfulness ``(F(C) - F(none)) / (F(model) - F(none))`` of the edge-pruned circuit and
     completeness of the model without the circuit's edges, each with a percentile bootstrap
-    interval over pairs (ratio of means; numerator and denominator resampled together)."""
+    interval over the pairs' ``clusters`` (default: each pair its own; ratio of means,
+    numerator and denominator resampled together; :mod:`saeflow.patch.bootstrap`)."""
     n = len(F_model)
-    weights = np.vstack([np.ones(n), np.random.default_rng(seed).multinomial(
-        n, np.full(n, 1 / n), size=n_boot)]) if n_boot else np.ones((1, n))
+    clusters = clusters or Clusters.pairs(n)
+    weights = (np.vstack([np.ones(n), clusters.weights(n_boot, seed)]) if n_boot
+               else np.ones((1, n)))
     M, E = weights @ F_model / weights.sum(1), weights @ F_empty / weights.sum(1)
-    tail = 100 * (1 - ci) / 2
     record: dict[str, Any] = {}
     for name, F_pairs in (("faithfulness", F_pruned), ("completeness", F_complement)):
         F = weights @ F_pairs / weights.sum(1)
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.where(np.abs(M - E) > 1e-9, (F - E) / (M - E), np.nan)
-        boots = ratio[1:][np.isfinite(ratio[1:])]
         record[name] = nan_to_none(ratio[0])
-        record[f"{name}_ci95"] = (nan_to_none(np.percentile(boots, [tail, 100 - tail]))
-                                  if len(boots) else None)
-    record["interval_method"] = (f"percentile bootstrap over pairs ({n_boot} draws)"
-                                 if n_boot else None)
+        record[f"{name}_ci95"] = (nan_to_none(percentile_interval(ratio[1:], ci))
+                                  if np.isfinite(ratio[1:]).any() else None)
+    record["interval_method"] = clusters.method(n_boot) if n_boot else None
     return record

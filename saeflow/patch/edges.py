@@ -126,10 +126,13 @@ def batch_edges(model: Any, saes: Mapping[str, Any], b: PairBatch, sites: Sequen
 
 def edge_attribution(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBatch],
                      sites: Sequence[str], selected: Mapping[str, Sequence[Node]],
-                     max_batch: int = 256) -> dict[tuple[Node, Any], float]:
+                     max_batch: int = 256, width: int | None = None
+                     ) -> dict[tuple[Node, Any], float]:
     """Mean over pairs of every edge of :func:`batch_edges` (a pair lacking a node's
-    position contributes 0, as in :func:`saeflow.patch.attribution.rank_nodes`)."""
-    P = max(b.length for b in batches)
+    position contributes 0, as in :func:`saeflow.patch.attribution.rank_nodes`). ``width``:
+    the aligned columns error nodes index (default the longest pair's length; a subset of
+    the pairs passes the whole run's)."""
+    P = width or max(b.length for b in batches)
     totals: dict[tuple[Node, Any], float] = {}
     n = 0
     for c in (c.to(model.cfg.device) for b in batches for c in b.chunks(max_batch)):
@@ -141,12 +144,14 @@ def edge_attribution(model: Any, saes: Mapping[str, Any], batches: Sequence[Pair
 
 @torch.no_grad()
 def exact_edge(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBatch],
-               up: Node, down: Node | str, max_batch: int = 256, alpha: float = 1.0) -> float:
+               up: Node, down: Node | str, max_batch: int = 256, alpha: float = 1.0,
+               width: int | None = None) -> float:
     """Mean over pairs of ``m(corrupted, b := b*) - m(corrupted)``, ``b*`` = ``down``'s value
     when ``up`` is patched clean into the corrupted run, the sites between held (module
     docstring); ``down`` = :data:`METRIC`: ``up``'s direct effect, every later site held.
-    ``alpha < 1`` patches ``up`` that fraction of the way (``/ alpha`` -> the estimate)."""
-    P = max(b.length for b in batches)
+    ``alpha < 1`` patches ``up`` that fraction of the way (``/ alpha`` -> the estimate).
+    ``width`` as :func:`edge_attribution`'s."""
+    P = width or max(b.length for b in batches)
     sites = site_order(list(saes))
     end = len(sites) if down == METRIC else sites.index(down[1])
     between = sites[sites.index(up[1]) + 1:end]  # held at their corrupted value
@@ -197,10 +202,11 @@ def _setter(node: Node, value: Any, off: int, hold: Sequence[str] = (),
 
 
 def node_positions(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBatch],
-                   latents: Sequence[Node], max_batch: int = 256) -> dict[Node, int]:
+                   latents: Sequence[Node], max_batch: int = 256, width: int | None = None
+                   ) -> dict[Node, int]:
     """Each latent node's aligned column of largest mean ``|AtP|`` (where it acts), for the
-    circuit figure; error nodes are their own column."""
-    P = max(b.length for b in batches)
+    circuit figure; error nodes are their own column. ``width`` as :func:`edge_attribution`'s."""
+    P = width or max(b.length for b in batches)
     mass = {node: np.zeros(P) for node in latents}
     for c in (c for b in batches for c in b.chunks(max_batch)):
         effects, _, _, _ = attribution_patching(model, saes, c, True)

@@ -237,9 +237,12 @@ def compare_with_exact(atp: AtPResult | ExactResult, exact: ExactResult, ks: Seq
     latent and over the latents whose value differs in some pair (the rest are exactly 0 in
     both, a block of ties that would flatter rho). ``false_negatives``: real latents outside AtP's
     ``top_k``. With ``sampled`` (patch_verify's output), whether its interval on the miss
-    rate covers the true rate of its pool (latents with a difference, outside the top k).
+    rate covers the true rate of its pool (latents with a difference, outside the top k), and
+    whether that can tell anything (:func:`saeflow.patch.gate.coverage_judgement`).
     """
     from scipy.stats import spearmanr
+
+    from saeflow.patch.gate import coverage_judgement
 
     nodes, atp_mean = node_means(atp)
     nodes_x, exact_mean = node_means(exact)
@@ -283,10 +286,13 @@ def compare_with_exact(atp: AtPResult | ExactResult, exact: ExactResult, ks: Seq
     out["by_site"] = _by_site(nodes, atp_mean, exact_mean, is_latent, active)
     if sampled is not None and sampled.get("miss_rate_ci95"):
         pool = [j for j in np.flatnonzero(active) if j not in set(top_latents)]
-        true_rate = len([j for j in pool if real[j]]) / len(pool) if pool else None
+        n_real_pool = len([j for j in pool if real[j]])
+        true_rate = n_real_pool / len(pool) if pool else None
         lo, hi = sampled["miss_rate_ci95"]
         out["sampled_check"] = {"true_miss_rate": true_rate, "sampled_ci95": [lo, hi],
-                                "covered": None if true_rate is None else lo <= true_rate <= hi}
+                                "covered": None if true_rate is None else lo <= true_rate <= hi,
+                                "pool_size": len(pool), "n_real_in_pool": n_real_pool,
+                                **coverage_judgement(n_real_pool)}
     return out
 
 

@@ -9,13 +9,14 @@ the model itself (as in Sparse Feature Circuits, Marks et al. 2024), and ``compl
 the same ratio for ``F(all but top n)`` (near 0 = nothing left outside). Nodes are ranked by
 ``|mean AtP|`` (:func:`saeflow.patch.attribution.rank_nodes`) on one share of the pairs and
 evaluated on the others; random node orders give the baseline curve; intervals are a
-percentile bootstrap over the evaluation pairs.
+percentile bootstrap over the evaluation pairs' clusters (:mod:`saeflow.patch.bootstrap`).
+The split (:func:`held_out_split`) is the circuit's too (:mod:`saeflow.patch.circuit`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from saeflow.patch.attribution import (
     read_atp,
     verify_atp,
 )
+from saeflow.patch.bootstrap import Clusters
 from saeflow.patch.pairs import PairBatch, align_right, logit_diff, position_offsets
 from saeflow.patch.splice import PatchRun, SparseAct, run_spliced
 
@@ -70,8 +72,8 @@ def faithfulness_curve(run: PatchRun, ranking: Sequence[Node], ns: Sequence[int]
     itself (no SAE), in both modes, so an error-free splice that is a different model shows
     as faithfulness below 1 with every node kept. ``random_rankings``: the same curve for
     random node orders (the baseline a ranking must beat). With ``run.cfg.n_bootstrap``,
-    percentile bootstrap intervals over pairs (numerator and denominator resampled together;
-    ``run.cfg.ci``, ``run.cfg.seed``).
+    percentile bootstrap intervals over the pairs' clusters (numerator and denominator
+    resampled together; ``run.cfg.ci``, ``run.cfg.seed``; :mod:`saeflow.patch.bootstrap`).
 
     Every variant (all nodes, none, top n, all but top n, random top n) is a keep-mask over
     nodes; the variants run as stacked copies of the clean batch, ``run.cfg.max_batch`` rows
@@ -123,9 +125,8 @@ def faithfulness_curve(run: PatchRun, ranking: Sequence[Node], ns: Sequence[int]
     F_pairs = torch.cat(per_pair, 1).numpy()  # [V, n_pairs]
     M_pairs = torch.cat(model_ld).numpy()  # [n_pairs]
     ratios = _ratios(F_pairs, M_pairs, np.ones((1, F_pairs.shape[1])))[0]
-    boots = (_ratios(F_pairs, M_pairs, np.random.default_rng(seed).multinomial(
-        F_pairs.shape[1], np.full(F_pairs.shape[1], 1 / F_pairs.shape[1]), size=n_boot))
-        if n_boot else None)
+    clusters = Clusters.of(run.batches)
+    boots = _ratios(F_pairs, M_pairs, clusters.weights(n_boot, seed)) if n_boot else None
     F = F_pairs.mean(1)
     k, tail = len(ns), 100 * (1 - ci) / 2
 
@@ -152,8 +153,8 @@ def faithfulness_curve(run: PatchRun, ranking: Sequence[Node], ns: Sequence[int]
             "normalisation": "(F(C) - F(none)) / (F(model) - F(none)); F = mean clean logit "
                              "difference, F(model) the model without SAEs, none = every node "
                              "mean-ablated",
-            "interval_method": f"percentile bootstrap over pairs ({n_boot} draws)" if n_boot
-                               else None,
+            "interval_method": clusters.method(n_boot) if n_boot else None,
+            "resampled": clusters.record() if n_boot else None,
             "curve": curve}
 
 
@@ -218,6 +219,45 @@ def split_pairs(pair_ids: np.ndarray, rank_share: float, seed: int
     return mask, True
 
 
+@dataclass(frozen=True)
+class Split:
+    """A run's pairs split in two: ``rank_rows`` (bool mask in the run's pair order) choose
+    (rank nodes, select a circuit) on ``select``; ``evaluate`` measures on the rest, aligned
+    to the whole run's positions; ``record``: the JSON record of the split."""
+
+    rank_rows: np.ndarray
+    select: PatchRun
+    evaluate: PatchRun
+    record: dict[str, Any]
+
+
+def held_out_split(run: PatchRun) -> Split:
+    """:func:`split_pairs` of ``run``'s pairs (``patch.faithfulness_rank_share``, ``patch.seed``:
+    the faithfulness curves and the circuit split alike) into the choosing and the measuring
+    runs, both keeping ``run``'s alignment (``run.width``)."""
+    cfg = run.cfg
+    order = np.concatenate([np.asarray(b.pair_ids) for b in run.batches])
+    rows, held_out = split_pairs(order, cfg.faithfulness_rank_share, cfg.seed)
+
+    def part(keep: np.ndarray) -> PatchRun:
+        ids = order[keep]
+        batches = [b for b in (b.select(np.isin(b.pair_ids, ids)) for b in run.batches) if len(b)]
+        return replace(run, batches=tuple(batches), n_positions=run.width)
+
+    select = part(rows) if held_out else replace(run, n_positions=run.width)
+    evaluate = part(~rows) if held_out else select
+    record = {
+        "held_out": held_out, "rank_pairs": order[rows].tolist(),
+        "eval_pairs": [i for b in evaluate.batches for i in b.pair_ids],
+        "n_rank": int(rows.sum()), "n_eval": sum(len(b) for b in evaluate.batches),
+        "seed": cfg.seed, "rank_share": cfg.faithfulness_rank_share,
+        "method": f"seeded random split (patch.seed): {cfg.faithfulness_rank_share:g} of the "
+                  "pairs choose (rank the nodes by mean AtP), the rest are measured on" if
+                  held_out else "too few pairs to split (< 4): chosen and measured on the same "
+                  "pairs"}
+    return Split(rows, select, evaluate, record)
+
+
 def verify_stage(run: PatchRun, atp_path: str | Path,
                  descriptions: Mapping[str, Mapping[int, str]], out_verify: str | Path,
                  out_faithfulness: str | Path, out_top_latents: str | Path,
@@ -237,14 +277,11 @@ def verify_stage(run: PatchRun, atp_path: str | Path,
             raise InputError(atp_path, "hooks", f"{sorted(atp.latent_effect)} != SAE hooks "
                              f"{sorted(spliced)}: rerun patch_estimate")
     verify, faith = {}, {}
-    rank_rows, held_out = split_pairs(order, cfg.faithfulness_rank_share, cfg.seed)
-    eval_batches = [b for b in (b.select(~np.isin(b.pair_ids, order[rank_rows]))
-                                for b in batches) if len(b)] if held_out else list(batches)
-    # the held-out pairs keep the ranking's alignment (every pair)
-    held = replace(run, batches=tuple(eval_batches), n_positions=run.width)
+    split = held_out_split(run)
+    held = split.evaluate  # the held-out pairs keep the ranking's alignment (every pair)
     for mode, atp in atps.items():
         verify[mode] = verify_atp(model, spliced, batches, atp, cfg)
-        ranked = rank_nodes(atp, rank_rows)
+        ranked = rank_nodes(atp, split.rank_rows)
         nodes = [n for n, _ in ranked]
         rng = np.random.default_rng(cfg.seed)
         shuffles = [[nodes[j] for j in rng.permutation(len(nodes))]
@@ -252,12 +289,7 @@ def verify_stage(run: PatchRun, atp_path: str | Path,
         means = node_means(held, MODES[mode])
         faith[mode] = faithfulness_curve(held, nodes, cfg.faithfulness_n, means, MODES[mode],
                                          shuffles)
-        faith[mode]["split"] = {
-            "held_out": held_out, "rank_pairs": order[rank_rows].tolist(),
-            "eval_pairs": [i for b in eval_batches for i in b.pair_ids],
-            "method": f"seeded random split, {cfg.faithfulness_rank_share:g} of the pairs rank "
-                      "the nodes (mean AtP), the rest are ablated" if held_out else
-                      "too few pairs to split: ranked and evaluated on the same pairs"}
+        faith[mode]["split"] = split.record
         faith[mode]["ranking"] = [{"type": t, "hook": h, "index": i, "atp": v}
                                   for (t, h, i), v in ranked[:max(cfg.faithfulness_n, default=0)]]
     main = "with_error" if "with_error" in atps else next(iter(atps))

@@ -19,7 +19,7 @@ Conventions of every module of :mod:`saeflow.patch`:
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ class PatchConfig:
     faithfulness_rank_share: float  # share of pairs nodes are ranked on; the rest evaluate
     faithfulness_random: int  # random node orders drawn as the faithfulness baseline
     circuit: Mapping[str, Any]  # node/edge thresholds and checks of patch_circuit
+    gate: Mapping[str, Any]  # thresholds of the estimator gate (saeflow.patch.gate)
     sae_gap_tolerance: float  # |SAE-spliced - model| / |clean - corrupted| flagged above
     device: str
 
@@ -72,17 +73,28 @@ class PatchConfig:
 
 @dataclass(frozen=True)
 class PairBatch:
-    """Pairs of one token length ``T``: ``clean``/``corrupted`` ``[n, T]``, answers ``[n]``."""
+    """Pairs of one token length ``T``: ``clean``/``corrupted`` ``[n, T]``, answers ``[n]``;
+    each pair's cluster id (``clusters``, what bootstraps resample) and what defined it
+    (``cluster_by``: ``group``, ``template`` or ``pair``, :mod:`saeflow.patch.bootstrap`);
+    with ``pair`` (the default) each pair is its own cluster."""
 
     clean: Tensor
     corrupted: Tensor
     clean_answer: Tensor
     corrupted_answer: Tensor
     pair_ids: tuple[int, ...] = field(default=())
+    clusters: tuple[str, ...] = field(default=())
+    cluster_by: str = "pair"
 
     def __post_init__(self) -> None:
         ids = tuple(int(i) for i in (self.pair_ids or range(len(self.clean))))
         object.__setattr__(self, "pair_ids", ids)
+        if self.cluster_by not in ("group", "template", "pair"):
+            raise InputError("pairs", "cluster_by", f"{self.cluster_by!r}: one of group, "
+                             "template, pair")
+        # "pair": each pair its own cluster, whatever was passed
+        clusters = ids if self.cluster_by == "pair" else self.clusters
+        object.__setattr__(self, "clusters", tuple(str(c) for c in clusters))
         where = (f"pair {ids[0]}" if len(ids) == 1 else f"pairs {ids[0]}..{ids[-1]}" if ids
                  else "pairs")
         if self.clean.ndim != 2 or self.clean.shape != self.corrupted.shape:
@@ -97,6 +109,9 @@ class PairBatch:
                                  "one single-token answer id per pair")
         if len(ids) != n:
             raise InputError("pairs", "pair_ids", f"{len(ids)} ids for {n} pairs")
+        if len(self.clusters) != n:
+            raise InputError("pairs", "clusters", f"{len(self.clusters)} cluster ids for {n} "
+                             "pairs")
 
     def __len__(self) -> int:
         return self.clean.shape[0]
@@ -108,19 +123,22 @@ class PairBatch:
     def to(self, device: torch.device | str) -> PairBatch:
         return PairBatch(self.clean.to(device), self.corrupted.to(device),
                          self.clean_answer.to(device), self.corrupted_answer.to(device),
-                         self.pair_ids)
+                         self.pair_ids, self.clusters, self.cluster_by)
 
     def select(self, keep: Sequence[bool]) -> PairBatch:
         """The pairs where ``keep`` (one flag per pair) is true."""
-        idx = torch.as_tensor(np.flatnonzero(np.asarray(keep, dtype=bool)), dtype=torch.long)
+        rows = np.flatnonzero(np.asarray(keep, dtype=bool)).tolist()
+        idx = torch.as_tensor(rows, dtype=torch.long)
         return PairBatch(self.clean[idx], self.corrupted[idx], self.clean_answer[idx],
-                         self.corrupted_answer[idx], tuple(self.pair_ids[i] for i in idx.tolist()))
+                         self.corrupted_answer[idx], tuple(self.pair_ids[i] for i in rows),
+                         tuple(self.clusters[i] for i in rows), self.cluster_by)
 
     def chunks(self, size: int) -> Iterator[PairBatch]:
         for s in range(0, len(self), max(1, size)):
             sl = slice(s, s + max(1, size))
             yield PairBatch(self.clean[sl], self.corrupted[sl], self.clean_answer[sl],
-                            self.corrupted_answer[sl], self.pair_ids[sl])
+                            self.corrupted_answer[sl], self.pair_ids[sl], self.clusters[sl],
+                            self.cluster_by)
 
 
 def optional_input(value: str | Sequence[str]) -> str | None:
@@ -143,6 +161,10 @@ def load_pairs(path: str | Path, tokenizer: Any) -> list[PairBatch]:
         missing = [k for k in ("text", "answer", "pair_id", "role") if k not in rec]
         if missing:
             raise InputError(path, f"row {row}", f"missing {', '.join(missing)}")
+        if isinstance(rec["pair_id"], bool) or not isinstance(rec["pair_id"], int):
+            raise InputError(path, f"line {records.lines[row]}.pair_id",
+                             f"not an integer: {rec['pair_id']!r}")
+    first_lines: dict[int, str] = {}
     groups: dict[int, list[tuple[list[int], list[int], int, int, int]]] = {}
     for clean, corrupted in zip(records[0::2], records[1::2], strict=True):
         pid = clean["pair_id"]
@@ -151,6 +173,12 @@ def load_pairs(path: str | Path, tokenizer: Any) -> list[PairBatch]:
                 or corrupted["pair_id"] != pid:
             raise InputError(path, where, "rows 2k, 2k+1 must be the clean and corrupted prompt "
                              "of one pair_id, in that order")
+        k = len(first_lines)  # this pair's index: rows 2k, 2k+1
+        lines = f"lines {records.lines[2 * k]}-{records.lines[2 * k + 1]}"
+        if pid in first_lines:
+            raise InputError(path, "pair_id", f"pair_id {pid} is used twice ({first_lines[pid]} "
+                             f"and {lines}): each clean/corrupted pair needs its own id")
+        first_lines[pid] = lines
         a, b = encode_prompt(tokenizer, clean["text"]), encode_prompt(tokenizer, corrupted["text"])
         if len(a) != len(b):
             raise InputError(path, where, f"clean is {len(a)} tokens, corrupted {len(b)}: "
@@ -163,10 +191,33 @@ def load_pairs(path: str | Path, tokenizer: Any) -> list[PairBatch]:
                                  f"{rec['answer']!r} is {len(ids)} tokens, must be one")
             answers.append(ids[0])
         groups.setdefault(len(a), []).append((a, b, answers[0], answers[1], int(pid)))
-    return [PairBatch(torch.tensor([g[0] for g in rows]), torch.tensor([g[1] for g in rows]),
-                      torch.tensor([g[2] for g in rows]), torch.tensor([g[3] for g in rows]),
-                      tuple(g[4] for g in rows))
-            for _, rows in sorted(groups.items())]
+    batches = [PairBatch(*(torch.tensor([g[j] for g in rows]) for j in range(4)),
+                         tuple(g[4] for g in rows)) for _, rows in sorted(groups.items())]
+    return with_clusters(batches, records, path)
+
+
+def with_clusters(batches: Sequence[PairBatch], records: Sequence[Mapping[str, Any]],
+                  path: str | Path) -> list[PairBatch]:
+    """``batches`` with each pair's cluster (:mod:`saeflow.patch.bootstrap`) from the pairs
+    file's ``records`` (rows 2k, 2k+1 = pair k): its ``group`` where the file has that column,
+    else its clean row's ``template``, else the pair itself. A column on some pairs only, or a
+    pair whose two rows name different groups, is an InputError."""
+    pairs = list(zip(records[0::2], records[1::2], strict=True))
+    by = next((k for k in ("group", "template") if any(k in c for c, _ in pairs)), "pair")
+    if by == "pair":
+        return list(batches)
+    cluster = {}
+    for clean, corrupted in pairs:
+        where = f"pair {clean['pair_id']}"
+        if by not in clean:
+            raise InputError(path, f"{where} {by}", f"missing on the clean row, while other "
+                             f"pairs name their {by}: every pair needs one")
+        if by == "group" and corrupted.get("group", clean["group"]) != clean["group"]:
+            raise InputError(path, f"{where} group", f"clean row {clean['group']!r}, corrupted "
+                             f"row {corrupted['group']!r}: a pair has one group")
+        cluster[int(clean["pair_id"])] = str(clean[by])
+    return [replace(b, clusters=tuple(cluster[i] for i in b.pair_ids), cluster_by=by)
+            for b in batches]
 
 
 def check_batches(model: Any, batches: Sequence[PairBatch]) -> None:

@@ -1,7 +1,8 @@
 """Residual-stream activation patching: the clean ``blocks.{l}.hook_resid_pre`` patched into the
 corrupted run at every layer x position, batched, aggregated over pairs with bootstrap
 intervals, and written to (and read from) resid.h5. The metric, sign convention and the
-right-alignment of positions are :mod:`saeflow.patch.pairs`'s.
+right-alignment of positions are :mod:`saeflow.patch.pairs`'s; intervals resample the pairs'
+clusters (:mod:`saeflow.patch.bootstrap`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from saeflow.patch.bootstrap import Clusters, percentile_interval
 from saeflow.patch.pairs import (
     PairBatch,
     PatchConfig,
@@ -80,6 +82,7 @@ def resid_patching(model: Any, batch: PairBatch, max_batch: int = 256
             logit_diff(corr_logits, b.clean_answer, b.corrupted_answer).float().cpu())
 
 
+# the interval method of a run whose pairs name no clusters (Clusters.method gives each run's)
 BOOTSTRAP_METHOD = "percentile bootstrap over pairs"
 NORMALISED_METHOD = ("ratio of means over the pairs present in the cell: mean(patched - "
                      "corrupted) / mean(clean - corrupted); per-pair ratios in "
@@ -87,22 +90,24 @@ NORMALISED_METHOD = ("ratio of means over the pairs present in the cell: mean(pa
 
 
 def bootstrap_ci(values: np.ndarray, n_boot: int, ci: float, seed: int,
-                 denominator: np.ndarray | None = None, eps: float = 1e-6
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 denominator: np.ndarray | None = None, eps: float = 1e-6,
+                 clusters: Clusters | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Nan-aware mean over pairs of ``values [n, ...]`` and its percentile bootstrap interval;
     with ``denominator [n]``, the ratio of means ``mean(values) / mean(denominator)`` over the
     pairs present in each cell (NaN where that mean denominator is within ``eps`` of 0).
 
-    Each resample is a multinomial count vector over pairs, so every resampled mean is one
-    matrix product; NaN cells (absent positions) are left out of both sums and counts, and a
-    ratio resamples its numerator and denominator with the same pairs.
+    Each resample draws the pairs' ``clusters`` with replacement and keeps every pair of a
+    drawn cluster (a cluster bootstrap; default: each pair its own cluster, the bootstrap over
+    pairs): a count vector over pairs, so every resampled mean is one matrix product. NaN
+    cells (absent positions) are left out of both sums and counts, and a ratio resamples its
+    numerator and denominator with the same pairs.
     Returns ``mean, lo, hi``, each ``[...]``.
     """
     n, rest = values.shape[0], values.shape[1:]
     flat = values.reshape(n, -1)
     present = (~np.isnan(flat)).astype(np.float64)
     filled = np.nan_to_num(flat, nan=0.0)
-    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_boot)
+    counts = (clusters or Clusters.pairs(n)).weights(n_boot, seed)
     with np.errstate(divide="ignore", invalid="ignore"):
         mean = filled.sum(0) / present.sum(0)
         boots = (counts @ filled) / (counts @ present)
@@ -112,11 +117,7 @@ def bootstrap_ci(values: np.ndarray, n_boot: int, ci: float, seed: int,
             mean = np.where(np.abs(mean_den) > eps, mean / mean_den, np.nan)
             boot_den = (counts @ den) / (counts @ present)
             boots = np.where(np.abs(boot_den) > eps, boots / boot_den, np.nan)
-    tail = 100 * (1 - ci) / 2
-    lo, hi = (np.full(flat.shape[1], np.nan) for _ in range(2))
-    ok = ~np.all(np.isnan(boots), axis=0)
-    if ok.any():
-        lo[ok], hi[ok] = np.nanpercentile(boots[:, ok], [tail, 100 - tail], axis=0)
+    lo, hi = percentile_interval(boots, ci)
     return mean.reshape(rest), lo.reshape(rest), hi.reshape(rest)
 
 
@@ -130,7 +131,8 @@ class ResidResult:
 
     ``patched``/``effect``/``normalised`` (per-pair ratios) are ``[n, n_layers, P]``;
     ``clean``/``corrupted`` the per-pair metrics ``[n]``; ``agg`` holds
-    ``{effect,normalised}_{mean,lo,hi}`` ``[n_layers, P]``, ``normalised_*`` the ratio of means.
+    ``{effect,normalised}_{mean,lo,hi}`` ``[n_layers, P]``, ``normalised_*`` the ratio of means,
+    its intervals resampling ``clusters`` (None: each pair its own), ``interval_method``.
     """
 
     pair_ids: np.ndarray
@@ -139,6 +141,8 @@ class ResidResult:
     corrupted: np.ndarray
     patched: np.ndarray
     agg: dict[str, np.ndarray]
+    clusters: Clusters | None = None
+    interval_method: str = BOOTSTRAP_METHOD
 
     @property
     def effect(self) -> np.ndarray:
@@ -160,10 +164,13 @@ def run_resid_patching(model: Any, batches: Sequence[PairBatch], cfg: PatchConfi
         lengths=np.concatenate([np.full(len(c), c.length) for c in chunks]),
         clean=np.concatenate([p[1].numpy() for p in parts]).astype(np.float64),
         corrupted=np.concatenate([p[2].numpy() for p in parts]).astype(np.float64),
-        patched=np.concatenate([align_right(p[0].numpy(), P) for p in parts]), agg={})
+        patched=np.concatenate([align_right(p[0].numpy(), P) for p in parts]), agg={},
+        clusters=Clusters.of(chunks))
+    res.interval_method = res.clusters.method(cfg.n_bootstrap)
     gap = res.clean - res.corrupted
     for name, den in (("effect", None), ("normalised", gap)):
-        mean, lo, hi = bootstrap_ci(res.effect, cfg.n_bootstrap, cfg.ci, cfg.seed, den)
+        mean, lo, hi = bootstrap_ci(res.effect, cfg.n_bootstrap, cfg.ci, cfg.seed, den,
+                                    clusters=res.clusters)
         res.agg.update({f"{name}_mean": mean, f"{name}_lo": lo, f"{name}_hi": hi})
     return res
 
@@ -171,9 +178,10 @@ def run_resid_patching(model: Any, batches: Sequence[PairBatch], cfg: PatchConfi
 def write_resid(path: str | Path, res: ResidResult, config: Mapping[str, Any] | None) -> None:
     """HDF5 (atomic): datasets ``pair_id, lengths, clean_logit_diff, corrupted_logit_diff [n]``,
     ``patched_logit_diff``, ``normalised_per_pair [n, L, P]``,
-    ``agg/{effect,normalised}_{mean,lo,hi} [L, P]``; root attributes ``provenance``, ``hook``
-    (``blocks.{l}.hook_resid_pre``), ``position_offsets``, ``normalised_method``,
-    ``interval_method``."""
+    ``agg/{effect,normalised}_{mean,lo,hi} [L, P]``, ``cluster [n]`` (each pair's cluster id,
+    strings); root attributes ``provenance``, ``hook`` (``blocks.{l}.hook_resid_pre``),
+    ``position_offsets``, ``normalised_method``, ``interval_method`` (naming the unit
+    resampled), ``cluster_by`` (what defined the clusters: ``group``, ``template``, ``pair``)."""
     import h5py
 
     from saeflow.core.io import atomic_path
@@ -184,7 +192,11 @@ def write_resid(path: str | Path, res: ResidResult, config: Mapping[str, Any] | 
         f.attrs["hook"] = "blocks.{layer}.hook_resid_pre"
         f.attrs["position_offsets"] = json.dumps(position_offsets(res.patched.shape[-1]))
         f.attrs["normalised_method"] = NORMALISED_METHOD
-        f.attrs["interval_method"] = BOOTSTRAP_METHOD
+        clusters = res.clusters or Clusters.pairs(len(res.pair_ids))
+        f.attrs["interval_method"] = res.interval_method
+        f.attrs["cluster_by"] = clusters.by
+        f.create_dataset("cluster", data=np.array(clusters.ids, dtype=object),
+                         dtype=h5py.string_dtype())
         for name, arr in (("pair_id", res.pair_ids), ("lengths", res.lengths),
                           ("clean_logit_diff", res.clean), ("corrupted_logit_diff", res.corrupted),
                           ("patched_logit_diff", res.patched),
@@ -197,15 +209,22 @@ def write_resid(path: str | Path, res: ResidResult, config: Mapping[str, Any] | 
 def read_resid(path: str | Path) -> ResidResult:
     """:class:`ResidResult` from :func:`write_resid`, through the checked HDF5 opener
     (:mod:`saeflow.formats.hdf5`): a missing or damaged file or dataset is an InputError."""
-    from saeflow.formats.hdf5 import open_h5, read_array, require
+    from saeflow.formats.hdf5 import open_h5, read_array, reading, require
 
     with open_h5(path) as f:
         agg = sorted({*require(f, "agg", path, "group"), *AGG})  # h5py's (name) order
+        ids = tuple(c.decode() if isinstance(c, bytes) else str(c)
+                    for c in read_array(f, "cluster", path))
+        with reading(path, "attrs/cluster_by"):
+            by = str(f.attrs["cluster_by"])
+        with reading(path, "attrs/interval_method"):
+            method = str(f.attrs["interval_method"])
         return ResidResult(read_array(f, "pair_id", path), read_array(f, "lengths", path),
                            read_array(f, "clean_logit_diff", path),
                            read_array(f, "corrupted_logit_diff", path),
                            read_array(f, "patched_logit_diff", path),
-                           {k: read_array(f, f"agg/{k}", path) for k in agg})
+                           {k: read_array(f, f"agg/{k}", path) for k in agg},
+                           Clusters(ids, by), method)
 
 
 def top_cell(mean: np.ndarray) -> tuple[int, int]:

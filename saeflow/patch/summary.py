@@ -18,14 +18,9 @@ import numpy as np
 
 from saeflow.core.errors import InputError
 from saeflow.patch.estimators import ESTIMATORS, estimator
+from saeflow.patch.gate import NOT_APPLICABLE, gate, verdicts
 from saeflow.patch.pairs import PatchConfig, position_offsets
-from saeflow.patch.resid import (
-    BOOTSTRAP_METHOD,
-    NORMALISED_METHOD,
-    ResidResult,
-    read_resid,
-    top_cell,
-)
+from saeflow.patch.resid import NORMALISED_METHOD, ResidResult, read_resid, top_cell
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +128,7 @@ def build_summary(resid: ResidResult, atps: Mapping[str, Any],
     cell = {"layer": layer, "hook": f"blocks.{layer}.hook_resid_pre", "position": offsets[col],
             **{f"{k}_{s}": float(resid.agg[f"{k}_{s}"][layer, col])
                for k in ("effect", "normalised") for s in ("mean", "lo", "hi")},
-            "normalised_method": NORMALISED_METHOD, "interval_method": BOOTSTRAP_METHOD}
+            "normalised_method": NORMALISED_METHOD, "interval_method": resid.interval_method}
     summary: dict[str, Any] = {
         "n_pairs": int(len(resid.pair_ids)),
         "logit_diff": ld, "sae_gap": gap, "sae_gap_tolerance": cfg.sae_gap_tolerance,
@@ -141,7 +136,7 @@ def build_summary(resid: ResidResult, atps: Mapping[str, Any],
         "resid_top_cell": cell,
         "atp_vs_exact": {m: {k: verify[m].get(k) for k in (
             "top_k", "spearman", "spearman_p", "spearman_all", "false_negatives", "threshold",
-            "miss_rate", "miss_rate_ci95", "missed_latents_upper95")}
+            "miss_rate", "miss_rate_ci95", "missed_latents_upper95", "miss_rate_judgement")}
             | {"n_random": len(verify[m]["random"])} for m in atps},
         "faithfulness": {m: [{k: p.get(k) for k in (
             "n", "faithfulness", "faithfulness_ci95", "completeness", "completeness_ci95",
@@ -173,7 +168,8 @@ def exhaustive_comparison(results: Mapping[str, Any], exact: Mapping[str, Any],
     AtPResult`) against the exhaustive reference (:func:`saeflow.patch.exhaustive.
     compare_with_exact`), real nodes judged by patch_verify's threshold; ``sampled``: check
     patch_verify's miss-rate interval too (it sampled around AtP's top k, so AtP only).
-    ``relative_l1_error``: ``sum |estimate - exact| / sum |exact|`` over the nodes' means."""
+    ``relative_l1_error``: ``sum |estimate - exact| / sum |exact|`` over the nodes' means;
+    ``gate``: :func:`saeflow.patch.gate.gate` on every measure (``patch.gate``)."""
     from saeflow.patch.exhaustive import compare_with_exact, node_means
 
     out = {}
@@ -190,19 +186,21 @@ def exhaustive_comparison(results: Mapping[str, Any], exact: Mapping[str, Any],
         total = float(np.abs(ref[keep]).sum())
         out[mode]["relative_l1_error"] = (float(np.abs(est[keep] - ref[keep]).sum()) / total
                                           if total > 0 else None)
+        out[mode]["gate"] = gate(out[mode], cfg.gate)
     return out
 
 
 # The columns of the estimator table, each with whether higher is better.
-COMPARISON_COLUMNS = {"spearman_active_latents": True, "false_negatives": False,
-                      "relative_l1_error": False}
+COMPARISON_COLUMNS = {"spearman_active_latents": True, "sign_agreement_real": True,
+                      "false_negatives": False, "relative_l1_error": False}
 
 
 def estimator_comparison(vs_exhaustive: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """Per mode, the estimators (``{name: exhaustive_comparison output}``) side by side:
-    ``recall@k`` for each k, Spearman over the active latents, false negatives and the relative
-    L1 error of the node means, one row per estimator; ``best`` names, per column, the
-    estimators at the best value (more than one on a tie, none where no value exists)."""
+    ``recall@k`` for each k, Spearman over the active latents, sign agreement over the real
+    nodes, false negatives and the relative L1 error of the node means, one row per estimator;
+    ``best`` names, per column, the estimators at the best value (more than one on a tie, none
+    where no value exists); ``gate``: each estimator's gate verdict."""
     modes = next(iter(vs_exhaustive.values()))
     out: dict[str, Any] = {}
     for mode in modes:
@@ -218,7 +216,8 @@ def estimator_comparison(vs_exhaustive: Mapping[str, Mapping[str, Any]]) -> dict
             top = (max if COMPARISON_COLUMNS.get(col, True) else min)(values.values())
             best[col] = [name for name, v in values.items() if v == top]
         out[mode] = {"rows": [{"estimator": name, **row} for name, row in rows.items()],
-                     "best": best, "by_site": _by_site(vs_exhaustive, mode)}
+                     "best": best, "by_site": _by_site(vs_exhaustive, mode),
+                     "gate": verdicts({name: vs[mode] for name, vs in vs_exhaustive.items()})}
     return out
 
 
@@ -247,7 +246,8 @@ def magnitude_comparison(atps: Mapping[str, Any], estimates: Mapping[str, Mappin
                          source: str | Path) -> dict[str, Any]:
     """The magnitude estimators (``{name: {mode: result}}``, GradDrop) and ``|AtP|`` against
     the mean ``|exact|`` of every node (:data:`MAGNITUDE_VIEW`), each as
-    :func:`exhaustive_comparison` reports, and side by side."""
+    :func:`exhaustive_comparison` reports, and side by side; each gated on the measures that
+    apply to magnitudes (no sign; no relative L1 error for a rank-only estimator)."""
     from saeflow.patch.graddrop import magnitudes
 
     abs_exact = {mode: magnitudes(x) for mode, x in exact.items()}
@@ -255,10 +255,16 @@ def magnitude_comparison(atps: Mapping[str, Any], estimates: Mapping[str, Mappin
                                        verify, cfg, source, sampled=False)}
     for name, results in estimates.items():
         vs[name] = exhaustive_comparison(results, abs_exact, verify, cfg, source, sampled=False)
-        if estimator(name).rank_only:
-            for result in vs[name].values():
-                # GradDrop's 1 / (L - 1) scales it past the effect's own size: only ranks compare
+    for name, modes in vs.items():
+        skip = {"sign_agreement_real": NOT_APPLICABLE["magnitude_sign"]}
+        if name != "atp" and estimator(name).rank_only:
+            # GradDrop's 1 / (L - 1) scales it past the effect's own size: only ranks compare
+            skip["relative_l1_error"] = NOT_APPLICABLE["rank_only"]
+        for result in modes.values():
+            result["sign_agreement_real"] = None
+            if "relative_l1_error" in skip:
                 result["relative_l1_error"] = None
+            result["gate"] = gate(result, cfg.gate, skip)
     return {"view": MAGNITUDE_VIEW, **vs, "estimator_comparison": estimator_comparison(vs)}
 
 
@@ -346,7 +352,9 @@ def summary_stage(inputs: SummaryInputs, cfg: PatchConfig, out_path: str | Path,
         summary["circuit"] = {"n_nodes": len(circuit["nodes"]), "n_edges": len(circuit["edges"]),
                               "edge_check": {k: v for k, v in circuit["edge_check"].items()
                                              if k != "edges"},
-                              "faithfulness": circuit["faithfulness"]}
+                              "faithfulness": circuit["faithfulness"],
+                              "split": {k: circuit["split"][k] for k in (
+                                  "held_out", "n_rank", "n_eval", "seed", "method")}}
     signed = {n: r for n, r in results.items() if ESTIMATORS[n].values == "signed"}
     if inputs.exact is not None:
         exact = read_exact(inputs.exact)

@@ -7,12 +7,13 @@
   dataset (``probe_data``).
 - :mod:`~saeflow.probe.dataset`: the probe dataset (X, y, columns), its checks and its HDF5
   file.
-- :mod:`~saeflow.probe.crossval`: outer folds from prompt ids, corrected t-intervals over
-  folds, prompt-level permutations of a target (numpy/scipy only).
+- :mod:`~saeflow.probe.crossval`: outer folds from prompt ids or from a metadata column's
+  groups (``probe.cv.group_by``), corrected t-intervals over folds, prompt-level permutations
+  of a target.
 - :mod:`~saeflow.probe.fold`: one outer fold: the normaliser, the regularisation strength by
   inner CV, the fit and its metrics.
-- :mod:`~saeflow.probe.fit`: the cross-validated probe with its permutation baseline,
-  :class:`~saeflow.probe.fit.ProbeConfig` (``probe.cv``).
+- :mod:`~saeflow.probe.fit`: the cross-validated probe with its permutation baseline and,
+  with grouped folds, its metadata-only baseline.
 - :mod:`~saeflow.probe.fit_files`: a probe fit as files, JSON record and HDF5 (``probe_fit``).
 - :mod:`~saeflow.probe.permutation`: Cohen's d per column and permutation p-values valid at
   any sparsity, Benjamini-Hochberg.

@@ -131,19 +131,34 @@ def check_dataset(ds: ProbeDataset, n_folds: int | None = None) -> None:
     if not np.all(np.isfinite(ds.y.astype(np.float64))):
         raise InputError(ds.name, "y", "NaN/inf target value(s)")
     if ds.target_kind == "label":
-        counts = np.bincount(ds.y.astype(np.int64), minlength=len(ds.class_names))
-        empty = [ds.class_names[c] for c in np.flatnonzero(counts == 0)]
-        if empty:
-            raise InputError(ds.name, "y", f"empty class(es) {empty}: no sample has them")
-        if len(counts) < 2:
-            raise InputError(ds.name, "y", "only one class: a probe needs two or more")
-        if n_folds is not None and counts.min() < n_folds:
-            c = int(np.argmin(counts))
-            raise InputError(ds.name, "y", f"class {ds.class_names[c]!r} has {int(counts[c])} "
-                             f"sample(s), fewer than the {n_folds} CV folds")
+        check_classes(ds, n_folds)
     elif n_folds is not None and len(np.unique(ds.sample_index)) < n_folds:
         raise InputError(ds.name, "y", f"{len(np.unique(ds.sample_index))} prompt(s), fewer "
                          f"than the {n_folds} CV folds")
+
+
+def check_classes(ds: ProbeDataset, n_folds: int | None = None,
+                  source: tuple[str, str] | None = None, where: str = "") -> None:
+    """Raise an InputError on an empty class, a lone class, or a class of fewer samples than
+    ``n_folds``. ``source``: the (file, field) the labels come from, which the error names
+    (default: the dataset and ``y``); ``where``: what else to name (the dataset and its
+    config key), prefixed to the problem."""
+    file, field_name = source or (ds.name, "y")
+    where = f"{where}: " if where else ""
+    counts = np.bincount(ds.y.astype(np.int64), minlength=len(ds.class_names))
+    empty = [ds.class_names[c] for c in np.flatnonzero(counts == 0)]
+    if empty:
+        raise InputError(file, field_name, f"{where}empty class(es) {empty}: no sample has "
+                         "them")
+    if len(counts) < 2:
+        raise InputError(file, field_name, f"{where}only one class "
+                         f"{ds.class_names[:1]} among its {ds.y.size} sample(s): a probe needs "
+                         "two or more")
+    if n_folds is not None and counts.min() < n_folds:
+        c = int(np.argmin(counts))
+        raise InputError(file, field_name, f"{where}class {ds.class_names[c]!r} has "
+                         f"{int(counts[c])} sample(s), fewer than the {n_folds} CV folds "
+                         "(probe.cv.n_folds)")
 
 
 # ---------------------------------------------------------------------------- file I/O

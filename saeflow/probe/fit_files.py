@@ -12,10 +12,12 @@ from typing import Any
 import h5py
 import numpy as np
 
+from saeflow.core.errors import InputError
 from saeflow.core.io import atomic_path, write_json
 from saeflow.probe.dataset import COLUMN_FIELDS, constant_columns, read_probe_dataset
 from saeflow.probe.crossval import ProbeConfig
-from saeflow.probe.fit import ProbeResult, fit_probe
+from saeflow.probe.fit import Grouping, ProbeResult, fit_probe
+from saeflow.probe.inputs import read_groups
 from saeflow.core.provenance import provenance_json
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,9 @@ def probe_record(result: ProbeResult) -> dict[str, Any]:
         if ds.target_kind == "label" else None,
         "primary_metric": primary,
         "test": m["test"], "train": m["train"], "gap": m["gap"],
-        "baseline": result.baseline, "metrics": result.metrics,
+        "baseline": result.baseline,
+        # what the group_by column alone predicts (same folds and procedure); None ungrouped
+        "metadata_baseline": result.metadata, "metrics": result.metrics,
         "regularisation": [f.regularisation for f in result.fits],
         "inner_folds": [f.inner_folds for f in result.fits],
         "cv": asdict(result.config), "notes": result.notes,
@@ -80,12 +84,24 @@ def write_probe_fit(result: ProbeResult, json_path: str | Path, h5_path: str | P
 
 
 def probe_fit_stage(dataset_path: str | Path, json_out: str | Path, h5_out: str | Path,
-                  cv: dict[str, Any] | None = None, config: dict[str, Any] | None = None,
-                  n_jobs: int = 1) -> ProbeResult:
-    """Rule ``probe_fit``: read a probe dataset, cross-validate, write JSON + HDF5."""
-    result = fit_probe(read_probe_dataset(dataset_path), ProbeConfig.from_dict(cv), n_jobs)
+                    cv: dict[str, Any] | None = None, config: dict[str, Any] | None = None,
+                    n_jobs: int = 1, activations: str | Path | None = None) -> ProbeResult:
+    """Rule ``probe_fit``: read a probe dataset, cross-validate, write JSON + HDF5.
+    ``activations``: the dataset's activation file, whose ``meta/<probe.cv.group_by>``
+    column gives the groups when ``cv`` groups folds."""
+    cfg = ProbeConfig.from_dict(cv)
+    ds = read_probe_dataset(dataset_path)
+    grouping = None
+    if cfg.group_by is not None:
+        if activations is None:
+            raise InputError(dataset_path, "probe.cv.group_by", "grouped folds need the "
+                             "dataset's activation file (meta/<column>)")
+        grouping = Grouping(read_groups(activations, cfg.group_by, ds.sample_index),
+                            cfg.group_by, str(activations))
+    result = fit_probe(ds, cfg, n_jobs, grouping)
     write_probe_fit(result, json_out, h5_out, config)
-    log.info("%s: test %s %.3f (baseline %.3f)", result.dataset.name, result.primary_metric,
-             result.metrics[result.primary_metric]["test"]["mean"],
-             result.baseline.get(result.primary_metric, {}).get("mean", float("nan")))
+    meta = (result.metadata or {}).get("mean", float("nan"))
+    log.info("%s: test %s %.3f (baseline %.3f, metadata-only %.3f)", ds.name,
+             result.primary_metric, result.metrics[result.primary_metric]["test"]["mean"],
+             result.baseline.get(result.primary_metric, {}).get("mean", float("nan")), meta)
     return result

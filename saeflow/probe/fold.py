@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, log_loss,
-                             mean_squared_error, precision_score, r2_score, recall_score,
-                             roc_auc_score)
-from sklearn.model_selection import GroupKFold, StratifiedKFold
+                             mean_squared_error, precision_score, r2_score, recall_score)
+from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, MaxAbsScaler, MinMaxScaler, StandardScaler
 
@@ -78,15 +78,23 @@ def choose_strength(X: np.ndarray, y: np.ndarray, kind: str, cfg: ProbeConfig, n
                     groups: np.ndarray | None = None) -> tuple[float, int]:
     """Regularisation strength by CV inside the rows given (one outer training fold).
 
-    ``X`` ``[m, d]``, ``y`` ``[m]``, ``groups`` ``[m]`` prompt ids (continuous targets: a
-    prompt's rows stay in one inner fold). The normaliser is refitted on each inner training
-    split. Scores: mean log-loss (labels) or R² over inner folds; the grid runs from strong to
-    weak regularisation with warm starts, and ties go to the stronger. Returns the strength
-    and the number of inner folds; 0 when a class is too rare to split again, in which case
-    the grid's middle value is used.
+    ``X`` ``[m, d]``, ``y`` ``[m]``, ``groups`` ``[m]``: rows of one group stay in one inner
+    fold (continuous targets: prompt ids unless ``probe.cv.group_by`` groups them; labels:
+    None, or the ``group_by`` groups, split like the outer folds). The normaliser is refitted
+    on each inner training split. Scores: mean log-loss (labels) or R² over inner folds; the
+    grid runs from strong to weak regularisation with warm starts, and ties go to the
+    stronger. Returns the strength and the number of inner folds; 0 when a class is too rare
+    (or the groups too few) to split again, in which case the grid's middle value is used,
+    or when the grid holds one value, as there is nothing to choose.
     """
     grid = sorted(cfg.Cs) if kind == "label" else sorted(cfg.alphas, reverse=True)
-    if kind == "label":
+    if len(grid) == 1:
+        return float(grid[0]), 0
+    if kind == "label" and groups is not None:
+        inner = min(cfg.inner_folds, np.unique(groups).size, int(np.bincount(y).max()))
+        splits = StratifiedGroupKFold(max(inner, 2), shuffle=True,
+                                      random_state=cfg.seed).split(X, y, groups)
+    elif kind == "label":
         inner = min(cfg.inner_folds, int(np.bincount(y, minlength=n_classes).min()))
         splits = StratifiedKFold(max(inner, 2), shuffle=True, random_state=cfg.seed).split(X, y)
     else:
@@ -124,6 +132,8 @@ def fit_fold(X: np.ndarray, y: np.ndarray, train: np.ndarray, kind: str, cfg: Pr
     with warnings.catch_warnings():
         # non-convergence is recorded per fold (FoldFit.converged) instead of spamming logs
         warnings.simplefilter("ignore", ConvergenceWarning)
+        # grouped inner folds: a class of fewer rows than inner folds is expected there
+        warnings.filterwarnings("ignore", "The least populated class", UserWarning)
         strength, inner = choose_strength(Xt, yt, kind, cfg, n_classes,
                                           None if groups is None else groups[train])
         pipe = Pipeline([("norm", make_normaliser(cfg.normalise)),
@@ -135,12 +145,16 @@ def fit_fold(X: np.ndarray, y: np.ndarray, train: np.ndarray, kind: str, cfg: Pr
 
 
 def fold_metrics(kind: str, y_true: np.ndarray, fitted: Pipeline, X: np.ndarray,
-                 n_classes: int) -> dict[str, float]:
+                 n_classes: int, only: tuple[str, ...] | None = None) -> dict[str, float]:
     """Metrics of a fitted pipeline on rows ``X`` ``[m, d]`` with targets ``[m]``.
 
     Binary: precision/recall of class 1, ROC-AUC from its probability. Multiclass: macro
     averages, ROC-AUC macro one-vs-rest (NaN where a class is missing from ``y_true``).
+    ``only``: just these of ``accuracy``, ``roc_auc``, ``r2`` (what a permutation run keeps;
+    the rest cost more than its fit).
     """
+    if only is not None:
+        return _some_metrics(kind, y_true, fitted, X, n_classes, only)
     if kind != "label":
         pred = fitted.predict(X)
         r = float(np.corrcoef(pred, y_true)[0, 1]) if np.std(pred) > 0 and np.std(y_true) > 0 \
@@ -151,19 +165,52 @@ def fold_metrics(kind: str, y_true: np.ndarray, fitted: Pipeline, X: np.ndarray,
     pred = proba.argmax(axis=1)
     average = "binary" if n_classes == 2 else "macro"
     labels = list(range(n_classes))
-    out = {"accuracy": float(accuracy_score(y_true, pred)),
-           "balanced_accuracy": float(balanced_accuracy_score(y_true, pred)),
-           "precision": float(precision_score(y_true, pred, average=average, labels=labels,
-                                              zero_division=0)),
-           "recall": float(recall_score(y_true, pred, average=average, labels=labels,
-                                        zero_division=0))}
+    with warnings.catch_warnings():
+        # a fold of held-out groups may hold one class, or miss one it predicts: expected
+        warnings.simplefilter("ignore", UserWarning)
+        out = {"accuracy": float(accuracy_score(y_true, pred)),
+               "balanced_accuracy": float(balanced_accuracy_score(y_true, pred)),
+               "precision": float(precision_score(y_true, pred, average=average, labels=labels,
+                                                  zero_division=0)),
+               "recall": float(recall_score(y_true, pred, average=average, labels=labels,
+                                            zero_division=0))}
+    out["roc_auc"] = _roc_auc(y_true, proba, n_classes)
+    return out
+
+
+def _roc_auc(y_true: np.ndarray, proba: np.ndarray, n_classes: int) -> float:
+    """ROC-AUC of ``proba`` ``[m, n_classes]``: of class 1's probability when binary, else
+    the macro one-vs-rest mean over classes (sklearn's ``roc_auc_score`` with
+    ``multi_class="ovr"``); NaN where a class is missing from ``y_true``.
+
+    Written as the Mann-Whitney identity, ``(rank sum of the class - n1 (n1 + 1) / 2) /
+    (n1 n0)`` with tied scores ranked by their average (what the ROC curve's trapezoids
+    give), because ``roc_auc_score``'s input checks cost 20x this sum and it runs for every
+    fold of every permutation; it equals ``roc_auc_score`` (tests/probe/test_calibration.py).
+    """
     if np.unique(y_true).size < n_classes:
-        out["roc_auc"] = float("nan")
-    elif n_classes == 2:
-        out["roc_auc"] = float(roc_auc_score(y_true, proba[:, 1]))
-    else:
-        out["roc_auc"] = float(roc_auc_score(y_true, proba, multi_class="ovr", average="macro",
-                                             labels=labels))
+        return float("nan")
+    classes = [1] if n_classes == 2 else range(n_classes)
+    aucs = []
+    for c in classes:
+        ranks = rankdata(proba[:, c])
+        hit = y_true == c
+        n1 = int(hit.sum())
+        aucs.append((ranks[hit].sum() - n1 * (n1 + 1) / 2) / (n1 * (y_true.size - n1)))
+    return float(np.mean(aucs))
+
+
+def _some_metrics(kind: str, y_true: np.ndarray, fitted: Pipeline, X: np.ndarray,
+                  n_classes: int, names: tuple[str, ...]) -> dict[str, float]:
+    """The metrics ``names`` of :func:`fold_metrics`, and no other."""
+    if kind != "label":
+        return {"r2": float(r2_score(y_true, fitted.predict(X)))} if "r2" in names else {}
+    proba = predict_proba(fitted, X, n_classes)
+    out = {}
+    if "accuracy" in names:  # accuracy_score's input checks cost 10x this mean
+        out["accuracy"] = float(np.mean(proba.argmax(axis=1) == y_true))
+    if "roc_auc" in names:
+        out["roc_auc"] = _roc_auc(y_true, proba, n_classes)
     return out
 
 

@@ -224,3 +224,27 @@ def meta_column(h5: h5py.File, column: str, path: str | Path) -> np.ndarray:
     ds = h5[key]
     with reading(path, key):
         return np.asarray(ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()])
+
+
+def read_groups(path: str | Path, column: str, sample_index: np.ndarray) -> np.ndarray:
+    """The ``probe.cv.group_by`` column ``meta/<column>`` of the activation file at the
+    dataset's prompts ``sample_index`` ``[n]``: ``[n]`` group values (as stored). A missing
+    column, one of the wrong length, or NaN groups are an InputError naming the file."""
+    from saeflow.formats.hdf5 import open_h5, require
+
+    with open_h5(path) as h5:
+        key = f"meta/{column}"
+        if key not in h5:
+            stored = sorted(h5["meta"]) if "meta" in h5 else []
+            raise InputError(path, key, f"missing: probe.cv.group_by names a prompt-file column "
+                             f"the activation file does not store (it has {stored})")
+        n = int(require(h5, "positions", path).shape[0])
+        values = meta_column(h5, column, path)
+    if values.shape != (n,):
+        raise InputError(path, key, f"shape {values.shape}, expected [{n}] (one per prompt)")
+    if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
+        raise InputError(path, key, "NaN group(s): probe.cv.group_by needs a group per prompt")
+    if sample_index.size and not 0 <= int(sample_index.min()) <= int(sample_index.max()) < n:
+        raise InputError(path, key, f"the dataset's prompts reach row {int(sample_index.max())}"
+                         f", beyond the file's {n} prompts: not the dataset's activation file")
+    return values[sample_index]

@@ -45,7 +45,8 @@ def _err(entry: dict[str, Any]) -> list[float]:
 def plot_probe_accuracy(summary: dict[str, Any], path: str | Path) -> None:
     """One row per metric (accuracy, R²). Left: single-layer datasets of one family
     (``group``, prompt set) as a line over layers; right: every dataset as a bar coloured by
-    input kind. Bars/points carry 95% fold intervals; crosses mark the permutation baseline.
+    input kind. Bars/points carry 95% fold intervals; crosses mark the permutation baseline,
+    grey diamonds the metadata-only baseline (with ``probe.cv.group_by``).
     """
     entries = [e for e in summary.get("datasets", {}).values() if "metric" in e]
     if not entries:
@@ -91,6 +92,11 @@ def _by_dataset(ax: plt.Axes, rows: list[dict[str, Any]], metric: str) -> None:
            capsize=3, color=[KIND_COLOURS.get(e["input_kind"], "black") for e in rows])
     ax.scatter(x, [e["baseline_mean"] for e in rows], marker="x", color="black", zorder=3,
                label="permutation baseline")
+    meta = [(i, e["metadata_baseline"]["mean"]) for i, e in enumerate(rows)
+            if e.get("metadata_baseline")]
+    if meta:
+        ax.scatter(*zip(*meta, strict=True), marker="D", color="grey", zorder=3,
+                   label="metadata-only baseline (probe.cv.group_by's one-hot)")
     ax.set_xticks(x, [f"{e['name']}\n{e.get('prompt_set')}" for e in rows], rotation=60,
                   ha="right", fontsize=7)
     ax.set(ylabel=f"CV test {metric}", title=f"{metric} by dataset (colour: input kind)")

@@ -48,8 +48,8 @@ import scipy.sparse as sp
 
 from saeflow.core.errors import InputError
 from saeflow.core.layerspec import format_layer_spec, parse_layer_spec
-from saeflow.probe.dataset import (COLUMN_FIELDS, FORMAT_VERSION, ProbeDataset, check_dataset,
-                                write_probe_dataset)
+from saeflow.probe.dataset import (COLUMN_FIELDS, FORMAT_VERSION, ProbeDataset, check_classes,
+                                   check_dataset, write_probe_dataset)
 from saeflow.formats.hdf5 import json_attr, open_h5, require
 from saeflow.probe.inputs import (CodeReader, act_block, as_bool, embedding_block, layers_of,
                                   meta_column, stored_columns)
@@ -61,16 +61,30 @@ STRATEGIES = ("embedding-to-feature", "hidden-to-feature", "hidden-to-concept",
 HOOK_TEMPLATE = "blocks.{layer}.hook_resid_post"
 
 
+@dataclass(frozen=True)
+class BuildOptions:
+    """How a dataset is built beyond its spec, and where it comes from: ``hook_template``
+    (``probe.hook_template``); ``n_folds`` (``probe.cv.n_folds``: fewer samples of a class is
+    an error here, before anything is written); ``key``, its config entry (e.g.
+    ``probe.datasets[2]``), and ``prompts``, the prompt set's file (the labels' source), both
+    named in errors about its classes."""
+
+    hook_template: str = HOOK_TEMPLATE
+    n_folds: int | None = None
+    key: str | None = None
+    prompts: str | None = None
+
+
 def build_probe_dataset(spec: dict[str, Any], activations: str | Path,
                         codes: str | Path | None = None, *, model_correct: np.ndarray | None = None,
-                        hook_template: str = HOOK_TEMPLATE, n_folds: int | None = None
-                        ) -> ProbeDataset:
+                        options: BuildOptions | None = None) -> ProbeDataset:
     """Build the dataset that ``spec`` (``name``, ``strategy``, ``layers``, ``positions``,
     ``target``) defines from an activation file and (for feature/SAE strategies) a code file.
 
     ``model_correct`` ``[n]`` overrides ``meta/model_correct`` for ``sae-to-failure``.
-    ``n_folds`` makes too few samples per class an error here, before anything is written.
     """
+    options = options or BuildOptions()
+    hook_template = options.hook_template
     name = str(spec.get("name", "")) or "<unnamed>"
     strategy = spec.get("strategy")
     if strategy not in STRATEGIES:
@@ -105,9 +119,29 @@ def build_probe_dataset(spec: dict[str, Any], activations: str | Path,
                    group=str(spec.get("group", name)),
                    sources={"activations": str(activations),
                             "codes": str(codes) if codes else None})
-    check_dataset(ds, n_folds)
+    if ds.target_kind == "label":
+        check_classes(ds, options.n_folds, *_label_source(ds, activations, options,
+                                                          model_correct is not None))
+    check_dataset(ds, options.n_folds)
     log.info("%s: %d samples x %d inputs (%s)", name, ds.X.shape[0], ds.X.shape[1], strategy)
     return ds
+
+
+def _label_source(ds: ProbeDataset, activations: str | Path, options: BuildOptions,
+                  given: bool) -> tuple[tuple[str, str], str]:
+    """The (file, field) a label dataset's classes come from, and the dataset's config key:
+    the prompt file's column (``target.column``) when the prompt file is known, else the
+    activation file's ``meta/<column>``; a failure target's ``model_correct`` (the
+    activation file's, or the one ``given``)."""
+    key = options.key or "probe.datasets[]"
+    if ds.meta["strategy"] == "sae-to-failure":
+        source = ("model_correct", "values") if given else (str(activations),
+                                                             "meta/model_correct")
+        return source, f"dataset {ds.name!r} ({key}, strategy sae-to-failure)"
+    column = str(ds.meta["target"]["column"])
+    source = (options.prompts, column) if options.prompts else (str(activations),
+                                                                f"meta/{column}")
+    return source, f"dataset {ds.name!r} ({key}.target.column = {column!r})"
 
 
 @dataclass
@@ -315,25 +349,26 @@ def _int_field(value: Any, source: str, field_name: str) -> int:
 def make_probe_dataset_file(spec: dict[str, Any], activations: str | Path,
                             codes: str | Path | None, out: str | Path, *,
                             model_correct: np.ndarray | None = None,
-                            hook_template: str = HOOK_TEMPLATE, n_folds: int | None = None,
+                            options: BuildOptions | None = None,
                             config: dict[str, Any] | None = None) -> ProbeDataset:
     """Build and write one dataset; on any error nothing is written at ``out``."""
     ds = build_probe_dataset(spec, activations, codes, model_correct=model_correct,
-                             hook_template=hook_template, n_folds=n_folds)
+                             options=options)
     write_probe_dataset(ds, out, config)
     return ds
 
 
 def probe_data_stage(spec: dict[str, Any], activations: str | Path, codes: str | Path | None,
                      out: str | Path, *, model_correct: str | Path | None = None,
-                     hook_template: str = HOOK_TEMPLATE, n_folds: int | None = None,
+                     options: dict[str, Any] | None = None,
                      config: dict[str, Any] | None = None) -> ProbeDataset:
     """Rule ``probe_data``: :func:`make_probe_dataset_file` of one dataset ``spec``;
     ``codes`` None for strategies that read none; ``model_correct``: a ``.npy``/JSON file of
-    per-prompt correctness (:func:`saeflow.probe.inputs.load_model_correct`), or None."""
+    per-prompt correctness (:func:`saeflow.probe.inputs.load_model_correct`), or None;
+    ``options``: the fields of :class:`BuildOptions`."""
     from saeflow.probe.inputs import load_model_correct
 
     return make_probe_dataset_file(
         spec, activations, codes, out,
         model_correct=load_model_correct(model_correct) if model_correct else None,
-        hook_template=hook_template, n_folds=n_folds, config=config)
+        options=BuildOptions(**(options or {})), config=config)

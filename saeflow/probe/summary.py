@@ -1,5 +1,6 @@
-"""The probe stage's summary: per dataset the CV result next to its measured chance level,
-plus where the top features sit (``results/{experiment}/probe/summary.json``)."""
+"""The probe stage's summary: per dataset the CV result next to its measured chance level and,
+where folds group by a metadata column, what that column alone predicts, plus where the top
+features sit (``results/{experiment}/probe/summary.json``)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ def probe_summary(fits: list[dict[str, Any]], effects: list[dict[str, Any]] | No
                   ) -> dict[str, Any]:
     """The ``probe/summary.json`` body: one entry per ``{prompt_set}/{name}`` with input kind,
     n_samples, CV test metric (mean, 95% interval and its method), permutation-baseline mean
-    and p (null with a note where too few permutations), the train/test gap, whether the
-    target is a function of the input, and, where effects were computed, the localisation shares and toy check.
+    and p (null with a note where too few permutations), the metadata-only baseline (the
+    ``probe.cv.group_by`` column's one-hot on the same folds; None ungrouped), the train/test
+    gap, whether the target is a function of the input, and, where effects were computed,
+    the localisation shares and toy check.
     """
     out: dict[str, Any] = {}
     for rec in fits:
@@ -36,6 +39,7 @@ def probe_summary(fits: list[dict[str, Any]], effects: list[dict[str, Any]] | No
                  "baseline_mean": base.get("mean"), "baseline_p": base.get("p_value"),
                  "baseline_p_note": base.get("p_value_note"),
                  "n_permutations": len(base.get("values", [])),
+                 "metadata_baseline": _metadata_entry(rec.get("metadata_baseline")),
                  "target_function_of_input": rec.get("target_function_of_input", False)}
         if "roc_auc" in rec["metrics"]:
             auc = rec["metrics"]["roc_auc"]["test"]
@@ -57,40 +61,67 @@ def probe_summary(fits: list[dict[str, Any]], effects: list[dict[str, Any]] | No
     return {"datasets": out}
 
 
+def _metadata_entry(rec: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not rec:
+        return None
+    test = rec["test"]
+    return {"column": rec["column"], "n_groups": rec["n_groups"], "mean": rec["mean"],
+            "ci": [test["ci_low"], test["ci_high"]], "ci_method": test.get("interval_method")}
+
+
 def readout_check(entry: dict[str, Any], model_correct: np.ndarray) -> dict[str, Any]:
     """A truth a probe must reproduce: the model itself reads its answer from the last
     layer's final-position residual through ``W_U @ LayerNorm(x)``, a linear classifier of
     ``x`` up to LayerNorm's per-prompt scale. So when the answer is the probe's class (the
-    toy's error type), a linear probe of that vector reaches about the model's accuracy;
-    one that does not (misaligned rows, the wrong position or layer, a broken fit) fails.
-    Passes when the probe's interval reaches the lower end of the model accuracy's exact
-    (Clopper-Pearson) 95% interval."""
+    toy's error type), a linear probe of that vector reaches about the model's accuracy on
+    the same prompts (``model_correct`` ``[n]``, the probe's rows); one that does not
+    (misaligned rows, the wrong position or layer, a broken fit) fails. ``reaches_model``:
+    the probe's interval reaches the lower end of the model accuracy's exact
+    (Clopper-Pearson) 95% interval. ``beats_metadata`` (where folds group by a metadata
+    column): the probe's interval lies above the metadata-only baseline, what that column
+    (the template) alone predicts on the same folds; a probe that learnt only templates
+    scores that baseline and fails. ``holds``: both (the first alone when ungrouped)."""
     from scipy.stats import binomtest
 
     n, k = len(model_correct), int(np.sum(model_correct))
     ci = binomtest(k, n).proportion_ci(0.95, "exact")
-    probe_hi = entry["test_ci"][1]
+    probe_lo, probe_hi = entry["test_ci"]
+    meta = entry.get("metadata_baseline")
     out = {"model_accuracy": k / n, "model_accuracy_ci95": [ci.low, ci.high],
-           "model_ci_method": "Clopper-Pearson exact binomial",
+           "model_ci_method": "Clopper-Pearson exact binomial", "n_prompts": n,
            "probe_accuracy": entry["test_mean"], "probe_ci95": entry["test_ci"],
-           "chance": entry.get("baseline_mean")}
+           "chance": entry.get("baseline_mean"),
+           "metadata_baseline": meta["mean"] if meta else None}
     if entry.get("metric") != "accuracy":
         return {**out, "holds": None, "note": f"metric {entry.get('metric')!r}, not accuracy"}
-    return {**out, "holds": bool(probe_hi is not None and probe_hi >= ci.low)}
+    reaches = bool(probe_hi is not None and probe_hi >= ci.low)
+    beats = None if meta is None else bool(probe_lo is not None and probe_lo > meta["mean"])
+    if meta is None:
+        out["note"] = ("folds not grouped (probe.cv.group_by null): a probe of the template "
+                       "alone can pass on prompt folds")
+    return {**out, "reaches_model": reaches, "beats_metadata": beats,
+            "holds": reaches and beats is not False}
 
 
 def probe_summary_stage(fit_paths: list[str], effect_paths: list[str], out: str | Path,
                         config: dict[str, Any] | None = None,
                         readout: dict[str, list[str]] | None = None,
-                        activations: dict[str, str] | None = None) -> dict[str, Any]:
+                        activations: dict[str, str] | None = None,
+                        readout_data: list[str] | None = None) -> dict[str, Any]:
     """Rule ``probe_summary``: gather fit and effects JSON records into ``summary.json``;
     ``readout`` (toy: dataset names per prompt set) adds :func:`readout_check` against the
-    model's answers in ``activations[prompt_set]`` (``meta/model_correct``)."""
+    model's answers in ``activations[prompt_set]`` (``meta/model_correct``), on the prompts
+    of the dataset's file in ``readout_data`` (all prompts for a dataset not there)."""
     from saeflow.formats.activations import open_activations
     from saeflow.formats.hdf5 import read_array
+    from saeflow.probe.dataset import read_probe_dataset
 
     summary = probe_summary([read_json(p) for p in fit_paths],
                             [read_json(p) for p in effect_paths])
+    rows = {}
+    for path in readout_data or []:
+        ds = read_probe_dataset(path)
+        rows[f"{ds.meta.get('prompt_set')}/{ds.name}"] = ds.sample_index
     for prompt_set, names in (readout or {}).items():
         path = (activations or {})[prompt_set]
         with open_activations(path) as h5:
@@ -100,6 +131,7 @@ def probe_summary_stage(fit_paths: list[str], effect_paths: list[str], out: str 
             if entry is None:
                 raise InputError("config", "probe.toy_check.readout_datasets",
                                  f"{name!r} is not a dataset fitted on {prompt_set}")
-            entry["readout_check"] = readout_check(entry, correct)
+            keep = rows.get(f"{prompt_set}/{name}", slice(None))
+            entry["readout_check"] = readout_check(entry, correct[keep])
     write_json(out, summary, config)
     return summary

@@ -22,8 +22,49 @@ def _ci(ci: list[float | None] | None, digits: int = 3) -> str:
     return "-" if not ci or None in ci else f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
 
 
+def _yes(judgement: Mapping[str, Any] | None) -> str:
+    if not judgement or "can_tell" not in judgement:
+        return "-"
+    return "yes" if judgement["can_tell"] else "no"
+
+
 def _at(entry: Mapping[str, Any], k: int) -> Mapping[str, Any]:
     return next((a for a in entry["at_k"] if a["k"] == k), {"precision": None, "recall": None})
+
+
+def _verdict(record: Mapping[str, Any]) -> str:
+    """A gate's verdict, with the measures it failed or could not judge."""
+    g = record.get("gate")
+    if not g:
+        return "-"
+    why = g["failed"] if g["verdict"] == "fail" else g["not_judged"]
+    names = {"spearman_active_latents": "Spearman", "sign_agreement_real": "sign",
+             "relative_l1_error": "L1"}
+    return g["verdict"] + (f" ({', '.join(names[w] for w in why)})" if why else "")
+
+
+def _sign(record: Mapping[str, Any]) -> str:
+    m = record.get("gate", {}).get("measures", {}).get("sign_agreement_real")
+    if not m:
+        return "-"
+    return f"{_f(m['value'], 2)} of {m['n']}" + (" (too few)" if m["pass"] is None else "")
+
+
+def gate_rows(summary: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The estimators' gate verdicts and sign agreement, signed and in the magnitude view."""
+    signed = {k[:-len("_vs_exhaustive")]: v for k, v in summary.items()
+              if k.endswith("_vs_exhaustive") and k != "magnitude_vs_exhaustive"}
+    names = list(signed)
+    rows = [(f"sign agreement over real nodes ({' / '.join(names)})",
+             lambda m: " / ".join(_sign(signed[n][m]) for n in names)),
+            (f"gate verdict, patch.gate ({' / '.join(names)})",
+             lambda m: " / ".join(_verdict(signed[n][m]) for n in names))]
+    mag = {k: v for k, v in summary.get("magnitude_vs_exhaustive", {}).items()
+           if isinstance(v, dict) and set(v) >= set(MODES) and k != "estimator_comparison"}
+    if mag:
+        rows.append((f"magnitude view gate verdict ({' / '.join(mag)})",
+                     lambda m: " / ".join(_verdict(mag[n][m]) for n in mag)))
+    return rows
 
 
 def estimator_table(summary: Mapping[str, Any]) -> list[str]:
@@ -64,10 +105,16 @@ def estimator_table(summary: Mapping[str, Any]) -> list[str]:
         rows.append((f"magnitude view: recall@5, false negatives ({' / '.join(names)})",
                      lambda m: " / ".join(f"{_f(_at(views[n][m], 5)['recall'], 2)}, "
                                           f"{views[n][m]['false_negatives']}" for n in names)))
+    rows += gate_rows(summary)
     rows.append(("sampled check: true miss rate, its 95% interval, covered",
                  lambda m: f"{_f(atp[m]['sampled_check']['true_miss_rate'], 2)}, "
                            f"{_ci(atp[m]['sampled_check']['sampled_ci95'])}, "
                            f"{'yes' if atp[m]['sampled_check']['covered'] else 'no'}"))
+    judged = summary.get("atp_vs_exact", {})
+    rows.append(("sampled check can tell: misses (verify) / coverage (real latents in the pool)",
+                 lambda m: f"{_yes(judged.get(m, {}).get('miss_rate_judgement'))} / "
+                           f"{_yes(atp[m]['sampled_check'])} "
+                           f"({atp[m]['sampled_check'].get('n_real_in_pool', '-')})"))
     rows.append(("(pair, node) rows exact patching ran", lambda m: f"{atp[m]['n_run']:,}"))
     lines = ["| check | with the error term | without |", "|---|---|---|"]
     lines += [f"| {name} | {cell('with_error')} | {cell('without_error')} |" for name, cell in rows]
@@ -91,6 +138,13 @@ def by_site_table(summary: Mapping[str, Any]) -> list[str]:
     return lines + ["", "Bold: the highest unrounded value at the site.", ""]
 
 
+def _unit(record: Mapping[str, Any] | None) -> str:
+    """The resampled unit of an interval's record (``resampled``), e.g. "4 templates"."""
+    if not record:
+        return "-"
+    return f"{record['n_clusters']} {record['unit']}"
+
+
 def faithfulness_lines(faith: Mapping[str, Any]) -> list[str]:
     out = []
     for mode in MODES:
@@ -102,14 +156,18 @@ def faithfulness_lines(faith: Mapping[str, Any]) -> list[str]:
         out.append(f"- Faithfulness {mode.replace('_', ' ')} (ranked on "
                    f"{len(entry['split']['rank_pairs']) if 'rank_pairs' in entry.get('split', {}) else '?'} "
                    f"pairs, measured on {entry['n_pairs']}): {points}; random orders within "
-                   f"+-{_f(spread, 2)}; every node kept: {_f(entry['faithfulness_all_nodes'])}.")
+                   f"+-{_f(spread, 2)}; every node kept: {_f(entry['faithfulness_all_nodes'])}; "
+                   f"intervals resample {_unit(entry.get('resampled'))}.")
     return out
 
 
 def circuit_lines(circuit: Mapping[str, Any]) -> list[str]:
     check, nodes, edges = circuit["edge_check"], circuit["faithfulness"], circuit["edge_pruned"]
+    split = circuit.get("split", {})
     return [f"- Circuit: {len(circuit['nodes'])} nodes, {len(circuit['edges'])} edges over "
-            f"{len(circuit['sites'])} sites; its {check['n_checked']} strongest node-to-node edges "
+            f"{len(circuit['sites'])} sites, chosen on {split.get('n_rank', '?')} pairs and "
+            f"measured on {split.get('n_eval', '?')} held-out ones; its {check['n_checked']} "
+            f"strongest node-to-node edges "
             f"against exact mediated patching: Spearman {_f(check.get('spearman'), 2)}, sign "
             f"agreement {_f(check.get('sign_agreement'), 2)}, median relative error "
             f"{_f(check.get('median_relative_error'), 2)}.",
@@ -168,7 +226,8 @@ def report(results: str | Path) -> str:
     top = summary["resid_top_cell"]
     lines.append(f"- Top residual cell: `{top['hook']}` position {top['position']}, normalised "
                  f"effect {_f(top['normalised_mean'])} "
-                 f"[{_f(top['normalised_lo'])}, {_f(top['normalised_hi'])}].")
+                 f"[{_f(top['normalised_lo'])}, {_f(top['normalised_hi'])}] "
+                 f"({top['interval_method'].split(' (')[0]}).")
     if (patch / "faithfulness.json").exists():
         lines += faithfulness_lines(read_json(patch / "faithfulness.json"))
     if (patch / "circuit.json").exists():

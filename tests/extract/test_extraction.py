@@ -20,10 +20,55 @@ def test_positions_spec():
     assert grid.tolist() == [[0, 1, 2, 3, 4], [0, 1, 2, -1, -1]] and names == list("01234")
     grid, names = token_positions("final", records, lengths)
     assert grid.tolist() == [[4], [2]] and names == ["final"]
-    grid, names = token_positions(["snippet_end", -2, 0, 4], records, lengths)
-    assert grid.tolist() == [[2, 3, 0, 4], [1, 1, 0, -1]]
+    grid, names = token_positions(["snippet_end", -2, 0, 2], records, lengths)
+    assert grid.tolist() == [[2, 3, 0, 2], [1, 1, 0, 2]]
     with pytest.raises(InputError, match="pos_missing"):
         token_positions(["missing"], records, lengths, "p.jsonl")
+
+
+@pytest.mark.parametrize("spec, records, line", [
+    # an integer offset past the end of a prompt (BOS + 2 tokens: 0..2)
+    ([0, 4], [{}, {}], "p.jsonl: line 2: extraction.positions[1] = 4 is token 4, past the end of "
+     "this prompt's 3 tokens (0 to 2, BOS = 0); 1 of 2 prompts are too short for it: give "
+     "positions inside every prompt"),
+    # a negative offset before the start
+    (["final", -4], [{}, {}], "p.jsonl: line 2: extraction.positions[1] = -4 is token -1, before "
+     "the start of this prompt's 3 tokens (0 to 2, BOS = 0); 1 of 2 prompts are too short for "
+     "it: give positions inside every prompt"),
+    # a recorded named position outside its prompt
+    (["x"], [{"pos_x": 1}, {"pos_x": 3}], "p.jsonl: line 2.pos_x: token 3 is past the end of this "
+     "prompt's 3 tokens (0 to 2, BOS = 0) (extraction.positions[0] = 'x'); 1 of 2 prompts record "
+     "it outside: write pos_x: null where it is absent by design"),
+    (["x"], [{"pos_x": 1}, {"pos_x": "2"}], "p.jsonl: line 2.pos_x: '2' is not a token index (an "
+     "integer, or null if absent)"),
+    (["x"], [{"pos_x": 1}, {}], "p.jsonl: line 2.pos_x: named position 'x' is not recorded "
+     "(extraction.positions names it; write pos_x: null where it is absent by design)"),
+])
+def test_a_position_outside_a_prompt_is_refused(spec, records, line):
+    """Never stored as absent (-1, a zero row) without a word: the file, line and key."""
+    with pytest.raises(InputError) as err:
+        token_positions(spec, records, np.array([5, 3]), "p.jsonl")
+    assert str(err.value) == line
+
+
+@pytest.mark.parametrize("spec", [["final", "snippet_end"], "all"])
+def test_a_position_absent_by_design_is_counted_in_the_log_and_the_file(
+        tiny_model, small_world, tmp_path, caplog, spec):
+    """pos_x: null: stored absent (-1; with ``all``, meta/pos_x -1, which probes resolve),
+    counted in the log and in the file's absent_positions attribute."""
+    records = [dict(r) for r in small_world.prompt_sets["pairs"][:6]]
+    for r in records[:2]:
+        r["pos_snippet_end"] = None
+    out = tmp_path / "acts.h5"
+    extract_to_hdf5(tiny_model, records, HOOKS[1:], out, Storage(positions=spec, batch_size=4),
+                    source="p.jsonl")
+    with h5py.File(out) as f:
+        assert json.loads(f.attrs["absent_positions"]) == {"snippet_end": 2}
+        assert f["meta/pos_snippet_end"][:3].tolist() == [-1, -1, records[2]["pos_snippet_end"]]
+        if spec != "all":
+            assert f["positions"][:2, 1].tolist() == [-1, -1] and (f["positions"][2:] >= 0).all()
+    assert "p.jsonl: 2 of 6 prompts lack position 'snippet_end' (pos_snippet_end: null)" \
+        in caplog.text
 
 
 def test_stored_activations_equal_the_models(tiny_model, small_world, tmp_path):
@@ -122,3 +167,34 @@ def test_predictions_and_answer_logprobs_are_the_models_own_with_a_logit_soft_ca
             assert f["meta/predicted_token_id"][i] == int(logprobs.argmax())
             np.testing.assert_allclose(f["meta/answer_logprob"][i], float(logprobs[answer]),
                                        rtol=1e-5, atol=1e-6)
+
+
+def test_partial_answers_are_named_and_refused_where_needed(tiny_model, small_world, tmp_path,
+                                                            caplog):
+    """Some prompts without an answer: extraction stores no answers and says which lines lack
+    one; the SAE evaluation and any consumer that needs answers refuse, naming those lines."""
+    from saeflow.core.bundle import ModelSAEs
+    from saeflow.evaluate import evaluate_saes_stage
+    from saeflow.formats.activations import require_stored_answers
+
+    records = [dict(r) for r in small_world.prompt_sets["pairs"][:6]]
+    del records[1]["answer"], records[4]["answer"]
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "acts.h5"
+    extract_to_hdf5(tiny_model, records, HOOKS[1:], out, Storage(batch_size=4), source=str(prompts))
+    assert f"{prompts}: 2 of 6 prompts have no answer (lines 2, 5)" in caplog.text
+    with h5py.File(out) as f:
+        assert "meta/model_correct" not in f and "meta/answer_logprob" not in f
+        with pytest.raises(InputError) as err:
+            require_stored_answers(f, out, "labels.ablation eval 'answer'")
+    assert str(err.value) == (f"{prompts}: line 2.answer: missing: labels.ablation eval 'answer' "
+                              "needs an answer in every prompt and 2 of 6 prompts lack one "
+                              f"(lines without: 2, 5; extracted into {out})")
+    with pytest.raises(InputError) as err:  # before any model is loaded
+        evaluate_saes_stage(ModelSAEs({"source": "pretrained", "name": "unused"}), prompts, "cpu",
+                            tmp_path / "metrics.json")
+    assert str(err.value) == (f"{prompts}: line 2.answer: missing: the SAE evaluation's answer "
+                              "loss needs an answer in every prompt, or none, and 2 of 6 prompts "
+                              "lack one (4 have one; lines without: 2, 5)")
+    assert not (tmp_path / "metrics.json").exists()

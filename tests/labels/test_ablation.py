@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -165,7 +167,13 @@ def test_eval_sets_from_activations_file(tmp_path):
     with h5py.File(path, "w") as fh:
         fh["tokens"] = np.array([[0, 5, 6, 1], [0, 7, 1, 1]], dtype=np.int32)
         fh["lengths"] = np.array([3, 2], dtype=np.int32)
-    with pytest.raises(InputError, match="meta/answer_token_id: missing: eval 'answer' needs"):
+    with pytest.raises(InputError, match="meta/answer_token_id: missing: labels.ablation.eval "
+                                         "'answer' .* needs an 'answer' in every prompt"):
+        eval_set_from_h5(path, "answer")
+    with h5py.File(path, "a") as fh:  # extraction records which prompts lack an answer
+        fh.attrs["answers"] = json.dumps({"prompts": "p.jsonl", "n_prompts": 2, "missing": 1,
+                                          "missing_lines": [2]})
+    with pytest.raises(InputError, match=r"^p.jsonl: line 2.answer: missing: labels.ablation"):
         eval_set_from_h5(path, "answer")
     with h5py.File(path, "a") as fh:  # each prompt's own answer, as extraction stores it
         fh["meta/answer_token_id"] = np.array([30, 31])

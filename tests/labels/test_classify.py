@@ -207,6 +207,24 @@ def test_file_backend_bad_input(tmp_path):
         classify(records(["x"]), "c", {"backend": "magic"})
 
 
+def test_an_imported_classification_beyond_the_saes_width_is_refused(tmp_path):
+    from saeflow.labels.classify import classify_stage
+
+    descriptions = tmp_path / "descriptions.json"
+    descriptions.write_text(json.dumps({"source": "s", "hook": "blocks.0.hook_resid_post",
+                                        "d_sae": 3, "records": records(["a", "b", "c"])}))
+    path = tmp_path / "theirs.json"
+    path.write_text(json.dumps([{"index": 1, "label": "yes"}, {"index": 7, "label": "no"}]))
+    out = tmp_path / "classified.json"
+    cats = {"animals": {"backend": "file", "question": "Animals?", "path": str(path)}}
+    with pytest.raises(InputError) as err:
+        classify_stage(descriptions, "animals", cats, out)
+    assert str(err.value) == (f"{path}: feature_index: rows of features beyond the SAE's "
+                              "width (d_sae 3 of blocks.0.hook_resid_post, the SAE of "
+                              f"{descriptions}): 7")
+    assert not out.exists()
+
+
 def test_config_categories_resolve_and_need_a_question():
     # the toy config spells out the toy world's categories (the library never imports the toy)
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())

@@ -1,4 +1,5 @@
-"""LPF correction: the published two-bucket numbers by hand, general/NNLS, bootstrap, bad input."""
+"""LPF correction: the published two-bucket numbers by hand, general/NNLS, the intervals' coverage
+(Jeffreys posterior; ratios unbounded where the reference reaches 0), bad input."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import yaml
 
 from saeflow.cli import main
+from saeflow.labels import correction as C
 from saeflow.labels.correction import compare_with_truth, correct, true_lpf
 from saeflow.core.errors import InputError
 from saeflow.labels.plots import plot_lpf
@@ -57,24 +59,32 @@ def test_two_bucket_reproduces_the_hand_computed_solution(study_file):
     assert cats["catA"]["flags"] == (["ci_spans_zero"] if cats["catA"]["ci95"][0] <= 0 else [])
 
 
-def test_degenerate_bootstrap_draws_are_counted_next_to_each_interval():
-    # catB's validation holds 2 predicted-related features: a resample with tp + fp = 0 has
-    # no contamination, and that draw is dropped from every interval
+def test_few_labels_still_give_every_draw_a_system_and_degenerate_ones_are_dropped():
+    # catB's validation holds 2 predicted-related features: a bootstrap of the counts drew
+    # tp + fp = 0 in 13% of resamples; the posterior draws a contamination every time
     few = STUDY.replace("{tp: 55, fp: 8,  tn: 210, fn: 27}", "{tp: 1, fp: 1, tn: 230, fn: 20}")
     result = correct(parse_study(yaml.safe_load(few), "s.yaml"), "two-bucket", 500, seed=0)
-    failed = result["bootstrap"]["n_failed"]
-    assert 30 < failed < 110  # P(tp + fp = 0) = (250/252)^252 = 0.135: ~68 of 500
+    assert result["draws"]["n_failed"] == 0
     for cat in result["categories"].values():
-        assert cat["ci95_n_dropped"] == failed and cat["ci95_method"].startswith("percentile")
-    # a ratio also drops the draws whose reference LPF is not positive
-    ratio = correct(parse_study(yaml.safe_load(STUDY), "s.yaml"), "two-bucket", 500,
-                    seed=0)["ratios"]["catB/catA"]
-    assert ratio["ci95_n_dropped"] == 500 - ratio["ci_draws"] > 0
+        assert cat["ci95_n_dropped"] == 0 and "Beta(fp + 1/2, tp + 1/2)" in cat["ci95_method"]
     naive = correct(parse_study(yaml.safe_load(few), "s.yaml"), "naive", 50)
     assert naive["categories"]["catA"]["ci95_n_dropped"] is None  # no interval at all
+    # a singular draw (here the second system) is left out as NaN, not solved
+    systems = np.array([[[2.0, 1.0], [1.0, 2.0]], [[1.0, 1.0], [1.0, 1.0]]])
+    solved = C.solve(systems, np.ones((2, 2)), "two-bucket")
+    assert solved[0] == pytest.approx([1 / 3, 1 / 3]) and np.isnan(solved[1]).all()
 
 
-def test_bootstrap_is_seeded_and_naive_has_no_label_uncertainty(study_file):
+def test_no_false_positive_in_the_sample_still_gives_an_interval():
+    """A bucket whose sample shows no contaminant: contamination 0, but not known to be 0 (a
+    bootstrap of the counts gave this a zero-width interval; coverage:
+    tests/labels/test_correction_intervals.py)."""
+    with_fp0 = STUDY.replace("{tp: 40, fp: 10, tn: 230, fn: 20}", "{tp: 69, fp: 0, tn: 206, fn: 25}")
+    cat = correct(parse_study(yaml.safe_load(with_fp0), "s"), "two-bucket", 500)["categories"]["catA"]
+    assert cat["contamination"] == 0 and cat["ci95"][1] - cat["ci95"][0] > 0.05 * cat["lpf_corrected"]
+
+
+def test_draws_are_seeded_and_naive_has_no_label_uncertainty(study_file):
     study = load_study(study_file)
     assert correct(study, "two-bucket", 100, seed=3) == correct(study, "two-bucket", 100, seed=3)
     assert correct(study, "two-bucket", 100, seed=3) != correct(study, "two-bucket", 100, seed=4)
@@ -82,7 +92,7 @@ def test_bootstrap_is_seeded_and_naive_has_no_label_uncertainty(study_file):
     cat = naive["categories"]["catB"]
     assert cat["lpf_corrected"] == cat["lpf_naive"] == pytest.approx(0.8 / 1200)
     assert cat["ci95"] is None  # no human labels enter it, so resampling them gives no interval
-    assert naive["bootstrap"]["sources"] == []
+    assert naive["draws"]["sources"] == []
 
 
 MEASURED = STUDY.replace("confusion: {tp: 40", "delta_se: 0.02, confusion: {tp: 40").replace(
@@ -98,10 +108,10 @@ def test_measured_loss_noise_widens_every_interval_and_gives_naive_one(tmp_path)
     lo, hi = naive["categories"]["catA"]["ci95"]
     # naive LPF = delta / n with delta ~ N(0.2, 0.02): the interval is delta's, scaled.
     assert (lo * 900, hi * 900) == pytest.approx((0.2 - 1.96 * 0.02, 0.2 + 1.96 * 0.02), abs=3e-3)
-    assert naive["bootstrap"]["sources"] == ["loss measurement"]
+    assert naive["draws"]["sources"] == ["loss measurement"]
     a, b = (correct(s, "two-bucket", 1000, seed=0)["categories"]["catA"]["ci95"] for s in (exact, noisy))
     assert b[1] - b[0] > a[1] - a[0]
-    assert correct(noisy, "two-bucket", 10)["bootstrap"]["sources"] == ["validation labels",
+    assert correct(noisy, "two-bucket", 10)["draws"]["sources"] == ["validation labels",
                                                                         "loss measurement"]
 
 
@@ -137,6 +147,24 @@ def test_bad_measurement_covariance_names_the_field(extra, field):
     partial = STUDY.replace("confusion: {tp: 40", "delta_se: 0.02, confusion: {tp: 40")
     with pytest.raises(InputError, match="categories.catB.delta_se"):
         parse_study(yaml.safe_load(partial), "s.yaml")
+
+
+# --- ratios whose reference LPF may be 0 ---------------------------------------------------------
+
+def test_ratio_over_a_reference_whose_interval_reaches_zero_is_unbounded():
+    """catA's interval reaches 0, so catB/catA may be any size: no interval (Fieller). The
+    old rule (drop the draws whose catA is not positive, take the percentiles of the rest) gives
+    a finite one from the very same draws."""
+    study = parse_study(yaml.safe_load(STUDY), "s.yaml")
+    result = correct(study, "two-bucket", 2000, seed=0)
+    assert result["categories"]["catA"]["ci95"][0] < 0 < result["categories"]["catA"]["lpf_corrected"]
+    ratio = result["ratios"]["catB/catA"]
+    assert ratio["ci95"] is None and ratio["ci95_unbounded"] is True and ratio["corrected"] > 0
+    assert "reaches 0" in ratio["note"] and "unbounded (Fieller)" in ratio["note"]
+    draws = C.posterior_draws(study, "two-bucket", 2000, 0)
+    positive = draws[:, 0] > 0
+    old = np.percentile(draws[positive, 1] / draws[positive, 0], [2.5, 97.5])
+    assert np.isfinite(old).all() and 0 < (~positive).sum() < 2000  # finite, after dropping
 
 
 def test_ratio_is_withheld_when_the_reference_lpf_is_not_positive():
@@ -231,14 +259,15 @@ def test_singular_message_and_general_requirements(study_file):
         parse_study(raw, "s")
 
 
-def test_cli_writes_the_contract(study_file, tmp_path):
+def test_cli_writes_the_contract(study_file, tmp_path, capsys):
     out = tmp_path / "c.json"
     assert main(["correct", str(study_file), "--method", "two-bucket", "--json", str(out),
                  "--n-boot", "50"]) == 0
     data = json.loads(out.read_text())
-    for key in ("lpf_naive", "lpf_corrected", "contamination", "ci95", "flags"):
+    for key in ("lpf_naive", "lpf_corrected", "contamination", "ci95", "ci95_method", "flags"):
         assert key in data["categories"]["catA"]
-    assert "catB/catA" in data["ratios"] and data["condition_number"] > 1
+    assert data["ratios"]["catB/catA"]["ci95_unbounded"] is True and data["condition_number"] > 1
+    assert "catB/catA: corrected=" in capsys.readouterr().out
     assert data["provenance"]["config"]["method"] == "two-bucket"
 
 
@@ -315,7 +344,6 @@ def test_truth_comparison_judges_coverage_given_the_prompts():
         full, given = general["ci95"], general["ci95_given_prompts"]
         assert given[1] - given[0] < 0.5 * (full[1] - full[0])
         assert general["covers_truth_given_prompts"] == (given[0] <= truth[name] <= given[1])
-        assert general["given_prompts_degenerate"] is False
         # naive uses no labels: no interval given the prompts to judge it by
         assert summary["methods"]["naive"]["categories"][name]["corrected"]["ci95_given_prompts"] is None
     assert "validation" in summary["planted_noise"] and "labels only" in summary["intervals"]["ci95_given_prompts"]

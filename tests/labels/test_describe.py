@@ -150,13 +150,33 @@ def test_read_descriptions_accepts_shapes_and_rejects_bad_rows(tmp_path):
 
 def test_describe_stage_writes_neuronpedia_descriptions(tmp_path):
     (tmp_path / "np").mkdir()
-    (tmp_path / "np" / "a.jsonl").write_text(json.dumps(_np_row(5, "digits")))
+    (tmp_path / "np" / "a.jsonl").write_text(json.dumps(_np_row(3, "digits")))
+    codes_h5, _, _ = _write_contract_files(tmp_path)  # the SAE: d_sae 4
     out = tmp_path / "descriptions.json"
     describe_stage({"backend": "neuronpedia", "source": "12-gemmascope-res-65k"}, out,
-                   folder=tmp_path / "np")
+                   "blocks.0.hook_resid_post", {"folder": tmp_path / "np", "codes": codes_h5})
     data = json.loads(out.read_text())
     assert data["source"] == "12-gemmascope-res-65k" and data["n_features"] == 1
-    assert read_descriptions(out)[0]["feature_id"] == "12-gemmascope-res-65k-5"
+    assert (data["hook"], data["d_sae"]) == ("blocks.0.hook_resid_post", 4)  # which SAE
+    assert read_descriptions(out)[0]["feature_id"] == "12-gemmascope-res-65k-3"
     with pytest.raises(InputError, match="labels.describe.backend: unknown backend 'gpt'"):
         describe_stage({"backend": "gpt"}, tmp_path / "x.json")
     assert not (tmp_path / "x.json").exists()
+
+
+def test_an_exported_index_beyond_the_saes_width_names_batch_line_and_config_key(tmp_path):
+    (tmp_path / "np").mkdir()
+    with gzip.open(tmp_path / "np" / "batch-0.jsonl.gz", "wt") as fh:
+        fh.write(json.dumps(_np_row(1, "a")) + "\n" + json.dumps(_np_row(4, "b")) + "\n")
+    codes_h5, _, _ = _write_contract_files(tmp_path)  # d_sae 4: index 4 is one too far
+    out = tmp_path / "descriptions.json"
+    with pytest.raises(InputError) as err:
+        describe_stage({"backend": "neuronpedia", "source": "12-gemmascope-res-65k"}, out,
+                       "blocks.0.hook_resid_post", {"folder": tmp_path / "np", "codes": codes_h5},
+                       "sae.ids.blocks.0.hook_resid_post")
+    assert str(err.value) == (
+        f"{tmp_path}/np/batch-0.jsonl.gz: line 2.index: feature 4 is beyond the width (d_sae 4) "
+        "of the SAE of labels.hook blocks.0.hook_resid_post (given by "
+        "sae.ids.blocks.0.hook_resid_post): are labels.describe.source "
+        "'12-gemmascope-res-65k' and that SAE the same?")
+    assert not out.exists()

@@ -389,7 +389,10 @@ def test_stage_outputs_end_to_end(model: HookedSAETransformer, tmp_path) -> None
         assert vs["n_latents"] == 2 * D_SAE and vs["n_run"] > 0
         assert vs["n_nodes"] == 2 * D_SAE + (2 * 7 if mode == "with_error" else 0)
         assert vs["threshold"] == s["atp_vs_exact"][mode]["threshold"]
-        assert set(vs["sampled_check"]) == {"true_miss_rate", "sampled_ci95", "covered"}
+        assert set(vs["sampled_check"]) == {"true_miss_rate", "sampled_ci95", "covered",
+                                            "pool_size", "n_real_in_pool", "can_tell", "why"}
+        assert vs["sampled_check"]["can_tell"] == (vs["sampled_check"]["n_real_in_pool"] > 0)
+        assert vs["gate"]["verdict"] in ("pass", "fail", "incomplete")
 
     for fn, src, name in ((plot_resid_patching_stage, "resid.h5", "resid.png"),
                           (plot_top_latents_stage, "verify.json", "top.png"),

@@ -171,18 +171,21 @@ def test_ig_h5_round_trip(setup, tmp_path):
 
 
 def test_estimator_table_names_the_winner_of_each_column():
-    def vs(recall, rho, fn, err, site_rho):
+    def vs(recall, rho, fn, err, site_rho, sign=1.0):
         return {"m": {"at_k": [{"k": 5, "recall": recall}], "spearman_active_latents": rho,
                       "false_negatives": fn, "relative_l1_error": err,
+                      "sign_agreement_real": sign, "gate": {"verdict": "pass"},
                       "by_site": {s: {"spearman_active_latents": r, "relative_l1_error": err,
                                       "n_active_latents": 3} for s, r in site_rho.items()}}}
 
     table = estimator_comparison({"atp": vs(0.5, 0.9, 3, 0.2, {"a": 0.9, "b": 0.4}),
-                                  "ig": vs(0.7, None, 3, 0.1, {"a": 0.5, "b": None})})
+                                  "ig": vs(0.7, None, 3, 0.1, {"a": 0.5, "b": None}, 0.5)})
     rows = table["m"]["rows"]
     assert [r["estimator"] for r in rows] == ["atp", "ig"] and rows[1]["recall@5"] == 0.7
     assert table["m"]["best"] == {"recall@5": ["ig"], "spearman_active_latents": ["atp"],
+                                  "sign_agreement_real": ["atp"],
                                   "false_negatives": ["atp", "ig"], "relative_l1_error": ["ig"]}
+    assert table["m"]["gate"] == {"atp": "pass", "ig": "pass"}
     by_site = table["m"]["by_site"]
     assert by_site["a"]["spearman_active_latents"] == {"atp": 0.9, "ig": 0.5}
     assert by_site["a"]["best"] == ["atp"] and by_site["b"]["best"] == ["atp"]

@@ -54,7 +54,7 @@ def _exact(path):
 
 # reader, writer of a valid file, the datasets whose loss each read must name
 READERS = {
-    "read_resid": (read_resid, _resid, ["pair_id", "lengths", "clean_logit_diff",
+    "read_resid": (read_resid, _resid, ["pair_id", "lengths", "clean_logit_diff", "cluster",
                                         "patched_logit_diff", "agg", "agg/effect_mean"]),
     "read_atp": (read_atp, _atp, ["pair_id", "model/clean_logit_diff",
                                   "with_error/corrupted_logit_diff", f"with_error/{HOOK}",

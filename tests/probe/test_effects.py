@@ -158,7 +158,8 @@ def test_figures_are_written(tmp_path):
     entry = {"name": "h_L1", "prompt_set": "s", "group": "h", "strategy": "hidden-to-concept",
              "input_kind": "hidden", "layers": [1], "metric": "accuracy", "test_mean": 0.8,
              "test_ci": [0.7, 0.9], "baseline_mean": 0.33}
-    summary = {"datasets": {"s/h_L1": entry, "s/h_L2": {**entry, "name": "h_L2", "layers": [2]},
+    summary = {"datasets": {"s/h_L1": entry, "s/h_L2": {**entry, "name": "h_L2", "layers": [2],
+                                                       "metadata_baseline": {"mean": 0.4}},
                             "s/r": {**entry, "name": "r", "metric": "r2", "layers": [0, 1]}}}
     outputs = [tmp_path / f"{name}.png" for name in ("acc", "heat", "d")]
     plot_probe_accuracy(summary, outputs[0])

@@ -12,12 +12,12 @@ import pytest
 
 from saeflow.core.errors import InputError
 from saeflow.probe.dataset import read_probe_dataset
-from saeflow.probe.inputs import load_model_correct
-from saeflow.probe.strategies import build_probe_dataset, make_probe_dataset_file
+from saeflow.probe.strategies import BuildOptions, build_probe_dataset, make_probe_dataset_file
 
 POSITIONS = ["first", "mid", "final"]
 LABELS = ["NoError", "TypeError", "KeyError"]
 N_LAYERS, D_MODEL, D_SAE = 3, 8, 12
+FIVE_FOLDS, TWO = BuildOptions(n_folds=5), BuildOptions(n_folds=2)  # probe.cv.n_folds
 INFORMATIVE = "mid"  # the only stored position whose activations depend on the label
 
 
@@ -188,7 +188,7 @@ def test_failure_target_is_wrong_answers(toy):
 def test_roundtrip_keeps_data_and_metadata(toy, tmp_path):
     out = tmp_path / "probe" / "sc.h5"
     ds = make_probe_dataset_file({"name": "sc", "strategy": "sae-to-concept", "layers": "0-2",
-                                  "positions": ["mid", "final"]}, *toy, out, n_folds=5)
+                                  "positions": ["mid", "final"]}, *toy, out, options=FIVE_FOLDS)
     back = read_probe_dataset(out)
     assert ds.sparse and back.sparse  # SAE codes are written and read back as CSR
     np.testing.assert_array_equal(back.X.toarray(), ds.X.toarray())
@@ -197,14 +197,6 @@ def test_roundtrip_keeps_data_and_metadata(toy, tmp_path):
     assert back.meta["input_dims"]["blocks.1.hook_resid_post@mid"] == D_SAE
     assert back.meta["strategy"] == "sae-to-concept" and back.meta["n_samples"] == 60
     assert back.meta["prompt_set"] == "heldout_seen" and back.class_names == sorted(LABELS)
-
-
-def test_model_correct_from_file(tmp_path):
-    (tmp_path / "mc.json").write_text("[1, 0, 1]")
-    assert load_model_correct(tmp_path / "mc.json").tolist() == [True, False, True]
-    (tmp_path / "bad.json").write_text("[1, 2]")
-    with pytest.raises(InputError, match="0/1"):
-        load_model_correct(tmp_path / "bad.json")
 
 
 @pytest.mark.parametrize("spec, match", [
@@ -236,7 +228,7 @@ def test_nan_in_inputs_is_an_error(tmp_path):
 
 def test_empty_class_is_an_error(tmp_path):
     act, codes = write_toy_files(tmp_path, model_correct=np.ones(60, bool))
-    with pytest.raises(InputError, match=r"^allright: y: empty class.*'wrong'"):
+    with pytest.raises(InputError, match=r"meta/model_correct: dataset 'allright'.*'wrong'"):
         build_probe_dataset({"name": "allright", "strategy": "sae-to-failure", "layers": "1"},
                             act, codes)
     with pytest.raises(InputError, match=r"empty class.*'9'"):
@@ -256,10 +248,10 @@ def test_too_few_samples_for_folds_is_an_error(tmp_path):
     act, codes = write_toy_files(tmp_path, n=23, labels=labels)
     with pytest.raises(InputError, match=r"'TypeError' has 3 sample\(s\), fewer than the 5"):
         build_probe_dataset({"name": "few", "strategy": "hidden-to-concept", "layers": "1"},
-                            act, n_folds=5)
+                            act, options=FIVE_FOLDS)
     # with 3 folds the same data is fine
     assert build_probe_dataset({"name": "few", "strategy": "hidden-to-concept", "layers": "1"},
-                               act, n_folds=3).X.shape[0] == 23
+                               act, options=BuildOptions(n_folds=3)).X.shape[0] == 23
 
 
 # ---------------------------------------------------------------------------- per-prompt positions
@@ -351,7 +343,7 @@ def test_per_prompt_positions_gather_each_prompts_own_column(tmp_path, monkeypat
 def test_per_prompt_positions_read_code_rows_i_times_p_plus_col(tmp_path):
     act, codes, truth = write_all_files(tmp_path)
     ds = build_probe_dataset({"name": "s", "strategy": "sae-to-failure", "layers": "1",
-                              "positions": ["snippet_end", "final"]}, act, codes, n_folds=2)
+                              "positions": ["snippet_end", "final"]}, act, codes, options=TWO)
     i = ds.sample_index
     a = truth["acts"]["blocks.1.hook_resid_post"]
     for j, token in enumerate([truth["snippet_end"], truth["lengths"] - 1]):

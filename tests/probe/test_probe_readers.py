@@ -106,3 +106,13 @@ def test_a_bad_file_is_one_input_error_naming_it(tmp_path, name, make, key, dama
     with pytest.raises(InputError) as err:
         read(path)
     assert err.value.source == str(path) and err.value.field == field, str(err.value)
+
+
+def test_model_correct_from_file(tmp_path):
+    from saeflow.probe.inputs import load_model_correct
+
+    (tmp_path / "mc.json").write_text("[1, 0, 1]")
+    assert load_model_correct(tmp_path / "mc.json").tolist() == [True, False, True]
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(InputError, match="0/1"):
+        load_model_correct(tmp_path / "bad.json")

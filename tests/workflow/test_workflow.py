@@ -176,8 +176,16 @@ def test_shipped_prompt_files_are_the_generators_and_valid(tmp_path):
      "config/config.yaml + bad.yaml: sae.transcoders.blocks.0.ln2.hook_normalized: site "
      "'blocks.0.mlp.hook_post' lies between the transcoder's input and output hooks"),
     ("probe:\n  datasets:\n    - {name: h, strategy: hidden-to-concept, layers: \"0-5\"}\n",
-     "config/config.yaml + bad.yaml: probe.datasets[0] (h).layers: spec '0-5' names layer 5, "
+     "config/config.yaml + bad.yaml: probe.datasets[0].layers: spec '0-5' names layer 5, "
      "beyond the model's 2 layers (0 to 1)"),
+    # once Snakemake-formatted ValueErrors from the .smk files, now one line like the rest
+    ("probe:\n  prompt_sets: [heldout_seen, train]\n",
+     "config/config.yaml + bad.yaml: probe.prompt_sets: 'train' is not among "
+     "extraction.prompt_sets ['heldout_seen', 'heldout_unseen', 'pairs']"),
+    ("probe:\n  datasets:\n    - {name: h, strategy: hidden-to-concept, layers: \"0\"}\n"
+     "    - {name: h, strategy: sae-to-concept, layers: \"1\"}\n",
+     "config/config.yaml + bad.yaml: probe.datasets[1].name: dataset 'h' is also "
+     "probe.datasets[0]'s: names must differ (per_layer adds _L<layer>)"),
     ("seed: 1\nseed: 2\n", "bad.yaml: line 2: key 'seed' given twice in one mapping"),
     ("extraction:\n  shard_size: 64\n",
      "config/config.yaml + bad.yaml: extraction.shard_size: the toy world's prompt sets are made "

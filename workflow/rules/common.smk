@@ -5,52 +5,38 @@
 # workflow/schemas/config.schema.yaml (the one home of every default) before this file runs.
 # Input functions run when the DAG is built, after every .smk file is read, so they may name
 # any rule's outputs (rules.<rule>.output.<name>).
-import os
 import re
+
+from saeflow.core.config import mark_stale_gathers, shard_counts
+from saeflow.core.config_checks import TOY_PROMPT_SETS
 
 EXP = config["experiment"]
 TOY = config["model"]["source"] == "toy"
-TOY_PROMPT_SETS = ["train", "heldout_seen", "heldout_unseen", "pairs"]
 SAE_HOOKS = config["sae"]["hooks"]
+# Prompt-set name -> JSONL path; None for the toy world's own (outputs of toy_world).
+# saeflow.core.config.check_config has checked the names (a list is the toy's own sets).
+_SETS = config["extraction"]["prompt_sets"]
+PROMPT_SETS = {name: None for name in _SETS} if isinstance(_SETS, list) else dict(_SETS)
+# Prompt set -> number of shards, for the sets longer than extraction.shard_size
+SHARDS = shard_counts(config["extraction"], CONFIG_SOURCE)
 
 
-def _prompt_sets():
-    """Prompt-set name -> JSONL path; None for the toy world's own (outputs of toy_world)."""
-    sets = config["extraction"]["prompt_sets"]
-    if isinstance(sets, list):
-        if not TOY:
-            raise ValueError(
-                "config: extraction.prompt_sets: give name -> JSONL path for a non-toy model"
-            )
-        unknown = sorted(set(sets) - set(TOY_PROMPT_SETS))
-        if unknown:
-            raise ValueError(
-                f"config: extraction.prompt_sets: unknown toy prompt sets {unknown}"
-            )
-        return {name: None for name in sets}
-    return dict(sets)
+def _gathered_files():
+    """Each sharded set's gathered files (rules gather_activations, gather_codes) -> shards."""
+    files = {}
+    for name, count in SHARDS.items():
+        for stage in ("activations", "codes"):
+            shards = [
+                f"results/{EXP}/{stage}/{name}.shards/{i:05d}.h5" for i in range(count)
+            ]
+            files[f"results/{EXP}/{stage}/{name}.h5"] = shards
+    return files
 
 
-PROMPT_SETS = _prompt_sets()
-
-
-def _shard_counts():
-    """Prompt set -> number of shards, for the sets longer than extraction.shard_size (only
-    files the config names: their length is known before any job runs)."""
-    from saeflow.core.prompts import count_records
-
-    size = config["extraction"]["shard_size"]
-    if not size:
-        return {}
-    counts = {}
-    for name, path in PROMPT_SETS.items():
-        n = count_records(path) if path and os.path.isfile(path) else 0
-        if n > size:
-            counts[name] = -(-n // size)
-    return counts
-
-
-SHARDS = _shard_counts()
+# A gathered file reads its shards in place, but Snakemake does not rebuild a deleted
+# intermediate file whose consumers are up to date (snakemake/snakemake#1978): a gathered file
+# whose shard is gone is marked out of date, so the shard is rebuilt and its consumers rerun.
+mark_stale_gathers(_gathered_files())
 
 
 def _alternatives(names):

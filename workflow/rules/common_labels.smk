@@ -24,16 +24,31 @@ def labels_activations():
 
 def get_describe_input(wildcards):
     """Toy: codes, activations and the model; Neuronpedia: your export folder, else the
-    manifest of the batches rule fetch_neuronpedia downloaded."""
+    manifest of the batches rule fetch_neuronpedia downloaded, and the codes (their d_sae is
+    the SAE's width, which every exported index must fit)."""
     if LABELS["describe"]["backend"] == "neuronpedia":
         if LABELS["describe"].get("folder"):
-            return {"folder": LABELS["describe"]["folder"]}
-        return {"manifest": rules.fetch_neuronpedia.output.manifest}
+            return {"folder": LABELS["describe"]["folder"], "codes": labels_codes()}
+        return {
+            "manifest": rules.fetch_neuronpedia.output.manifest,
+            "codes": labels_codes(),
+        }
     return {
         "codes": labels_codes(),
         "activations": labels_activations(),
         **get_model(wildcards),
     }
+
+
+def labels_sae_key():
+    """The config key that names the labelled hook's SAE, for messages about its width."""
+    key = {"pretrained": "ids", "local": "paths"}.get(config["sae"]["source"])
+    return f"sae.{key}.{LABELS['hook']}" if key else "sae.d_sae"
+
+
+def fetch_retry():
+    """How rule fetch_neuronpedia retries a batch whose connection drops mid-body."""
+    return {k: LABELS["describe"][k] for k in ("max_retries", "backoff_s")}
 
 
 def neuronpedia_model_id():

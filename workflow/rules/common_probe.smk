@@ -20,18 +20,8 @@ PROBE_EFFECTS = [
     )
 ]
 PROBE_NAMES = _alternatives(PROBE_DATASETS) or "(?!)"  # rule-level dataset constraint
-
-# checked only when the stage runs: a config that merges over config.yaml inherits its section
-_PROBE_UNKNOWN_SETS = sorted({ps for ps, _ in PROBE_RUNS} - set(PROMPT_SETS))
-if "probe" in config["stages"] and _PROBE_UNKNOWN_SETS:
-    raise ValueError(
-        f"config: probe: prompt sets {_PROBE_UNKNOWN_SETS} are not among "
-        f"extraction.prompt_sets {list(PROMPT_SETS)}"
-    )
-if "probe" in config["stages"] and not PROBE_RUNS:
-    raise ValueError(
-        "config: probe.datasets: 'probe' is in stages but no dataset is defined"
-    )
+# saeflow.core.config.check_config has checked the datasets: names differ, and when the stage
+# runs, their prompt sets are extracted and their layers are stored hooks.
 
 
 def probe_files(path, runs):
@@ -54,9 +44,28 @@ def get_probe_dataset(wildcards):
     return PROBE_DATASETS[wildcards.dataset]
 
 
-def get_hook_template(wildcards):
-    # a function, so Snakemake does not take {layer} for a wildcard
-    return PROBE["hook_template"]
+def _probe_keys():
+    """Dataset name -> its entry's config key (probe.datasets[i]), named in its errors."""
+    return {
+        item["name"]: f"probe.datasets[{i}]"
+        for i, entry in enumerate(PROBE["datasets"])
+        for item in expand_per_layer([entry])
+    }
+
+
+PROBE_KEYS = _probe_keys()
+
+
+def get_probe_build_options(wildcards):
+    """saeflow.probe.strategies.BuildOptions of a dataset on a prompt set (a function, so
+    Snakemake does not take hook_template's {layer} for a wildcard)."""
+    prompts = prompt_file(wildcards.prompt_set)
+    return {
+        "hook_template": PROBE["hook_template"],
+        "n_folds": PROBE["cv"]["n_folds"],
+        "key": PROBE_KEYS[wildcards.dataset],
+        "prompts": expand(prompts, experiment=wildcards.experiment)[0],
+    }
 
 
 def get_probe_descriptions(wildcards):
@@ -89,6 +98,12 @@ def get_probe_readout_activations(wildcards):
         ps: expand(rules.extract.output.acts, experiment=EXP, prompt_set=ps)[0]
         for ps in PROBE_READOUT
     }
+
+
+def get_probe_readout_data(wildcards):
+    """The dataset files of the readout check (the model's accuracy on their prompts)."""
+    runs = [(ps, name) for ps, names in PROBE_READOUT.items() for name in names]
+    return probe_files(rules.probe_data.output.dataset, runs)
 
 
 def get_probe_effect_arrays(wildcards):

@@ -21,6 +21,7 @@ rule fetch_neuronpedia:
         cache_dir=LABELS.get("describe", {}).get("cache_dir"),
         model_id=neuronpedia_model_id(),
         source=LABELS.get("describe", {}).get("source"),
+        retry=fetch_retry(),
     script:
         "../../scripts/fetch_neuronpedia.py"
 
@@ -38,6 +39,7 @@ rule describe:
     params:
         describe=LABELS["describe"],
         hook=LABELS["hook"],
+        sae_key=labels_sae_key(),
     script:
         "../../scripts/describe.py"
 

@@ -4,6 +4,7 @@
 # patch_circuit, patch_summary (summary.json) and the plot_* figures.
 # Library: saeflow/patch/
 #   pairs: PatchConfig, PairBatch, load_pairs, the metric (logit_diff), right-alignment
+#   bootstrap: the cluster bootstrap of every interval over pairs (group, template or pair)
 #   resid: residual patching over layer x position (resid.h5)
 #   splice: SAEs and transcoders spliced in (run_spliced, decoder_rows), PatchRun
 #   resume: patched runs started at the patched site's layer
@@ -11,6 +12,7 @@
 #   estimators: the node-estimator registry and rule patch_estimate's stage
 #   ig, graddrop, qkfix: integrated gradients, AtP* GradDrop, AtP* QK fix
 #   exhaustive: every node patched exactly (exact.h5), the estimators' reference
+#   gate: each estimator judged against exact.h5 on measures a wrong one fails (patch.gate)
 #   faithfulness: AtP vs exact, faithfulness curves, top latents (patch_verify)
 #   edges, edge_pruning, circuit: direct edges, edge pruning, circuit.json (patch_circuit)
 #   summary: summary.json and the toy-world check; plots: figures

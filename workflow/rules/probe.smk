@@ -26,8 +26,8 @@ rule probe_data:
         "../../envs/saeflow.yaml"
     params:
         dataset=get_probe_dataset,
-        hook_template=get_hook_template,
-        n_folds=PROBE["cv"]["n_folds"],
+        # hook_template, n_folds, and the config key and prompt file its errors name
+        options=get_probe_build_options,
         config=PROBE,
     script:
         "../../scripts/probe_data.py"
@@ -36,6 +36,8 @@ rule probe_data:
 rule probe_fit:
     input:
         dataset=rules.probe_data.output.dataset,
+        # meta/<probe.cv.group_by>: the groups folds keep whole
+        activations=rules.extract.output.acts,
     output:
         json="results/{experiment}/probe/fits/{prompt_set}/{dataset}.json",
         probe="results/{experiment}/probe/fits/{prompt_set}/{dataset}.h5",
@@ -84,6 +86,7 @@ rule probe_summary:
         unpack(get_probe_readout_activations),
         fits=get_probe_fits,
         effects=get_probe_effects,
+        readout_data=get_probe_readout_data,
     output:
         summary="results/{experiment}/probe/summary.json",
     log:
