@@ -234,8 +234,9 @@ def _ratio(draws: np.ndarray, j: int, lpf: np.ndarray, ref_ci: list[float] | Non
     draws ``[n, k]``: their ratios' percentiles when ``ref_ci`` lies above 0; where it reaches
     0 the ratio may be any size (Fieller's confidence set is unbounded): no interval."""
     out = dict.fromkeys("corrected ci95 ci95_unbounded ci95_method ci95_n_dropped note".split())
-    if lpf[0] <= 0:
-        return out | {"note": f"not reported: corrected lpf of {ref} is not positive"}
+    if lpf[0] <= 0:  # an interval holding the estimate reaches 0 too: the set is unbounded
+        return out | {"ci95_unbounded": True if ref_ci is not None else None,
+                      "note": f"not reported: corrected lpf of {ref} is not positive"}
     out["corrected"] = float(lpf[j] / lpf[0])
     if ref_ci is None:
         return out

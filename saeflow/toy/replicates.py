@@ -86,9 +86,10 @@ def _estimators(summary: Mapping[str, Any], out: dict[str, Value]) -> None:
             _put(out, f"{where}: Spearman over moving latents", m.get("spearman_active_latents"))
             _put(out, f"{where}: relative L1 error", m.get("relative_l1_error"))
             _put(out, f"{where}: false negatives", m.get("false_negatives"))
+            _put(out, f"{where}: sign agreement over real nodes", m.get("sign_agreement_real"))
             gate = m.get("gate")
             if isinstance(gate, Mapping):
-                _put(out, f"{where}: gate passes", gate.get("passes"))
+                _put(out, f"{where}: gate verdict", gate.get("verdict"))
     for mode, comparison in (summary.get("estimator_comparison") or {}).items():
         for site, cell in ((comparison or {}).get("by_site") or {}).items():
             best = cell.get("best")

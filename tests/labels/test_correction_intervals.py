@@ -10,23 +10,8 @@ import pytest
 
 from saeflow.labels import correction as C
 from saeflow.labels.correction import correct
-from saeflow.labels.study import parse_study
-
-
-SIM_LPF, SIM_N, SIM_SAMPLE, SIM_P_PRED, SIM_P_FN = np.array([1e-4, 3e-4]), 80, 300, 80 / 300, 25 / 300
-
-
-def simulated_two_bucket(r, rng):
-    """Buckets of 80 features, a share ``r`` of each the other category's (two-bucket's model
-    holds), losses exact from the true LPFs; 300 validation labels per category drawn from the
-    truth (a share 80/300 predicted into the bucket, as in a population of 300 features)."""
-    delta = C._two_bucket([SIM_N, SIM_N], [r, r]) @ SIM_LPF
-    conf = rng.multinomial(SIM_SAMPLE, [SIM_P_PRED * (1 - r), SIM_P_PRED * r,
-                                        1 - SIM_P_PRED - SIM_P_FN, SIM_P_FN], size=2)
-    cats = {name: {"n_predicted": SIM_N, "ablated_loss": 3.0 + float(d),
-                   "confusion": dict(zip(("tp", "fp", "tn", "fn"), map(int, c)))}
-            for name, d, c in zip(("a", "b"), delta, conf)}
-    return parse_study({"baseline_loss": 3.0, "categories": cats}, "sim"), conf, delta
+from saeflow.calibration.lpf import (SIM_LPF, SIM_N, SIM_SAMPLE, ratio_study, simulated_general,
+                                     simulated_two_bucket)
 
 
 def percentile_bootstrap(conf, delta, n_boot, rng):
@@ -63,24 +48,6 @@ def test_posterior_intervals_cover_low_contamination_that_the_bootstrap_misses()
             assert (old < 0.85).all(), (r, old)
 
 
-def simulated_general(r, source, rng):
-    """General's model holds: buckets a, b and other of 80 features; a share ``r`` of a's and
-    b's buckets from ``source`` (the other category, or features in no category), the other
-    bucket holding 4% of each category's missed members; losses exact; 300 joint validation
-    labels drawn from the truth (80, 80 and 140 of them predicted into a, b and none)."""
-    lpf, names = np.array([1e-4, 3e-4, 1e-5]), ["a", "b", "other"]
-    cross, out = (r, 0.0) if source == "category" else (0.0, r)
-    comp = np.array([[1 - r, cross, out], [cross, 1 - r, out], [0.04, 0.04, 0.92]])
-    delta = 80 * comp @ lpf
-    counts = rng.multinomial(300, (np.array([80, 80, 140])[:, None] / 300 * comp).ravel())
-    rows = [{"predicted": names[i:i + 1] if i < 2 else [], "human": names[j:j + 1] if j < 2 else [],
-             "count": int(k)} for (i, j), k in np.ndenumerate(counts.reshape(3, 3)) if k]
-    buckets = {n: {"n_predicted": 80, "ablated_loss": 3.0 + float(d)} for n, d in zip(names, delta)}
-    other = buckets.pop("other")
-    return parse_study({"baseline_loss": 3.0, "categories": buckets, "other": other,
-                        "validation": rows}, "sim"), lpf
-
-
 def general_coverage(source, reps, seed):
     rng = np.random.default_rng(seed)
     covered = []
@@ -102,15 +69,6 @@ def test_general_composition_posterior_covers_low_contamination(monkeypatch, sou
 
 
 # --- ratios whose reference LPF may be 0 ---------------------------------------------------------
-
-def ratio_study(lpf_a, rng, se=0.02):
-    """Two buckets (900 and 1200 features), no contamination, losses measured with noise of
-    standard error ``se`` (catA's LPF: se / 900 = 2.2e-5)."""
-    cats = {name: {"n_predicted": n, "delta_se": se,
-                   "ablated_loss": float(3.0 + n * lpf + rng.normal(0, se))}
-            for name, n, lpf in (("catA", 900, lpf_a), ("catB", 1200, 3e-4))}
-    return parse_study({"baseline_loss": 3.0, "categories": cats}, "sim")
-
 
 def test_ratio_intervals_over_simulated_studies():
     """400 studies per case, naive LPFs measured with noise. With catA's true LPF 0 the true

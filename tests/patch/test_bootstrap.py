@@ -11,33 +11,19 @@ import pytest
 import torch
 
 from saeflow.core.errors import InputError
+from saeflow.calibration.patch import clustered_coverage
 from saeflow.patch.bootstrap import Clusters
 from saeflow.patch.edge_pruning import edge_pruned_record
 from saeflow.patch.pairs import load_pairs
-from saeflow.patch.resid import bootstrap_ci
 from saeflow.testing.fixtures import random_pair_batch
 from tests.patch.test_patching import WordTokenizer
 
 
 def coverage(n_clusters: int, per_cluster: int, clustered: bool, reps: int = 400,
-             n_boot: int = 400, seed: int = 0, ratio: bool = False) -> float:
-    """Share of ``reps`` replicates whose 95% interval of the mean covers the true mean 0.
-    Each replicate: ``n_clusters`` templates of ``per_cluster`` pairs, a template effect (sd 1)
-    shared by its pairs plus each pair's own noise (sd 1). Replicates are the columns of one
-    ``[n, reps]`` array, so one call of :func:`bootstrap_ci` computes every interval.
-    ``ratio``: the normalised effect's ratio of means instead, ``mean(effect) / mean(gap)``
-    with effects shifted to mean 1 and a gap of 4 (a shared template shift, sd 1): true 1/4."""
-    rng = np.random.default_rng(seed)
-    ids = np.repeat(np.arange(n_clusters), per_cluster)
-    values = rng.normal(size=(n_clusters, reps))[ids] + rng.normal(size=(len(ids), reps))
-    clusters = Clusters(tuple(f"t{i}" for i in ids), "template") if clustered else None
-    truth = 0.0
-    if ratio:  # one gap per pair, shared by the replicates: bootstrap_ci's [n] denominator
-        gap, truth = 4 + rng.normal(size=n_clusters)[ids], 0.25
-        _, lo, hi = bootstrap_ci(values + 1, n_boot, 0.95, seed + 1, gap, clusters=clusters)
-    else:
-        _, lo, hi = bootstrap_ci(values, n_boot, 0.95, seed + 1, clusters=clusters)
-    return float(np.mean((lo <= truth) & (truth <= hi)))
+             seed: int = 0, ratio: bool = False) -> float:
+    """Share of ``reps`` 95% intervals covering the truth (saeflow.calibration.patch)."""
+    hits, n = clustered_coverage(n_clusters, per_cluster, clustered, reps, seed, ratio)
+    return hits / n
 
 
 def test_the_pair_bootstrap_under_covers_clustered_pairs_and_the_cluster_bootstrap_covers():

@@ -15,53 +15,21 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from saeflow.core.config import schema_defaults
-from saeflow.probe.crossval import ProbeConfig, make_folds, permute_prompts
+from saeflow.calibration.probe import ALPHA, baseline_p, cheap_config, null_dataset
+from saeflow.probe.crossval import make_folds, permute_prompts
 from saeflow.probe.dataset import ProbeDataset
-from saeflow.probe.fit import CVData, Grouping, baseline_record, fit_probe, observed_and_null
+from saeflow.probe.fit import CVData, baseline_record, observed_and_null
 from saeflow.probe.fold import _roc_auc
 
-ALPHA = 0.05
-CHEAP = ProbeConfig.from_dict({**schema_defaults("probe.cv"), "n_folds": 2, "Cs": [0.01],
-                               "alphas": [1.0], "n_permutations": 19, "normalise": "none",
-                               "tol": 0.01, "seed": 0})
+CHEAP = cheap_config()
 
 
 def band(n: int) -> tuple[float, float]:
     """The 99% binomial band of the count of p <= ALPHA among ``n`` valid p-values."""
     return tuple(stats.binom.interval(0.99, n, ALPHA))
-
-
-def null_dataset(seed: int, kind: str, sparse: bool) -> ProbeDataset:
-    """Targets independent of the inputs. Labels: 60 prompts, 2 balanced classes, 3 columns;
-    continuous: 30 prompts x 2 positions (rows), 3 columns. CSR: sparse non-negative codes."""
-    rng = np.random.default_rng(seed)
-    if kind == "label":
-        n, idx, pos = 60, np.arange(60), np.full(60, -1)
-        y = rng.permutation(np.arange(n) % 2)
-    else:
-        n, idx, pos = 60, np.repeat(np.arange(30), 2), np.tile(np.arange(2), 30)
-        y = rng.normal(size=n)
-    X = rng.normal(size=(n, 3))
-    if sparse:
-        X = sp.csr_matrix(np.maximum(X - 0.3, 0.0))
-    meta = {"target_kind": kind, "positions": ["a", "b"], "layers": [0], "strategy": "test",
-            "input_kind": "sae" if sparse else "hidden",
-            "class_names": ["0", "1"] if kind == "label" else []}
-    cols = {key: np.zeros(3, np.int32) for key in ("hook", "layer", "position")}
-    cols["unit"] = np.arange(3, dtype=np.int32)
-    return ProbeDataset(f"null{seed}", X, y, idx, pos.astype(np.int32), cols, meta)
-
-
-def new_p(ds: ProbeDataset, grouping: Grouping | None = None) -> tuple[float, float]:
-    """Baseline p and null mean of the primary metric, as fit_probe reports them."""
-    res = fit_probe(ds, CHEAP, grouping=grouping)
-    base = res.baseline[res.primary_metric]
-    return base["p_value"], base["mean"]
 
 
 def old_p(ds: ProbeDataset) -> tuple[float, float]:
@@ -87,7 +55,7 @@ def rejections(ps: list[float]) -> int:
 def test_baseline_p_is_calibrated_on_null_data(kind):
     """200 null datasets, 100 dense and 100 CSR: P(p <= 0.05) inside the 99% band at 200, and
     each half inside the band at 100; the chance level is unbiased."""
-    runs = {sparse: [new_p(null_dataset(seed, kind, sparse)) for seed in range(100)]
+    runs = {sparse: [baseline_p(null_dataset(seed, kind, sparse)) for seed in range(100)]
             for sparse in (False, True)}
     counts = {sparse: rejections([p for p, _ in r]) for sparse, r in runs.items()}
     lo, hi = band(200)
@@ -111,11 +79,7 @@ def test_old_procedure_reusing_the_observed_folds_fails_the_band():
 def test_grouped_baseline_p_is_calibrated_on_null_data():
     """Folds by group (12 groups of 5 prompts, labels independent of the groups and X): the
     p-values stay valid, over 100 null datasets (each shuffle's grouped folds cost more)."""
-    ps = []
-    for seed in range(100):
-        ds = null_dataset(seed, "label", False)
-        groups = np.repeat(np.arange(12), 5)
-        ps.append(new_p(ds, Grouping(groups, "template", "acts.h5"))[0])
+    ps = [baseline_p(null_dataset(seed, "label", False), grouped=True)[0] for seed in range(100)]
     lo, hi = band(100)
     assert lo <= rejections(ps) <= hi, rejections(ps)
 

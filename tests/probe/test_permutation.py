@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from saeflow.calibration.probe import null_columns
 from saeflow.probe.effects import compute_effects
 from saeflow.probe.permutation import (P_KINDS, TIE, bh_adjust, bh_min_rejections, cohens_d,
                                        permutation_test)
@@ -116,21 +117,6 @@ def test_bh_rejects_k_columns_at_the_floor_once_k_reaches_the_minimum(caplog):
     assert "at least 20 columns" in caplog.text
 
 
-def _null_columns(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Columns ``[n, 200]`` of the shapes that matter (rare, sparse, dense, skewed), and
-    which of them fire rarely."""
-    rare_binary = np.zeros((n, 50))
-    rare_valued = np.zeros((n, 50))
-    for j in range(50):
-        rare_binary[rng.choice(n, rng.integers(4, 9), replace=False), j] = 1.0
-        rows = rng.choice(n, rng.integers(4, 9), replace=False)
-        rare_valued[rows, j] = rng.exponential(size=rows.size)
-    sparse = np.where(rng.random((n, 40)) < 0.03, rng.exponential(size=(n, 40)), 0.0)
-    dense = np.concatenate([rng.normal(size=(n, 40)), rng.lognormal(size=(n, 20))], axis=1)
-    rare = np.r_[np.ones(100, bool), np.zeros(100, bool)]
-    return np.concatenate([rare_binary, rare_valued, sparse, dense], axis=1), rare
-
-
 def test_p_values_are_calibrated_under_null_labels():
     """Shuffled labels, 20 seeds x 200 columns: BH rejects something (every rejection is
     false) in at most alpha of the seeds, and P(p <= t) <= t, each up to a 3-SE Monte Carlo
@@ -140,7 +126,7 @@ def test_p_values_are_calibrated_under_null_labels():
     p_all, any_rejection = [], []
     for seed in range(seeds):
         rng = np.random.default_rng(100 + seed)
-        X, _ = _null_columns(rng, n)
+        X, _ = null_columns(rng, n)
         y = np.zeros(n, bool)
         y[rng.choice(n, n1, replace=False)] = True
         res = compute_effects(_dataset(X, y.astype(int)), n_permutations=2000, seed=seed,
