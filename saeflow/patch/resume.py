@@ -31,6 +31,7 @@ def run_from_site(model: Any, saes: Mapping[str, Any], hook: str, x: Tensor, wit
     ``x [B, T, d_model]``, started at the site's layer with the SAEs above it spliced in (those
     below are already in ``x``); what :func:`saeflow.patch.pairs.logit_diff` reads."""
     start, n_layers = resume_layer(hook), model.cfg.n_layers
+    x = x.contiguous()  # stacked patched copies of a single pair are not; blocks view() them
     downstream = {h: s for h, s in saes.items() if h != hook and block_of(h) >= start}
     if start < n_layers:
         x, _ = run_spliced(model, downstream, x, with_error,

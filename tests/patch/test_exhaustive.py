@@ -160,3 +160,18 @@ def test_round_trip_and_comparison(setup, tmp_path):
                     back["with_error"].latent_effect[h].mean(0)[moving]).statistic
     assert out["by_site"][h]["spearman_active_latents"] == pytest.approx(own)
     assert out["by_site"][h]["n_active_latents"] == int(moving.sum())
+
+
+@pytest.mark.parametrize("with_error", [True, False])
+def test_a_batch_of_one_pair_patches_residual_sites_as_in_a_larger_batch(setup, with_error):
+    """One pair of its token length (a batch of 1) and several latents per pass: the runs that
+    resume at a residual site stack copies whose layout is not contiguous; the MLP above
+    needs it to be (a replicate of the toy DAG crashed here)."""
+    model, spliced, batches = setup
+    site = next(h for h in spliced if h.endswith("hook_resid_post") and h.startswith("blocks.0"))
+    latents = [(site, i) for i in range(D_SAE)]
+    together = exact_latent_effects(model, spliced, batches[0], latents, with_error).numpy()
+    alone = exact_latent_effects(model, spliced, batches[0].select([True, False, False, False]),
+                                 latents, with_error, max_batch=8).numpy()
+    assert np.abs(alone).max() > 1e-3
+    np.testing.assert_allclose(alone[0], together[0], atol=1e-10)
