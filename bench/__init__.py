@@ -6,4 +6,4 @@
 
 # Run order: cheap first; module name = benchmark name = JSON file name.
 BENCHMARKS = ("extraction", "storage", "encoding", "attribution", "edges", "patching", "workflow",
-              "memory", "scale")
+              "memory", "training", "scale", "dashboards")

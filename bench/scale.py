@@ -10,7 +10,9 @@ this process (:func:`bench.common.interleaved`):
 
 - extraction (:func:`saeflow.extract.extract_to_hdf5`: hooks, fp16, lzf, final-position
   predictions) ÷ a bare ``model(tokens, return_type=None)`` over the same padded batches
-  (blocks and final norm; extraction also unembeds each prompt's final position);
+  (blocks and final norm), and ÷ the same plus what extraction must also compute, each
+  prompt's prediction from its final position (``ln_final``, ``resid @ W_U``, soft cap,
+  log-softmax: one read of the 2.4 GB ``W_U`` per batch);
 - encoding (:func:`saeflow.encode.encode_to_hdf5`, both hooks) ÷ bare ``sae.encode`` of the
   same real-token rows in the same batch size;
 - probe dataset (:func:`saeflow.probe.strategies.build_probe_dataset`, ``sae-to-concept``
@@ -25,7 +27,9 @@ this process (:func:`bench.common.interleaved`):
   the model alone and the spliced baseline;
 - AtP (:func:`saeflow.patch.attribution.run_atp`, error term included) ÷ one bare forward +
   backward of the logit difference to the residual at the SAE hooks, over the corrupted
-  prompts (AtP also runs the clean prompts forward).
+  prompts, as TransformerLens computes it (logits at every position), and ÷ the same from
+  the two answer logits at the final position alone (:mod:`bench.scale_atp`; AtP also runs
+  the SAEs and the clean prompts forward).
 
 Memory: each call's peak RSS increment (``VmHWM``, reset just before the call through
 ``/proc/self/clear_refs``), the largest over calls. torch's CPU allocations are invisible to
@@ -37,7 +41,6 @@ hide part of a later stage's increment. The probe stages also report tracemalloc
 from __future__ import annotations
 
 import dataclasses
-import json
 import tempfile
 import tracemalloc
 import warnings
@@ -45,7 +48,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import common
+from bench import common, scale_atp
 from bench.common import Figure, Result
 
 SIZES: dict[str, dict[str, int]] = {
@@ -68,6 +71,8 @@ N_PERMUTATIONS = 200  # effect sizes (the config's 1000 would only scale the tim
 # which reruns the identical fit (1 + n_permutations) times and so only scales the time
 FIT_OVERRIDES = {"n_permutations": 0}
 MIB = 2.0 ** 20
+# issue 27's targets (upper bounds on the time ratios)
+TARGET_EXTRACTION, TARGET_ABLATION = 1.1, 1.1
 
 
 def gemma_like(size: str, seed: int = 0) -> Any:
@@ -143,10 +148,12 @@ def _traced_peak(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def _figure(name: str, size: str, times: dict[str, list[float]], subject: str, baseline: str,
-            peaks: dict[str, float | None], n: int, scale: float = 1.0, **detail: Any) -> Figure:
-    """Median over repeats of t(subject) / (scale x t(baseline)), with seconds per prompt."""
+            peaks: dict[str, float | None], n: int, scale: float = 1.0,
+            target: float | None = None, **detail: Any) -> Figure:
+    """Median over repeats of t(subject) / (scale x t(baseline)), with seconds per prompt;
+    ``target``: an upper bound."""
     ratio = common.paired_ratio(times[subject], [t * scale for t in times[baseline]])
-    return Figure(name, size, ratio, detail={
+    return Figure(name, size, ratio, target=target, op=None if target is None else "<=", detail={
         "s_per_prompt": {k: round(common.median(v) / n, 4) for k, v in times.items()},
         "peak_rss_increment_mib": peaks, "times_s": {k: common.rounded(v) for k, v in
                                                      times.items()}, **detail})
@@ -165,31 +172,46 @@ class _Run:
     saes: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def _extraction(run: _Run) -> Figure:
+def _extraction(run: _Run) -> list[Figure]:
     import torch
 
     from saeflow.core.models import pad_batch
     from saeflow.core.prompts import encode_prompt
-    from saeflow.extract import Storage, extract_to_hdf5
+    from saeflow.extract import Storage, extract_to_hdf5, final_logits
 
     tok = run.model.tokenizer
     seqs = [encode_prompt(tok, r["text"]) for r in run.records]
     batches = [pad_batch(seqs[s:s + BATCH], tok.pad_token_id)[0] for s in range(0, len(seqs), BATCH)]
+
+    finals = [torch.tensor([len(q) - 1 for q in seqs[s:s + BATCH]])
+              for s in range(0, len(seqs), BATCH)]
 
     @torch.no_grad()
     def bare() -> None:
         for batch in batches:
             run.model(batch, return_type=None)
 
+    @torch.no_grad()
+    def bare_predictions() -> None:  # + what extraction must store: each prompt's prediction
+        for batch, last in zip(batches, finals, strict=True):
+            resid = run.model(batch, stop_at_layer=run.model.cfg.n_layers)
+            x = run.model.ln_final(resid[torch.arange(len(last)), last])
+            final_logits(run.model, x).float().log_softmax(-1).argmax(-1)
+
     def extract() -> None:
         extract_to_hdf5(run.model, run.records, run.hooks, run.acts,
                         Storage(positions="all", dtype="float16", batch_size=BATCH,
                                 compression="lzf"))
 
-    times, peaks = _timed({"bare_forward": bare, "extraction": extract}, run.plan["repeats"])
-    return _figure("extraction time / bare forward (no unembed)", run.size, times, "extraction",
-                   "bare_forward", peaks, len(run.records), hooks=run.hooks,
-                   n_tokens=sum(len(s) for s in seqs), file_mib=round(run.acts.stat().st_size / MIB, 1))
+    times, peaks = _timed({"bare_forward": bare, "bare_forward_predictions": bare_predictions,
+                           "extraction": extract}, run.plan["repeats"])
+    shared = {"hooks": run.hooks, "n_tokens": sum(len(s) for s in seqs),
+              "file_mib": round(run.acts.stat().st_size / MIB, 1)}
+    return [_figure("extraction time / bare forward (no unembed)", run.size, times, "extraction",
+                    "bare_forward", peaks, len(run.records), target=TARGET_EXTRACTION, **shared),
+            _figure("extraction time / bare forward + final-position predictions", run.size,
+                    times, "extraction", "bare_forward_predictions", peaks, len(run.records),
+                    target=TARGET_EXTRACTION, **shared)]
 
 
 def _encoding(run: _Run) -> Figure:
@@ -301,45 +323,10 @@ def _ablation(run: _Run) -> Figure:
     times, peaks = _timed({"bare_forward": bare, "ablation": lambda: ablation_losses(
         run.model, sae, eval_set, sets)}, run.plan["repeats"], warmup=0)
     return _figure(f"category ablation time / {passes} bare forwards", run.size, times,
-                   "ablation", "bare_forward", peaks, k, scale=passes, n_sets=len(sets),
+                   "ablation", "bare_forward", peaks, k, scale=passes, target=TARGET_ABLATION,
+                   n_sets=len(sets),
                    hook=run.hooks[-1], padded_tokens=int(eval_set.tokens.numel()),
                    set_sizes={name: len(s) for name, s in sets.items()})
-
-
-def _atp(run: _Run) -> Figure:
-    import torch
-
-    from saeflow.patch.attribution import run_atp
-    from saeflow.patch.pairs import load_pairs, logit_diff
-    from saeflow.patch.splice import prepare_saes, to_sae_transformer
-
-    pairs = run.work / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps(r) + "\n" for r in common.pair_records(run.plan["n_pairs"])))
-    model = to_sae_transformer(run.model)
-    batches = load_pairs(pairs, model.tokenizer)
-    spliced = prepare_saes(model, list(run.saes.values()))
-
-    def forward_backward() -> None:
-        for b in batches:
-            captured: list[Any] = []
-
-            def keep(act: Any, hook: Any, captured: list[Any] = captured) -> Any:
-                act = act if act.requires_grad else act.detach().requires_grad_()
-                captured.append(act)
-                return act
-
-            with torch.enable_grad():
-                logits = model.run_with_hooks(b.corrupted, fwd_hooks=[(h, keep) for h in spliced])
-                metric = logit_diff(logits, b.clean_answer, b.corrupted_answer)
-                torch.autograd.grad(metric.sum(), captured)
-
-    times, peaks = _timed({"forward_backward": forward_backward,
-                           "atp": lambda: run_atp(model, spliced, batches, True)},
-                          run.plan["repeats"], warmup=0)
-    n = sum(len(b) for b in batches)
-    return _figure("AtP time / one forward + backward", run.size, times, "atp",
-                   "forward_backward", peaks, n, n_pairs=n, sae_hooks=list(spliced),
-                   tokens_per_prompt=[b.length for b in batches])
 
 
 def run(smoke: bool = False) -> Result:
@@ -352,9 +339,9 @@ def run(smoke: bool = False) -> Result:
         state = _Run(size, plan, work, model, common.prompts(plan["n_prompts"]), hooks,
                      work / "acts.h5", work / "codes.h5")
         setup_mib = round(common.rss_kib()["VmRSS"] / 1024, 1)
-        figures = [_extraction(state), _encoding(state)]
+        figures = [*_extraction(state), _encoding(state)]
         with_saes_mib = round(common.rss_kib()["VmRSS"] / 1024, 1)
-        figures += [*_probe(state), _ablation(state), _atp(state)]
+        figures += [*_probe(state), _ablation(state), *scale_atp.measure(state)]
     return Result("scale", "The heavy stages at gemma-2-2b widths (random weights, 2 layers)",
                   figures, params={"model": size, "dims": SIZES[size], **plan, "target_l0": L0,
                                    "sae": "sae-lens JumpReLUSAE, random, thresholds calibrated",

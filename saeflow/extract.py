@@ -23,7 +23,7 @@ from transformer_lens import HookedTransformer
 from saeflow.core.bundle import ModelSAEs
 from saeflow.core.errors import InputError
 from saeflow.core.io import atomic_path, line_of
-from saeflow.core.models import hook_widths, pad_batch, require_hooks
+from saeflow.core.models import pad_batch, require_hooks
 from saeflow.core.positions import absent_positions, token_positions
 from saeflow.core.prompts import answer_token_id, encode_prompts, lines_text, missing_answers
 from saeflow.core.provenance import provenance_json
@@ -87,7 +87,6 @@ def extract_to_hdf5(model: HookedTransformer, records: list[dict[str, Any]], hoo
     """
     require_hooks(model, hooks, "extraction.hooks")
     positions, dtype, batch_size = storage.positions, storage.dtype, storage.batch_size
-    compression = storage.compression
     tokenizer = model.tokenizer
     sequences = encode_prompts(tokenizer, [r["text"] for r in records])
     lengths = np.array([len(s) for s in sequences], dtype=np.int32)
@@ -118,17 +117,14 @@ def extract_to_hdf5(model: HookedTransformer, records: list[dict[str, Any]], hoo
     device = model.cfg.device
     predicted = np.zeros(n, dtype=np.int64)
     answer_logprob = np.zeros(n, dtype=np.float64)
-    comp = None if compression in (None, "none") else compression
 
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
         tokens_ds = f.create_dataset("tokens", (n, width), dtype=np.int32, fillvalue=pad_id)
         f["lengths"], f["positions"] = lengths, pos
-        act_ds = {}
-        for name, d in hook_widths(model, hooks).items():
-            row_bytes = max(1, n_pos * d * store_dtype.itemsize)
-            rows = _chunk_rows(batch_size, min(n, CHUNK_BYTES // row_bytes))
-            act_ds[name] = f.create_dataset(f"acts/{name}", (n, n_pos, d), dtype=store_dtype,
-                                            chunks=(rows, n_pos, d), compression=comp)
+        # each hook's dataset is made when its first batch arrives, at the width it has: no
+        # extra forward pass to find widths (at gemma-2's widths a one-token pass costs 0.2 of
+        # a 32-prompt batch, TransformerLens copying the transposed MLP weights on each call)
+        act_ds: dict[str, h5py.Dataset] = {}
         final_resid: dict[str, torch.Tensor] = {}
         for start in tqdm(range(0, n, batch_size), desc=f"extract {Path(out_path).name}",
                           mininterval=2.0):
@@ -140,6 +136,10 @@ def extract_to_hdf5(model: HookedTransformer, records: list[dict[str, Any]], hoo
             captured: dict[str, torch.Tensor] = {}
 
             def capture(act: torch.Tensor, hook: Any) -> None:
+                if act.ndim not in (3, 4):
+                    raise InputError("config", "extraction.hooks", f"hook {hook.name!r} has "
+                                     f"shape {tuple(act.shape)}; only [batch, pos, d] and "
+                                     "[batch, pos, heads, d_head] hooks are stored")
                 # Absent positions (-1) read token 0 and are set to +0.0 after the gather
                 # (multiplying by a mask would leave -0.0, whose bits defeat compression).
                 picked = act[rows_idx, gather.clamp(min=0, max=act.shape[1] - 1)]
@@ -159,6 +159,9 @@ def extract_to_hdf5(model: HookedTransformer, records: list[dict[str, Any]], hoo
                                                       torch.as_tensor(answers[start:stop], device=device)].cpu().numpy()
             tokens_ds[start:stop, : batch.shape[1]] = batch.cpu().numpy()
             for name in hooks:
+                if name not in act_ds:
+                    act_ds[name] = _acts_dataset(f, name, captured[name].shape[-1], n, n_pos,
+                                                 storage)
                 act_ds[name][start:stop] = captured[name].to(torch_store_dtype).cpu().numpy()
 
         for key, values in metadata.items():
@@ -290,6 +293,18 @@ def _check_shards_agree(shards: list[h5py.File], paths: Sequence[str | Path]) ->
             raise InputError(path, "attrs/shard_rows", f"rows {lo}..{hi}, expected to start at "
                              f"{expected}: a shard is missing or out of order")
         expected = hi
+
+
+def _acts_dataset(f: h5py.File, hook: str, d: int, n: int, n_pos: int, storage: Storage
+                  ) -> h5py.Dataset:
+    """``acts/{hook} [n, n_pos, d]`` in ``storage``'s dtype and compression, chunked in whole
+    batches of about :data:`CHUNK_BYTES`."""
+    dtype = np.dtype(storage.dtype)
+    row_bytes = max(1, n_pos * d * dtype.itemsize)
+    rows = _chunk_rows(storage.batch_size, min(n, CHUNK_BYTES // row_bytes))
+    comp = None if storage.compression in (None, "none") else storage.compression
+    return f.create_dataset(f"acts/{hook}", (n, n_pos, d), dtype=dtype, chunks=(rows, n_pos, d),
+                            compression=comp)
 
 
 def _chunk_rows(batch_size: int, limit: int) -> int:

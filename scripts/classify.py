@@ -1,7 +1,8 @@
 """Rule classify: label every description related / not-related for one category.
 
 Input: ``descriptions``. Params: ``category`` (wildcard), ``categories`` (config
-labels.categories or "toy"). Output: ``classified``
+labels.categories or "toy"), ``min_score`` (config labels.describe.min_score: descriptions
+scoring below it are left unlabelled). Output: ``classified``
 (results/{experiment}/labels/classified/{category}.json).
 """
 
@@ -16,6 +17,7 @@ def body(snakemake):
         snakemake.params.category,
         snakemake.params.categories,
         snakemake.output.classified,
+        snakemake.params.min_score,
     )
 
 

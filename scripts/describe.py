@@ -2,11 +2,12 @@
 
 Inputs: toy -- ``codes`` (results/{experiment}/codes/{prompt_set}.h5), ``activations`` (same
 prompt set), ``model`` (model.pt; its tokenizer/ sits beside it); real SAEs -- ``folder`` of
-Neuronpedia explanation exports, or the ``manifest`` of those fetch_neuronpedia downloaded.
-Neuronpedia exports are checked against the SAE's width, the ``d_sae`` of the same
-``codes``. Params: ``describe`` (config labels.describe), ``hook``, ``sae_key`` (the config
-key naming the SAE, for messages). Output: ``descriptions``
-(results/{experiment}/labels/descriptions.json).
+Neuronpedia explanation exports, or the ``manifest`` of those fetch_neuronpedia downloaded;
+autointerp -- ``codes``, ``activations`` and, for the toy, ``model``. Neuronpedia exports are
+checked against the SAE's width, the ``d_sae`` of the same ``codes``. Params: ``describe``
+(config labels.describe), ``hook``, ``sae_key`` (the config key naming the SAE, for
+messages), ``model`` (config model: autointerp decodes the contexts with its tokenizer).
+Output: ``descriptions`` (results/{experiment}/labels/descriptions.json).
 """
 
 from saeflow.core.runtime import rule_main
@@ -21,6 +22,7 @@ def body(snakemake):
         snakemake.params.hook,
         dict(snakemake.input.items()),
         snakemake.params.sae_key,
+        snakemake.params.model,
     )
 
 

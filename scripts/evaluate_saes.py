@@ -1,8 +1,11 @@
-"""Rule evaluate_saes: L0, explained variance and answer loss with each SAE spliced in vs without.
+"""Rule evaluate_saes: SAEBench's core metrics of each SAE (L0, explained variance, loss and KL
+spliced and zero-ablated vs the model alone, dead and dense latents) and its latents' firing
+counts.
 
 Inputs: ``saes`` (in ``hooks`` order; none for pretrained SAEs), ``prompts`` (the first
-prompt set), toy only: ``model``. Params: ``sae``, ``model``, ``device``, ``hooks``. Output:
-``metrics`` (results/{experiment}/sae/metrics.json).
+prompt set), toy only: ``model``. Params: ``sae``, ``model``, ``device``, ``hooks``. Outputs:
+``metrics`` (results/{experiment}/sae/metrics.json), ``density``
+(results/{experiment}/sae/density.json).
 """
 
 from saeflow.core.runtime import rule_main
@@ -17,6 +20,7 @@ def body(snakemake):
         snakemake.input.prompts,
         snakemake.params.device,
         snakemake.output.metrics,
+        snakemake.output.density,
     )
 
 

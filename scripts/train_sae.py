@@ -1,6 +1,8 @@
-"""Rule train_sae: train one sae-lens SAE on a hook of the toy model (offline, wandb off).
+"""Rule train_sae: train the SAE (or transcoder) of one hook with sae-lens's runner over the
+corpus, for any model (offline, wandb off); a killed job resumes from its last checkpoint.
 
-Inputs: ``model`` (model/), ``train`` (prompts/train.jsonl). Params: ``sae``, ``seed``,
+Inputs: toy ``model`` (model/) or a local checkpoint's ``model_files``, ``corpus`` (a file or
+folder; absent for a cached dataset's name). Params: ``sae``, ``model``, ``corpus``, ``seed``,
 ``device``. Output: ``sae`` (results/{experiment}/sae/{hook}/ in sae-lens's own format).
 """
 
@@ -8,12 +10,13 @@ from saeflow.core.runtime import rule_main
 
 
 def body(snakemake):
-    from saeflow.toy.train_saes import train_sae_stage
+    from saeflow.core.bundle import ModelSAEs
+    from saeflow.sae.train import train_sae_stage
 
     train_sae_stage(
-        snakemake.input.model,
-        snakemake.input.train,
+        ModelSAEs.from_rule(snakemake),
         snakemake.wildcards.hook,
+        snakemake.params.corpus,
         snakemake.params.sae,
         snakemake.params.seed,
         snakemake.params.device,

@@ -17,11 +17,14 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from saeflow.core.config_checks import (
+    check_dashboards,
     check_experiment,
     check_key_types,
+    check_model_source,
     check_probe,
     check_prompt_set_names,
     check_sae_hooks_extracted,
+    check_sae_training,
     check_toy_prompt_sets,
     strict_integers,
     type_hint,
@@ -115,9 +118,14 @@ def check_schema(config: Mapping[str, Any], schema_path: str | Path, source: str
 
 
 def n_layers(model: Mapping[str, Any]) -> int | None:
-    """The model's block count when known before any weight is loaded."""
+    """The model's block count when known before any weight is loaded (a local checkpoint's
+    from its config.json)."""
     if model.get("source") == "toy":
         return int(model.get("n_layers", 2))
+    if model.get("source") == "local":
+        from saeflow.core.local_files import checkpoint_dims, read_checkpoint_config
+
+        return checkpoint_dims(read_checkpoint_config(model["path"], "config")).get("n_layers")
     return KNOWN_N_LAYERS.get(str(model.get("name")))
 
 
@@ -213,7 +221,7 @@ def mark_stale_gathers(gathered: Mapping[str, Sequence[str]]) -> list[str]:
     return stale
 
 
-# Keys only the toy world reads: in a study of a pretrained model they would be ignored.
+# Keys only the toy world reads: in a study of another model they would be ignored.
 TOY_ONLY = ("world", "model.n_layers", "model.d_model", "model.n_heads", "model.train",
             "labels.membership_threshold", "patch.truth", "probe.toy_check")
 
@@ -235,9 +243,6 @@ def check_toy_only(config: Mapping[str, Any], source: str) -> None:
     for key in TOY_ONLY:
         if _has(config, key):
             raise InputError(source, key, "toy-world only: a pretrained model does not use it")
-    if config.get("sae", {}).get("source") == "train":
-        raise InputError(source, "sae.source", "train is toy-world only: give pretrained SAEs "
-                         "(release + ids) or local ones (paths)")
     if config.get("labels", {}).get("labeller") == "oracle":
         raise InputError(source, "labels.labeller", "oracle is toy-world only (it reads the "
                          "toy's truth): use human, with labels.human files")
@@ -267,7 +272,9 @@ def check_config(config: Mapping[str, Any], configfiles: Sequence[str | Path], d
         check_schema(config, schema_path, source)
         check_toy_only(config, source)
         check_stages(config, source)
+        check_model_source(config["model"], source)
         toy = config["model"]["source"] == "toy"
+        check_sae_training(config["sae"], toy, source)
         check_toy_prompt_sets(config["extraction"]["prompt_sets"], toy, source)
         check_prompt_sets(config["extraction"]["prompt_sets"], source)
         check_prompt_set_names(config["extraction"]["prompt_sets"], source)
@@ -279,9 +286,27 @@ def check_config(config: Mapping[str, Any], configfiles: Sequence[str | Path], d
         check_sae_hooks_extracted(config["sae"], config["extraction"], source)
         probe = {**schema_defaults("probe", schema_path), **config.get("probe", {})}
         check_probe(probe, config, layers, source)
+        check_dashboards(config.get("dashboards", {}), config, source)
     except InputError as err:
         fail(err)
     return source
+
+
+def checkpoint_inputs(model: dict[str, Any], source: str) -> list[str]:
+    """A local checkpoint's files (config, weights, tokenizer): the inputs of every rule that
+    loads the model, so a changed file reruns them. Adds ``sha256`` (file -> digest, cached by
+    size and mtime) to the ``model`` section, which every output that records it carries in
+    its provenance. [] for other models."""
+    from saeflow.core.local_files import checkpoint_files, file_hashes
+
+    if model.get("source") != "local":
+        return []
+    try:
+        files = checkpoint_files(model["path"], source)
+    except InputError as err:
+        fail(err)
+    model["sha256"] = file_hashes(files)
+    return [str(p) for p in files]
 
 
 def shard_counts(extraction: Mapping[str, Any], source: str) -> dict[str, int]:

@@ -1,7 +1,8 @@
 """Checks of the config across keys, run by :func:`saeflow.core.config.check_config` while
 Snakemake builds the DAG (one line naming the user's file and the key path, exit 2): YAML's
 non-string keys, the experiment name as a results folder, the toy's prompt-set names, SAE hooks
-among the extracted hooks, and the probe stage's prompt sets, dataset names and layers.
+among the extracted hooks, the probe stage's prompt sets, dataset names and layers, a local
+model's checkpoint folder and architecture, and SAE training's corpus and options.
 
 Runs before the schema fills in defaults: a key the user left out reads its schema default.
 Imports nothing heavy (the Snakefile is parsed on every invocation).
@@ -202,3 +203,105 @@ def type_hint(instance: Any, expected: Sequence[str] | str) -> str:
     if isinstance(instance, float) and instance.is_integer() and "integer" in wants:
         return f" (write {int(instance)})"
     return ""
+
+
+def check_dashboards(dashboards: Mapping[str, Any], config: Mapping[str, Any], source: str) -> None:
+    """The dashboards section: its prompt set is extracted and its listed latents' hooks are
+    SAE hooks. (Whether the codes hold every token, :func:`check_dashboard_corpus`, is
+    checked only when the DAG holds a dashboards job: the section is in every config.)"""
+    prompt_set = dashboards.get("prompt_set")
+    if prompt_set is not None and prompt_set not in config["extraction"]["prompt_sets"]:
+        raise InputError(source, "dashboards.prompt_set", f"{prompt_set!r} is not among "
+                         f"extraction.prompt_sets {list(config['extraction']['prompt_sets'])}")
+    hooks = list(config["sae"]["hooks"])
+    for hook in dashboards.get("latents") or {}:
+        if hook not in hooks:
+            raise InputError(source, f"dashboards.latents.{hook}", f"not an SAE hook {hooks}")
+
+
+def check_model_source(model: Mapping[str, Any], source: str) -> None:
+    """``model.source: local`` names a checkpoint folder (``model.path``: config, weights,
+    tokenizer) and the TransformerLens architecture it instantiates (``model.name``, one
+    TransformerLens knows); ``model.path`` belongs to local models only."""
+    from saeflow.core.local_files import check_architecture, checkpoint_files
+
+    if model.get("source") != "local":
+        if "path" in model:
+            raise InputError(source, "model.path", "only for model.source: local (a checkpoint "
+                             "folder of your own)")
+        return
+    if "path" not in model:
+        raise InputError(source, "model.path", "required for model.source: local: the Hugging "
+                         "Face checkpoint folder (config.json, weights, tokenizer)")
+    if "name" not in model:
+        raise InputError(source, "model.name", "required for model.source: local: the "
+                         "TransformerLens architecture the checkpoint instantiates (e.g. "
+                         "meta-llama/Llama-3.2-1B)")
+    checkpoint_files(model["path"], source)
+    check_architecture(model["name"], source)
+
+
+def check_sae_training(sae: Mapping[str, Any], toy: bool, source: str) -> None:
+    """``sae.source: train`` outside the toy world has a corpus that exists and is not empty;
+    positions, packing, architecture and transcoders that fit together (before the schema
+    fills in defaults: a key the user left out has its default)."""
+    from saeflow.core.local_files import check_corpus
+
+    training = sae.get("source") == "train"
+    corpus = sae.get("corpus")
+    if corpus is not None and not training:
+        raise InputError(source, "sae.corpus", "only with sae.source: train (the corpus SAEs are "
+                         "trained on)")
+    if not training:
+        return
+    if corpus is None:
+        if not toy:
+            raise InputError(source, "sae.corpus", "required to train SAEs on this model: a JSONL "
+                             "or text file, a datasets save_to_disk folder, or a dataset name in "
+                             "the local Hugging Face cache")
+    else:
+        kind = check_corpus(corpus, source)
+        named = [p for p in _position_list(sae.get("positions", "all"))
+                 if p != "final" and not _is_int(p)]
+        if named and kind == "text":
+            raise InputError(source, "sae.positions", f"named position {named[0]!r} needs "
+                             f"pos_{named[0]} fields: a text-file corpus has none (give a JSONL "
+                             "file or a dataset)")
+    _check_sae_shape(sae, source)
+
+
+def _check_sae_shape(sae: Mapping[str, Any], source: str) -> None:
+    positions = sae.get("positions", "all")
+    if sae.get("pack") and positions != "all":
+        raise InputError(source, "sae.pack", "packs whole records; it trains on every token "
+                         "(sae.positions: all), not on chosen positions")
+    architecture = sae.get("architecture", "standard")
+    if architecture in ("topk", "batchtopk") and "k" in sae and "d_sae" in sae \
+            and sae["k"] > sae["d_sae"]:
+        raise InputError(source, "sae.k", f"{sae['k']} active latents of sae.d_sae "
+                         f"{sae['d_sae']}: k must not exceed d_sae")
+    if sae.get("transcoders") and (architecture != "standard" or positions != "all"
+                                   or sae.get("pack")):
+        raise InputError(source, "sae.transcoders", "transcoders are trained by saeflow's own "
+                         "loop (sae-lens has none): standard architecture, every token of each "
+                         "record (sae.architecture: standard, sae.positions: all, no sae.pack)")
+
+
+def _position_list(positions: Any) -> list[Any]:
+    if positions == "all":
+        return []
+    return ["final"] if positions == "final" else list(positions or [])
+
+
+def _is_int(entry: Any) -> bool:
+    text = str(entry)
+    return text.lstrip("-").isdigit() and text.count("-") <= 1
+
+
+def check_dashboard_corpus(extraction: Mapping[str, Any], source: str) -> None:
+    """Dashboards read every token's codes: extraction must store every position. Checked
+    when the DAG holds a dashboards job (the section is in every config)."""
+    if extraction["positions"] != "all":
+        raise InputError(source, "extraction.positions", f"{extraction['positions']!r}: the "
+                         "dashboards' contexts read the SAE codes of every token; set it to "
+                         "all (the dashboards need no forward pass)")

@@ -1,8 +1,12 @@
-"""Loading the language model every stage runs: the pipeline's toy model or a pretrained one.
+"""Loading the language model every stage runs: the pipeline's toy model, a pretrained one,
+or a local checkpoint folder.
 
 ``load_model`` is the one entry point. Pretrained weights come from the Hugging Face hub
 through TransformerLens; when the hub is unreachable we fail at once (see :mod:`saeflow.core.hub`)
-rather than after a long retry loop, unless the weights are already in the local cache.
+rather than after a long retry loop, unless the weights are already in the local cache. A local
+checkpoint (``model.source: local``: a fine-tuned model's ``save_pretrained`` folder) loads
+through TransformerLens's ``hf_model=`` path as the architecture ``model.name``, with the
+folder's own tokenizer, after its config is checked against that architecture.
 """
 
 from __future__ import annotations
@@ -76,15 +80,68 @@ def load_pretrained_model(name: str, device: str = "cpu", dtype: str = "float32"
     return model.eval()
 
 
+def load_local_model(name: str, path: str | Path, device: str = "cpu",
+                     dtype: str = "float32") -> HookedTransformer:
+    """A local checkpoint folder (config, weights, tokenizer) as TransformerLens architecture
+    ``name``, through ``from_pretrained_no_processing(hf_model=...)`` (no weight processing,
+    as pretrained models load) with the folder's tokenizer. A folder that lacks a part, or
+    whose layers, widths or vocabulary disagree with the architecture, is one InputError."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from saeflow.core.hub import hub_access
+    from saeflow.core.local_files import check_architecture, checkpoint_files
+
+    checkpoint_files(path, "config")
+    check_architecture(name, "config")
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    hf_config = AutoConfig.from_pretrained(str(path), local_files_only=True).to_dict()
+    with hub_access(name, "model.name"):  # some architectures' configs come from the hub
+        check_local_architecture(name, hf_config, len(tokenizer), str(path))
+        hf_model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True,
+                                                        dtype=getattr(torch, dtype))
+        model = HookedTransformer.from_pretrained_no_processing(
+            name, hf_model=hf_model, tokenizer=tokenizer, device=device,
+            dtype=getattr(torch, dtype))
+    del hf_model
+    return model.eval()
+
+
+def check_local_architecture(name: str, hf_config: dict[str, Any], n_tokens: int,
+                             path: str) -> None:
+    """The checkpoint's config (``hf_config``) has the layers, widths and vocabulary of
+    TransformerLens's architecture ``name``, and its tokenizer (``n_tokens`` entries) fits the
+    vocabulary; else one line naming the first figure that differs."""
+    from transformer_lens.loading_from_pretrained import (get_official_model_name,
+                                                          get_pretrained_model_config)
+
+    from saeflow.core.local_files import checkpoint_dims
+
+    arch = get_pretrained_model_config(get_official_model_name(name))
+    theirs = {"n_layers": arch.n_layers, "d_model": arch.d_model, "n_heads": arch.n_heads,
+              "d_vocab": arch.d_vocab}
+    for key, ours in checkpoint_dims(hf_config).items():
+        if ours != theirs[key]:
+            raise InputError(f"{path}/config.json", key, f"{ours}, but architecture {name!r} "
+                             f"(model.name, TransformerLens) has {key} {theirs[key]}: the "
+                             "checkpoint is not of that architecture")
+    vocab = hf_config.get("vocab_size", arch.d_vocab)
+    if n_tokens > vocab:
+        raise InputError(f"{path}/tokenizer", "<vocabulary>", f"{n_tokens} tokens, more than "
+                         f"the model's vocabulary of {vocab}: not this model's tokenizer")
+
+
 def load_model(model_cfg: dict[str, Any], model_dir: str | Path | None,
                device: str = "cpu") -> HookedTransformer:
-    """The model a config describes: ``source: toy`` reads ``model_dir``; ``pretrained`` the hub."""
+    """The model a config describes: ``source: toy`` reads ``model_dir``; ``pretrained`` the
+    hub; ``local`` the checkpoint folder ``model.path``."""
     if model_cfg["source"] == "toy":
         if model_dir is None:
             raise InputError("config", "model.source", "toy models need a trained model dir")
         return load_toy_model(model_dir, device)
     if model_cfg["source"] == "pretrained":
         return load_pretrained_model(model_cfg["name"], device, model_cfg["dtype"])
+    if model_cfg["source"] == "local":
+        return load_local_model(model_cfg["name"], model_cfg["path"], device, model_cfg["dtype"])
     raise InputError("config", "model.source", f"unknown source {model_cfg['source']!r}")
 
 

@@ -1,5 +1,5 @@
 """SAEs: load pretrained or saved ones, checked against the config. Measuring them is
-:mod:`saeflow.evaluate`; training one on the toy model is :mod:`saeflow.toy.train_saes`.
+:mod:`saeflow.evaluate`; training one is :mod:`saeflow.sae.train`.
 
 Anything with ``encode``/``decode`` and ``cfg.metadata.hook_name`` serves the later stages.
 """

@@ -1,7 +1,7 @@
 """Transcoders as sites: a sae-lens ``Transcoder`` reads one hook (the MLP's input) and writes
 another (its output). What every stage asks of a loaded SAE or transcoder: which hook it
 writes, and whether it sits where the config says (``sae.hooks``, ``sae.transcoders``).
-Training one on the toy model is :mod:`saeflow.toy.train_saes`.
+Training one is :mod:`saeflow.sae.transcoder`.
 """
 
 from __future__ import annotations

@@ -1,11 +1,14 @@
 """Feature descriptions (``labels/descriptions.json``, docs/outputs.md): one text per SAE
 feature, ``{feature_id: "<source>-<index>", feature_index, description}``; the reader accepts
 every record-file shape of :mod:`saeflow.formats.records`. saeflow's own file also says
-which SAE it describes: ``source``, ``hook`` and ``d_sae`` (:func:`read_description_meta`)."""
+which SAE it describes: ``source``, ``hook`` and ``d_sae`` (:func:`read_description_meta`);
+descriptions an LLM wrote (``labels.describe.backend: autointerp``) carry ``scores`` beside
+the text (:func:`read_description_scores`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,31 @@ def read_descriptions(path: str | Path) -> list[dict[str, Any]]:
     if not records:
         raise InputError(path, "records", "no descriptions")
     return records
+
+
+def read_description_scores(path: str | Path) -> dict[int, dict[str, dict[str, Any]]]:
+    """``{feature_index: scores}`` of the records that carry ``scores``: ``{scorer:
+    {balanced_accuracy, n, ...}}`` (detection, fuzzing: :mod:`saeflow.labels.scorers`), each
+    ``balanced_accuracy`` a number in [0, 1] or null (undefined). Records without scores are
+    left out; a malformed one is an error naming its row. The file's ``score_definitions``
+    say what each score is."""
+    scored = {}
+    for where, raw in load_record_list(path, text_field="description"):
+        if raw.get("scores") is None:
+            continue
+        scores = raw["scores"]
+        if not isinstance(scores, Mapping):
+            raise InputError(path, f"{where}.scores", "not a mapping of scorer to score")
+        for name, score in scores.items():
+            value = score.get("balanced_accuracy", 0.0) if isinstance(score, Mapping) else 0.0
+            if not isinstance(score, Mapping) or "balanced_accuracy" not in score or (
+                    value is not None and (isinstance(value, bool)
+                                           or not isinstance(value, (int, float))
+                                           or not math.isfinite(value) or not 0 <= value <= 1)):
+                raise InputError(path, f"{where}.scores.{name}.balanced_accuracy",
+                                 f"expected a number in [0, 1] or null, got {score!r}")
+        scored[feature_index_of(raw, path, where)] = {str(k): dict(v) for k, v in scores.items()}
+    return scored
 
 
 def read_description_meta(path: str | Path) -> dict[str, Any]:

@@ -7,6 +7,9 @@ agreement, category ablation and the loss-per-feature (LPF) correction
 - :mod:`~saeflow.labels.describe`: one description per SAE feature, generated from the
   activations or imported, and the toy world's true category members (``describe``,
   ``truth_membership``).
+- :mod:`~saeflow.labels.autointerp`, :mod:`~saeflow.labels.explainer`,
+  :mod:`~saeflow.labels.scorers`: describe's ``autointerp`` backend, an LLM's explanation per
+  latent from its contexts, scored by delphi's detection and fuzzing.
 - :mod:`~saeflow.labels.classify`: descriptions sorted into a category, by keyword, by an LLM
   or from a file (``classify``).
 - :mod:`~saeflow.labels.labelling`: human labels of a random sample of features, the terminal

@@ -88,15 +88,16 @@ class LLMConfig:
     max_tokens: int
 
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any], source: str = "config") -> LLMConfig:
-        """Options given (config or command line) over the schema's defaults, their one home."""
+    def from_dict(cls, raw: Mapping[str, Any], source: str = "config",
+                  section: str = "labels.categories.<name>.llm") -> LLMConfig:
+        """Options given (config or command line) over the schema's defaults of ``section``
+        (their one home; ``labels.describe.llm`` for the autointerp describer)."""
         from saeflow.core.config import schema_defaults, strict_fields
 
         for key in ("base_url", "model"):
             if not raw.get(key):
                 raise InputError(source, key, "required for the llm backend")
-        cfg = cls(**strict_fields(cls, raw, "", source,
-                                  schema_defaults("labels.categories.<name>.llm")))
+        cfg = cls(**strict_fields(cls, raw, "", source, schema_defaults(section)))
         if cfg.concurrency < 1 or cfg.max_retries < 0:
             raise InputError(source, "concurrency", "concurrency must be >= 1, max_retries >= 0")
         return cfg
@@ -172,19 +173,17 @@ def _post_chat(cfg: LLMConfig, key: str | None, messages: list[dict[str, str]]) 
     raise InputError(url, "response", f"{problem} after {cfg.max_retries + 1} attempts")
 
 
-def llm_classify(records: Sequence[Mapping[str, Any]], category: str, question: str,
-                 cfg: LLMConfig, source: str = "config") -> list[dict[str, Any]]:
-    """Ask the endpoint about every description, at most ``cfg.concurrency`` at a time.
-
-    Replies are cached in ``cfg.cache_dir`` under a hash of (model, messages, temperature)
-    as soon as each arrives, so an interrupted or repeated run pays only for what is new.
-    """
+def ask_all(cfg: LLMConfig, conversations: Sequence[list[dict[str, str]]],
+            source: str = "config") -> list[str]:
+    """The endpoint's reply to each conversation (chat messages), at most ``cfg.concurrency``
+    in flight. Replies are cached in ``cfg.cache_dir`` under a hash of (model, messages,
+    temperature) as soon as each arrives, so an interrupted or repeated run pays only for
+    what is new. The key comes from the environment (``cfg.api_key_env``), never stored."""
     key = _api_key(cfg, source)
     cache = Path(cfg.cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
 
-    def answer(record: Mapping[str, Any]) -> str:
-        messages = llm_messages(category, question, record["description"])
+    def answer(messages: list[dict[str, str]]) -> str:
         path = cache / f"{cache_key(cfg.model, messages, cfg.temperature)}.json"
         if path.exists():
             return json.loads(path.read_text())["reply"]
@@ -195,10 +194,18 @@ def llm_classify(records: Sequence[Mapping[str, Any]], category: str, question: 
 
     pool = ThreadPoolExecutor(max_workers=cfg.concurrency)
     try:
-        replies = list(pool.map(answer, records))
+        return list(pool.map(answer, conversations))
     finally:
         # On failure, stop queued requests; finished ones are already cached.
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def llm_classify(records: Sequence[Mapping[str, Any]], category: str, question: str,
+                 cfg: LLMConfig, source: str = "config") -> list[dict[str, Any]]:
+    """Ask the endpoint about every description through :func:`ask_all` (cached, resumable,
+    at most ``cfg.concurrency`` at a time)."""
+    replies = ask_all(cfg, [llm_messages(category, question, r["description"]) for r in records],
+                      source)
     labels = [parse_answer(r) for r in replies]
     n_unknown = labels.count(UNKNOWN)
     if n_unknown:
@@ -264,17 +271,74 @@ def classify(descriptions: Sequence[Mapping[str, Any]], category: str,
             "n_unknown": counts.get(UNKNOWN, 0), "records": records}
 
 
+# --- descriptions filtered by their scores (labels.describe.min_score) ------------------------
+
+FILTERED_NOTE = ("left unlabelled (label unknown): its description scores below "
+                 "labels.describe.min_score, so it is never in the category's ablated set and "
+                 "its human label is left out of the agreement and the LPF confusion")
+
+
+def score_shortfall(scores: Mapping[str, Any] | None, min_score: Mapping[str, float]) -> str | None:
+    """Why a description's ``scores`` fail ``min_score`` (scorer -> least balanced accuracy;
+    every scorer named must reach its least; an unscored or undefined score fails), None
+    when they pass."""
+    for name, least in sorted(min_score.items()):
+        value = ((scores or {}).get(name) or {}).get("balanced_accuracy")
+        if value is None:
+            return f"no {name} score"
+        if value < least:
+            return f"{name} {value:.3f} < {least}"
+    return None
+
+
+def apply_min_score(payload: dict[str, Any], records: Sequence[Mapping[str, Any]],
+                    scores: Mapping[int, Mapping[str, Any]], min_score: Mapping[str, float]
+                    ) -> dict[str, Any]:
+    """``payload`` (of :func:`classify`) with every description that fails ``min_score``
+    labelled ``unknown`` and its reason in ``filtered``, in ``records``' order (rows of an
+    imported file beyond them kept), counts recomputed, and ``min_score``, ``n_filtered``
+    and ``filtered_note`` added."""
+    reasons = {r["feature_index"]: score_shortfall(scores.get(r["feature_index"]), min_score)
+               for r in records}
+    by_index = {r["feature_index"]: r for r in payload["records"]}
+    rows = []
+    for record in records:
+        row = dict(by_index.pop(record["feature_index"], None) or _labelled([record], [UNKNOWN])[0])
+        if reasons[record["feature_index"]] is not None:
+            row.update(label=UNKNOWN, filtered=reasons[record["feature_index"]])
+        rows.append(row)
+    rows += by_index.values()
+    counts = Counter(r["label"] for r in rows)
+    return {**payload, "counts": {label: counts.get(label, 0) for label in LABELS},
+            "n_unknown": counts.get(UNKNOWN, 0), "min_score": dict(min_score),
+            "n_filtered": sum(1 for r in rows if "filtered" in r), "filtered_note": FILTERED_NOTE,
+            "records": rows}
+
+
 def classify_stage(descriptions: str | Path, category: str, categories: Any,
-                   out: str | Path) -> None:
+                   out: str | Path, min_score: Mapping[str, float] | None = None) -> None:
     """Rule ``classify``: :func:`classify` every description of ``descriptions``
     (descriptions.json) for ``category`` of ``categories`` (``config["labels"]["categories"]``
     see :func:`resolve_categories`); the payload to ``out``
-    (classified/{category}.json)."""
+    (classified/{category}.json). With ``min_score`` (``labels.describe.min_score``) only
+    descriptions whose scores reach it are classified; the rest are left unlabelled
+    (:func:`apply_min_score`)."""
     from saeflow.core.io import write_json
-    from saeflow.formats.descriptions import read_description_meta, read_descriptions
+    from saeflow.formats.descriptions import (read_description_meta, read_description_scores,
+                                              read_descriptions)
 
     options = resolve_categories(categories)[category]
-    payload = classify(read_descriptions(descriptions), category, options)
+    records = read_descriptions(descriptions)
+    if min_score:
+        scores = read_description_scores(descriptions)
+        if not scores:
+            raise InputError(descriptions, "scores", "no description is scored; "
+                             "labels.describe.min_score needs labels.describe.backend autointerp")
+        kept = [r for r in records
+                if score_shortfall(scores.get(r["feature_index"]), min_score) is None]
+        payload = apply_min_score(classify(kept, category, options), records, scores, min_score)
+    else:
+        payload = classify(records, category, options)
     meta = read_description_meta(descriptions)
     beyond = [r["feature_id"] for r in payload["records"]
               if meta["d_sae"] is not None and r["feature_index"] >= meta["d_sae"]]
@@ -283,4 +347,4 @@ def classify_stage(descriptions: str | Path, category: str, categories: Any,
                          f"SAE's width (d_sae {meta['d_sae']} of {meta['hook']}, the SAE of "
                          f"{descriptions}): {', '.join(beyond[:5])}"
                          + (f" and {len(beyond) - 5} more" if len(beyond) > 5 else ""))
-    write_json(out, payload, options)
+    write_json(out, payload, {**options, "min_score": dict(min_score)} if min_score else options)

@@ -4,7 +4,10 @@ A description record is ``{feature_id: "<source>-<index>", feature_index: int, d
 In the toy world the text is written from activation data alone (the tokens a feature fires on
 and short left contexts), standing in for an LLM explainer; the toy's ground-truth category
 membership (:func:`class_membership`) comes from the same activation mass but over token
-*classes*, which a description never names. Real SAEs import Neuronpedia explanation exports.
+*classes*, which a description never names. Pretrained SAEs import Neuronpedia explanation
+exports; any SAE (one the pipeline trained) can be explained by an LLM and scored
+(:mod:`saeflow.labels.autointerp`). :func:`describe_stage` picks the backend from
+``BACKENDS``.
 Reading description files is :mod:`saeflow.formats.descriptions`; Neuronpedia exports,
 :mod:`saeflow.formats.neuronpedia`.
 """
@@ -146,38 +149,74 @@ def membership_from_files(codes_h5: str | Path, activations_h5: str | Path, trut
     return out
 
 
-def describe_stage(cfg: Mapping[str, Any], out: str | Path, hook_name: str | None = None,
-                   inputs: Mapping[str, Any] | None = None, sae_key: str = "sae") -> None:
-    """Rule ``describe``: descriptions from toy activations (``cfg["backend"] ==
-    "activations"``; ``inputs`` ``codes``, ``activations``, ``model`` whose tokenizer/ sits
-    beside it) or Neuronpedia exports (``"neuronpedia"``, with ``source`` and optional
-    ``model_id``, ``explanation_model``; ``inputs`` ``folder``, else rule fetch_neuronpedia's
-    ``manifest`` whose folder is read), written to ``out`` as ``{source, hook, d_sae,
-    n_features, records}``. ``d_sae`` is the width of ``hook_name``'s SAE in ``inputs``
-    ``codes`` (None without them); an exported index beyond it is an error naming the batch
-    and ``sae_key``, the config key that gives the SAE."""
-    from saeflow.core.config import schema_defaults
-    from saeflow.core.io import read_json, write_json
+Described = tuple[str, int | None, list[dict[str, Any]], dict[str, Any]]
 
-    inputs = dict(inputs or {})
+
+def _describe_neuronpedia(cfg: Mapping[str, Any], inputs: Mapping[str, Any], hook_name: str | None,
+                          sae_key: str, model_cfg: Mapping[str, Any] | None) -> Described:
+    """Neuronpedia exports (``inputs`` ``folder``, else rule fetch_neuronpedia's
+    ``manifest``), checked against the width of ``inputs`` ``codes`` when given."""
+    from saeflow.core.io import read_json
+
+    folder = inputs.get("folder") or read_json(inputs["manifest"])["folder"]
+    d_sae = read_codes(inputs["codes"], hook_name).shape[1] if inputs.get("codes") else None
+    sae = f"the SAE of labels.hook {hook_name} (given by {sae_key})"
+    records, stats = import_neuronpedia(folder, cfg.get("source"), cfg.get("model_id"),
+                                        cfg.get("explanation_model"), d_sae, sae)
+    return records[0]["feature_id"].rsplit("-", 1)[0], d_sae, records, stats
+
+
+def _describe_activations(cfg: Mapping[str, Any], inputs: Mapping[str, Any], hook_name: str | None,
+                          sae_key: str, model_cfg: Mapping[str, Any] | None) -> Described:
+    """Toy: top tokens with contexts (:func:`describe_from_files`; ``inputs`` ``codes``,
+    ``activations``, ``model`` whose tokenizer/ sits beside it)."""
+    source = cfg.get("source") or hook_name
+    options = {k: int(cfg[k]) for k in ("top_k", "n_contexts", "context") if k in cfg}
+    records, d_sae = describe_from_files(inputs["codes"], inputs["activations"],
+                                         Path(inputs["model"]) / "tokenizer", hook_name,
+                                         source, **options)
+    return source, d_sae, records, {}
+
+
+def _describe_autointerp(cfg: Mapping[str, Any], inputs: Mapping[str, Any], hook_name: str | None,
+                         sae_key: str, model_cfg: Mapping[str, Any] | None) -> Described:
+    """An LLM's explanations, scored (:mod:`saeflow.labels.autointerp`; ``inputs`` ``codes``,
+    ``activations`` and, for the toy, ``model``; the tokenizer is ``model_cfg``'s model's)."""
+    from saeflow.labels.autointerp import autointerp_from_files, model_tokenizer
+
+    source = cfg.get("source") or hook_name
+    tokenizer = model_tokenizer(model_cfg or {}, inputs.get("model"))
+    records, d_sae, stats = autointerp_from_files(inputs["codes"], inputs["activations"],
+                                                  tokenizer, hook_name, cfg, source)
+    return source, d_sae, records, stats
+
+
+# labels.describe.backend -> its describer: (cfg, inputs, hook, sae_key, model_cfg) -> Described
+BACKENDS = {"activations": _describe_activations, "neuronpedia": _describe_neuronpedia,
+            "autointerp": _describe_autointerp}
+
+
+def describe_stage(cfg: Mapping[str, Any], out: str | Path, hook_name: str | None = None,
+                   inputs: Mapping[str, Any] | None = None, sae_key: str = "sae",
+                   model_cfg: Mapping[str, Any] | None = None) -> None:
+    """Rule ``describe``: descriptions by the backend ``cfg["backend"]`` names (``BACKENDS``):
+    toy activations (``"activations"``), Neuronpedia exports (``"neuronpedia"``, with
+    ``source`` and optional ``model_id``, ``explanation_model``) or an LLM's scored
+    explanations (``"autointerp"``, :mod:`saeflow.labels.autointerp`; ``model_cfg`` is
+    ``config["model"]``, whose tokenizer decodes the contexts), written to ``out`` as
+    ``{source, hook, d_sae, n_features, records}`` plus the backend's fields. ``d_sae`` is
+    the width of ``hook_name``'s SAE in ``inputs`` ``codes`` (None without them); an
+    exported index beyond it is an error naming the batch and ``sae_key``, the config key
+    that gives the SAE."""
+    from saeflow.core.config import schema_defaults
+    from saeflow.core.io import write_json
+
     backend = cfg.get("backend") or schema_defaults("labels.describe")["backend"]
-    if backend == "neuronpedia":
-        folder = inputs.get("folder") or read_json(inputs["manifest"])["folder"]
-        d_sae = read_codes(inputs["codes"], hook_name).shape[1] if inputs.get("codes") else None
-        sae = f"the SAE of labels.hook {hook_name} (given by {sae_key})"
-        records, stats = import_neuronpedia(folder, cfg.get("source"), cfg.get("model_id"),
-                                            cfg.get("explanation_model"), d_sae, sae)
-        source = records[0]["feature_id"].rsplit("-", 1)[0]
-    elif backend == "activations":
-        source = cfg.get("source") or hook_name
-        options = {k: int(cfg[k]) for k in ("top_k", "n_contexts", "context") if k in cfg}
-        records, d_sae = describe_from_files(inputs["codes"], inputs["activations"],
-                                             Path(inputs["model"]) / "tokenizer", hook_name,
-                                             source, **options)
-        stats = {}
-    else:
+    if backend not in BACKENDS:
         raise InputError("config", "labels.describe.backend",
-                         f"unknown backend {backend!r} (activations or neuronpedia)")
+                         f"unknown backend {backend!r} ({', '.join(sorted(BACKENDS))})")
+    source, d_sae, records, stats = BACKENDS[backend](cfg, dict(inputs or {}), hook_name,
+                                                      sae_key, model_cfg)
     write_json(out, {"source": source, "hook": hook_name, "d_sae": d_sae,
                      "n_features": len(records), **stats, "records": records}, dict(cfg))
 

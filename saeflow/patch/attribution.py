@@ -22,7 +22,7 @@ gradient through a downstream site holds its error fixed, as exact patching does
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,18 @@ from saeflow.patch.pairs import (
     position_offsets,
 )
 from saeflow.patch.resume import can_resume, run_from_site
-from saeflow.patch.splice import RunOptions, SparseAct, decoder_rows, run_spliced
+from saeflow.patch.splice import (
+    RunOptions,
+    SparseAct,
+    after_prefix,
+    answer_logit_diff,
+    decoder_rows,
+    frozen_prefix,
+    prefix_cache,
+    run_spliced,
+    shared_prefix,
+    spliced_metric,
+)
 
 Node = tuple[str, str, int]  # ("latent", site, latent index) | ("error", site, aligned column)
 MODES = {"with_error": True, "without_error": False}
@@ -67,32 +78,45 @@ class AtPResult:
 
 def attribution_patching(model: Any, saes: Mapping[str, Any], batch: PairBatch, with_error: bool
                          ) -> tuple[dict[str, SparseAct], dict[str, SparseAct], Tensor, Tensor]:
-    """AtP for one batch: one clean forward, one corrupted forward + backward.
+    """AtP for one batch: one corrupted forward + backward, one clean forward.
 
     Returns per hook the latent effects ``act [n, T, d_sae]`` and error-node effects
     ``res [n, T]`` (summed over ``d_model``), per hook the ``|clean - corrupted|`` latent
     deltas ``act [n, T, d_sae]``, and the clean and corrupted metrics ``[n]``.
+
+    Both runs compute only what AtP reads: the blocks, the sites' nodes and the metric from
+    the final position's two answer logits (:func:`~saeflow.patch.splice.spliced_metric`),
+    never ``[n, T, d_vocab]`` logits; with the error term the nodes are leaves
+    (:class:`~saeflow.patch.splice.RunOptions` ``leaf_nodes``), so the backward pass runs no
+    SAE encoder. The clean run builds no graph and starts where the pairs first differ
+    (:func:`~saeflow.patch.splice.shared_prefix`): the tokens before are the corrupted run's,
+    so are their activations (causal attention), and it reads their keys and values from the
+    corrupted run. The same effects as differentiating full logits through the default
+    splice, to float rounding.
     """
     b = batch.to(model.cfg.device)
-    with torch.no_grad():
-        clean_logits, clean = run_spliced(model, saes, b.clean, with_error)
+    start = shared_prefix(b)
+    cache = prefix_cache(model, len(b)) if start else None
+    options = RunOptions(leaf_nodes=with_error)
     with torch.enable_grad():
-        corr_logits, corr = run_spliced(model, saes, b.corrupted, with_error)
-        metric = logit_diff(corr_logits, b.clean_answer, b.corrupted_answer)
+        metric, corr = spliced_metric(model, saes, b.corrupted, b, with_error,
+                                      replace(options, past_kv_cache=cache))
         names = list(corr)
         leaves = [corr[h].act for h in names] + ([corr[h].res for h in names] if with_error else [])
         # Pairs are independent rows, so the gradient of the sum is each pair's own gradient.
         grads = torch.autograd.grad(metric.sum(), leaves, allow_unused=True)
     grads = [torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads, strict=True)]
-    effects, deltas = {}, {}
-    for i, h in enumerate(names):
-        grad = SparseAct(grads[i], grads[len(names) + i] if with_error else None)
-        delta = clean[h] - corr[h].detach()
-        eff = delta * grad
-        effects[h] = SparseAct(eff.act, None if eff.res is None else eff.res.sum(-1))
-        deltas[h] = SparseAct(delta.act.abs())
-    return (effects, deltas, logit_diff(clean_logits, b.clean_answer, b.corrupted_answer),
-            metric.detach())
+    with torch.no_grad():
+        prefix = replace(options, past_kv_cache=frozen_prefix(cache, start))
+        clean_metric, clean = spliced_metric(model, saes, b.clean[:, start:], b, with_error, prefix)
+        effects, deltas = {}, {}
+        for i, h in enumerate(names):
+            grad = SparseAct(grads[i], grads[len(names) + i] if with_error else None)
+            delta = after_prefix(clean[h], corr[h].detach(), start) - corr[h].detach()
+            eff = delta * grad
+            effects[h] = SparseAct(eff.act, None if eff.res is None else eff.res.sum(-1))
+            deltas[h] = SparseAct(delta.act.abs())
+    return effects, deltas, clean_metric, metric.detach()
 
 
 def run_atp(model: Any, saes: Mapping[str, Any], batches: Sequence[PairBatch], with_error: bool,
@@ -142,11 +166,9 @@ def exact_latent_effects(model: Any, saes: Mapping[str, Any], batch: PairBatch,
     """
     b = batch.to(model.cfg.device)
     n = len(b)
-    _, clean = run_spliced(model, saes, b.clean, with_error)
+    _, clean = spliced_metric(model, saes, b.clean, b, with_error)
     outs: dict[str, Tensor] = {}
-    logits, corr = run_spliced(model, saes, b.corrupted, with_error,
-                               options=RunOptions(outputs=outs))
-    base = logit_diff(logits, b.clean_answer, b.corrupted_answer)
+    base, corr = spliced_metric(model, saes, b.corrupted, b, with_error, RunOptions(outputs=outs))
     per_pass = max(1, max_batch // n)
     out = torch.zeros(n, len(latents), dtype=torch.float64)
     by_site: dict[str, list[int]] = {}
@@ -159,11 +181,12 @@ def exact_latent_effects(model: Any, saes: Mapping[str, Any], batch: PairBatch,
             k = len(cols)
             lat = torch.tensor([latents[j][1] for j in cols], device=b.corrupted.device)
             c, r = clean[h].act[:, :, lat], corr[h].act[:, :, lat]  # [n, T, k]
+            answers = (b.clean_answer.repeat(k), b.corrupted_answer.repeat(k))
             if can_resume(h, saes):
                 rows = decoder_rows(saes[h], lat.tolist()).to(outs[h].dtype)  # [k, d_model]
                 shift = alpha * (c - r).permute(2, 0, 1)[..., None] * rows[:, None, None, :]
                 x = (outs[h][None] + shift).reshape(k * n, *outs[h].shape[1:])
-                logits = run_from_site(model, saes, h, x, with_error)
+                ld = logit_diff(run_from_site(model, saes, h, x, with_error), *answers)
             else:
                 def edit(name: str, f: Tensor, h: str = h, lat: Tensor = lat, c: Tensor = c,
                          r: Tensor = r, k: int = k) -> Tensor:
@@ -174,8 +197,9 @@ def exact_latent_effects(model: Any, saes: Mapping[str, Any], batch: PairBatch,
                         f[j, :, :, lat[j]] = r[:, :, j] + alpha * (c[:, :, j] - r[:, :, j])
                     return f.view(k * n, *f.shape[2:])
 
-                logits, _ = run_spliced(model, saes, b.corrupted.repeat(k, 1), with_error, edit)
-            ld = logit_diff(logits, b.clean_answer.repeat(k), b.corrupted_answer.repeat(k))
+                resid, _ = run_spliced(model, saes, b.corrupted.repeat(k, 1), with_error, edit,
+                                       options=RunOptions(stop_at_layer=model.cfg.n_layers))
+                ld = answer_logit_diff(model, resid, *answers)
             out[:, cols] = (ld - base.repeat(k)).view(k, n).T.double().cpu()
     return out
 
@@ -274,7 +298,8 @@ def model_logit_diffs(model: Any, batches: Sequence[PairBatch], max_batch: int =
     for c in (c for b in batches for c in b.chunks(max_batch)):
         c = c.to(model.cfg.device)
         for tokens, out in ((c.clean, clean), (c.corrupted, corr)):
-            ld = logit_diff(model(tokens), c.clean_answer, c.corrupted_answer)
+            resid = model(tokens, stop_at_layer=model.cfg.n_layers)
+            ld = answer_logit_diff(model, resid, c.clean_answer, c.corrupted_answer)
             out.append(ld.double().cpu().numpy())
     return np.concatenate(clean), np.concatenate(corr)
 

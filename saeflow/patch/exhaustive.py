@@ -14,6 +14,7 @@ a batched forward pass each, ``max_batch`` rows per pass. Nodes of the last bloc
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,8 @@ log = logging.getLogger(__name__)
 class ExactResult:
     """Exact effects of one mode, pairs in :func:`saeflow.patch.attribution.run_atp`'s order:
     ``latent_effect[hook] [n, d_sae]``, ``error_effect[hook] [n, P]`` (right-aligned, NaN
-    where the pair has no such position; empty without the error term); ``n_run`` rows run."""
+    where the pair has no such position; empty without the error term); ``n_run`` rows run;
+    ``cost``: seconds per row, and per row over one spliced forward of one prompt."""
 
     with_error: bool
     pair_ids: np.ndarray
@@ -47,6 +49,7 @@ class ExactResult:
     latent_effect: dict[str, np.ndarray] = field(default_factory=dict)
     error_effect: dict[str, np.ndarray] = field(default_factory=dict)
     n_run: int = 0
+    cost: dict[str, float] = field(default_factory=dict)
 
 
 @torch.no_grad()
@@ -197,6 +200,10 @@ def exhaustive_patching(model: Any, saes: Mapping[str, Any], batches: Sequence[P
     latents: dict[str, list[np.ndarray]] = {h: [] for h in saes}
     errors: dict[str, list[np.ndarray]] = {h: [] for h in saes}
     mode = "with" if with_error else "without"
+    t0 = time.perf_counter()
+    with torch.no_grad():  # the unit of cost: a spliced forward pass, per prompt
+        run_spliced(model, saes, chunks[0].corrupted, with_error)
+    forward, t0 = (time.perf_counter() - t0) / len(chunks[0]), time.perf_counter()
     for c in tqdm(chunks, desc=f"exact patching, {mode} error", mininterval=2.0):
         lat, err, n_run = _batch_effects(model, saes, c, with_error, max_batch)
         res.n_run += n_run
@@ -208,7 +215,12 @@ def exhaustive_patching(model: Any, saes: Mapping[str, Any], batches: Sequence[P
     res.latent_effect = {h: np.concatenate(v) for h, v in latents.items()}
     if with_error:
         res.error_effect = {h: np.concatenate(v) for h, v in errors.items()}
-    log.info("exact patching %s error: %d (pair, node) rows run", mode, res.n_run)
+    per_row = (time.perf_counter() - t0) / max(res.n_run, 1)
+    res.cost = {"seconds_per_row": per_row, "forward_seconds_per_prompt": forward, "rows_per_pair":
+                res.n_run / len(res.pair_ids), "row_cost_forwards": per_row / max(forward, 1e-12)}
+    log.info("exact patching %s error: %d (pair, node) rows run, %.1f a pair; %.3g ms a row = "
+             "%.3g forwards of one prompt (%.3g ms)", mode, res.n_run, res.cost["rows_per_pair"],
+             1e3 * per_row, res.cost["row_cost_forwards"], 1e3 * forward)
     return res
 
 
@@ -326,7 +338,8 @@ def _rho(result: Any) -> float | None:
 def write_exact(path: str | Path, results: Mapping[str, ExactResult],
                 config: Mapping[str, Any] | None) -> None:
     """HDF5 (atomic): ``pair_id, lengths [n]``; per mode and hook ``latent_effect [n, d_sae]``
-    and (with_error) ``error_effect [n, P]``; mode attribute ``n_run``. Root attributes
+    and (with_error) ``error_effect [n, P]``; mode attributes ``n_run`` and ``cost`` (JSON:
+    seconds per row, and against one forward pass). Root attributes
     ``provenance``, ``hooks``, ``position_offsets``."""
     import json
 
@@ -343,7 +356,9 @@ def write_exact(path: str | Path, results: Mapping[str, ExactResult],
         f.attrs["position_offsets"] = json.dumps(position_offsets(P))
         f["pair_id"], f["lengths"] = first.pair_ids, first.lengths
         for mode, r in results.items():
-            f.create_group(mode).attrs["n_run"] = r.n_run
+            group = f.create_group(mode)
+            group.attrs["n_run"] = r.n_run
+            group.attrs["cost"] = json.dumps(r.cost)
             for kind in ("latent_effect", "error_effect"):
                 for h, arr in getattr(r, kind).items():
                     f.create_dataset(f"{mode}/{h}/{kind}", data=arr, compression="gzip")
@@ -363,7 +378,8 @@ def read_exact(path: str | Path) -> dict[str, ExactResult]:
                 continue
             with reading(path, f"{mode}/attrs/n_run"):
                 n_run = int(f[mode].attrs["n_run"])
-            r = ExactResult(with_error, pair_ids, lengths, n_run=n_run)
+            cost = json_attr(f[mode], "cost", path) if "cost" in f[mode].attrs else {}
+            r = ExactResult(with_error, pair_ids, lengths, n_run=n_run, cost=cost)
             for h in hooks:
                 group = require(f, f"{mode}/{h}", path, "group")
                 for kind in ("latent_effect", "error_effect"):

@@ -5,7 +5,8 @@ one PNG (matplotlib Agg, written atomically).
 * :func:`plot_top_latents_stage` -- ``verify.json``: AtP and exact effect of the top latents.
 * :func:`plot_faithfulness_stage` -- ``faithfulness.json``: faithfulness/completeness vs circuit size.
 * :func:`plot_latent_activations_stage` -- ``top_latents.json``: mean activation over positions.
-* :func:`plot_circuit_stage` -- ``circuit.json``: the sparse feature circuit.
+* :func:`plot_circuit_stage` -- ``circuit.json``: the sparse feature circuit (and
+  :func:`circuit_svg`: the same with each latent node linking to its dashboard page).
 """
 
 from __future__ import annotations
@@ -145,8 +146,29 @@ def plot_circuit_stage(circuit_path: str | Path, out_path: str | Path) -> None:
     below the last site."""
     from saeflow.core.io import read_json
 
+    save_figure(circuit_figure(read_json(circuit_path)), out_path)
+
+
+def circuit_svg(circuit: dict[str, Any], links: dict[str, str]) -> str:
+    """:func:`circuit_figure` as SVG text whose latent nodes (and their labels) link to
+    ``links[node id]`` (the latents' dashboard pages, :mod:`saeflow.latents.stage`)."""
+    import io
+
+    import matplotlib
+
+    out = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "none"}):  # text as <text>, not glyph paths
+        fig = circuit_figure(circuit, links)
+        fig.savefig(out, format="svg", bbox_inches="tight")
+    pyplot().close(fig)
+    return out.getvalue().replace(' target="_blank"', "")  # a node opens its page in place
+
+
+def circuit_figure(circuit: dict[str, Any], links: dict[str, str] | None = None) -> Any:
+    """The figure of :func:`plot_circuit_stage` from a read ``circuit.json``; ``links``: node
+    id -> URL set on the node's marker and label (kept in SVG output)."""
     plt = pyplot()
-    circuit = read_json(circuit_path)
+    links = links or {}
     sites = circuit["sites"]
     nodes = {n["id"]: n for n in circuit["nodes"]}
     by_cell: dict[tuple[int, int], list[str]] = {}
@@ -167,12 +189,16 @@ def plot_circuit_stage(circuit_path: str | Path, out_path: str | Path) -> None:
     biggest = max([abs(n["score"]) for n in nodes.values()] or [1.0])
     for nid, n in nodes.items():
         x, y = xy[nid]
-        ax.scatter([x], [y], s=40 + 400 * abs(n["score"]) / biggest, zorder=2,
-                   marker="o" if n["kind"] == "latent" else "^",
-                   color="tab:orange" if n["kind"] == "latent" else "tab:gray", edgecolor="k")
+        marker = ax.scatter([x], [y], s=40 + 400 * abs(n["score"]) / biggest, zorder=2,
+                            marker="o" if n["kind"] == "latent" else "^",
+                            color="tab:orange" if n["kind"] == "latent" else "tab:gray",
+                            edgecolor="k")
         label = str(n["latent"]) if n["kind"] == "latent" else "err"
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(0, 9), ha="center",
-                    fontsize=7)
+        text = ax.annotate(label, (x, y), textcoords="offset points", xytext=(0, 9),
+                           ha="center", fontsize=7)
+        if nid in links:
+            marker.set_urls([links[nid]])
+            text.set_url(links[nid])
     ax.scatter(*xy["metric"], marker="s", s=120, color="k", zorder=2)
     ax.annotate("metric", xy["metric"], textcoords="offset points", xytext=(0, -14),
                 ha="center", fontsize=8)
@@ -187,4 +213,4 @@ def plot_circuit_stage(circuit_path: str | Path, out_path: str | Path) -> None:
                  f"(node >= {circuit['node_threshold']:.3g}, edge >= "
                  f"{circuit['edge_threshold']:.3g})", fontsize=9)
     ax.margins(x=0.08, y=0.12)
-    save_figure(fig, out_path)
+    return fig

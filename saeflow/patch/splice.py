@@ -20,7 +20,10 @@ MLP's own output (which the error needs) never reaches a hook; with ours ``d out
 the MLP's Jacobian. Without the error term the spliced model *is* the reconstructed model.
 
 Here: :func:`run_spliced` (a run with node edits; :class:`RunOptions` for partial runs, the
-sites' outputs and frozen sites), :func:`decoder_rows` (d decode / d latent),
+sites' outputs, frozen sites, leaf nodes and cached keys and values), :func:`spliced_metric`
+(the metric from the final position's two answer logits, :func:`answer_logit_diff`),
+:func:`shared_prefix` and :func:`frozen_prefix` (a run that starts where a pair's prompts
+first differ), :func:`decoder_rows` (d decode / d latent),
 :func:`prepare_saes`, :func:`to_sae_transformer`, and :class:`PatchRun`, what a stage
 computes on, built once.
 """
@@ -28,7 +31,7 @@ computes on, built once.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -154,12 +157,23 @@ class RunOptions:
     or above it should be given. ``stop_at_layer``: the residual entering that block is
     returned instead of logits. ``frozen``: sites that pass their output on detached, so no
     gradient flows back through them (the stop gradients of direct edges,
-    :mod:`saeflow.patch.edges`)."""
+    :mod:`saeflow.patch.edges`). ``leaf_nodes`` (with the error term only): each latent node
+    is a leaf, cut from the encoder, and the error is ``x - decode(f)`` with the
+    reconstruction held constant, so the backward pass runs no SAE encoder and through a site
+    ``d out / d x = I`` exactly (the with-error splice's own Jacobian, which the default graph
+    reaches as ``J + (I - J)``); the reconstruction is decoded once. Gradients with respect
+    to the nodes are unchanged (up to float rounding); what is lost is the dependence of a
+    latent on anything upstream, which only direct edges (:mod:`saeflow.patch.edges`) need.
+    ``past_kv_cache``: a TransformerLens key-value cache the run reads the keys and values of
+    earlier positions from (and appends its own to, unless frozen); ``tokens`` are then the
+    positions after the cached ones, unpadded (every position attended)."""
 
     outputs: dict[str, Tensor] | None = None
     frozen: Collection[str] = ()
     start_at_layer: int | None = None
     stop_at_layer: int | None = None
+    leaf_nodes: bool = False
+    past_kv_cache: Any = None
 
 
 def run_spliced(model: Any, saes: Mapping[str, Any], tokens: Tensor, with_error: bool,
@@ -172,14 +186,86 @@ def run_spliced(model: Any, saes: Mapping[str, Any], tokens: Tensor, with_error:
     hooks = []
     for name, sae in saes.items():
         splice = _transcoder_hooks if is_transcoder(sae) else _splice_hooks
-        hooks += splice(name, sae, with_error, nodes, edit_latents, edit_error, options.outputs,
-                        name in options.frozen)
+        hooks += splice(name, sae, with_error, nodes, edit_latents, edit_error, options)
     wrapped = [sae for sae in saes.values() if not is_transcoder(sae)]
+    # with a cache, a mask of ones: else TransformerLens infers one from the pad token's id
+    cached = {} if options.past_kv_cache is None else {
+        "past_kv_cache": options.past_kv_cache,
+        "attention_mask": torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)}
     with model.saes(saes=wrapped, use_error_term=False):
         logits = model.run_with_hooks(tokens, fwd_hooks=hooks,
                                       start_at_layer=options.start_at_layer,
-                                      stop_at_layer=options.stop_at_layer)
+                                      stop_at_layer=options.stop_at_layer, **cached)
     return logits, nodes
+
+
+def shared_prefix(batch: PairBatch) -> int:
+    """Positions every pair's clean and corrupted prompts share from the start (their tokens,
+    so, with causal attention, every activation), at most ``T - 1``."""
+    differs = (batch.clean != batch.corrupted).any(0)
+    return int(differs.int().argmax()) if bool(differs.any()) else batch.length - 1
+
+
+def prefix_cache(model: Any, n: int) -> Any:
+    """An empty TransformerLens key-value cache for ``n`` prompts, which a run fills."""
+    from transformer_lens import TransformerLensKeyValueCache
+
+    return TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, n)
+
+
+def frozen_prefix(cache: Any, length: int) -> Any:
+    """The first ``length`` positions of ``cache``, detached, read-only; None without one."""
+    from transformer_lens import TransformerLensKeyValueCache, TransformerLensKeyValueCacheEntry
+
+    if cache is None:
+        return None
+    entries = [TransformerLensKeyValueCacheEntry(e.past_keys[:, :length].detach(),
+                                                 e.past_values[:, :length].detach(), frozen=True)
+               for e in cache.entries]
+    return TransformerLensKeyValueCache(entries, cache.previous_attention_mask[:, :length],
+                                        frozen=True)
+
+
+def after_prefix(suffix: SparseAct, full: SparseAct, start: int) -> SparseAct:
+    """``full``'s first ``start`` positions, then ``suffix`` (a run of the positions after)."""
+    if not start:
+        return suffix
+    res = None if suffix.res is None else torch.cat([full.res[:, :start], suffix.res], 1)
+    return SparseAct(torch.cat([full.act[:, :start], suffix.act], 1), res)
+
+
+def answer_logit_diff(model: Any, resid: Tensor, clean_answer: Tensor, corrupted_answer: Tensor
+                      ) -> Tensor:
+    """:func:`~saeflow.patch.pairs.logit_diff` of ``model``'s logits, from ``resid [n, T,
+    d_model]``, the residual leaving the last block: ``ln_final`` of the final position and the
+    two answers' columns of the unembedding, soft cap included, so neither the other positions'
+    logits nor TransformerLens's ``Unembed`` (a transposed copy of ``W_U`` on every call: 2.4 GB
+    at gemma-2's d_vocab) are ever built."""
+    from transformer_lens.utilities.activation_functions import apply_softcap
+
+    x = resid[:, -1:]
+    if model.cfg.normalization_type is not None:
+        x = model.ln_final(x)
+    x = x[:, 0]  # [n, d_model]
+    cols = torch.stack([clean_answer, corrupted_answer], 1).to(x.device)  # [n, 2]
+    w = model.W_U.T[cols]  # [n, 2, d_model]
+    logits = torch.einsum("nd,nkd->nk", x, w.to(x.dtype)) + model.b_U[cols].to(x.dtype)
+    logits = apply_softcap(logits, model.cfg.output_logits_soft_cap)
+    return logits[:, 0] - logits[:, 1]
+
+
+def spliced_metric(model: Any, saes: Mapping[str, Any], tokens: Tensor, batch: PairBatch,
+                   with_error: bool, options: RunOptions = RunOptions()
+                   ) -> tuple[Tensor, dict[str, SparseAct]]:
+    """The metric ``[B]`` of ``tokens [B, T]`` with the SAEs spliced in (answers from
+    ``batch``: its pairs, or ``B / n`` stacked copies of them) and the sites' nodes, as
+    :func:`run_spliced` with ``options``; the logits only where the
+    metric reads them (:func:`answer_logit_diff`)."""
+    resid, nodes = run_spliced(model, saes, tokens, with_error, options=replace(
+        options, stop_at_layer=model.cfg.n_layers))
+    k = tokens.shape[0] // len(batch)
+    return answer_logit_diff(model, resid, batch.clean_answer.repeat(k),
+                             batch.corrupted_answer.repeat(k)), nodes
 
 
 def decoder_rows(sae: Any, latents: Sequence[int]) -> Tensor:
@@ -194,8 +280,10 @@ def decoder_rows(sae: Any, latents: Sequence[int]) -> Tensor:
     return (sae.decode(basis) - sae.decode(zero)).reshape(len(latents), -1)
 
 
-def _latent_node(name: str, f: Tensor, edit_latents: Edit | None) -> Tensor:
-    node = f.clone()  # its own tensor, so d metric / d node holds the error term fixed
+def _latent_node(name: str, f: Tensor, edit_latents: Edit | None, leaf: bool = False
+                 ) -> Tensor:
+    # its own tensor, so d metric / d node holds the error term fixed; a leaf: cut from f
+    node = f.detach().clone() if leaf else f.clone()
     if torch.is_grad_enabled() and not node.requires_grad:
         node.requires_grad_()  # frozen weights: still differentiate w.r.t. the nodes
     return edit_latents(name, node) if edit_latents is not None else node
@@ -209,10 +297,10 @@ def _error_node(name: str, err: Tensor, edit_error: Edit | None) -> Tensor:
 
 def _splice_hooks(name: str, sae: Any, with_error: bool, nodes: dict[str, SparseAct],
                   edit_latents: Edit | None, edit_error: Edit | None,
-                  outputs: dict[str, Tensor] | None = None, frozen: bool = False
-                  ) -> list[tuple[str, Any]]:
+                  options: RunOptions = RunOptions()) -> list[tuple[str, Any]]:
     """An SAE inside sae-lens's wrapper at its hook: hooks on the wrapper's own points."""
     state: dict[str, Tensor] = {}
+    leaf = options.leaf_nodes and with_error
 
     def on_input(x: Tensor, hook: Any) -> Tensor:
         state["x"] = x
@@ -220,7 +308,7 @@ def _splice_hooks(name: str, sae: Any, with_error: bool, nodes: dict[str, Sparse
 
     def on_latents(f: Tensor, hook: Any) -> Tensor:
         state["f"] = f
-        node = _latent_node(name, f, edit_latents)
+        node = _latent_node(name, f, edit_latents, leaf)
         nodes[name] = SparseAct(node)
         return node
 
@@ -228,13 +316,18 @@ def _splice_hooks(name: str, sae: Any, with_error: bool, nodes: dict[str, Sparse
         if with_error:
             # flat [B, T, d_in] like the SAE's input, whatever the hook's shape (hook_z's
             # [B, T, heads, d_head]), so every site's error node is one vector per position
-            err = state["x"] - sae.decode(state["f"]).reshape(state["x"].shape)
+            x = state["x"]
+            if leaf:  # decode(f) is out itself unless the latents were edited
+                recon = out if edit_latents is None else sae.decode(state["f"])
+                err = x - recon.detach().reshape(x.shape)
+            else:
+                err = x - sae.decode(state["f"]).reshape(x.shape)
             err = _error_node(name, err, edit_error)
             nodes[name].res = err
             out = out + err.reshape(out.shape)
-        if outputs is not None:
-            outputs[name] = out
-        return out.detach() if frozen else out
+        if options.outputs is not None:
+            options.outputs[name] = out
+        return out.detach() if name in options.frozen else out
 
     return [(f"{name}.hook_sae_input", on_input), (f"{name}.hook_sae_acts_post", on_latents),
             (f"{name}.hook_sae_output", on_output)]
@@ -242,11 +335,11 @@ def _splice_hooks(name: str, sae: Any, with_error: bool, nodes: dict[str, Sparse
 
 def _transcoder_hooks(name: str, sae: Any, with_error: bool, nodes: dict[str, SparseAct],
                       edit_latents: Edit | None, edit_error: Edit | None,
-                      outputs: dict[str, Tensor] | None = None, frozen: bool = False
-                      ) -> list[tuple[str, Any]]:
+                      options: RunOptions = RunOptions()) -> list[tuple[str, Any]]:
     """A transcoder: its input read at ``name``, the MLP's output at its output hook replaced
     by ``decode(node) + (y - decode(f))``."""
     state: dict[str, Tensor] = {}
+    leaf = options.leaf_nodes and with_error
 
     def on_input(x: Tensor, hook: Any) -> Tensor:
         state["x"] = x
@@ -257,18 +350,23 @@ def _transcoder_hooks(name: str, sae: Any, with_error: bool, nodes: dict[str, Sp
             raise InputError("sae", name, f"the transcoder's input hook did not fire before "
                              f"{hook.name} (e.g. hook_mlp_in needs use_hook_mlp_in)")
         f = sae.encode(state.pop("x").to(sae.dtype))
-        node = _latent_node(name, f, edit_latents)
+        node = _latent_node(name, f, edit_latents, leaf)
         nodes[name] = SparseAct(node)
         out = sae.decode(node)
         if with_error:
             # in the transcoder's precision, as an SAE's error: y comes back to rounding
-            err = y.reshape(*y.shape[:2], -1).to(out.dtype) - sae.decode(f)
+            y_flat = y.reshape(*y.shape[:2], -1).to(out.dtype)
+            if leaf:
+                recon = out if edit_latents is None else sae.decode(f)
+                err = y_flat - recon.detach()
+            else:
+                err = y_flat - sae.decode(f)
             err = _error_node(name, err, edit_error)
             nodes[name].res = err
             out = out + err
         out = out.to(y.dtype).reshape(y.shape)
-        if outputs is not None:
-            outputs[name] = out
-        return out.detach() if frozen else out
+        if options.outputs is not None:
+            options.outputs[name] = out
+        return out.detach() if name in options.frozen else out
 
     return [(name, on_input), (output_hook(sae), on_output)]

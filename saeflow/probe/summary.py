@@ -20,7 +20,8 @@ def probe_summary(fits: list[dict[str, Any]], effects: list[dict[str, Any]] | No
     and p (null with a note where too few permutations), the metadata-only baseline (the
     ``probe.cv.group_by`` column's one-hot on the same folds; None ungrouped), the train/test
     gap, whether the target is a function of the input, and, where effects were computed,
-    the localisation shares and toy check.
+    the localisation shares and toy check, and for SAE-code inputs the top latents with links
+    to their dashboard pages (:func:`top_latents`).
     """
     out: dict[str, Any] = {}
     for rec in fits:
@@ -58,7 +59,26 @@ def probe_summary(fits: list[dict[str, Any]], effects: list[dict[str, Any]] | No
             "hot_spots": loc["hot_spots"][:5]}
         if "toy_check" in rec:
             out[key]["toy_check"] = rec["toy_check"]
+        if rec.get("input_kind") == "sae":
+            out[key]["top_latents"] = top_latents(rec["top"])
     return {"datasets": out}
+
+
+def top_latents(top: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The distinct SAE latents of an effects record's top columns (ranked by |d|; a latent's
+    best column), each with ``dashboard``: the relative link from probe/summary.json to its
+    page (:mod:`saeflow.latents.links`, written by ``snakemake dashboards``)."""
+    from saeflow.latents.links import page_link
+
+    seen, out = set(), []
+    for entry in top:
+        key = (entry["hook"], int(entry["unit"]))
+        if key not in seen:
+            seen.add(key)
+            out.append({"hook": key[0], "latent": key[1], "d": entry["d"],
+                        "position": entry.get("position"), "q": entry.get("q"),
+                        "dashboard": page_link(key[0], key[1], "probe")})
+    return out
 
 
 def _metadata_entry(rec: dict[str, Any] | None) -> dict[str, Any] | None:

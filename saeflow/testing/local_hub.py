@@ -11,6 +11,10 @@ snapshot files being relative links to content-addressed blobs) for two real rep
   pre-6.0 sae-lens ``cfg.json``, ``sae_weights.safetensors``, ``sparsity.safetensors``),
   sized for the tiny model's ``d_model``.
 
+:func:`fine_tune` saves that model, fine-tuned, as a user's checkpoint folder
+(``model.source: local``); :func:`cache_dataset` puts a dataset in the datasets library's cache
+(a corpus named by ``sae.corpus``).
+
 It also writes reference values (the HF model's logits, the SAE's weights) next to the cache.
 
 Run as a script (``python -m saeflow.testing.local_hub MODE HF_HOME REF_DIR WORK_DIR``) in a fresh interpreter
@@ -167,6 +171,52 @@ def build_hub_cache(hf_home: Path, ref_dir: Path) -> dict[str, Path]:
         _tiny_sae(sae_src, ref_dir)
         return {"model": _add_snapshot(hub, MODEL_NAME, MODEL_COMMIT, model_src),
                 "sae": _add_snapshot(hub, SAE_REPO, SAE_COMMIT, sae_src)}
+
+
+def fine_tune(hf_home: Path, dest: Path, steps: int = 20, seed: int = 0) -> Path:
+    """The cached ``gpt2`` fine-tuned (AdamW on the next-token loss of :data:`CORPUS`, so its
+    weights change) and saved to ``dest`` as a user's checkpoint folder: ``save_pretrained``'s
+    config, safetensors weights and tokenizer. Returns ``dest``."""
+    import torch
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    snapshot = next((hf_home / "hub" / "models--gpt2" / "snapshots").iterdir())
+    tokenizer = AutoTokenizer.from_pretrained(snapshot)
+    model = GPT2LMHeadModel.from_pretrained(snapshot)
+    torch.manual_seed(seed)
+    rows = [[tokenizer.bos_token_id] + tokenizer.encode(t, add_special_tokens=False) for t in CORPUS]
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(steps):
+        tokens = torch.tensor([rows[step % len(rows)]])
+        loss = model(tokens, labels=tokens).loss
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    model.eval().save_pretrained(dest, safe_serialization=True)
+    tokenizer.save_pretrained(dest)
+    return dest
+
+
+def cache_dataset(hf_home: Path, name: str, rows: dict[str, list[Any]]) -> Path:
+    """Dataset ``name`` (``org/name``; columns ``rows``) in the datasets library's cache under
+    ``hf_home`` as an earlier ``load_dataset(name)`` leaves it (``<org>___<name>/default/0.0.0/
+    <hash>/``: an Arrow stream of the train split and ``dataset_info.json``), so an offline
+    ``load_dataset(name)`` reads it. Returns the folder."""
+    import datasets
+    from datasets.arrow_writer import ArrowWriter
+
+    org, short = name.split("/")
+    data = datasets.Dataset.from_dict(rows)
+    folder = hf_home / "datasets" / f"{org}___{short}" / "default" / "0.0.0" / ("0" * 16)
+    folder.mkdir(parents=True, exist_ok=True)
+    with ArrowWriter(features=data.features, path=str(folder / f"{short}-train.arrow")) as writer:
+        writer.write_table(data.data.table)
+        n, n_bytes = writer.finalize()
+    split = datasets.SplitInfo("train", num_bytes=n_bytes, num_examples=n, dataset_name=short)
+    datasets.DatasetInfo(features=data.features, config_name="default", dataset_name=short,
+                         splits=datasets.SplitDict({"train": split})).write_to_directory(str(folder))
+    return folder
 
 
 # ---------------------------------------------------------------- the checks (child process)

@@ -274,3 +274,46 @@ def write_study(workdir: Path, hf_home: Path, llm_url: str, exports_url: str | N
     path = workdir / "study.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+# ---------------------------------------------------------------- a study of its own model
+
+FAILURE_POSITIONS = ("r1", "r2", "r3", "r4", "r5", "r6")
+FAILURE_CONFIG = "config/llama-3.2-1b-failures-test.yaml"
+
+
+def failure_records(tokenizer: Any, n: int, seed: int) -> list[dict[str, Any]]:
+    """``n`` prompts of ten one-token words with six named reasoning positions ``pos_r1`` ..
+    ``pos_r6`` (the tokens of words 2 to 7; every 9th prompt lacks ``r6``: null, absent by
+    design) and a ``correct`` label that the third word decides (so a probe has something to
+    find) -- the shape of config/llama-3.2-1b-failures.yaml's prompt files."""
+    rng = random.Random(seed)
+    words = _single_tokens(tokenizer)
+    records = []
+    for i in range(n):
+        chosen = [rng.choice(words[:12]) for _ in range(10)]
+        text = "".join(chosen)  # each word a token, its leading space included
+        assert len(tokenizer.encode(text, add_special_tokens=False)) == 10, chosen
+        positions = {f"pos_{name}": 2 + j for j, name in enumerate(FAILURE_POSITIONS)}
+        if i % 9 == 4:
+            positions["pos_r6"] = None
+        records.append({"text": text, "correct": words.index(chosen[2]) % 2 == 0,
+                        "id": i, **positions})
+    return records
+
+
+def write_failure_study(workdir: Path, hf_home: Path, n_train: int = 2000, n_prompts: int = 60
+                        ) -> Path:
+    """The inputs config/llama-3.2-1b-failures-test.yaml names, in ``workdir/inputs``: the
+    local hub's gpt2 fine-tuned and saved as a checkpoint folder (``finetuned/``), a training
+    corpus and a prompt set with six named positions and a correctness label. Returns the
+    config's path (in ``workdir``, as :func:`saeflow.testing.workspace.sync_workflow` copies
+    it)."""
+    from transformers import AutoTokenizer
+
+    checkpoint = local_hub.fine_tune(hf_home, workdir / "inputs" / "finetuned")
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    _write_jsonl(workdir / "inputs" / "failures_train.jsonl",
+                 failure_records(tokenizer, n_train, seed=1))
+    _write_jsonl(workdir / "inputs" / "failures.jsonl", failure_records(tokenizer, n_prompts, seed=2))
+    return workdir / FAILURE_CONFIG

@@ -69,6 +69,7 @@ def _model(results: Path, out: dict[str, Value]) -> None:
     for hook, m in ((_read(results / "sae" / "metrics.json") or {}).get("saes") or {}).items():
         _put(out, f"SAE {hook}: explained variance", m.get("explained_variance"))
         _put(out, f"SAE {hook}: L0", m.get("l0"))
+        _put(out, f"SAE {hook}: CE loss recovered", m.get("lm_loss_recovered"))
         if "lm_loss_spliced" in m and "lm_loss_model" in m:
             _put(out, f"SAE {hook}: next-token loss added by splicing",
                  m["lm_loss_spliced"] - m["lm_loss_model"])

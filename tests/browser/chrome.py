@@ -42,6 +42,7 @@ def start_chrome(profile_dir: Path):
                 "--window-size=1100,850", "--no-first-run", "--disable-extensions",
                 f"--user-data-dir={profile_dir}"):
         options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # driver.get_log("browser")
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(60)
     driver.set_script_timeout(WAIT_S)
@@ -107,3 +108,8 @@ def check_report_figures(driver, report: Path) -> dict[str, int]:
         "return Object.keys(results).filter(p => results[p].mime_type.startsWith('image/'))"))
     assert images and images == set(shown), f"figures never shown: {sorted(images - set(shown))}"
     return shown
+
+
+def console_errors(driver) -> list[str]:
+    """The page's console messages of level SEVERE since the last call (errors, failed loads)."""
+    return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]

@@ -153,3 +153,126 @@ def test_a_bad_toy_config_is_one_line(tmp_path, monkeypatch, capsys, extra, line
     ["config/gemma-2-2b-it.yaml"], ["config/gemma-2-9b.yaml"]])
 def test_every_shipped_config_passes(tmp_path, monkeypatch, capsys, files):
     assert _check(tmp_path, monkeypatch, capsys, dict.fromkeys(files)) is None
+
+
+OWN = """\
+experiment: s
+model: {source: local, name: gpt2, path: ck}
+sae: {source: train, hooks: [blocks.1.hook_resid_pre], corpus: corpus.jsonl}
+extraction: {prompt_sets: {p: p.jsonl}, hooks: [blocks.0.hook_resid_pre, blocks.1.hook_resid_pre]}
+"""
+
+
+def _checkpoint(folder, layers=2, drop=()):
+    """A checkpoint folder's files as a parse sees them (the weights are never read)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"config.json": f'{{"model_type": "gpt2", "n_layer": {layers}, "n_embd": 64}}',
+             "model.safetensors": "weights", "tokenizer.json": "{}",
+             "tokenizer_config.json": "{}"}
+    for name, text in files.items():
+        if name not in drop:
+            (folder / name).write_text(text)
+    return folder
+
+
+def _own(tmp_path, monkeypatch, capsys, extra, **checkpoint):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no dataset is cached there
+    _checkpoint(tmp_path / "ck", **checkpoint)
+    (tmp_path / "corpus.jsonl").write_text('{"text": "a b c"}\n')
+    (tmp_path / "corpus.txt").write_text("a b c\n")
+    (tmp_path / "empty.jsonl").write_text("\n")
+    (tmp_path / "folder").mkdir()
+    merged = yaml.safe_load(OWN)
+    update_config(merged, yaml.safe_load(extra))
+    return _check(tmp_path, monkeypatch, capsys, {"s.yaml": yaml.safe_dump(merged)})
+
+
+@pytest.mark.parametrize("extra, line", [
+    # model.source: local, its folder and architecture
+    ("model: {path: nope}\n", "model.path: 'nope' is not a folder (a Hugging Face checkpoint "
+     "folder: config.json, weights, tokenizer)"),
+    ("model: {path: folder}\n", "model.path: folder has no config.json: not a Hugging Face "
+     "checkpoint folder (save it with save_pretrained)"),
+    ("model: {name: gpt-5-nano}\n", "model.name: 'gpt-5-nano' is not an architecture "
+     "TransformerLens knows"),
+    ("sae: {hooks: [blocks.2.hook_resid_pre]}\nextraction: {hooks: [blocks.2.hook_resid_pre]}\n",
+     "extraction.hooks: hook 'blocks.2.hook_resid_pre' is beyond the model's 2 layers "
+     "(blocks.0 to blocks.1)"),
+    # sae.source: train for any model: its corpus and options
+    ("sae: {corpus: nope.jsonl}\n", "sae.corpus: 'nope.jsonl' is no file or folder, and no "
+     "dataset of that name is in the local Hugging Face cache (HF_HOME)"),
+    ("sae: {corpus: empty.jsonl}\n", "sae.corpus: 'empty.jsonl' is empty: no record to train on"),
+    ("sae: {corpus: folder}\n", "sae.corpus: 'folder' is a folder but not a dataset saved with "
+     "datasets' save_to_disk (no state.json or dataset_dict.json)"),
+    ("sae: {corpus: corpus.txt, positions: [final, reasoning]}\n", "sae.positions: named "
+     "position 'reasoning' needs pos_reasoning fields: a text-file corpus has none (give a "
+     "JSONL file or a dataset)"),
+    ("sae: {pack: true, positions: final}\n", "sae.pack: packs whole records; it trains on every "
+     "token (sae.positions: all), not on chosen positions"),
+    ("sae: {architecture: topk, k: 200, d_sae: 100}\n", "sae.k: 200 active latents of sae.d_sae "
+     "100: k must not exceed d_sae"),
+    ("sae: {architecture: jumprelu, transcoders: {blocks.1.hook_resid_pre: blocks.1.hook_mlp_out}}"
+     "\n", "sae.transcoders: transcoders are trained by saeflow's own loop (sae-lens has none): "
+     "standard architecture, every token of each record (sae.architecture: standard, "
+     "sae.positions: all, no sae.pack)"),
+])
+def test_a_bad_own_model_or_training_config_is_one_line(tmp_path, monkeypatch, capsys, extra,
+                                                        line):
+    got = _own(tmp_path, monkeypatch, capsys, extra)
+    assert got is not None and got.startswith(f"s.yaml: {line}"), got
+
+
+@pytest.mark.parametrize("drop, line", [
+    ("model.safetensors", "model.path: ck has no weights (model.safetensors, model-*.safetensors "
+     "or pytorch_model*.bin)"),
+    ("tokenizer.json", "model.path: ck has no tokenizer (tokenizer.json, tokenizer.model, or "
+     "vocab.json + merges.txt): save the tokenizer with the model (tokenizer.save_pretrained)")])
+def test_a_checkpoint_folder_without_weights_or_tokenizer_is_one_line(tmp_path, monkeypatch,
+                                                                      capsys, drop, line):
+    assert _own(tmp_path, monkeypatch, capsys, "{}\n", drop=(drop,)) == f"s.yaml: {line}"
+
+
+@pytest.mark.parametrize("config, line", [
+    ("model: {source: local, name: gpt2, path: ck}\n", None),
+    ("model: {source: pretrained, name: gpt2, path: ck}\nsae: {corpus: null}\n", "model.path: only for model.source: "
+     "local (a checkpoint folder of your own)"),
+    ("model: {source: local, name: gpt2}\n", "model.path: required for model.source: local: the "
+     "Hugging Face checkpoint folder (config.json, weights, tokenizer)"),
+    ("model: {source: local, path: ck}\n", "model.name: required for model.source: local: the "
+     "TransformerLens architecture the checkpoint instantiates (e.g. meta-llama/Llama-3.2-1B)"),
+    ("model: {source: pretrained, name: gpt2}\nsae: {corpus: null}\n", "sae.corpus: required to "
+     "train SAEs on this model: a JSONL or text file, a datasets save_to_disk folder, or a "
+     "dataset name in the local Hugging Face cache"),
+    ("sae: {source: local, paths: {blocks.1.hook_resid_pre: x}}\n", "sae.corpus: only with "
+     "sae.source: train (the corpus SAEs are trained on)"),
+])
+def test_model_source_and_corpus_go_together(tmp_path, monkeypatch, capsys, config, line):
+    merged, given = yaml.safe_load(OWN), yaml.safe_load(config)
+    merged["model"] = given.pop("model", merged["model"])  # the model section as given
+    update_config(merged, given)
+    if merged["sae"].get("corpus", "") is None:
+        merged["sae"].pop("corpus")
+    _checkpoint(tmp_path / "ck")
+    (tmp_path / "corpus.jsonl").write_text('{"text": "a b c"}\n')
+    got = _check(tmp_path, monkeypatch, capsys, {"s.yaml": yaml.safe_dump(merged)})
+    assert got == (None if line is None else f"s.yaml: {line}")
+
+
+@pytest.mark.parametrize("name, files", [
+    ("config/llama-3.2-1b-failures.yaml",
+     {"models/llama-3.2-1b-failures": 16, "data/failures/train.jsonl": None,
+      "data/failures/prompts.jsonl": None}),
+    ("config/llama-3.2-1b-failures-test.yaml",
+     {"inputs/finetuned": 2, "inputs/failures_train.jsonl": None,
+      "inputs/failures.jsonl": None})])
+def test_the_failure_study_configs_pass_with_their_inputs(tmp_path, monkeypatch, capsys, name,
+                                                          files):
+    for path, layers in files.items():
+        if layers is None:
+            (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / path).write_text('{"text": "a b", "correct": true, "pos_r1": 1}\n')
+        else:
+            _checkpoint(tmp_path / path, layers=layers)
+    assert _check(tmp_path, monkeypatch, capsys, {name: None}) is None
+    (tmp_path / next(iter(files)) / "model.safetensors").unlink()
+    assert _check(tmp_path, monkeypatch, capsys, {name: None}).startswith(f"{name}: model.path: ")

@@ -13,7 +13,7 @@ from saeflow.core.errors import InputError
 from saeflow.core.saes import load_sae
 from saeflow.evaluate import sae_metrics
 from saeflow.core.transcoders import check_site
-from saeflow.toy.train_saes import collect_pairs, train_transcoder
+from saeflow.sae.transcoder import collect_pairs, train_transcoder
 
 torch.set_num_threads(1)
 HOOK_IN, HOOK_OUT = "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out"
@@ -37,7 +37,7 @@ def sequences():
 @pytest.fixture(scope="module")
 def trained(model, sequences, tmp_path_factory):
     out = tmp_path_factory.mktemp("tc")
-    tc = train_transcoder(model, HOOK_IN, HOOK_OUT, sequences, CFG, [0, 1], 0, out)
+    tc = train_transcoder(model, (HOOK_IN, HOOK_OUT), sequences, CFG, [0, 1], 0, out)
     return tc, out
 
 
@@ -66,7 +66,7 @@ def test_it_loads_back_as_a_sae_lens_transcoder_on_raw_activations(model, sequen
 def test_training_is_deterministic_and_excludes_special_tokens(model, sequences, trained,
                                                                 tmp_path):
     tc, _ = trained
-    same = train_transcoder(model, HOOK_IN, HOOK_OUT, sequences, CFG, [0, 1], 0, tmp_path)
+    same = train_transcoder(model, (HOOK_IN, HOOK_OUT), sequences, CFG, [0, 1], 0, tmp_path)
     assert torch.equal(same.W_enc, tc.W_enc) and torch.equal(same.W_dec, tc.W_dec)
     padded = sequences.clone()
     padded[:, 10:] = 0  # pad: excluded from the activations trained on

@@ -176,7 +176,8 @@ def test_a_deleted_shard_is_planned_for_rebuild(tmp_path):
     made = [[results / stage / "p.shards" / f"{i:05d}.h5" for i in range(3)]
             for stage in ("activations", "codes")]
     made.append([results / "activations" / "p.h5", results / "codes" / "p.h5",
-                 results / "sae" / "metrics.json"])
+                 results / "sae" / "metrics.json", results / "sae" / "density.json",
+                 results / "figures" / "sae_density.png"])
     later = time.time() + 60  # newer than every workflow file: only a missing shard is stale
     for k, files in enumerate(made):
         for path in files:

@@ -135,6 +135,12 @@ def test_round_trip_and_comparison(setup, tmp_path):
         for h in spliced:
             np.testing.assert_array_equal(back[mode].latent_effect[h], r.latent_effect[h])
         assert back[mode].n_run == r.n_run
+        # what the reference cost, per (pair, node) row and against one forward pass
+        assert back[mode].cost == pytest.approx(r.cost)
+        assert r.cost["rows_per_pair"] == pytest.approx(r.n_run / 7)
+        assert r.cost["seconds_per_row"] > 0 and r.cost["forward_seconds_per_prompt"] > 0
+        assert r.cost["row_cost_forwards"] == pytest.approx(
+            r.cost["seconds_per_row"] / r.cost["forward_seconds_per_prompt"])
     atp = run_atp(model, spliced, batches, True)
     out = compare_with_exact(atp, back["with_error"], ks=[1, 5, 200], top_k=5, threshold=0.01)
     assert out["n_nodes"] == 2 * D_SAE + 2 * 8 and out["n_latents"] == 2 * D_SAE

@@ -87,10 +87,20 @@ def test_scale_smoke_measures_every_stage_and_the_sparse_probe(tmp_path):
     for stage in ("extraction", "encoding", "probe dataset", "probe fit", "effect sizes",
                   "category ablation", "AtP"):
         timed = [f for name, f in figures.items() if name.startswith(stage)]
-        assert len(timed) == 1 and timed[0]["value"] > 0, stage
-        assert all(v > 0 for v in timed[0]["detail"]["s_per_prompt"].values())
-        assert set(timed[0]["detail"]["peak_rss_increment_mib"]) == set(
-            timed[0]["detail"]["times_s"])
+        assert timed, stage
+        for fig in timed:
+            assert fig["value"] > 0
+            assert all(v > 0 for v in fig["detail"]["s_per_prompt"].values())
+            assert set(fig["detail"]["peak_rss_increment_mib"]) == set(fig["detail"]["times_s"])
+    # two baselines each: the bare forward with and without the predictions extraction
+    # stores; AtP against TransformerLens's forward + backward and against the answer logits'
+    assert len([n for n in figures if n.startswith("extraction")]) == 2
+    atp = [f for n, f in figures.items() if n.startswith("AtP")]
+    assert len(atp) == 2 and atp[0]["target"] == 1.5
+    # the fast AtP equals AtP as first written (full logits, the default splice's graph)
+    diff = atp[0]["detail"]["difference_from_reference"]
+    assert all(diff[kind]["max_rel"] < 1e-4 for kind in ("act", "res", "delta"))
+    assert diff["metric"]["max_abs"] < 1e-3
     x = figures["probe X bytes, dense / CSR"]["detail"]
     d_sae = record["params"]["dims"]["d_sae"]
     assert x["shape"][1] == d_sae * len(record["params"]["probe_positions"]) * 2  # 2 layers

@@ -5,14 +5,21 @@
 # workflow/schemas/config.schema.yaml (the one home of every default) before this file runs.
 # Input functions run when the DAG is built, after every .smk file is read, so they may name
 # any rule's outputs (rules.<rule>.output.<name>).
+import os
 import re
 
-from saeflow.core.config import mark_stale_gathers, shard_counts
+from saeflow.core.config import checkpoint_inputs, mark_stale_gathers, shard_counts
 from saeflow.core.config_checks import TOY_PROMPT_SETS
 
 EXP = config["experiment"]
 TOY = config["model"]["source"] == "toy"
 SAE_HOOKS = config["sae"]["hooks"]
+# A local checkpoint's files (model.source: local): inputs of every rule that loads the model,
+# so a changed file reruns them; their sha256 join config["model"], which provenance records.
+MODEL_FILES = checkpoint_inputs(config["model"], CONFIG_SOURCE)
+# Rule train_sae's log: the toy's SAE logs stay with the toy stage's, where they always were.
+SAE_LOG_STAGE = "toy" if TOY else "sae"
+TRAIN_SAE_LOG = "results/{experiment}/logs/%s/train_sae/{hook}.log" % SAE_LOG_STAGE
 # Prompt-set name -> JSONL path; None for the toy world's own (outputs of toy_world).
 # saeflow.core.config.check_config has checked the names (a list is the toy's own sets).
 _SETS = config["extraction"]["prompt_sets"]
@@ -96,8 +103,30 @@ def get_code_shards(wildcards):
 
 
 def get_model(wildcards):
-    """The trained toy model directory; pretrained models come from the hub at run time."""
-    return {"model": rules.train_model.output.model} if TOY else {}
+    """The trained toy model directory, or a local checkpoint's files; pretrained models come
+    from the hub at run time."""
+    if TOY:
+        return {"model": rules.train_model.output.model}
+    return {"model_files": MODEL_FILES} if MODEL_FILES else {}
+
+
+def sae_corpus(experiment):
+    """What SAEs train on: sae.corpus, or the toy world's train prompts."""
+    return (
+        config["sae"].get("corpus")
+        or expand(toy_prompts("train")[0], experiment=experiment)[0]
+    )
+
+
+def get_sae_corpus(wildcards):
+    """The corpus as an input, when it is a file or folder (not a cached dataset's name)."""
+    corpus = sae_corpus(wildcards.experiment)
+    own = not config["sae"].get("corpus")  # the toy world's prompts, made by toy_world
+    return {"corpus": corpus} if own or os.path.exists(corpus) else {}
+
+
+def get_sae_corpus_param(wildcards):
+    return sae_corpus(wildcards.experiment)
 
 
 def sae_dirs():
@@ -115,10 +144,11 @@ def get_sae_dirs(wildcards):
 
 
 def get_final_output():
-    """The targets of `all`: every prompt set's codes, SAE metrics, the model, and each
-    stage in config["stages"] with its figures."""
+    """The targets of `all`: every prompt set's codes, SAE metrics and figure sae_density,
+    the model, and each stage in config["stages"] with its figures."""
     targets = expand(rules.encode.output.codes, experiment=EXP, prompt_set=PROMPT_SETS)
     targets += expand(rules.evaluate_saes.output.metrics, experiment=EXP)
+    targets += expand(rules.plot_sae_density.output.png, experiment=EXP)
     if TOY:
         targets += expand(rules.train_model.output.model, experiment=EXP)
     stages = config["stages"]

@@ -23,9 +23,10 @@ def labels_activations():
 
 
 def get_describe_input(wildcards):
-    """Toy: codes, activations and the model; Neuronpedia: your export folder, else the
-    manifest of the batches rule fetch_neuronpedia downloaded, and the codes (their d_sae is
-    the SAE's width, which every exported index must fit)."""
+    """Toy (activations) and autointerp: codes, activations and the toy's model (its
+    tokenizer decodes the contexts; a pretrained model's comes from the hub); Neuronpedia:
+    your export folder, else the manifest fetch_neuronpedia wrote, and the codes (their
+    d_sae is the SAE's width, which every exported index must fit)."""
     if LABELS["describe"]["backend"] == "neuronpedia":
         if LABELS["describe"].get("folder"):
             return {"folder": LABELS["describe"]["folder"], "codes": labels_codes()}

@@ -1,8 +1,9 @@
 # Labels: feature descriptions -> category classification -> human (or oracle) labels ->
 # agreement; the correction that uses them is correction.smk.
 # Library: saeflow/labels/ (its __init__ lists them): exports (fetch_neuronpedia), describe
-# (describe, truth_membership), classify, labelling (import_human_labels, label_oracle; serve,
-# serve_page: `saeflow label --serve`), agreement (agree), plots (plot_confusion).
+# (describe, truth_membership; its autointerp backend: autointerp, explainer, scorers),
+# classify, labelling (import_human_labels, label_oracle; serve, serve_page: `saeflow label
+# --serve`), agreement (agree), plots (plot_confusion).
 # Config: config["labels"] (keys and defaults: workflow/schemas/config.schema.yaml, described
 # in config/README.md). Toy-only rules (truth_membership, label_oracle) need the toy world's
 # truth.json. The stage's globals and get_* functions: common_labels.smk.
@@ -40,6 +41,7 @@ rule describe:
         describe=LABELS["describe"],
         hook=LABELS["hook"],
         sae_key=labels_sae_key(),
+        model=config["model"],
     script:
         "../../scripts/describe.py"
 
@@ -57,6 +59,7 @@ rule classify:
     params:
         category="{category}",
         categories=LABELS["categories"],
+        min_score=LABELS["describe"].get("min_score", {}),
     script:
         "../../scripts/classify.py"
 

@@ -1,7 +1,7 @@
-# The embedded toy world: corpus + tokenizer, a HookedTransformer trained on it, and one
-# sae-lens SAE (or transcoder) per hook trained on its activations.
-# Library: saeflow/toy/ (world: corpus, tokenizer, prompt sets, truth; train: the model;
-# train_saes: SAEs and transcoders). Config: config["world"], config["model"], config["sae"].
+# The embedded toy world: corpus + tokenizer and a HookedTransformer trained on it (its SAEs
+# are trained by rule train_sae in sae.smk, on the world's train prompts).
+# Library: saeflow/toy/ (world: corpus, tokenizer, prompt sets, truth; train: the model).
+# Config: config["world"], config["model"].
 
 
 rule toy_world:
@@ -44,26 +44,3 @@ rule train_model:
         device=config["device"],
     script:
         "../../scripts/train_model.py"
-
-
-rule train_sae:
-    input:
-        unpack(get_model),
-        train=toy_prompts("train")[0],
-    output:
-        sae=directory("results/{experiment}/sae/{hook}"),
-    log:
-        "results/{experiment}/logs/toy/train_sae/{hook}.log",
-    benchmark:
-        "results/{experiment}/benchmarks/toy/train_sae/{hook}.tsv"
-    conda:
-        "../../envs/saeflow.yaml"
-    threads: 1  # one per SAE: the toy's small matrices gain little from a second thread
-    resources:
-        gpu=1,
-    params:
-        sae=config["sae"],
-        seed=config["seed"],
-        device=config["device"],
-    script:
-        "../../scripts/train_sae.py"
