@@ -8,7 +8,7 @@ CORES ?= all
 GPUS  ?= $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU')
 GPU_LIMIT := $(if $(filter-out 0,$(GPUS)),--resources gpu=$(GPUS),)
 
-.PHONY: run test test-fast lint bench clean
+.PHONY: run test test-fast lint bench clean device-check
 
 run: $(STAMP)
 	$(VENV)/bin/snakemake --cores $(CORES) $(GPU_LIMIT)
@@ -25,6 +25,13 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# On a machine with one GPU, CUDA PyTorch installed and no network: install the wheels that
+# `bench/device.sh download DIR` fetched elsewhere, run the scale benchmark and the toy DAG's
+# gpu rules on CUDA, write results/device/device.json (bench/device.sh says more).
+WHEELS ?= wheels
+device-check:
+	bash bench/device.sh run $(WHEELS) results/device
 
 # torch first and pinned: an unpinned torch would pull several GB of CUDA packages.
 $(STAMP): requirements.txt pyproject.toml

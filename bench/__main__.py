@@ -1,5 +1,6 @@
-"""``python -m bench [NAME ...] [--smoke] [--out DIR]``: run benchmarks, write one JSON each
-under ``DIR`` (default ``results/bench``) and print a table of every figure."""
+"""``python -m bench [NAME ...] [--smoke] [--out DIR] [--device cuda]``: run benchmarks, write
+one JSON each under ``DIR`` (default ``results/bench``) and print a table of every figure;
+``python -m bench.report`` puts the figures in README."""
 
 from __future__ import annotations
 
@@ -29,12 +30,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (default 1: on a shared machine a pool of "
                         "more threads than free cores stalls at every barrier)")
+    parser.add_argument("--device", default="cpu", help="where the models run: cpu (default) "
+                        "or cuda (times then wait for the device; the scale benchmark also "
+                        "records peak GPU memory)")
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark {unknown[0]!r}; known: {', '.join(BENCHMARKS)}")
     import torch
 
+    from bench import common
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: torch sees no CUDA device")
+    common.DEVICE = args.device
     torch.set_num_threads(max(1, args.threads))
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="sae_lens")

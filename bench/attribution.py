@@ -1,7 +1,9 @@
 """Attribution vs exact patching: time of AtP over every SAE latent and position
 (:func:`saeflow.patch.attribution.run_atp`, error term included) vs exact latent patching
 (:func:`saeflow.patch.attribution.exact_effects_all`) timed on the top-k latents and extrapolated
-per latent to all of them; the speedup, next to the AtP-vs-exact Spearman on the top-k.
+per latent to all of them; the speedup, next to the AtP-vs-exact Spearman on the top-k; and
+what exhaustive exact patching (``patch_exact``) costs per (pair, node) row against one
+forward pass.
 
 The toy row uses the pipeline's trained toy model and SAEs (``results/toy``) when they exist,
 since a rank correlation on random weights says little; otherwise a random toy-sized model.
@@ -103,16 +105,47 @@ def measure(size: str, n_pairs: int, repeats: int, workdir: Path) -> list[Figure
     ]
 
 
+def exhaustive_cost(size: str, n_pairs: int, workdir: Path) -> Figure:
+    """What exhaustive exact patching (``patch_exact``, with the error term) costs per (pair,
+    node) row against one spliced forward pass of a prompt, as the stage logs it and stores it
+    in exact.h5 (:func:`saeflow.patch.exhaustive.exhaustive_patching`'s ``cost``)."""
+    from saeflow.patch.exhaustive import exhaustive_patching
+    from saeflow.patch.pairs import load_pairs
+    from saeflow.patch.splice import prepare_saes, to_sae_transformer
+
+    loaded = _trained_toy(n_pairs, workdir) if size == "toy" else None
+    model, saes, pairs = loaded or _random(size, n_pairs, workdir)
+    model = to_sae_transformer(model)
+    spliced = prepare_saes(model, saes)
+    batches = load_pairs(pairs, model.tokenizer)
+    cost = exhaustive_patching(model, spliced, batches, True, MAX_BATCH).cost
+    return Figure("exhaustive exact patching: s per (pair, node) row / one forward of a prompt",
+                  "toy (trained)" if loaded else size, cost["row_cost_forwards"], unit="forwards",
+                  detail={
+                      **cost, "n_pairs": sum(len(b) for b in batches),
+                      "n_latents": sum(int(s.cfg.d_sae) for s in saes),
+                      "seconds_per_pair": cost["rows_per_pair"] * cost["seconds_per_row"]})
+
+
 def run(smoke: bool = False) -> Result:
     plan = [("tiny", 4, 1)] if smoke else [("toy", 64, 5), ("mid", 8, 3)]
+    exhaustive = [("tiny", 2)] if smoke else [("toy", 8), ("mid", 2)]
     with tempfile.TemporaryDirectory() as tmp:
         figures = [f for size, n, reps in plan for f in measure(size, n, reps, Path(tmp))]
+        figures += [exhaustive_cost(size, n, Path(tmp)) for size, n in exhaustive]
     return Result("attribution", "AtP vs exact latent patching", figures,
                   params={"plan": [{"model": s, "n_pairs": n, "repeats": r} for s, n, r in plan],
+                          "exhaustive_plan": [{"model": s, "n_pairs": n} for s, n in exhaustive],
                           "top_k": TOP_K, "max_batch": MAX_BATCH, "with_error": True,
                           "random_sae_l0": L0},
                   notes=["Exact time per latent = exact patching of the top-k latents / k (each "
                          "latent patched at all positions at once, k latents stacked per forward "
                          "pass, as verify_atp runs it), times the number of latents.",
                          "speedup_per_latent_and_position multiplies by the mean prompt length: "
-                         "exact patching of each (latent, position) on its own."])
+                         "exact patching of each (latent, position) on its own.",
+                         "exhaustive exact patching (patch_exact, with the error term): its "
+                         "time per (pair, node) row run over one spliced forward pass of one "
+                         "prompt (the corrupted batch's, timed in the same call); the reference "
+                         "costs about rows x that many forwards at another size (rows: the "
+                         "nodes whose value differs between a pair's runs; rows_per_pair "
+                         "here)."])

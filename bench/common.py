@@ -9,6 +9,7 @@ both sides of a pair alike, so the ratio holds where absolute times do not.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import gc
 import os
@@ -38,6 +39,17 @@ HOOKS: dict[str, list[str]] = {
     "mid": ["blocks.0.hook_resid_pre", "blocks.2.hook_resid_post", "blocks.5.hook_resid_post"],
 }
 D_SAE = {"tiny": 96, "toy": 1024, "mid": 4096}  # toy: config's d_sae; mid: 8 x d_model
+# Where the benchmarks' models run (``python -m bench --device``); times on "cuda" wait for
+# the device (:func:`synchronize`) before each clock reading.
+DEVICE = "cpu"
+
+
+def synchronize() -> None:
+    """Wait for queued CUDA work, so that a wall time covers it (a no-op on the CPU)."""
+    if DEVICE.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
 
 
 @dataclass
@@ -91,8 +103,10 @@ def interleaved(subjects: Mapping[str, Callable[[], Any]], repeats: int, warmup:
     for r in range(repeats):
         for name in (names if r % 2 == 0 else names[::-1]):
             gc.collect()
+            synchronize()
             t0 = time.perf_counter()
             subjects[name]()
+            synchronize()
             times[name].append(time.perf_counter() - t0)
     return times
 
@@ -160,6 +174,8 @@ def machine() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "cuda": torch.cuda.is_available(),
+        "device": DEVICE,
+        "gpu": torch.cuda.get_device_name() if DEVICE.startswith("cuda") else None,
         "load_average": rounded(os.getloadavg(), 2) if hasattr(os, "getloadavg") else None,
     }
     try:
@@ -182,14 +198,16 @@ def _cpu_model() -> str:
 
 def write_result(result: Result, out_dir: Path, smoke: bool, elapsed_s: float,
                  load_before: list[float] | None) -> Path:
-    """``out_dir/<name>.json``: figures, params, machine, plus the ``provenance`` block (params
-    as config, package versions, git commit) every saeflow JSON output carries."""
+    """``out_dir/<name>.json``: figures, params, machine (load average before and after), the
+    date (UTC), plus the ``provenance`` block (params as config, package versions, git
+    commit) every saeflow JSON output carries."""
     from saeflow.core.io import write_json
 
     info = machine()
     info["load_average_before"] = load_before
     record = {
         "benchmark": result.name, "title": result.title, "smoke": smoke,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "figures": [f.record() for f in result.figures],
         "notes": result.notes, "params": result.params, "machine": info,
         "elapsed_s": round(elapsed_s, 1),
@@ -279,6 +297,7 @@ def model(size: str, seed: int = 0) -> Any:
     tok = tokenizer()
     torch.manual_seed(seed)
     cfg = toy_model_config(SIZES[size], len(tok), seed)
+    cfg.device = DEVICE
     return HookedTransformer(cfg, tokenizer=tok, default_padding_side="right").eval()
 
 
@@ -313,7 +332,7 @@ def resid_sample(model_: Any, hook: str, records: Sequence[Mapping[str, Any]]) -
     with torch.no_grad():
         _, cache = model_.run_with_cache(tokens, names_filter=[hook])
     valid = torch.arange(tokens.shape[1])[None, :] < lengths[:, None]
-    return cache[hook][valid]
+    return cache[hook][valid.to(cache[hook].device)]
 
 
 def file_bytes(path: str | os.PathLike[str]) -> int:

@@ -91,7 +91,8 @@ def gemma_like(size: str, seed: int = 0) -> Any:
         gated_mlp=True, final_rms=True, use_normalization_before_and_after=True,
         attn_scores_soft_cap=50.0, output_logits_soft_cap=30.0, use_local_attn=True,
         window_size=4096, attn_types=(["local", "global"] * dims["n_layers"])[:dims["n_layers"]],
-        initializer_range=0.02, seed=seed, default_prepend_bos=False, model_name="gemma-2-like")
+        initializer_range=0.02, seed=seed, default_prepend_bos=False, model_name="gemma-2-like",
+        device=common.DEVICE)
     return HookedSAETransformer(cfg, tokenizer=common.tokenizer(),
                                 default_padding_side="right").eval()
 
@@ -107,7 +108,7 @@ def jumprelu_sae(d_in: int, d_sae: int, hook: str, calibration: Any, l0: float, 
     torch.manual_seed(seed)
     cfg = JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae)
     cfg.metadata.hook_name = hook
-    sae = JumpReLUSAE(cfg).eval()
+    sae = JumpReLUSAE(cfg).eval().to(calibration.device)  # initialised on the CPU: same weights
     with torch.no_grad():
         pre = sae.process_sae_in(calibration.float()) @ sae.W_enc + sae.b_enc
         k = min(pre.shape[0], max(1, round((1.0 - l0 / d_sae) * pre.shape[0])))
@@ -115,26 +116,40 @@ def jumprelu_sae(d_in: int, d_sae: int, hook: str, calibration: Any, l0: float, 
     return sae
 
 
-def _with_peak(fn: Callable[[], Any], peaks: list[int | None]) -> Callable[[], None]:
+def _with_peak(fn: Callable[[], Any], peaks: list[int | None], gpu: list[int]
+               ) -> Callable[[], None]:
     """``fn`` that appends its call's peak RSS increment (KiB; None without a reset) to
-    ``peaks``."""
+    ``peaks`` and, on CUDA, its peak allocated GPU memory increment (bytes) to ``gpu``."""
+    import torch
+
+    cuda = common.DEVICE.startswith("cuda")
+
     def call() -> None:
         before = common.rss_kib()["VmRSS"]
         reset = common.reset_peak_rss()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+            allocated = torch.cuda.memory_allocated()
         fn()
         peaks.append(common.rss_kib()["VmHWM"] - before if reset else None)
+        if cuda:
+            gpu.append(torch.cuda.max_memory_allocated() - allocated)
     return call
 
 
 def _timed(subjects: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1
-           ) -> tuple[dict[str, list[float]], dict[str, float | None]]:
+           ) -> tuple[dict[str, list[float]], dict[str, Any]]:
     """:func:`bench.common.interleaved` times and each subject's largest peak RSS increment
-    (MiB)."""
+    (MiB; under ``"gpu"``, on CUDA, the largest peak GPU memory increment, MiB)."""
     peaks: dict[str, list[int | None]] = {name: [] for name in subjects}
-    times = common.interleaved({name: _with_peak(fn, peaks[name]) for name, fn in
+    gpu: dict[str, list[int]] = {name: [] for name in subjects}
+    times = common.interleaved({name: _with_peak(fn, peaks[name], gpu[name]) for name, fn in
                                 subjects.items()}, repeats, warmup)
-    return times, {name: None if None in p else round(max(p) / 1024, 1)
-                   for name, p in peaks.items()}
+    out: dict[str, Any] = {name: None if None in p else round(max(p) / 1024, 1)
+                           for name, p in peaks.items()}
+    if any(gpu.values()):
+        out["gpu"] = {name: round(max(g) / MIB, 1) for name, g in gpu.items() if g}
+    return times, out
 
 
 def _traced_peak(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -153,10 +168,11 @@ def _figure(name: str, size: str, times: dict[str, list[float]], subject: str, b
     """Median over repeats of t(subject) / (scale x t(baseline)), with seconds per prompt;
     ``target``: an upper bound."""
     ratio = common.paired_ratio(times[subject], [t * scale for t in times[baseline]])
+    gpu = {"peak_gpu_increment_mib": peaks["gpu"]} if "gpu" in peaks else {}
     return Figure(name, size, ratio, target=target, op=None if target is None else "<=", detail={
         "s_per_prompt": {k: round(common.median(v) / n, 4) for k, v in times.items()},
-        "peak_rss_increment_mib": peaks, "times_s": {k: common.rounded(v) for k, v in
-                                                     times.items()}, **detail})
+        "peak_rss_increment_mib": {k: v for k, v in peaks.items() if k != "gpu"}, **gpu,
+        "times_s": {k: common.rounded(v) for k, v in times.items()}, **detail})
 
 
 @dataclasses.dataclass
@@ -183,7 +199,7 @@ def _extraction(run: _Run) -> list[Figure]:
     seqs = [encode_prompt(tok, r["text"]) for r in run.records]
     batches = [pad_batch(seqs[s:s + BATCH], tok.pad_token_id)[0] for s in range(0, len(seqs), BATCH)]
 
-    finals = [torch.tensor([len(q) - 1 for q in seqs[s:s + BATCH]])
+    finals = [torch.tensor([len(q) - 1 for q in seqs[s:s + BATCH]], device=common.DEVICE)
               for s in range(0, len(seqs), BATCH)]
 
     @torch.no_grad()
@@ -195,7 +211,7 @@ def _extraction(run: _Run) -> list[Figure]:
     def bare_predictions() -> None:  # + what extraction must store: each prompt's prediction
         for batch, last in zip(batches, finals, strict=True):
             resid = run.model(batch, stop_at_layer=run.model.cfg.n_layers)
-            x = run.model.ln_final(resid[torch.arange(len(last)), last])
+            x = run.model.ln_final(resid[torch.arange(len(last), device=last.device), last])
             final_logits(run.model, x).float().log_softmax(-1).argmax(-1)
 
     def extract() -> None:
@@ -219,7 +235,7 @@ def _encoding(run: _Run) -> Figure:
 
     from saeflow.encode import encode_to_hdf5
 
-    rows = {h: common.stored_rows(run.acts, h) for h in run.hooks}
+    rows = {h: common.stored_rows(run.acts, h).to(common.DEVICE) for h in run.hooks}
     d_model, d_sae = run.model.cfg.d_model, SIZES[run.size]["d_sae"]
     run.saes.update({h: jumprelu_sae(d_model, d_sae, h, x, L0, seed=i)
                      for i, (h, x) in enumerate(rows.items())})
@@ -232,8 +248,10 @@ def _encoding(run: _Run) -> Figure:
 
     loaders = {h: (lambda sae=sae: sae) for h, sae in run.saes.items()}
     times, peaks = _timed({"bare_encode": bare, "encoding": lambda: encode_to_hdf5(
-        run.acts, run.codes, loaders, batch_rows=BATCH_ROWS)}, run.plan["repeats"])
-    summary = encode_to_hdf5(run.acts, run.codes, loaders, batch_rows=BATCH_ROWS)
+        run.acts, run.codes, loaders, batch_rows=BATCH_ROWS, device=common.DEVICE)},
+        run.plan["repeats"])
+    summary = encode_to_hdf5(run.acts, run.codes, loaders, batch_rows=BATCH_ROWS,
+                             device=common.DEVICE)
     return _figure("encoding time / bare sae.encode", run.size, times, "encoding", "bare_encode",
                    peaks, len(run.records), rows=sum(len(x) for x in rows.values()),
                    mean_l0={h: round(s["mean_l0"], 1) for h, s in summary.items()},

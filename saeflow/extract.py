@@ -155,8 +155,9 @@ def extract_to_hdf5(model: HookedTransformer, records: list[dict[str, Any]], hoo
             predicted[start:stop] = logits.argmax(-1).cpu().numpy()
             if answers is not None:
                 logprobs = logits.log_softmax(-1)
-                answer_logprob[start:stop] = logprobs[torch.arange(stop - start),
-                                                      torch.as_tensor(answers[start:stop], device=device)].cpu().numpy()
+                picked = torch.as_tensor(answers[start:stop], device=device)
+                answer_logprob[start:stop] = logprobs[torch.arange(stop - start, device=device),
+                                                      picked].cpu().numpy()
             tokens_ds[start:stop, : batch.shape[1]] = batch.cpu().numpy()
             for name in hooks:
                 if name not in act_ds:

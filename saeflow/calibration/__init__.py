@@ -18,31 +18,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-FPR, COVERAGE = "false-positive rate", "coverage"
-
-
-@dataclass(frozen=True)
-class Check:
-    """One calibration: ``run(reps, seed)`` returns ``(hits, n)``, the p-values at or below
-    ``nominal`` (``kind`` FPR) or the intervals covering the truth (COVERAGE) among ``n``
-    replicates; ``reps`` is the full run's replicate count (a scale multiplies it)."""
-
-    quantity: str  # what saeflow reports, as a reader finds it in an output
-    kind: str
-    nominal: float
-    design: str  # the null or planted data, in a sentence
-    reps: int
-    run: Callable[[int, int], tuple[int, int]]
+from saeflow.calibration import agreement, lpf, patch, probe
+from saeflow.calibration.check import COVERAGE, FPR, Check
 
 
 def checks() -> list[Check]:
     """Every calibration, stage by stage."""
-    from saeflow.calibration import agreement, lpf, patch, probe
-
     return [*probe.checks(), *lpf.checks(), *agreement.checks(), *patch.checks()]
 
 

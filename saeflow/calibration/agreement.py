@@ -8,7 +8,7 @@ from functools import partial
 
 import numpy as np
 
-from saeflow.calibration import COVERAGE, Check
+from saeflow.calibration.check import COVERAGE, Check
 
 # P(tp), P(fp), P(fn), P(tn) of a classifier that finds 80% of a 20% category with 10% of
 # what it calls related wrong: a typical keyword classifier against a human

@@ -8,7 +8,7 @@ from functools import partial
 
 import numpy as np
 
-from saeflow.calibration import COVERAGE, Check
+from saeflow.calibration.check import COVERAGE, Check
 from saeflow.labels.study import Study
 
 SIM_LPF = np.array([1e-4, 3e-4])

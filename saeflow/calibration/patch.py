@@ -9,7 +9,7 @@ from functools import partial
 
 import numpy as np
 
-from saeflow.calibration import COVERAGE, Check
+from saeflow.calibration.check import COVERAGE, Check
 
 
 def clustered_coverage(n_clusters: int, per_cluster: int, clustered: bool, reps: int = 400,

@@ -14,7 +14,7 @@ from functools import partial
 import numpy as np
 import scipy.sparse as sp
 
-from saeflow.calibration import FPR, Check
+from saeflow.calibration.check import FPR, Check
 from saeflow.probe.dataset import ProbeDataset
 
 ALPHA = 0.05

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from saeflow.core.config_checks import (
+    check_autointerp,
     check_dashboards,
     check_experiment,
     check_key_types,
@@ -287,6 +288,7 @@ def check_config(config: Mapping[str, Any], configfiles: Sequence[str | Path], d
         probe = {**schema_defaults("probe", schema_path), **config.get("probe", {})}
         check_probe(probe, config, layers, source)
         check_dashboards(config.get("dashboards", {}), config, source)
+        check_autointerp(config, source)
     except InputError as err:
         fail(err)
     return source

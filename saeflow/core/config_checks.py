@@ -219,6 +219,18 @@ def check_dashboards(dashboards: Mapping[str, Any], config: Mapping[str, Any], s
             raise InputError(source, f"dashboards.latents.{hook}", f"not an SAE hook {hooks}")
 
 
+def check_autointerp(config: Mapping[str, Any], source: str) -> None:
+    """``labels.describe.backend: autointerp`` reads each latent's contexts token by token
+    from the codes of ``labels.prompt_set``: extraction must store every token."""
+    labels = config.get("labels") or {}
+    if (labels.get("describe") or {}).get("backend") != "autointerp":
+        return
+    if config["extraction"].get("positions") != "all":
+        raise InputError(source, "extraction.positions", f"{config['extraction'].get('positions')!r}"
+                         ": labels.describe.backend autointerp reads every token's code "
+                         "(contexts around each latent's activations): set positions: all")
+
+
 def check_model_source(model: Mapping[str, Any], source: str) -> None:
     """``model.source: local`` names a checkpoint folder (``model.path``: config, weights,
     tokenizer) and the TransformerLens architecture it instantiates (``model.name``, one

@@ -164,6 +164,22 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+@contextlib.contextmanager
+def _reading_file(path: Path) -> Iterator[None]:
+    """Around a read of ``path``: missing, a folder, or unreadable (gzip's truncated or damaged
+    streams too) is one InputError naming the file."""
+    from saeflow.core.errors import InputError
+
+    try:
+        yield
+    except FileNotFoundError:
+        raise InputError(path, "<file>", "does not exist") from None
+    except IsADirectoryError:
+        raise InputError(path, "<file>", "is a folder, not a file") from None
+    except (OSError, EOFError) as err:
+        raise InputError(path, "<file>", f"unreadable ({err})") from None
+
+
 def read_text(path: str | os.PathLike[str]) -> str:
     """A file's text (``.gz`` decompressed), checked: it exists and is UTF-8. An undecodable
     byte is an InputError naming its line (counted from 1, as every reader counts)."""
@@ -172,14 +188,8 @@ def read_text(path: str | os.PathLike[str]) -> str:
     from saeflow.core.errors import InputError
 
     path = Path(path)
-    try:
+    with _reading_file(path):
         raw = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(path, "<file>", "does not exist") from None
-    except IsADirectoryError:
-        raise InputError(path, "<file>", "is a folder, not a file") from None
-    except (OSError, EOFError) as err:  # gzip's truncated or damaged streams
-        raise InputError(path, "<file>", f"unreadable ({err})") from None
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -264,20 +274,12 @@ def count_records(path: str | os.PathLike[str]) -> int:
     DAG is built. Equals ``len(read_jsonl(path))`` for every file read_jsonl accepts."""
     import gzip
 
-    from saeflow.core.errors import InputError
-
     path = Path(path)
     gz = path.name.endswith(".gz")
-    try:
-        with (gzip.open(path, "rt", encoding="utf-8", errors="replace", newline="\n") if gz
-              else open(path, encoding="utf-8", errors="replace", newline="\n")) as fh:
-            return sum(1 for _ in record_lines(fh))
-    except FileNotFoundError:
-        raise InputError(path, "<file>", "does not exist") from None
-    except IsADirectoryError:
-        raise InputError(path, "<file>", "is a folder, not a file") from None
-    except (OSError, EOFError) as err:  # gzip's truncated or damaged streams
-        raise InputError(path, "<file>", f"unreadable ({err})") from None
+    with _reading_file(path), (
+            gzip.open(path, "rt", encoding="utf-8", errors="replace", newline="\n") if gz
+            else open(path, encoding="utf-8", errors="replace", newline="\n")) as fh:
+        return sum(1 for _ in record_lines(fh))
 
 
 def read_jsonl(path: str | os.PathLike[str], allow_nan: bool = True) -> Records:

@@ -42,8 +42,8 @@ CLUSTER_SOURCES = {
 }
 # The unit resampled, as an interval's method names it.
 UNITS = {"group": "groups", "template": "templates", "pair": "pairs"}
-# Fewer clusters than this and a percentile cluster bootstrap itself under-covers: about 0.80
-# for a nominal 0.95 at 4 clusters, 0.93 at 20 (tests/patch/test_bootstrap.py).
+# Fewer clusters than this and a cluster bootstrap itself under-covers: about 0.80 for a
+# nominal 0.95 at 4 clusters with plain percentiles (tests/patch/test_bootstrap.py).
 FEW_CLUSTERS = 20
 
 
@@ -98,10 +98,12 @@ class Clusters:
         """The interval method, naming the unit resampled."""
         draws = f"; {n_boot} draws" if n_boot else ""
         if self.by == "pair":
-            return f"percentile bootstrap over pairs ({CLUSTER_SOURCES['pair']}{draws})"
+            return (f"expanded percentile bootstrap (Hesterberg 2015) over pairs "
+                    f"({CLUSTER_SOURCES['pair']}{draws})")
         few = (f"; fewer than {FEW_CLUSTERS} clusters: the interval under-covers"
                if self.n_clusters < FEW_CLUSTERS else "")
-        return (f"percentile cluster bootstrap over {UNITS[self.by]} ({self.n_clusters} "
+        return (f"expanded percentile (Hesterberg 2015) cluster bootstrap over "
+                f"{UNITS[self.by]} ({self.n_clusters} "
                 f"clusters drawn with replacement, every pair of a drawn cluster kept; "
                 f"cluster = {CLUSTER_SOURCES[self.by]}{draws}{few})")
 
@@ -112,10 +114,29 @@ class Clusters:
                 "n_pairs": len(self)}
 
 
-def percentile_interval(boots: np.ndarray, ci: float) -> np.ndarray:
+def expanded_tail(ci: float, n_units: int | None) -> float:
+    """The lower tail probability of Hesterberg's expanded percentile interval (Hesterberg
+    2015, "What teachers should know about the bootstrap", sec. 5): a percentile interval of
+    a mean over ``n`` resampled units is too narrow by about ``sqrt((n - 1) / n)`` and by the
+    normal quantile's place of Student's t, so the tails move to ``Phi(sqrt(n / (n - 1)) *
+    t_{n-1}((1 - ci) / 2))``. Written here because neither numpy nor scipy has it (scipy's
+    ``bootstrap`` resamples rows, not clusters through count vectors). With 30 templates a
+    plain percentile interval covered 0.91 where this one covers near 0.95 (the calibration
+    table); ``None`` or fewer than 2 units: the plain tail."""
+    from scipy import stats
+
+    alpha = (1 - ci) / 2
+    if not n_units or n_units < 2:
+        return alpha
+    return float(stats.norm.cdf(np.sqrt(n_units / (n_units - 1))
+                                * stats.t.ppf(alpha, n_units - 1)))
+
+
+def percentile_interval(boots: np.ndarray, ci: float, n_units: int | None = None) -> np.ndarray:
     """``[2, ...]`` nan-aware percentile interval of ``boots [n_boot, ...]`` (NaN where every
-    draw is NaN)."""
-    tail = 100 * (1 - ci) / 2
+    draw is NaN); with ``n_units`` (the clusters or pairs resampled) Hesterberg's expanded
+    percentile interval (:func:`expanded_tail`)."""
+    tail = 100 * expanded_tail(ci, n_units)
     flat = boots.reshape(boots.shape[0], -1)
     out = np.full((2, flat.shape[1]), np.nan)
     ok = ~np.all(np.isnan(flat), axis=0)

@@ -181,7 +181,8 @@ def edge_pruned_record(F_pruned: np.ndarray, F_complement: np.ndarray, F_model: 
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.where(np.abs(M - E) > 1e-9, (F - E) / (M - E), np.nan)
         record[name] = nan_to_none(ratio[0])
-        record[f"{name}_ci95"] = (nan_to_none(percentile_interval(ratio[1:], ci))
+        record[f"{name}_ci95"] = (nan_to_none(percentile_interval(ratio[1:], ci,
+                                                                      clusters.n_clusters))
                                   if np.isfinite(ratio[1:]).any() else None)
     record["interval_method"] = clusters.method(n_boot) if n_boot else None
     return record

@@ -33,7 +33,7 @@ from saeflow.patch.attribution import (
     read_atp,
     verify_atp,
 )
-from saeflow.patch.bootstrap import Clusters
+from saeflow.patch.bootstrap import Clusters, percentile_interval
 from saeflow.patch.pairs import PairBatch, align_right, logit_diff, position_offsets
 from saeflow.patch.splice import PatchRun, SparseAct, run_spliced
 
@@ -128,13 +128,14 @@ def faithfulness_curve(run: PatchRun, ranking: Sequence[Node], ns: Sequence[int]
     clusters = Clusters.of(run.batches)
     boots = _ratios(F_pairs, M_pairs, clusters.weights(n_boot, seed)) if n_boot else None
     F = F_pairs.mean(1)
-    k, tail = len(ns), 100 * (1 - ci) / 2
+    k = len(ns)
 
     def interval(j: int) -> list[float | None] | None:
         if boots is None:
             return None
         ok = boots[:, j][np.isfinite(boots[:, j])]
-        return nan_to_none(np.percentile(ok, [tail, 100 - tail])) if len(ok) else [None, None]
+        return (nan_to_none(percentile_interval(ok, ci, clusters.n_clusters)) if len(ok)
+                else [None, None])
 
     curve = []
     for j, n in enumerate(ns):

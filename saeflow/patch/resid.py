@@ -83,7 +83,7 @@ def resid_patching(model: Any, batch: PairBatch, max_batch: int = 256
 
 
 # the interval method of a run whose pairs name no clusters (Clusters.method gives each run's)
-BOOTSTRAP_METHOD = "percentile bootstrap over pairs"
+BOOTSTRAP_METHOD = "expanded percentile bootstrap (Hesterberg 2015) over pairs"
 NORMALISED_METHOD = ("ratio of means over the pairs present in the cell: mean(patched - "
                      "corrupted) / mean(clean - corrupted); per-pair ratios in "
                      "normalised_per_pair")
@@ -107,7 +107,8 @@ def bootstrap_ci(values: np.ndarray, n_boot: int, ci: float, seed: int,
     flat = values.reshape(n, -1)
     present = (~np.isnan(flat)).astype(np.float64)
     filled = np.nan_to_num(flat, nan=0.0)
-    counts = (clusters or Clusters.pairs(n)).weights(n_boot, seed)
+    clusters = clusters or Clusters.pairs(n)
+    counts = clusters.weights(n_boot, seed)
     with np.errstate(divide="ignore", invalid="ignore"):
         mean = filled.sum(0) / present.sum(0)
         boots = (counts @ filled) / (counts @ present)
@@ -117,7 +118,7 @@ def bootstrap_ci(values: np.ndarray, n_boot: int, ci: float, seed: int,
             mean = np.where(np.abs(mean_den) > eps, mean / mean_den, np.nan)
             boot_den = (counts @ den) / (counts @ present)
             boots = np.where(np.abs(boot_den) > eps, boots / boot_den, np.nan)
-    lo, hi = percentile_interval(boots, ci)
+    lo, hi = percentile_interval(boots, ci, clusters.n_clusters)
     return mean.reshape(rest), lo.reshape(rest), hi.reshape(rest)
 
 

@@ -276,3 +276,16 @@ def test_the_failure_study_configs_pass_with_their_inputs(tmp_path, monkeypatch,
     assert _check(tmp_path, monkeypatch, capsys, {name: None}) is None
     (tmp_path / next(iter(files)) / "model.safetensors").unlink()
     assert _check(tmp_path, monkeypatch, capsys, {name: None}).startswith(f"{name}: model.path: ")
+
+
+def test_autointerp_needs_every_token_extracted(tmp_path, monkeypatch, capsys):
+    """The toy stores every token: autointerp passes; a study storing chosen positions is
+    refused at parse time, not when describe runs after extraction."""
+    llm = "{base_url: 'http://127.0.0.1:1/v1', model: m}"
+    toy = {"config/config.yaml": None,
+           "bad.yaml": f"labels: {{describe: {{backend: autointerp, llm: {llm}}}}}\n"}
+    assert _check(tmp_path, monkeypatch, capsys, toy) is None
+    toy["bad.yaml"] += "extraction: {positions: [final]}\n"
+    assert _check(tmp_path, monkeypatch, capsys, toy) == (
+        f"{TOY}: extraction.positions: ['final']: labels.describe.backend autointerp reads "
+        "every token's code (contexts around each latent's activations): set positions: all")

@@ -57,9 +57,9 @@ def test_each_pair_its_own_cluster_is_the_bootstrap_over_pairs_draw_for_draw():
 
 
 def test_every_interval_method_names_the_unit_resampled():
-    assert Clusters.pairs(5).method(100).startswith("percentile bootstrap over pairs (")
+    assert Clusters.pairs(5).method(100).startswith("expanded percentile bootstrap (Hesterberg 2015) over pairs (")
     four = Clusters(("a", "b", "c", "d") * 5, "template").method(100)
-    assert four.startswith("percentile cluster bootstrap over templates (4 clusters")
+    assert four.startswith("expanded percentile (Hesterberg 2015) cluster bootstrap over templates (4 clusters")
     assert "clean row's `template`" in four and "under-covers" in four
     many = Clusters(tuple(str(i % 25) for i in range(50)), "group").method(10)
     assert "over groups (25 clusters" in many and "under-covers" not in many
@@ -68,7 +68,7 @@ def test_every_interval_method_names_the_unit_resampled():
     F = [rng.normal(size=40) + k for k in (0.5, 0.2, 1.0, 0.0)]
     rec = edge_pruned_record(*F, n_boot=50, ci=0.95, seed=0,
                              clusters=Clusters(tuple(str(i % 4) for i in range(40)), "template"))
-    assert rec["interval_method"].startswith("percentile cluster bootstrap over templates")
+    assert rec["interval_method"].startswith("expanded percentile (Hesterberg 2015) cluster bootstrap over templates")
     assert "pairs" in edge_pruned_record(*F, n_boot=50, ci=0.95, seed=0)["interval_method"]
 
 
@@ -136,7 +136,7 @@ def test_faithfulness_intervals_resample_the_evaluation_pairs_clusters():
     run = patch_run(model, spliced, [batch], n_bootstrap=30)
     order = [n for n, _ in rank_nodes(run_atp(model, spliced, [batch], True))]
     out = faithfulness_curve(run, order, [2], node_means(run, True), True)
-    assert out["interval_method"].startswith("percentile cluster bootstrap over templates "
+    assert out["interval_method"].startswith("expanded percentile (Hesterberg 2015) cluster bootstrap over templates "
                                              "(3 clusters")
     assert out["resampled"] == {"unit": "templates", "cluster_by": "template",
                                 "cluster_rule": out["resampled"]["cluster_rule"],

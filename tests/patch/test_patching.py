@@ -138,7 +138,7 @@ def test_run_resid_patching_aligns_lengths_and_round_trips(model: HookedTransfor
         assert json.loads(f.attrs["position_offsets"])[-1] == -1
         assert f.attrs["normalised_method"].startswith("ratio of means")
         # the pairs name no cluster: each pair is its own, and the method says so
-        assert f.attrs["interval_method"].startswith("percentile bootstrap over pairs (")
+        assert f.attrs["interval_method"].startswith("expanded percentile bootstrap (Hesterberg 2015) over pairs (")
         assert f.attrs["cluster_by"] == "pair"
         np.testing.assert_allclose(f["normalised_per_pair"][()], res.normalised, equal_nan=True)
     assert back.interval_method == res.interval_method and "50 draws" in back.interval_method

@@ -163,15 +163,3 @@ def test_a_dataset_name_is_read_offline_from_the_local_cache(tmp_path):
     assert out[0] == "['x y', 'z']"
     assert out[1] == ("config: sae.corpus: 'saeflow/absent' is no file or folder, and no dataset "
                       "of that name is in the local Hugging Face cache (HF_HOME)")
-
-
-def test_the_real_training_path_never_imports_the_toy_world():
-    modules = ["saeflow.sae.train", "saeflow.sae.corpus", "saeflow.sae.data",
-               "saeflow.sae.checkpoints", "saeflow.sae.transcoder", "saeflow.core.local_files",
-               "saeflow.core.models"]
-    code = (f"import sys, importlib\nfor m in {modules!r}: importlib.import_module(m)\n"
-            "print(sorted(m for m in sys.modules if m.startswith('saeflow.toy')))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip() == "[]"

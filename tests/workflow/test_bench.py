@@ -107,3 +107,41 @@ def test_scale_smoke_measures_every_stage_and_the_sparse_probe(tmp_path):
     assert x["csr_x_mib"] < x["dense_x_mib"]
     assert figures["probe fit time, CSR / dense copy"]["detail"]["max_abs_difference"] < 1e-3
     assert figures["effect sizes time, CSR / dense copy"]["detail"]["max_abs_difference"] < 1e-9
+
+
+def test_report_regenerates_the_readme_tables_from_the_json(smoke, tmp_path):
+    """``python -m bench.report``: the README's marked blocks come from the records (every
+    benchmark, the load at its start, the machine and versions); the text around them is
+    kept, a second run changes nothing, ``--check`` tells a stale README."""
+    from bench.report import load_records, main, render, replace_blocks
+
+    records = load_records(smoke[0], include_smoke=True)
+    assert {r["benchmark"] for r in records} == set(BENCHMARKS)
+    blocks = render(records)
+    for name in BENCHMARKS:
+        assert f"| {name} |" in blocks["figures"]
+    first = records[0]
+    load = " / ".join(f"{v:.1f}" for v in first["machine"]["load_average_before"])
+    assert load in blocks["figures"] and first["date"][:10] in blocks["figures"]
+    assert "torch " in blocks["figures"] and first["machine"]["processor"] in blocks["figures"]
+    assert "| AtP time / one forward + backward |" in blocks["scale"]
+    assert not load_records(smoke[0])  # smoke records measure nothing: left out by default
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- bench:figures -->\nold\n<!-- /bench:figures -->\nmiddle\n"
+                      "<!-- bench:scale -->\n<!-- /bench:scale -->\nend\n")
+    args = ["--results", str(smoke[0]), "--readme", str(readme), "--include-smoke"]
+    assert main([*args, "--check"]) == 1
+    assert main(args) == 0 and main([*args, "--check"]) == 0
+    text = readme.read_text()
+    assert text.startswith("intro\n") and "\nmiddle\n" in text and text.endswith("\nend\n")
+    assert "old" not in text and blocks["figures"] in text and blocks["scale"] in text
+    assert replace_blocks(text, blocks) == text
+    with pytest.raises(ValueError, match="bench:scale"):
+        replace_blocks("no markers", {"scale": "x"})
+
+
+def test_exhaustive_patching_reports_its_cost_per_row(smoke):
+    figs = json.loads((smoke[0] / "attribution.json").read_text())["figures"]
+    (cost,) = [f for f in figs if f["name"].startswith("exhaustive exact patching")]
+    assert cost["unit"] == "forwards" and cost["value"] > 0
+    assert cost["detail"]["rows_per_pair"] > 0 and cost["detail"]["seconds_per_row"] > 0

@@ -165,24 +165,6 @@ def test_outputs_keep_their_contracts(study):
     assert patch["n_pairs"] == 12
 
 
-def test_nothing_on_the_real_path_imports_the_toy_world():
-    modules = ["saeflow.extract", "saeflow.encode", "saeflow.cli", "saeflow.core.config",
-               "saeflow.labels.describe", "saeflow.labels.classify", "saeflow.labels.labelling",
-               "saeflow.labels.agreement", "saeflow.labels.ablation", "saeflow.labels.study",
-               "saeflow.labels.correction", "saeflow.labels.plots", "saeflow.probe.strategies",
-               "saeflow.probe.fit_files", "saeflow.probe.effects", "saeflow.probe.summary",
-               "saeflow.probe.plots", "saeflow.patch.pairs", "saeflow.patch.resid",
-               "saeflow.patch.attribution", "saeflow.patch.estimators",
-               "saeflow.patch.faithfulness", "saeflow.patch.summary", "saeflow.patch.plots",
-               "saeflow.patch.stages"]
-    code = (f"import sys, importlib\nfor m in {modules!r}: importlib.import_module(m)\n"
-            "print(sorted(m for m in sys.modules if m.startswith('saeflow.toy')))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip() == "[]"
-
-
 def test_a_bad_prompt_is_one_line_in_the_log_and_on_the_console_and_leaves_nothing(study):
     """Bad input met inside a rule: Snakemake's non-zero exit, the one line on the console and
     in the rule's log, no output file, the user's file unchanged."""
