@@ -41,6 +41,11 @@ def load_records(results: Path, include_smoke: bool = False) -> list[dict[str, A
     return sorted(records, key=lambda r: (order.get(r["benchmark"], len(order)), r["benchmark"]))
 
 
+def _cell(text: Any) -> str:
+    """``text`` for a Markdown table cell (a ``|`` in it would end the cell)."""
+    return str(text).replace("|", "\\|")
+
+
 def _load(record: Mapping[str, Any]) -> str:
     load = record.get("machine", {}).get("load_average_before") or \
         record.get("machine", {}).get("load_average")
@@ -81,7 +86,7 @@ def figures_block(records: Sequence[Mapping[str, Any]]) -> str:
         for f in rec["figures"]:
             target = f"{f['op']} {f['target']:g}" if f.get("target") is not None else "–"
             met = {True: "yes", False: "**no**", None: "–"}[f.get("met")]
-            rows.append(f"| {rec['benchmark']} | {f['name']} | {f['model']} | "
+            rows.append(f"| {rec['benchmark']} | {_cell(f['name'])} | {f['model']} | "
                         f"{format_value(f['value'], f['unit'])} | {target} | {met} | "
                         f"{_load(rec)} | {_date(rec)} |")
     missing = [n for n in BENCHMARKS if n not in {r["benchmark"] for r in records}]
@@ -104,10 +109,10 @@ def scale_block(records: Sequence[Mapping[str, Any]]) -> str:
         per = d.get("s_per_prompt")
         peaks = d.get("peak_rss_increment_mib", {})
         target = f"{f['op']} {f['target']:g}" if f.get("target") is not None else "–"
-        rows.append(f"| {f['name']} | {format_value(f['value'], f['unit'])} | {target} | "
-                    + (", ".join(f"{k} {v:g}" for k, v in per.items()) if per else "–") + " | "
-                    + (", ".join(f"{k} {v:g}" for k, v in peaks.items() if v is not None)
-                       if peaks else "–") + " |")
+        rows.append(f"| {_cell(f['name'])} | {format_value(f['value'], f['unit'])} | {target} | "
+                    + (", ".join(f"{k} {v:.3g}" for k, v in per.items()) if per else "–")
+                    + " | " + (", ".join(f"{k} {v:.0f}" for k, v in peaks.items() if v is not None)
+                               if peaks else "–") + " |")
     return "\n".join(rows)
 
 

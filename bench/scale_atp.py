@@ -12,6 +12,9 @@ baselines over the corrupted prompts of the same pairs, interleaved in one proce
   (:func:`saeflow.patch.splice.answer_logit_diff`), the bare computation the model needs; the
   rest of AtP is the two SAEs (encode and decode, clean and corrupted) and the clean run.
 
+and AtP as first written (:func:`reference_atp`) against the first, timed in the same rounds:
+the figure before issue 27's changes, on the same machine and load.
+
 Equality: the same pairs through AtP as first written (full logits, the default splice's
 graph; :func:`reference_atp`): per kind (latent and error effects, deltas, metrics) the
 largest absolute difference, and that over the largest value of the kind.
@@ -87,7 +90,8 @@ def measure(run: Any) -> list[Figure]:
     from saeflow.patch.splice import answer_logit_diff, prepare_saes, to_sae_transformer
 
     pairs = run.work / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps(r) + "\n" for r in common.pair_records(run.plan["n_pairs"])))
+    records = common.pair_records(run.plan["n_pairs"])
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in records))
     model = to_sae_transformer(run.model)
     batches = load_pairs(pairs, model.tokenizer)
     spliced = prepare_saes(model, list(run.saes.values()))
@@ -115,7 +119,9 @@ def measure(run: Any) -> list[Figure]:
 
     times, peaks = _timed({"forward_backward": lambda: forward_backward(False),
                            "forward_backward_answers": lambda: forward_backward(True),
-                           "atp": lambda: run_atp(model, spliced, batches, True)},
+                           "atp": lambda: run_atp(model, spliced, batches, True),
+                           "atp_as_first_written": lambda: [reference_atp(model, spliced, b, True)
+                                                            for b in batches]},
                           run.plan["repeats"], warmup=0)
     n = sum(len(b) for b in batches)
     shared = {"n_pairs": n, "sae_hooks": list(spliced),
@@ -124,4 +130,6 @@ def measure(run: Any) -> list[Figure]:
     return [_figure("AtP time / one forward + backward", run.size, times, "atp",
                     "forward_backward", peaks, n, target=TARGET, **shared),
             _figure("AtP time / forward + backward of the answer logits only", run.size, times,
-                    "atp", "forward_backward_answers", peaks, n, **shared)]
+                    "atp", "forward_backward_answers", peaks, n, **shared),
+            _figure("AtP as first written (before issue 27) / one forward + backward", run.size,
+                    times, "atp_as_first_written", "forward_backward", peaks, n, **shared)]

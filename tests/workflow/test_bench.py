@@ -96,7 +96,7 @@ def test_scale_smoke_measures_every_stage_and_the_sparse_probe(tmp_path):
     # stores; AtP against TransformerLens's forward + backward and against the answer logits'
     assert len([n for n in figures if n.startswith("extraction")]) == 2
     atp = [f for n, f in figures.items() if n.startswith("AtP")]
-    assert len(atp) == 2 and atp[0]["target"] == 1.5
+    assert len(atp) == 3 and atp[0]["target"] == 1.5
     # the fast AtP equals AtP as first written (full logits, the default splice's graph)
     diff = atp[0]["detail"]["difference_from_reference"]
     assert all(diff[kind]["max_rel"] < 1e-4 for kind in ("act", "res", "delta"))
