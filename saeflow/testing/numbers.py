@@ -227,7 +227,8 @@ def report(results: str | Path) -> str:
     lines.append(f"- Top residual cell: `{top['hook']}` position {top['position']}, normalised "
                  f"effect {_f(top['normalised_mean'])} "
                  f"[{_f(top['normalised_lo'])}, {_f(top['normalised_hi'])}] "
-                 f"({top['interval_method'].split(' (')[0]}).")
+                 f"({top['interval_method'].split(' (')[0].split(' bootstrap')[0]} bootstrap"
+                 f"{' over templates' if 'templates' in top['interval_method'] else ''}).")
     if (patch / "faithfulness.json").exists():
         lines += faithfulness_lines(read_json(patch / "faithfulness.json"))
     if (patch / "circuit.json").exists():
