@@ -59,3 +59,13 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: float 
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n"
                              f"{proc.stderr[-6000:]}")
     return proc
+
+
+def as_from_a_terminal() -> None:
+    """``preexec_fn`` for a child a test will Ctrl-C: SIGINT's default action, as a terminal
+    gives it. A shell without job control (CI run in the background) starts its children with
+    SIGINT ignored; Python then never raises KeyboardInterrupt, and a Ctrl-C test would read
+    the end of stdin, or a kill after a timeout, as the interruption."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

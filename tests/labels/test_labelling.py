@@ -17,6 +17,7 @@ import pytest
 from saeflow.cli import main
 from saeflow.core.errors import InputError
 from saeflow.labels.labelling import label_interactively, open_session, oracle_labels, run_session, sample_features
+from saeflow.testing.workspace import as_from_a_terminal
 
 QUESTION = "Is this feature about digits?"
 
@@ -35,7 +36,7 @@ def label_process(out, descriptions):
          "label", "--descriptions", str(descriptions), "--category", "digits",
          "--question", QUESTION, "--out", str(out), "--n", "5"],
         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        env={**os.environ, "SAEFLOW_GIT_COMMIT": "test"})
+        env={**os.environ, "SAEFLOW_GIT_COMMIT": "test"}, preexec_fn=as_from_a_terminal)
 
 
 def saved(out):

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from saeflow.testing.compare import assert_same_results
-from saeflow.testing.workspace import TEST_CONFIGS, e2e_config, run_snakemake, sync_workflow
+from saeflow.testing.workspace import TEST_CONFIGS, as_from_a_terminal, e2e_config, run_snakemake, sync_workflow
 
 pytestmark = pytest.mark.slow
 
@@ -168,7 +168,8 @@ def test_killed_run_resumes_to_the_same_results(toy_run, tmp_path):
     log = (tmp_path / "first.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "snakemake", *targets, "--cores", "2",
                              "--resources", "gpu=1", "--configfile", *TEST_CONFIGS], cwd=workdir,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=as_from_a_terminal)
     model = workdir / "results" / "toy" / "model" / "metrics.json"
     sae_logs = workdir / "results" / "toy" / "logs" / "toy" / "train_sae"
     deadline = time.monotonic() + 1200

@@ -15,9 +15,13 @@ rule replicate:
         "results/{experiment}/logs/replicates/replicate/{replicate}.log",
     wildcard_constraints:
         replicate=r"\d+",
+    localrule: True  # a nested snakemake run: it submits its own jobs, never one job itself
     conda:
         "../../envs/saeflow.yaml"
-    threads: workflow.cores  # a whole DAG: one replicate at a time, on every core
+    # A whole DAG: one replicate at a time, on every core. Snakemake scales a rule's threads
+    # down to --cores; workflow.cores cannot be read here (--summary, --report and the SLURM
+    # profile give none).
+    threads: 1024
     params:
         config=config,
         snakefile=workflow.main_snakefile,
