@@ -15,7 +15,9 @@ import numpy as np
 # Not results: run bookkeeping, and files whose content names the run's directory or time.
 SKIPPED_DIRS = {"logs", "benchmarks", "tokenizer"}
 SKIPPED_NAMES = {"runner_cfg.json", ".snakemake_timestamp"}
-VOLATILE_KEYS = {"provenance"}
+# provenance: versions, commit, time; cost: exact.h5's seconds per patched row, a timing of
+# the machine that ran it (saeflow.patch.exhaustive), recorded for the user, never a result.
+VOLATILE_KEYS = {"provenance", "cost"}
 
 
 def result_files(results: Path) -> list[Path]:

@@ -18,20 +18,21 @@ from saeflow.labels.autointerp import AutoInterpSettings, autointerp_records, sp
 from saeflow.labels.classify import LLMConfig
 from saeflow.testing.local_study import chat_reply, send_json
 
-MARK = re.compile(r"<<(.*?)>>")
+MARK = re.compile(r"<<(.*?)>>", re.DOTALL)  # a marked token may be a line break
 
 
 def canned_reply(messages):
     """What the canned model says. Explainer: ``mentions of X`` with X the span marked most
-    often (no [EXPLANATION] line when a context says "zebra"). Scorers: per example, detection
+    often, "line breaks" when only white space is marked (no [EXPLANATION] line when a
+    context says "zebra"). Scorers: per example, detection
     1 iff X is in the text, fuzzing 1 iff every marked span holds X (a prose reply when an
     example says "quokka")."""
     system, user = messages[0]["content"], messages[-1]["content"]
     if system == explainer.SYSTEM:
         if "zebra" in user:
             return "These look like animals to me."
-        spans = [s.strip() for s in MARK.findall(user)]
-        return f"Step 1. ...\n[EXPLANATION]: mentions of {max(set(spans), key=spans.count)}"
+        spans = [s.strip() for s in MARK.findall(user) if s.strip()] or ["line breaks"]
+        return f"Step 1. ...\n[EXPLANATION]: mentions of {max(sorted(set(spans)), key=spans.count)}"
     keyword = re.search(r"Latent explanation: mentions of (.*)", user).group(1).strip()
     texts = re.findall(r"^Example \d+: (.*)$", user, re.MULTILINE)
     if any("quokka" in t for t in texts):
