@@ -12,7 +12,8 @@ this process (:func:`bench.common.interleaved`):
   predictions) ÷ a bare ``model(tokens, return_type=None)`` over the same padded batches
   (blocks and final norm), and ÷ the same plus what extraction must also compute, each
   prompt's prediction from its final position (``ln_final``, ``resid @ W_U``, soft cap,
-  log-softmax: one read of the 2.4 GB ``W_U`` per batch);
+  log-softmax: one read of the 2.4 GB ``W_U`` per batch); and the same prompts without
+  answers (no prediction is read, so none is computed) ÷ the bare forward;
 - encoding (:func:`saeflow.encode.encode_to_hdf5`, both hooks) ÷ bare ``sae.encode`` of the
   same real-token rows in the same batch size;
 - probe dataset (:func:`saeflow.probe.strategies.build_probe_dataset`, ``sae-to-concept``
@@ -50,6 +51,7 @@ from typing import Any
 
 from bench import common, scale_atp
 from bench.common import Figure, Result
+from bench.timing import MIB, figure, timed
 
 SIZES: dict[str, dict[str, int]] = {
     "gemma-2-2b widths": {"n_layers": 2, "d_model": 2304, "n_heads": 8, "n_key_value_heads": 4,
@@ -70,7 +72,6 @@ N_PERMUTATIONS = 200  # effect sizes (the config's 1000 would only scale the tim
 # probe fits: probe.cv as the schema sets it but without the label-permutation baseline,
 # which reruns the identical fit (1 + n_permutations) times and so only scales the time
 FIT_OVERRIDES = {"n_permutations": 0}
-MIB = 2.0 ** 20
 # issue 27's targets (upper bounds on the time ratios)
 TARGET_EXTRACTION, TARGET_ABLATION = 1.1, 1.1
 
@@ -116,42 +117,6 @@ def jumprelu_sae(d_in: int, d_sae: int, hook: str, calibration: Any, l0: float, 
     return sae
 
 
-def _with_peak(fn: Callable[[], Any], peaks: list[int | None], gpu: list[int]
-               ) -> Callable[[], None]:
-    """``fn`` that appends its call's peak RSS increment (KiB; None without a reset) to
-    ``peaks`` and, on CUDA, its peak allocated GPU memory increment (bytes) to ``gpu``."""
-    import torch
-
-    cuda = common.DEVICE.startswith("cuda")
-
-    def call() -> None:
-        before = common.rss_kib()["VmRSS"]
-        reset = common.reset_peak_rss()
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-            allocated = torch.cuda.memory_allocated()
-        fn()
-        peaks.append(common.rss_kib()["VmHWM"] - before if reset else None)
-        if cuda:
-            gpu.append(torch.cuda.max_memory_allocated() - allocated)
-    return call
-
-
-def _timed(subjects: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1
-           ) -> tuple[dict[str, list[float]], dict[str, Any]]:
-    """:func:`bench.common.interleaved` times and each subject's largest peak RSS increment
-    (MiB; under ``"gpu"``, on CUDA, the largest peak GPU memory increment, MiB)."""
-    peaks: dict[str, list[int | None]] = {name: [] for name in subjects}
-    gpu: dict[str, list[int]] = {name: [] for name in subjects}
-    times = common.interleaved({name: _with_peak(fn, peaks[name], gpu[name]) for name, fn in
-                                subjects.items()}, repeats, warmup)
-    out: dict[str, Any] = {name: None if None in p else round(max(p) / 1024, 1)
-                           for name, p in peaks.items()}
-    if any(gpu.values()):
-        out["gpu"] = {name: round(max(g) / MIB, 1) for name, g in gpu.items() if g}
-    return times, out
-
-
 def _traced_peak(fn: Callable[[], Any]) -> tuple[Any, float]:
     """``fn()`` and the peak of its traced (NumPy/SciPy/Python) allocations, in MiB."""
     tracemalloc.start()
@@ -160,19 +125,6 @@ def _traced_peak(fn: Callable[[], Any]) -> tuple[Any, float]:
         return out, tracemalloc.get_traced_memory()[1] / MIB
     finally:
         tracemalloc.stop()
-
-
-def _figure(name: str, size: str, times: dict[str, list[float]], subject: str, baseline: str,
-            peaks: dict[str, float | None], n: int, scale: float = 1.0,
-            target: float | None = None, **detail: Any) -> Figure:
-    """Median over repeats of t(subject) / (scale x t(baseline)), with seconds per prompt;
-    ``target``: an upper bound."""
-    ratio = common.paired_ratio(times[subject], [t * scale for t in times[baseline]])
-    gpu = {"peak_gpu_increment_mib": peaks["gpu"]} if "gpu" in peaks else {}
-    return Figure(name, size, ratio, target=target, op=None if target is None else "<=", detail={
-        "s_per_prompt": {k: round(common.median(v) / n, 4) for k, v in times.items()},
-        "peak_rss_increment_mib": {k: v for k, v in peaks.items() if k != "gpu"}, **gpu,
-        "times_s": {k: common.rounded(v) for k, v in times.items()}, **detail})
 
 
 @dataclasses.dataclass
@@ -214,20 +166,27 @@ def _extraction(run: _Run) -> list[Figure]:
             x = run.model.ln_final(resid[torch.arange(len(last), device=last.device), last])
             final_logits(run.model, x).float().log_softmax(-1).argmax(-1)
 
-    def extract() -> None:
-        extract_to_hdf5(run.model, run.records, run.hooks, run.acts,
-                        Storage(positions="all", dtype="float16", batch_size=BATCH,
-                                compression="lzf"))
+    storage = Storage(positions="all", dtype="float16", batch_size=BATCH, compression="lzf")
+    unanswered = [{k: v for k, v in r.items() if k != "answer"} for r in run.records]
+    other = run.acts.with_name("unanswered.h5")
 
-    times, peaks = _timed({"bare_forward": bare, "bare_forward_predictions": bare_predictions,
-                           "extraction": extract}, run.plan["repeats"])
+    def extract() -> None:
+        extract_to_hdf5(run.model, run.records, run.hooks, run.acts, storage)
+
+    times, peaks = timed({"bare_forward": bare, "bare_forward_predictions": bare_predictions,
+                          "extraction": extract, "extraction_no_answers": lambda: extract_to_hdf5(
+                              run.model, unanswered, run.hooks, other, storage)},
+                         run.plan["repeats"])
     shared = {"hooks": run.hooks, "n_tokens": sum(len(s) for s in seqs),
               "file_mib": round(run.acts.stat().st_size / MIB, 1)}
-    return [_figure("extraction time / bare forward (no unembed)", run.size, times, "extraction",
+    return [figure("extraction time / bare forward (no unembed)", run.size, times, "extraction",
                     "bare_forward", peaks, len(run.records), target=TARGET_EXTRACTION, **shared),
-            _figure("extraction time / bare forward + final-position predictions", run.size,
+            figure("extraction time / bare forward + final-position predictions", run.size,
                     times, "extraction", "bare_forward_predictions", peaks, len(run.records),
-                    target=TARGET_EXTRACTION, **shared)]
+                    target=TARGET_EXTRACTION, **shared),
+            figure("extraction time, prompts without answers / bare forward (no unembed)",
+                   run.size, times, "extraction_no_answers", "bare_forward", peaks,
+                   len(run.records), target=TARGET_EXTRACTION, **shared)]
 
 
 def _encoding(run: _Run) -> Figure:
@@ -247,12 +206,12 @@ def _encoding(run: _Run) -> Figure:
                 run.saes[h].encode(x[s:s + BATCH_ROWS])
 
     loaders = {h: (lambda sae=sae: sae) for h, sae in run.saes.items()}
-    times, peaks = _timed({"bare_encode": bare, "encoding": lambda: encode_to_hdf5(
+    times, peaks = timed({"bare_encode": bare, "encoding": lambda: encode_to_hdf5(
         run.acts, run.codes, loaders, batch_rows=BATCH_ROWS, device=common.DEVICE)},
         run.plan["repeats"])
     summary = encode_to_hdf5(run.acts, run.codes, loaders, batch_rows=BATCH_ROWS,
                              device=common.DEVICE)
-    return _figure("encoding time / bare sae.encode", run.size, times, "encoding", "bare_encode",
+    return figure("encoding time / bare sae.encode", run.size, times, "encoding", "bare_encode",
                    peaks, len(run.records), rows=sum(len(x) for x in rows.values()),
                    mean_l0={h: round(s["mean_l0"], 1) for h, s in summary.items()},
                    file_mib=round(run.codes.stat().st_size / MIB, 1))
@@ -276,7 +235,7 @@ def _probe(run: _Run) -> list[Figure]:
     def build() -> Any:
         return build_probe_dataset(spec, run.acts, run.codes)
 
-    times, peaks = _timed({"read_codes": lambda: [read_codes(run.codes, h) for h in run.hooks],
+    times, peaks = timed({"read_codes": lambda: [read_codes(run.codes, h) for h in run.hooks],
                            "build": build}, repeats)
     ds, build_traced = _traced_peak(build)
     X = ds.X
@@ -286,7 +245,7 @@ def _probe(run: _Run) -> list[Figure]:
     shared = {"shape": list(X.shape), "nnz": int(X.nnz), "dense_x_mib": round(dense_bytes / MIB, 1),
               "csr_x_mib": round(csr_bytes / MIB, 3)}
     figures = [
-        _figure("probe dataset build time / reading the codes", run.size, times, "build",
+        figure("probe dataset build time / reading the codes", run.size, times, "build",
                 "read_codes", peaks, n, build_traced_peak_mib=round(build_traced, 2), **shared),
         Figure("probe X bytes, dense / CSR", run.size, dense_bytes / csr_bytes, unit="x",
                detail={**shared, "build_traced_peak_mib": round(build_traced, 2),
@@ -298,7 +257,7 @@ def _probe(run: _Run) -> list[Figure]:
                       ("effect sizes", lambda d: compute_effects(d, **kw))):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # sklearn: a class absent from a fold
-            times, peaks = _timed({"dense": lambda fn=fn: fn(dense), "csr": lambda fn=fn: fn(ds)},
+            times, peaks = timed({"dense": lambda fn=fn: fn(dense), "csr": lambda fn=fn: fn(ds)},
                                   repeats, warmup=0)
             (a, traced_csr), (b, traced_dense) = _traced_peak(lambda fn=fn: fn(ds)), \
                 _traced_peak(lambda fn=fn: fn(dense))
@@ -306,7 +265,7 @@ def _probe(run: _Run) -> list[Figure]:
             float(np.nanmax(np.abs(a.d - b.d)))
         extra = {"test_accuracy": round(a.metrics["accuracy"]["test"]["mean"], 3)} \
             if label == "probe fit" else {"n_permutations": N_PERMUTATIONS}
-        figures.append(_figure(f"{label} time, CSR / dense copy", run.size, times, "csr",
+        figures.append(figure(f"{label} time, CSR / dense copy", run.size, times, "csr",
                                "dense", peaks, n, traced_peak_mib={
                                    "csr": round(traced_csr, 1), "dense": round(traced_dense, 1)},
                                max_abs_difference=agree, **extra, **shared))
@@ -338,9 +297,9 @@ def _ablation(run: _Run) -> Figure:
     def bare() -> None:
         run.model(eval_set.tokens)
 
-    times, peaks = _timed({"bare_forward": bare, "ablation": lambda: ablation_losses(
+    times, peaks = timed({"bare_forward": bare, "ablation": lambda: ablation_losses(
         run.model, sae, eval_set, sets)}, run.plan["repeats"], warmup=0)
-    return _figure(f"category ablation time / {passes} bare forwards", run.size, times,
+    return figure(f"category ablation time / {passes} bare forwards", run.size, times,
                    "ablation", "bare_forward", peaks, k, scale=passes, target=TARGET_ABLATION,
                    n_sets=len(sets),
                    hook=run.hooks[-1], padded_tokens=int(eval_set.tokens.numel()),

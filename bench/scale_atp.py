@@ -27,36 +27,10 @@ from typing import Any
 
 from bench import common
 from bench.common import Figure
+from bench.timing import figure, timed
+from saeflow.testing.reference_atp import reference_atp
 
 TARGET = 1.5
-
-
-def reference_atp(model: Any, saes: Any, batch: Any, with_error: bool) -> dict[str, Any]:
-    """AtP of one batch as first written: two full forward passes with logits at every
-    position, the gradient through the default splice (encoder included). Per kind
-    (``act``, ``res``, ``delta``, ``metric``), the tensors to compare."""
-    import torch
-
-    from saeflow.patch.pairs import logit_diff
-    from saeflow.patch.splice import run_spliced
-
-    with torch.no_grad():
-        clean_logits, clean = run_spliced(model, saes, batch.clean, with_error)
-    with torch.enable_grad():
-        logits, corr = run_spliced(model, saes, batch.corrupted, with_error)
-        metric = logit_diff(logits, batch.clean_answer, batch.corrupted_answer)
-        names = list(corr)
-        leaves = [corr[h].act for h in names] + ([corr[h].res for h in names] if with_error else [])
-        grads = torch.autograd.grad(metric.sum(), leaves, allow_unused=True)
-    out: dict[str, list[Any]] = {"act": [], "res": [], "delta": [], "metric": [
-        logit_diff(clean_logits, batch.clean_answer, batch.corrupted_answer), metric.detach()]}
-    for i, h in enumerate(names):
-        delta = clean[h] - corr[h].detach()
-        out["act"].append(delta.act * grads[i])
-        out["delta"].append(delta.act.abs())
-        if with_error:
-            out["res"].append((delta.res * grads[len(names) + i]).sum(-1))
-    return out
 
 
 def difference_from_reference(model: Any, saes: Any, batches: Any) -> dict[str, dict[str, float]]:
@@ -66,7 +40,9 @@ def difference_from_reference(model: Any, saes: Any, batches: Any) -> dict[str, 
 
     worst: dict[str, dict[str, float]] = {}
     for b in batches:
-        ref = reference_atp(model, saes, b, True)
+        eff_r, delta_r, clean_r, corr_r = reference_atp(model, saes, b, True)
+        ref = {"act": [eff_r[h].act for h in saes], "res": [eff_r[h].res for h in saes],
+               "delta": [delta_r[h].act for h in saes], "metric": [clean_r, corr_r]}
         eff, delta, clean, corr = attribution_patching(model, saes, b, True)
         fast = {"act": [eff[h].act for h in saes], "res": [eff[h].res for h in saes],
                 "delta": [delta[h].act for h in saes], "metric": [clean, corr]}
@@ -84,7 +60,6 @@ def measure(run: Any) -> list[Figure]:
     """The AtP figures of :mod:`bench.scale` for its ``run`` (model, SAEs, plan, work dir)."""
     import torch
 
-    from bench.scale import _figure, _timed
     from saeflow.patch.attribution import run_atp
     from saeflow.patch.pairs import load_pairs, logit_diff
     from saeflow.patch.splice import answer_logit_diff, prepare_saes, to_sae_transformer
@@ -117,7 +92,7 @@ def measure(run: Any) -> list[Figure]:
                     metric = logit_diff(logits, b.clean_answer, b.corrupted_answer)
                 torch.autograd.grad(metric.sum(), captured)
 
-    times, peaks = _timed({"forward_backward": lambda: forward_backward(False),
+    times, peaks = timed({"forward_backward": lambda: forward_backward(False),
                            "forward_backward_answers": lambda: forward_backward(True),
                            "atp": lambda: run_atp(model, spliced, batches, True),
                            "atp_as_first_written": lambda: [reference_atp(model, spliced, b, True)
@@ -127,9 +102,9 @@ def measure(run: Any) -> list[Figure]:
     shared = {"n_pairs": n, "sae_hooks": list(spliced),
               "tokens_per_prompt": [b.length for b in batches],
               "difference_from_reference": difference_from_reference(model, spliced, batches)}
-    return [_figure("AtP time / one forward + backward", run.size, times, "atp",
+    return [figure("AtP time / one forward + backward", run.size, times, "atp",
                     "forward_backward", peaks, n, target=TARGET, **shared),
-            _figure("AtP time / forward + backward of the answer logits only", run.size, times,
+            figure("AtP time / forward + backward of the answer logits only", run.size, times,
                     "atp", "forward_backward_answers", peaks, n, **shared),
-            _figure("AtP as first written (before issue 27) / one forward + backward", run.size,
+            figure("AtP as first written (before issue 27) / one forward + backward", run.size,
                     times, "atp_as_first_written", "forward_backward", peaks, n, **shared)]

@@ -77,7 +77,9 @@ def extract_to_hdf5(model: HookedTransformer, records: list[dict[str, Any]], hoo
                     out_path: str | Path, storage: Storage = Storage(), *,
                     source: str = "prompts", config: dict[str, Any] | None = None,
                     rows: tuple[int, int] | None = None) -> dict[str, Any]:
-    """Write ``acts/{hook} [n, P, d]`` plus tokens, positions, metadata and model predictions.
+    """Write ``acts/{hook} [n, P, d]`` plus tokens, positions, metadata and, where every prompt
+    has an answer, the model's predictions (``predicted_token_id``, ``answer_logprob``,
+    ``model_correct``).
 
     Predictions use only the final position's residual (``ln_final`` + :func:`final_logits`), so no
     ``[batch, T, d_vocab]`` logits tensor is ever built. ``rows`` = (start, stop): write only
@@ -103,7 +105,8 @@ def extract_to_hdf5(model: HookedTransformer, records: list[dict[str, Any]], hoo
     answers = None if missing else _answer_ids(tokenizer, records, source)
     if 0 < len(missing) < len(records):
         log.warning("%s: %d of %d prompts have no answer (lines %s): answer_token_id, "
-                    "answer_logprob and model_correct are not stored", source, len(missing),
+                    "predicted_token_id, answer_logprob and model_correct are not stored",
+                    source, len(missing),
                     len(records), lines_text(missing))
     width = int(lengths.max())
     lo, hi = rows or (0, len(records))
@@ -149,11 +152,15 @@ def extract_to_hdf5(model: HookedTransformer, records: list[dict[str, Any]], hoo
             def capture_final(act: torch.Tensor, hook: Any) -> None:
                 final_resid["x"] = act[rows_idx[:, 0], lens - 1]
 
+            # The final position's logits only where answers are read: unembedding one position
+            # costs a quarter of a 2-layer forward at gemma-2's vocabulary, and without answers
+            # no consumer reads a prediction.
+            finals = [] if answers is None else [("ln_final.hook_normalized", capture_final)]
             model.run_with_hooks(batch, return_type=None, fwd_hooks=[
-                *[(name, capture) for name in hooks], ("ln_final.hook_normalized", capture_final)])
-            logits = final_logits(model, final_resid["x"]).float()
-            predicted[start:stop] = logits.argmax(-1).cpu().numpy()
+                *[(name, capture) for name in hooks], *finals])
             if answers is not None:
+                logits = final_logits(model, final_resid["x"]).float()
+                predicted[start:stop] = logits.argmax(-1).cpu().numpy()
                 logprobs = logits.log_softmax(-1)
                 picked = torch.as_tensor(answers[start:stop], device=device)
                 answer_logprob[start:stop] = logprobs[torch.arange(stop - start, device=device),
@@ -167,8 +174,8 @@ def extract_to_hdf5(model: HookedTransformer, records: list[dict[str, Any]], hoo
 
         for key, values in metadata.items():
             f[f"meta/{key}"] = values
-        f["meta/predicted_token_id"] = predicted
         if answers is not None:
+            f["meta/predicted_token_id"] = predicted
             f["meta/answer_token_id"] = answers
             f["meta/answer_logprob"] = answer_logprob
             f["meta/model_correct"] = predicted == answers

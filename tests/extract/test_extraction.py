@@ -169,6 +169,24 @@ def test_predictions_and_answer_logprobs_are_the_models_own_with_a_logit_soft_ca
                                        rtol=1e-5, atol=1e-6)
 
 
+def test_without_answers_no_logits_are_computed(tiny_model, small_world, tmp_path, monkeypatch):
+    """Prompts without answers: no consumer reads a prediction, so the final position is
+    never unembedded (at gemma-2's vocabulary that is a quarter of a 2-layer forward); the
+    activations are those of the same prompts with answers."""
+    import saeflow.extract as extract
+
+    records = small_world.prompt_sets["pairs"][:6]
+    bare = [{k: v for k, v in r.items() if k != "answer"} for r in records]
+    extract_to_hdf5(tiny_model, records, HOOKS[1:], tmp_path / "answered.h5", Storage(batch_size=4))
+    calls = []
+    monkeypatch.setattr(extract, "final_logits", lambda *a: calls.append(a))
+    extract_to_hdf5(tiny_model, bare, HOOKS[1:], tmp_path / "bare.h5", Storage(batch_size=4))
+    assert calls == []
+    with h5py.File(tmp_path / "answered.h5") as a, h5py.File(tmp_path / "bare.h5") as b:
+        assert "predicted_token_id" in a["meta"] and "predicted_token_id" not in b["meta"]
+        np.testing.assert_array_equal(a[f"acts/{HOOKS[1]}"][:], b[f"acts/{HOOKS[1]}"][:])
+
+
 def test_partial_answers_are_named_and_refused_where_needed(tiny_model, small_world, tmp_path,
                                                             caplog):
     """Some prompts without an answer: extraction stores no answers and says which lines lack
@@ -185,7 +203,7 @@ def test_partial_answers_are_named_and_refused_where_needed(tiny_model, small_wo
     extract_to_hdf5(tiny_model, records, HOOKS[1:], out, Storage(batch_size=4), source=str(prompts))
     assert f"{prompts}: 2 of 6 prompts have no answer (lines 2, 5)" in caplog.text
     with h5py.File(out) as f:
-        assert "meta/model_correct" not in f and "meta/answer_logprob" not in f
+        assert not {"model_correct", "answer_logprob", "predicted_token_id"} & set(f["meta"])
         with pytest.raises(InputError) as err:
             require_stored_answers(f, out, "labels.ablation eval 'answer'")
     assert str(err.value) == (f"{prompts}: line 2.answer: missing: labels.ablation eval 'answer' "

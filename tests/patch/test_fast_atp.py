@@ -11,35 +11,14 @@ from sae_lens import HookedSAETransformer
 from transformer_lens import HookedTransformerConfig
 
 from saeflow.patch.attribution import attribution_patching, exact_latent_effects
-from saeflow.patch.pairs import PairBatch, logit_diff
-from saeflow.patch.splice import (RunOptions, SparseAct, answer_logit_diff, prepare_saes,
+from saeflow.patch.pairs import logit_diff
+from saeflow.patch.splice import (RunOptions, answer_logit_diff, prepare_saes,
                                   run_spliced, shared_prefix)
 from saeflow.testing.fixtures import random_pair_batch
+from saeflow.testing.reference_atp import reference_atp
 from tests.patch.test_attribution import SITE_SETS, make_model, make_saes
 
 torch.set_num_threads(1)
-
-
-def reference_atp(model, saes, b: PairBatch, with_error: bool):
-    """AtP as first written: full forward passes with logits at every position
-    (TransformerLens's ``Unembed``), the gradient through the default splice."""
-    with torch.no_grad():
-        clean_logits, clean = run_spliced(model, saes, b.clean, with_error)
-    with torch.enable_grad():
-        logits, corr = run_spliced(model, saes, b.corrupted, with_error)
-        metric = logit_diff(logits, b.clean_answer, b.corrupted_answer)
-        names = list(corr)
-        leaves = [corr[h].act for h in names] + ([corr[h].res for h in names] if with_error else [])
-        grads = torch.autograd.grad(metric.sum(), leaves, allow_unused=True)
-    grads = [torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads, strict=True)]
-    effects, deltas = {}, {}
-    for i, h in enumerate(names):
-        delta = clean[h] - corr[h].detach()
-        eff = delta * SparseAct(grads[i], grads[len(names) + i] if with_error else None)
-        effects[h] = SparseAct(eff.act, None if eff.res is None else eff.res.sum(-1))
-        deltas[h] = SparseAct(delta.act.abs())
-    return (effects, deltas, logit_diff(clean_logits, b.clean_answer, b.corrupted_answer),
-            metric.detach())
 
 
 def gemma_like(dtype: torch.dtype = torch.float64) -> HookedSAETransformer:

@@ -92,9 +92,9 @@ def test_scale_smoke_measures_every_stage_and_the_sparse_probe(tmp_path):
             assert fig["value"] > 0
             assert all(v > 0 for v in fig["detail"]["s_per_prompt"].values())
             assert set(fig["detail"]["peak_rss_increment_mib"]) == set(fig["detail"]["times_s"])
-    # two baselines each: the bare forward with and without the predictions extraction
-    # stores; AtP against TransformerLens's forward + backward and against the answer logits'
-    assert len([n for n in figures if n.startswith("extraction")]) == 2
+    # extraction of prompts with answers against the bare forward with and without the
+    # predictions it stores, and of the same prompts without answers against the bare; AtP against TransformerLens's forward + backward and against the answer logits'
+    assert len([n for n in figures if n.startswith("extraction")]) == 3
     atp = [f for n, f in figures.items() if n.startswith("AtP")]
     assert len(atp) == 3 and atp[0]["target"] == 1.5
     # the fast AtP equals AtP as first written (full logits, the default splice's graph)
