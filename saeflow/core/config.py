@@ -39,6 +39,7 @@ from saeflow.core.hooks import PER_HEAD, block_of, forward_rank
 KNOWN_N_LAYERS = {
     "gpt2": 12, "gpt2-small": 12, "gpt2-medium": 24,
     "gemma-2-2b": 26, "gemma-2-2b-it": 26, "gemma-2-9b": 42, "gemma-2-9b-it": 42,
+    "meta-llama/Llama-3.2-1B": 16, "meta-llama/Llama-3.2-1B-Instruct": 16,
 }
 
 
@@ -120,10 +121,10 @@ def check_schema(config: Mapping[str, Any], schema_path: str | Path, source: str
 
 def n_layers(model: Mapping[str, Any]) -> int | None:
     """The model's block count when known before any weight is loaded (a local checkpoint's
-    from its config.json)."""
+    from its config.json; before the checkpoint exists, its architecture's, if known)."""
     if model.get("source") == "toy":
         return int(model.get("n_layers", 2))
-    if model.get("source") == "local":
+    if model.get("source") == "local" and Path(model["path"]).exists():
         from saeflow.core.local_files import checkpoint_dims, read_checkpoint_config
 
         return checkpoint_dims(read_checkpoint_config(model["path"], "config")).get("n_layers")
@@ -172,16 +173,17 @@ def check_transcoders(sae: Mapping[str, Any], source: str) -> None:
 
 
 def check_prompt_sets(sets: Any, source: str) -> None:
-    """A list of toy prompt sets without repeats; files of a study's sets must exist."""
+    """A list of toy prompt sets without repeats; a study's sets are files (one that does not
+    exist yet is :func:`saeflow.core.user_files.absent_inputs`'s)."""
     if isinstance(sets, list):
         repeated = sorted({s for s in sets if sets.count(s) > 1})
         if repeated:
             raise InputError(source, "extraction.prompt_sets", f"{repeated[0]!r} listed twice")
         return
     for name, path in sets.items():
-        if not Path(path).is_file():
+        if Path(path).exists() and not Path(path).is_file():
             raise InputError(source, f"extraction.prompt_sets.{name}",
-                             f"prompt file {path!r} does not exist")
+                             f"prompt file {path!r} is a folder")
 
 
 def check_sharding(extraction: Mapping[str, Any], source: str, schema_path: str | Path) -> None:
@@ -294,23 +296,6 @@ def check_config(config: Mapping[str, Any], configfiles: Sequence[str | Path], d
     return source
 
 
-def checkpoint_inputs(model: dict[str, Any], source: str) -> list[str]:
-    """A local checkpoint's files (config, weights, tokenizer): the inputs of every rule that
-    loads the model, so a changed file reruns them. Adds ``sha256`` (file -> digest, cached by
-    size and mtime) to the ``model`` section, which every output that records it carries in
-    its provenance. [] for other models."""
-    from saeflow.core.local_files import checkpoint_files, file_hashes
-
-    if model.get("source") != "local":
-        return []
-    try:
-        files = checkpoint_files(model["path"], source)
-    except InputError as err:
-        fail(err)
-    model["sha256"] = file_hashes(files)
-    return [str(p) for p in files]
-
-
 def shard_counts(extraction: Mapping[str, Any], source: str) -> dict[str, int]:
     """Prompt set -> number of shards, for the prompt-set files longer than
     extraction.shard_size (their length is known before any job runs; the toy's are not
@@ -323,6 +308,8 @@ def shard_counts(extraction: Mapping[str, Any], source: str) -> dict[str, int]:
         return {}
     counts = {}
     for name, path in sets.items():
+        if not Path(path).exists():  # absent_inputs: a run stops before it would be read
+            continue
         try:
             n = count_records(path)
         except InputError as err:

@@ -249,7 +249,8 @@ def check_model_source(model: Mapping[str, Any], source: str) -> None:
         raise InputError(source, "model.name", "required for model.source: local: the "
                          "TransformerLens architecture the checkpoint instantiates (e.g. "
                          "meta-llama/Llama-3.2-1B)")
-    checkpoint_files(model["path"], source)
+    if Path(model["path"]).exists():  # not yet: absent_inputs (a run stops, a dry run plans)
+        checkpoint_files(model["path"], source)
     check_architecture(model["name"], source)
 
 
@@ -257,7 +258,7 @@ def check_sae_training(sae: Mapping[str, Any], toy: bool, source: str) -> None:
     """``sae.source: train`` outside the toy world has a corpus that exists and is not empty;
     positions, packing, architecture and transcoders that fit together (before the schema
     fills in defaults: a key the user left out has its default)."""
-    from saeflow.core.local_files import check_corpus
+    from saeflow.core.local_files import check_corpus, corpus_kind, is_absent_corpus_file
 
     training = sae.get("source") == "train"
     corpus = sae.get("corpus")
@@ -272,7 +273,9 @@ def check_sae_training(sae: Mapping[str, Any], toy: bool, source: str) -> None:
                              "or text file, a datasets save_to_disk folder, or a dataset name in "
                              "the local Hugging Face cache")
     else:
-        kind = check_corpus(corpus, source)
+        # a file not there yet is absent_inputs' (a run stops, a dry run plans): its kind is
+        # what its name says
+        kind = corpus_kind(corpus) if is_absent_corpus_file(corpus) else check_corpus(corpus, source)
         named = [p for p in _position_list(sae.get("positions", "all"))
                  if p != "final" and not _is_int(p)]
         if named and kind == "text":

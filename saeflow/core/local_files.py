@@ -195,14 +195,25 @@ def sha256(path: str | Path, chunk: int = 1 << 22) -> str:
 
 def corpus_kind(spec: str) -> str:
     """How ``sae.corpus`` is read: ``jsonl`` (a ``.jsonl``/``.jsonl.gz`` file), ``text`` (any
-    other file), ``folder`` (a ``datasets.save_to_disk`` folder) or ``name`` (a dataset in the
-    local Hugging Face cache)."""
+    other file, or a file's name that is not there yet), ``folder`` (a
+    ``datasets.save_to_disk`` folder) or ``name`` (a dataset in the local Hugging Face cache)."""
     path = Path(spec)
     if path.is_dir():
         return "folder"
-    if path.is_file():
+    if path.is_file() or is_absent_corpus_file(spec):
         return "jsonl" if path.name.endswith((".jsonl", ".jsonl.gz")) else "text"
     return "name"
+
+
+def is_absent_corpus_file(spec: Any) -> bool:
+    """``sae.corpus`` names a file that does not exist (yet): a name ending as a corpus file
+    does (``.jsonl``, ``.jsonl.gz``, ``.txt``, ``.json``) or a path from ``.``, ``~`` or
+    ``/``, which no dataset name in the Hugging Face cache looks like."""
+    if spec is None or Path(str(spec)).exists():
+        return False
+    spec = str(spec)
+    return spec.endswith((".jsonl", ".jsonl.gz", ".txt", ".txt.gz", ".json")) \
+        or spec.startswith((".", "~", "/"))
 
 
 def hf_dataset_dirs(name: str) -> list[Path]:

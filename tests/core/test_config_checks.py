@@ -150,7 +150,8 @@ def test_a_bad_toy_config_is_one_line(tmp_path, monkeypatch, capsys, extra, line
 @pytest.mark.parametrize("files", [
     ["config/config.yaml"], ["config/config.yaml", "config/test.yaml"],
     ["config/toy-circuit.yaml"], ["config/gpt2-small.yaml"], ["config/gemma-2-2b.yaml"],
-    ["config/gemma-2-2b-it.yaml"], ["config/gemma-2-9b.yaml"]])
+    ["config/gemma-2-2b-it.yaml"], ["config/gemma-2-9b.yaml"],
+    ["config/llama-3.2-1b-failures.yaml"], ["config/llama-3.2-1b-failures-test.yaml"]])
 def test_every_shipped_config_passes(tmp_path, monkeypatch, capsys, files):
     assert _check(tmp_path, monkeypatch, capsys, dict.fromkeys(files)) is None
 
@@ -189,8 +190,8 @@ def _own(tmp_path, monkeypatch, capsys, extra, **checkpoint):
 
 @pytest.mark.parametrize("extra, line", [
     # model.source: local, its folder and architecture
-    ("model: {path: nope}\n", "model.path: 'nope' is not a folder (a Hugging Face checkpoint "
-     "folder: config.json, weights, tokenizer)"),
+    ("model: {path: p.jsonl}\n", "model.path: 'p.jsonl' is not a folder (a Hugging Face "
+     "checkpoint folder: config.json, weights, tokenizer)"),
     ("model: {path: folder}\n", "model.path: folder has no config.json: not a Hugging Face "
      "checkpoint folder (save it with save_pretrained)"),
     ("model: {name: gpt-5-nano}\n", "model.name: 'gpt-5-nano' is not an architecture "
@@ -199,7 +200,7 @@ def _own(tmp_path, monkeypatch, capsys, extra, **checkpoint):
      "extraction.hooks: hook 'blocks.2.hook_resid_pre' is beyond the model's 2 layers "
      "(blocks.0 to blocks.1)"),
     # sae.source: train for any model: its corpus and options
-    ("sae: {corpus: nope.jsonl}\n", "sae.corpus: 'nope.jsonl' is no file or folder, and no "
+    ("sae: {corpus: org/nope}\n", "sae.corpus: 'org/nope' is no file or folder, and no "
      "dataset of that name is in the local Hugging Face cache (HF_HOME)"),
     ("sae: {corpus: empty.jsonl}\n", "sae.corpus: 'empty.jsonl' is empty: no record to train on"),
     ("sae: {corpus: folder}\n", "sae.corpus: 'folder' is a folder but not a dataset saved with "
@@ -220,6 +221,27 @@ def test_a_bad_own_model_or_training_config_is_one_line(tmp_path, monkeypatch, c
                                                         line):
     got = _own(tmp_path, monkeypatch, capsys, extra)
     assert got is not None and got.startswith(f"s.yaml: {line}"), got
+
+
+@pytest.mark.parametrize("extra, line", [
+    ("model: {path: nope}\n", "model.path: 'nope' does not exist: the Hugging Face checkpoint "
+     "folder (config.json, weights, tokenizer)"),
+    ("sae: {corpus: nope.jsonl}\n", "sae.corpus: 'nope.jsonl' does not exist"),
+    ("sae: {corpus: ./nope}\n", "sae.corpus: './nope' does not exist"),
+    ("extraction: {prompt_sets: {p: nope.jsonl}}\nsae: {corpus: corpus.jsonl}\n",
+     "extraction.prompt_sets.p: prompt file 'nope.jsonl' does not exist"),
+])
+def test_an_input_not_in_place_yet_is_planned_and_named(tmp_path, monkeypatch, capsys, extra,
+                                                        line):
+    """A file the user has yet to bring (a shipped study config on a fresh clone): the parse
+    passes, so a dry run plans the DAG, and absent_inputs names it, the line a run stops
+    with (tests/workflow/test_workflow.py runs both through snakemake)."""
+    from saeflow.core.user_files import absent_inputs
+
+    assert _own(tmp_path, monkeypatch, capsys, extra) is None
+    config = yaml.safe_load(OWN)
+    update_config(config, yaml.safe_load(extra))
+    assert [str(e) for e in absent_inputs(config, "s.yaml")] == [f"s.yaml: {line}"]
 
 
 @pytest.mark.parametrize("drop, line", [

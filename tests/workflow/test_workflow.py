@@ -108,11 +108,11 @@ def _model_source(path):
     return (yaml.safe_load(path.read_text()).get("model") or {}).get("source")
 
 
-# every shipped config of a real model (config.yaml, test.yaml and toy-circuit.yaml are the toy's)
-# Pretrained studies; a local model's checkpoint folder is the user's own (those configs are
-# checked in tests/core/test_config_checks.py and run in tests/workflow/test_own_model.py).
+# every shipped config of a real model (config.yaml, test.yaml and toy-circuit.yaml are the toy's),
+# pretrained or local: a local model's checkpoint folder, corpus and prompts are the user's own
+# and absent on a fresh clone (planned without; tests/workflow/test_own_model.py runs one).
 REAL_CONFIGS = sorted(p.name for p in (REPO / "config").glob("*.yaml")
-                      if p.name != "test.yaml" and _model_source(p) not in ("toy", "local"))
+                      if p.name != "test.yaml" and _model_source(p) != "toy")
 
 
 @pytest.mark.parametrize("name", REAL_CONFIGS)
@@ -120,12 +120,16 @@ def test_every_shipped_real_config_plans_every_stage_it_names_offline(tmp_path, 
     import yaml
 
     workdir = sync_workflow(tmp_path)
-    stages = yaml.safe_load((workdir / "config" / name).read_text())["stages"]
+    config = yaml.safe_load((workdir / "config" / name).read_text())
+    stages = config["stages"]
     proc = run_snakemake(workdir, "-n", "--quiet", "rules", "--configfile", f"config/{name}",
                          env={"HF_HUB_OFFLINE": "1"})
     planned = set(proc.stdout.split())
     assert {"extract", "encode", "evaluate_saes"} <= planned
-    assert not planned & {"toy_world", "train_model", "train_sae"}
+    assert not planned & {"toy_world", "train_model"}
+    assert ("train_sae" in planned) == (config["sae"]["source"] == "train")
+    if config["model"]["source"] == "local":  # the user's own files: named, planned without
+        assert f"saeflow: warning: config/{name}: model.path: " in proc.stderr
     for stage in stages:
         assert STAGE_RULES[stage] <= planned, (stage, STAGE_RULES[stage] - planned)
     assert stages, f"{name} runs no stage beyond encoding"
@@ -232,6 +236,13 @@ def test_a_study_config_stands_alone(tmp_path):
         assert proc.returncode == 2 and proc.stderr.strip() == f"saeflow: error: study.yaml: {line}"\
             ": a pretrained model does not use it"
     (workdir / "study.yaml").write_text(base)
+    # A prompt file not in place yet: a dry run plans without it and says so; a run stops
+    # with that line before any job starts, writing nothing.
     (workdir / "p.jsonl").unlink()
+    line = "study.yaml: extraction.prompt_sets.mine: prompt file 'p.jsonl' does not exist"
     proc = run_snakemake(workdir, "-n", "--configfile", "study.yaml", check=False)
-    assert proc.returncode == 2 and "extraction.prompt_sets.mine: prompt file 'p.jsonl' does not exist" in proc.stderr
+    assert proc.returncode == 0 and f"saeflow: warning: {line}" in proc.stderr
+    assert "rule extract:" in proc.stdout
+    proc = run_snakemake(workdir, "--cores", "1", "--configfile", "study.yaml", check=False)
+    assert proc.returncode == 2 and f"saeflow: error: {line}\n" in proc.stderr
+    assert not (workdir / "results" / "mine").exists()

@@ -8,10 +8,26 @@
 import os
 import re
 
-from saeflow.core.config import checkpoint_inputs, mark_stale_gathers, shard_counts
+from saeflow.core.config import mark_stale_gathers, shard_counts
+from saeflow.core.user_files import (
+    absent_inputs,
+    checkpoint_inputs,
+    stop_if_absent,
+    warn_absent,
+)
 from saeflow.core.config_checks import TOY_PROMPT_SETS
 
 EXP = config["experiment"]
+# The user's own inputs not in place yet (checkpoint, corpus, prompt files): a dry run plans
+# without them, saying so; a run stops with the first one's line before any job starts.
+ABSENT = absent_inputs(config, CONFIG_SOURCE)
+warn_absent(ABSENT)
+
+
+onstart:
+    stop_if_absent(ABSENT)
+
+
 TOY = config["model"]["source"] == "toy"
 SAE_HOOKS = config["sae"]["hooks"]
 # A local checkpoint's files (model.source: local): inputs of every rule that loads the model,
@@ -73,13 +89,20 @@ def prompt_file(name):
     return PROMPT_SETS[name] or toy_prompts(name)[0]
 
 
+def prompt_input(path):
+    """A prompt file as an input: none while a configured file is absent (ABSENT: only a dry
+    run plans that far; a run stops first)."""
+    absent = path in PROMPT_SETS.values() and not os.path.exists(path)
+    return [] if absent else path
+
+
 def get_prompts(wildcards):
-    return prompt_file(wildcards.prompt_set)
+    return prompt_input(prompt_file(wildcards.prompt_set))
 
 
 def get_first_prompts(wildcards):
     """The first prompt set, the one the SAEs are evaluated on."""
-    return prompt_file(next(iter(PROMPT_SETS)))
+    return prompt_input(prompt_file(next(iter(PROMPT_SETS))))
 
 
 def get_activation_shards(wildcards):
