@@ -81,13 +81,14 @@ def remove_stale_temps(target: str | os.PathLike[str]) -> list[Path]:
         match = _TEMP.match(entry.name)
         if match is None or match["name"] != name or match["host"] != host:
             continue
-        if not _process_alive(int(match["pid"])):
+        if not process_alive(int(match["pid"])):
             _unlink(entry.path)
             removed.append(Path(entry.path))
     return removed
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (this process included)."""
     if pid == os.getpid():
         return True
     try:

@@ -228,10 +228,7 @@ def autointerp_from_files(codes: str | Path, activations: str | Path, tokenizer:
     llm = LLMConfig.from_dict(describe["llm"], "config", "labels.describe.llm")
     d_sae = code_shape(codes, hook)[2]
     wanted = firing_latents(codes, hook)
-    contexts: dict[int, Mapping[str, Any]] = {}
-    for start in range(0, len(wanted), LATENTS_PER_READ):
-        contexts.update(latent_contexts(codes, activations, tokenizer, hook,
-                                        wanted[start:start + LATENTS_PER_READ],
-                                        settings.context_settings()))
+    contexts = latent_contexts(codes, activations, tokenizer, hook, wanted,
+                               settings.context_settings(), per_read=LATENTS_PER_READ)
     records, stats = autointerp_records(contexts, settings, llm, feature_source)
     return records, d_sae, stats

@@ -250,13 +250,18 @@ def contexts_of(acts: LatentActivations, j: int, corpus: Corpus, settings: Conte
 
 
 def latent_contexts(codes: str | Path, activations: str | Path, tokenizer: Any, hook: str,
-                    latents: Sequence[int], settings: ContextSettings | None = None
-                    ) -> dict[int, dict[str, Any]]:
+                    latents: Sequence[int], settings: ContextSettings | None = None,
+                    per_read: int | None = None) -> dict[int, dict[str, Any]]:
     """Top, quantile and non-activating contexts of each of ``latents`` (the module docstring
-    gives the arguments and the returned shape)."""
+    gives the arguments and the returned shape); the codes of ``per_read`` latents at a time
+    (all at once by default), the corpus read once."""
     settings = settings or ContextSettings()
     corpus = Corpus.read(activations)
-    acts = gather_latents(codes, hook, latents, corpus)
     decode = token_decoder(tokenizer)
-    return {int(latent): contexts_of(acts, j, corpus, settings, decode)
-            for j, latent in enumerate(acts.latents)}
+    per_read = per_read or max(len(latents), 1)
+    out: dict[int, dict[str, Any]] = {}
+    for start in range(0, len(latents), per_read):
+        acts = gather_latents(codes, hook, latents[start:start + per_read], corpus)
+        out.update({int(latent): contexts_of(acts, j, corpus, settings, decode)
+                    for j, latent in enumerate(acts.latents)})
+    return out

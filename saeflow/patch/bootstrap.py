@@ -45,6 +45,8 @@ UNITS = {"group": "groups", "template": "templates", "pair": "pairs"}
 # Fewer clusters than this and a cluster bootstrap itself under-covers: about 0.80 for a
 # nominal 0.95 at 4 clusters with plain percentiles (tests/patch/test_bootstrap.py).
 FEW_CLUSTERS = 20
+# The interval of a run whose pairs name no clusters (Clusters.method gives each run's).
+PAIRS_METHOD = "expanded percentile bootstrap (Hesterberg 2015) over pairs"
 
 
 @dataclass(frozen=True)
@@ -98,8 +100,7 @@ class Clusters:
         """The interval method, naming the unit resampled."""
         draws = f"; {n_boot} draws" if n_boot else ""
         if self.by == "pair":
-            return (f"expanded percentile bootstrap (Hesterberg 2015) over pairs "
-                    f"({CLUSTER_SOURCES['pair']}{draws})")
+            return f"{PAIRS_METHOD} ({CLUSTER_SOURCES['pair']}{draws})"
         few = (f"; fewer than {FEW_CLUSTERS} clusters: the interval under-covers"
                if self.n_clusters < FEW_CLUSTERS else "")
         return (f"expanded percentile (Hesterberg 2015) cluster bootstrap over "

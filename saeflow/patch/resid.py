@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from saeflow.patch.bootstrap import Clusters, percentile_interval
+from saeflow.patch.bootstrap import PAIRS_METHOD, Clusters, percentile_interval
 from saeflow.patch.pairs import (
     PairBatch,
     PatchConfig,
@@ -82,8 +82,7 @@ def resid_patching(model: Any, batch: PairBatch, max_batch: int = 256
             logit_diff(corr_logits, b.clean_answer, b.corrupted_answer).float().cpu())
 
 
-# the interval method of a run whose pairs name no clusters (Clusters.method gives each run's)
-BOOTSTRAP_METHOD = "expanded percentile bootstrap (Hesterberg 2015) over pairs"
+BOOTSTRAP_METHOD = PAIRS_METHOD
 NORMALISED_METHOD = ("ratio of means over the pairs present in the cell: mean(patched - "
                      "corrupted) / mean(clean - corrupted); per-pair ratios in "
                      "normalised_per_pair")

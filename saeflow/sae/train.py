@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from saeflow.core.errors import InputError
+from saeflow.core.io import process_alive
 from saeflow.sae import checkpoints
 from saeflow.sae.data import TrainingData
 
@@ -226,22 +227,12 @@ def scratch(out_dir: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     for old in out.parent.glob(f".{out.name}.*.tmp"):
         pid = old.name[len(out.name) + 2:-len(".tmp")]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     path = out.parent / f".{out.name}.{os.getpid()}.tmp"
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir()
     return path
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def training_data(model: Any, hook: str, corpus: str, sae_cfg: dict[str, Any], seed: int,
